@@ -1,0 +1,226 @@
+"""The Transformer: one block shared by a decoder LM (GPT-2) and an encoder (BERT).
+
+Parameter tree (plain, so reparameterization rules can target it by path):
+
+  embed/token/embedding            [vocab, embed]
+  embed/position/embedding         [max_len, embed]     (absent with RoPE)
+  embed/token_type/embedding       [type_vocab, embed]  (encoder)
+  embed/ln/{scale,bias}            (encoder, post-LN)
+  block_{i}/ln_attn, block_{i}/ln_mlp
+  block_{i}/attn/{query,key,value}/{kernel [embed, heads*kv], bias}
+  block_{i}/attn/out/{kernel [heads*kv, embed], bias}
+  block_{i}/mlp/{fc_in [embed, mlp], fc_out [mlp, embed]}/{kernel,bias}
+  ln_final                         (pre-LN models)
+  pooler/{kernel,bias}             (encoder with pooler)
+
+Projection kernels are 2-D `[d_in, d_out]` matrices (heads fused into the
+output axis, split after the matmul) so every linear map is a matrix a
+reparameterization can factor; the fused axis is sharded along `heads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reparam_jax.models.layers import Dense, Embed, LayerNorm
+
+Array = jax.Array
+constrain = nn.with_logical_constraint
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int
+  max_len: int
+  causal: bool = True
+  pre_norm: bool = True  # False: BERT's post-LayerNorm
+  rope: bool = False  # rotary position embeddings instead of learned ones
+  rope_base: float = 10000.0
+  type_vocab_size: int = 0  # > 0 adds token-type (segment) embeddings
+  embed_norm: bool = False  # LayerNorm after the embedding sum (BERT)
+  pooler: bool = False  # tanh(Dense(h[:, 0])) (BERT)
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  gelu_approximate: bool = True  # GPT-2 uses the tanh form, BERT the exact erf
+  layer_norm_eps: float = 1e-5
+  embed_dropout: float = 0.0
+  attention_dropout: float = 0.0
+  residual_dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+
+def _dtypes(cfg: TransformerConfig) -> dict[str, Any]:
+  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
+  """Rotary position embedding (Su et al. 2021), rotating halves of each head."""
+  half = x_BxLxHxK.shape[-1] // 2
+  freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle = positions_BxL[..., None, None].astype(jnp.float32) * freq  # B,L,1,half
+  sin, cos = jnp.sin(angle), jnp.cos(angle)
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array, mask_Bx1xLxL: Array | None, positions_BxL: Array,
+               train: bool) -> Array:
+    cfg = self.cfg
+    B, L, _ = x_BxLxD.shape
+    H, K = cfg.num_heads, cfg.head_dim
+
+    def project(name: str) -> Array:
+      y = Dense(H * K, ("embed", "heads"), cfg.use_bias, name=name, **_dtypes(cfg))(x_BxLxD)
+      return constrain(y.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
+
+    q, k, v = project("query"), project("key"), project("value")
+    if cfg.rope:
+      q, k = rotary(q, positions_BxL, cfg.rope_base), rotary(k, positions_BxL, cfg.rope_base)
+
+    if cfg.attention_dropout > 0.0 and train:
+      # The fused kernel has no dropout on the probabilities; spell it out.
+      logits = jnp.einsum("blhk,bmhk->bhlm", q, k) / jnp.sqrt(K).astype(q.dtype)
+      if mask_Bx1xLxL is not None:
+        logits = jnp.where(mask_Bx1xLxL, logits, jnp.finfo(logits.dtype).min)
+      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+      out = jnp.einsum("bhlm,bmhk->blhk", probs, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL)
+    out = constrain(out, ("batch", "length", "heads", "kv")).reshape(B, L, H * K)
+    init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
+    return Dense(cfg.embed_dim, ("heads", "embed"), cfg.use_bias, kernel_init=init, name="out",
+                 **_dtypes(cfg))(out)
+
+
+class Mlp(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array) -> Array:
+    cfg = self.cfg
+    h = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg.use_bias, name="fc_in", **_dtypes(cfg))(x_BxLxD)
+    h = constrain(nn.gelu(h, approximate=cfg.gelu_approximate), ("batch", "length", "mlp"))
+    init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
+    return Dense(cfg.embed_dim, ("mlp", "embed"), cfg.use_bias, kernel_init=init, name="fc_out",
+                 **_dtypes(cfg))(h)
+
+
+class Block(nn.Module):
+  """Attention + MLP with residuals; pre-LN (GPT-2) or post-LN (BERT)."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None, positions: Array, train: bool) -> Array:
+    cfg = self.cfg
+    norm = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))  # noqa: E731
+    drop = lambda y: nn.Dropout(cfg.residual_dropout)(y, deterministic=not train)  # noqa: E731
+    attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
+    if cfg.pre_norm:
+      x = x + drop(attn(norm("ln_attn")(x), mask, positions, train))
+      x = x + drop(mlp(norm("ln_mlp")(x)))
+    else:
+      x = norm("ln_attn")(x + drop(attn(x, mask, positions, train)))
+      x = norm("ln_mlp")(x + drop(mlp(x)))
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class Embeddings(nn.Module):
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.token = Embed(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), **_dtypes(cfg))
+    if not cfg.rope:
+      self.position = Embed(cfg.max_len, cfg.embed_dim, ("length", "embed"), **_dtypes(cfg))
+    if cfg.type_vocab_size:
+      self.token_type = Embed(cfg.type_vocab_size, cfg.embed_dim, (None, "embed"), **_dtypes(cfg))
+    if cfg.embed_norm:
+      self.ln = LayerNorm(cfg.layer_norm_eps, **_dtypes(cfg))
+    self.dropout = nn.Dropout(cfg.embed_dropout)
+
+  def __call__(self, ids_BxL: Array, positions_BxL: Array, types_BxL: Array | None,
+               train: bool) -> Array:
+    x = self.token(ids_BxL)
+    if not self.cfg.rope:
+      x = x + self.position(positions_BxL)
+    if self.cfg.type_vocab_size:
+      x = x + self.token_type(jnp.zeros_like(ids_BxL) if types_BxL is None else types_BxL)
+    if self.cfg.embed_norm:
+      x = self.ln(x)
+    x = self.dropout(x, deterministic=not train)
+    return constrain(x, ("batch", "length", "embed"))
+
+  def attend(self, x_BxLxD: Array) -> Array:
+    return self.token.attend(x_BxLxD)
+
+
+class Transformer(nn.Module):
+  """Embeddings → blocks → (final LN) → outputs.
+
+  Returns a dict with `hidden` [B, L, D], `logits` [B, L, V] when the model
+  is causal (tied or untied output layer), and `pooled` [B, D] with a pooler.
+  `padding_mask_BxL` is True on real tokens; padded keys are never attended.
+  """
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, ids_BxL: Array, *, padding_mask_BxL: Array | None = None,
+               token_types_BxL: Array | None = None, positions_BxL: Array | None = None,
+               train: bool = False) -> dict[str, Array]:
+    cfg = self.cfg
+    B, L = ids_BxL.shape
+    if L > cfg.max_len:
+      raise ValueError(f"sequence length {L} exceeds the model's max_len {cfg.max_len}")
+    ids_BxL = constrain(ids_BxL, ("batch", "length"))
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    mask = None
+    if cfg.causal:
+      mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
+    if padding_mask_BxL is not None:
+      pad = padding_mask_BxL[:, None, None, :].astype(bool)
+      mask = pad if mask is None else mask & pad
+
+    embed = Embeddings(cfg, name="embed")
+    x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
+    block_cls = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    for i in range(cfg.num_layers):
+      x = block_cls(cfg, name=f"block_{i}")(x, mask, positions_BxL, train)
+    if cfg.pre_norm:
+      x = LayerNorm(cfg.layer_norm_eps, name="ln_final", **_dtypes(cfg))(x)
+
+    out = {"hidden": x}
+    if cfg.causal:
+      if cfg.tie_embeddings:
+        logits = embed.attend(x)
+      else:
+        logits = Dense(cfg.vocab_size, ("embed", "vocab"), False, name="lm_head",
+                       **_dtypes(cfg))(x)
+      out["logits"] = constrain(logits, ("batch", "length", "vocab"))
+    if cfg.pooler:
+      pooled = Dense(cfg.embed_dim, ("embed", None), True, name="pooler", **_dtypes(cfg))(x[:, 0])
+      out["pooled"] = jnp.tanh(pooled)
+    return out
