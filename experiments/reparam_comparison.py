@@ -1,0 +1,35 @@
+"""Every reparameterisation of the quick-start LM at equal steps.
+
+Each method is its own config, `configs/lm/shakespeare_char_<method>.py`
+(dense is the quick-start config itself), all trained for the same number of
+steps; the `step` column shows the final step of each run so unequal budgets
+are visible. 3 seeds each.
+
+  python -m reparam_jax.ablate experiments/reparam_comparison.py --workdir=runs/ablate/reparam
+"""
+
+from reparam_jax.ablate import Experiment, Metric, Plot
+
+METHODS = ("spherical", "weightnorm", "hypersphere", "lowrank", "variational")
+
+
+def get_experiment() -> Experiment:
+  return Experiment(
+      name="reparam_comparison",
+      description="Char-level Tiny Shakespeare at equal steps: dense vs. each "
+                  "parameter transform.",
+      variants={
+          "dense": {"config": "configs/lm/shakespeare_char.py"},
+          **{m: {"config": f"configs/lm/shakespeare_char_{m}.py"} for m in METHODS},
+      },
+      seeds=3,
+      metrics=[
+          Metric("eval/loss", "val loss", fmt=".3f", goal="min"),
+          Metric("eval/perplexity", "val ppl", fmt=".2f", goal="min"),
+          Metric("params/stored", "stored params", fmt="si"),
+          Metric("train/step_time_ms", "step time (ms)", fmt=".1f"),
+          Metric("step", "steps", fmt=".0f"),
+      ],
+      plots=[Plot(x="params/stored", y="eval/loss", logx=True),
+             Plot(x="train/step_time_ms", y="eval/loss")],
+  )
