@@ -1,0 +1,72 @@
+"""Every field the trainer reads, with its default.
+
+Experiment configs start from `base_config()` and set what differs, so a
+newcomer can read all knobs in one place and a misspelt override is caught
+(configs are locked).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from reparam_jax.sharding import DEFAULT_AXIS_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "lm"  # see reparam_jax/tasks/__init__.py
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "tiny_shakespeare"
+  c.data.tokenizer = "char"  # "char" or "sentencepiece"
+  c.data.vocab_size = 0  # sentencepiece vocabulary size (char: derived from the text)
+  c.data.raw_dir = ""  # raw downloads; "" = $REPARAM_DATA_DIR, unset = download via TFDS
+  c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+
+  c.seq_len = 64
+  c.batch_size = 12  # global, summed over all devices and hosts
+  c.num_steps = 2000
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = ""  # a key of reparam_jax.models.PRESETS, or "" for the fields below
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.embed_dim = 128
+  c.model.mlp_dim = 512
+  c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary size
+  c.model.max_len = 0  # 0 = seq_len
+  c.model.rope = False
+  c.model.embed_dropout = 0.0
+  c.model.attention_dropout = 0.0
+  c.model.residual_dropout = 0.0
+  c.model.dtype = "float32"  # compute dtype: "bfloat16" for mixed precision
+  c.model.param_dtype = "float32"
+  c.model.remat = False
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-3
+  c.optimizer.end_lr = 1e-4  # cosine decay target at num_steps
+  c.optimizer.warmup_steps = 100
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.99
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1  # decoupled; applied to matrices/embeddings only
+  c.optimizer.clip_norm = 1.0  # 0 disables
+  c.optimizer.grad_accum_steps = 1
+
+  # Mesh axis sizes; -1 = all remaining devices. Product must equal the device count.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.axis_rules = DEFAULT_AXIS_RULES
+
+  c.log_every = 50
+  c.eval_every = 500
+  c.eval_batch_size = 128
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.init_from = ""  # params checkpoint to start from (e.g. a converted pretrained model)
+
+  c.reparam = ml_collections.ConfigDict()
+  c.reparam.rules = ()
+  return c

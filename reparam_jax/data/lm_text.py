@@ -1,0 +1,93 @@
+"""Token streams for language modelling: training windows and evaluation chunks."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+from reparam_jax.data import tfds_builders
+from reparam_jax.data.pipeline import host_slice, prepare_once
+from reparam_jax.data.tokenizers import (CharTokenizer, SentencePieceTokenizer, Tokenizer,
+                                         load_tokenizer)
+from reparam_jax.errors import UserError
+
+
+class WindowSource:
+  """Record `i` is the `length + 1` tokens starting at offset `i`.
+
+  Sampling every offset (shuffled) is nanoGPT's random-crop scheme made
+  deterministic and resumable: the sampler's position is the whole state.
+  """
+
+  def __init__(self, tokens: np.ndarray, length: int):
+    if len(tokens) <= length + 1:
+      raise UserError(f"text of {len(tokens)} tokens is too short for seq_len {length}")
+    self._tokens = tokens
+    self._length = length
+
+  def __len__(self) -> int:
+    return len(self._tokens) - self._length
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {"tokens": self._tokens[i:i + self._length + 1]}
+
+
+def eval_chunks(tokens: np.ndarray, length: int, global_batch: int) -> Iterator[dict]:
+  """Every target of the split exactly once, in consecutive windows.
+
+  The last window and the last batch are padded; `weights` is 0 on padding,
+  so the mean over weights is the exact per-token loss of the split.
+  Yields this host's rows of each global batch.
+  """
+  num_targets = len(tokens) - 1
+  num_windows = -(-num_targets // length)
+  padded = np.zeros(num_windows * length + 1, np.int32)
+  padded[:len(tokens)] = tokens
+  weights = np.zeros(num_windows * length, np.float32)
+  weights[:num_targets] = 1.0
+  starts = np.arange(num_windows) * length
+  for b in range(0, num_windows, global_batch):
+    idx = starts[b:b + global_batch]
+    rows = np.stack([padded[s:s + length + 1] for s in idx])
+    w = np.stack([weights[s:s + length] for s in idx])
+    if len(idx) < global_batch:  # static shapes: pad the batch with empty rows
+      pad = global_batch - len(idx)
+      rows = np.concatenate([rows, np.zeros((pad, length + 1), np.int32)])
+      w = np.concatenate([w, np.zeros((pad, length), np.float32)])
+    yield host_slice({"tokens": rows, "weights": w})
+
+
+def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:
+  """The raw text of each split of a text dataset."""
+  if data.name != "tiny_shakespeare":
+    raise UserError(f"the language-modelling task reads tiny_shakespeare, got data.name="
+                    f"{data.name!r}")
+  raw_dir = tfds_builders.raw_dir_from(data.raw_dir)
+  builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,
+                         tfds_dir=data.tfds_dir or None)
+  source = builder.as_data_source()
+  return {split: _text(source[split][0]["text"]) for split in ("train", "validation")}
+
+
+def _text(value: bytes | str) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def make_tokenizer(data: ml_collections.ConfigDict, splits: dict[str, str],
+                   workdir: str | None) -> Tokenizer:
+  """The run's tokenizer: reloaded from the workdir if it exists, else fitted."""
+  if workdir and any(os.path.exists(os.path.join(workdir, f))
+                     for f in (CharTokenizer.FILENAME, SentencePieceTokenizer.FILENAME)):
+    return load_tokenizer(workdir)
+  if data.tokenizer == "char":
+    tok = CharTokenizer.fit(splits.values())
+  elif data.tokenizer == "sentencepiece":
+    tok = SentencePieceTokenizer.fit(splits["train"].splitlines(), data.vocab_size)
+  else:
+    raise UserError(f"unknown data.tokenizer {data.tokenizer!r}; use 'char' or 'sentencepiece'")
+  if workdir:
+    tok.save(workdir)
+  return tok

@@ -1,0 +1,108 @@
+"""Tokenizers: character level, and sentencepiece trained locally on a corpus.
+
+Both save themselves into the run's workdir (`tokenizer.json` or
+`tokenizer.model`), so `sample` and later fine-tuning decode with exactly the
+vocabulary the model was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from reparam_jax.errors import UserError
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+
+  def encode(self, text: str) -> np.ndarray: ...
+
+  def decode(self, ids: Iterable[int]) -> str: ...
+
+  def save(self, directory: str) -> None: ...
+
+
+class CharTokenizer:
+  """One id per character, ids in sorted character order (nanoGPT's scheme)."""
+
+  FILENAME = "tokenizer.json"
+
+  def __init__(self, chars: str):
+    self.chars = chars
+    self._index = {c: i for i, c in enumerate(chars)}
+    self.vocab_size = len(chars)
+
+  @classmethod
+  def fit(cls, texts: Iterable[str]) -> "CharTokenizer":
+    return cls("".join(sorted(set().union(*map(set, texts)))))
+
+  def encode(self, text: str) -> np.ndarray:
+    try:
+      return np.fromiter((self._index[c] for c in text), dtype=np.int32, count=len(text))
+    except KeyError as e:
+      raise UserError(f"character {e.args[0]!r} is not in the tokenizer's vocabulary") from None
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return "".join(self.chars[int(i)] for i in ids)
+
+  def save(self, directory: str) -> None:
+    with open(os.path.join(directory, self.FILENAME), "w", encoding="utf-8") as f:
+      json.dump({"type": "char", "chars": self.chars}, f)
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece unigram model trained in memory on the training text."""
+
+  FILENAME = "tokenizer.model"
+
+  def __init__(self, model_proto: bytes):
+    import sentencepiece as spm
+    self.model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.vocab_size = self._sp.get_piece_size()
+
+  @classmethod
+  def fit(cls, lines: Iterable[str], vocab_size: int, model_type: str = "unigram",
+          user_symbols: tuple[str, ...] = ()) -> "SentencePieceTokenizer":
+    import sentencepiece as spm
+    if vocab_size <= 0:
+      raise UserError("sentencepiece needs --config.data.vocab_size > 0")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([s for s in lines if s.strip()]), model_writer=model,
+        vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=list(user_symbols),
+        num_threads=2, minloglevel=2, hard_vocab_limit=False)
+    return cls(model.getvalue())
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def piece_id(self, piece: str) -> int:
+    return self._sp.piece_to_id(piece)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def save(self, directory: str) -> None:
+    with open(os.path.join(directory, self.FILENAME), "wb") as f:
+      f.write(self.model_proto)
+
+
+def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer:
+  """The tokenizer a run saved into its workdir."""
+  char_path = os.path.join(directory, CharTokenizer.FILENAME)
+  sp_path = os.path.join(directory, SentencePieceTokenizer.FILENAME)
+  if os.path.exists(char_path):
+    with open(char_path, encoding="utf-8") as f:
+      return CharTokenizer(json.load(f)["chars"])
+  if os.path.exists(sp_path):
+    with open(sp_path, "rb") as f:
+      return SentencePieceTokenizer(f.read())
+  raise UserError(f"no tokenizer in {directory} (expected {CharTokenizer.FILENAME} or "
+                  f"{SentencePieceTokenizer.FILENAME}); is it a training workdir?")

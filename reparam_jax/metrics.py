@@ -1,0 +1,63 @@
+"""Metric sinks: `metrics.jsonl`, TensorBoard event files, and the console.
+
+Only process 0 writes; every record is one JSON object per line, e.g.
+`{"step": 100, "train/loss": 2.1, "train/tokens_per_sec": 21000.0}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+  v = np.asarray(v).item() if hasattr(v, "shape") or isinstance(v, np.generic) else v
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/inf; keep the record parseable
+  return v
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, *, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # no TensorFlow needed
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    if self.enabled:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+    return record
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """All records of a `metrics.jsonl`; a torn last line (crash mid-write) is skipped."""
+  records = []
+  if not os.path.exists(path):
+    return records
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records

@@ -1,0 +1,38 @@
+"""The optimizer: AdamW, linear warm-up + cosine decay, clipping, freezing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr`, then cosine decay to `end_lr` at `num_steps`."""
+  warmup = min(opt.warmup_steps, num_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
+      decay_steps=max(num_steps, warmup + 1), end_value=opt.end_lr)
+
+
+def default_decay_mask(params: Any) -> Any:
+  """Weight decay on matrices and embeddings only; never on biases or norms."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
+                   trainable: Any = None) -> optax.GradientTransformation:
+  """AdamW with clipping.  `trainable` (a bool pytree) freezes the False leaves."""
+  chain = []
+  if opt.clip_norm:
+    chain.append(optax.clip_by_global_norm(opt.clip_norm))
+  chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
+                           eps=opt.eps, weight_decay=opt.weight_decay,
+                           mask=default_decay_mask))
+  tx = optax.chain(*chain)
+  if trainable is not None:
+    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
+    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+  return tx

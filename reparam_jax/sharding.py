@@ -1,0 +1,127 @@
+"""Device mesh and the logical-axis → mesh-axis rules table.
+
+Model code names every parameter and activation dimension logically
+(`batch`, `length`, `embed`, `mlp`, `heads`, `kv`, `vocab`); a config's
+`axis_rules` maps those names onto the mesh axes `data`, `fsdp` and `tensor`
+(MaxText's scheme).  Changing parallelism is a config change, never a model
+change.  A mesh axis is used at most once per array: Flax assigns it to the
+first logical dimension that asks for it, so activations (`batch` takes
+`fsdp`) and parameters (`embed` takes `fsdp`) share one table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from reparam_jax.errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis, mesh axis or axes or None).  Data parallelism over `data`
+# and `fsdp`; parameters sharded over `fsdp` along `embed` (ZeRO-3 style);
+# Megatron tensor parallelism over `tensor` for heads, MLP and vocabulary.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+)
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves `-1` entries and checks the product against the device count."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if any(s == 0 or s < -1 for s in sizes):
+    raise UserError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+  unknown = [i for i, s in enumerate(sizes) if s == -1]
+  if len(unknown) > 1:
+    raise UserError("at most one mesh axis may be -1 (inferred)")
+  known = math.prod(s for s in sizes if s != -1)
+  if unknown:
+    if num_devices % known:
+      raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} "
+                      "devices; set --config.mesh.* so their product divides the device count")
+    sizes[unknown[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
+                    f"{num_devices} are available; make the product of --config.mesh.* "
+                    f"equal {num_devices} or use -1 for one axis")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  try:
+    return jax.make_mesh(shape, MESH_AXES, devices=devices)
+  except (ValueError, NotImplementedError):
+    # make_mesh optimises for ICI topology and refuses some shapes on CPU.
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def rules_tuple(rules: Any) -> tuple[tuple[str, Any], ...]:
+  out = []
+  for logical, mesh_axes in rules:
+    if isinstance(mesh_axes, list):
+      mesh_axes = tuple(mesh_axes)
+    out.append((logical, mesh_axes))
+  return tuple(out)
+
+
+def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Any) -> Any:
+  """NamedShardings for a (boxed, abstract) tree whose leaves carry logical names.
+
+  Unboxed leaves (step counters, scalars) are replicated.  A dimension that
+  its mesh axes do not divide (a 65-character vocabulary on `tensor=2`) is
+  replicated along those axes instead of failing: small or odd-sized
+  dimensions cost little memory, and the rule table stays one table.
+  """
+  mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules_tuple(rules))
+  shapes = nn.meta.unbox(abstract_tree)
+
+  def fit(spec: PartitionSpec, leaf: Any) -> NamedSharding:
+    return NamedSharding(mesh, divisible_spec(spec, getattr(leaf, "shape", ()), mesh))
+
+  return jax.tree.map(fit, mesh_specs, shapes,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """`spec` with the mesh axes that do not divide their dimension removed."""
+  fixed = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if names and dim % math.prod(mesh.shape[a] for a in names):
+      names = ()
+    fixed.append(None if not names else names[0] if len(names) == 1 else names)
+  return PartitionSpec(*fixed)
+
+
+def batch_sharding(mesh: Mesh, rules: Any, ndim: int = 2) -> NamedSharding:
+  """Sharding of an input batch `[batch, length, ...]`."""
+  axes = ("batch", "length") + (None,) * (ndim - 2)
+  spec = nn.logical_to_mesh_axes(axes[:ndim], rules_tuple(rules))
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_parallel_size(mesh: Mesh, rules: Any) -> int:
+  """How many ways the batch dimension is split."""
+  spec = batch_sharding(mesh, rules).spec
+  axes = spec[0] if len(spec) else None
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else axes
+  return math.prod(mesh.shape[a] for a in axes)

@@ -1,0 +1,29 @@
+"""Training tasks: what the model is, what it reads, and what it is scored on.
+
+A task is a class with this interface (see `lm.py` for the reference one):
+
+  model() -> nn.Module                    the Flax model (unaware of reparameterization)
+  init_args() -> tuple of arrays          model inputs of the right shapes, for `init`
+  train_iterator() -> iterator            per-host numpy batches (checkpointable grain iterator)
+  eval_batches() -> iterable              per-host numpy batches covering the eval split
+  loss(apply_fn, batch, train) -> (loss, metrics)
+                                          `apply_fn(batch-inputs…, train=…)` runs the model
+  eval_sums(apply_fn, batch) -> dict      sums over the batch (jitted, summed over batches)
+  eval_metrics(sums) -> dict              final eval metrics from the sums
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from reparam_jax.errors import UserError
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
+  from reparam_jax.tasks import lm  # noqa: PLC0415 (tasks import lazily: some need extra data)
+  registry = {"lm": lm.LanguageModelTask}
+  if config.task not in registry:
+    raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(registry))}")
+  return registry[config.task](config, workdir)

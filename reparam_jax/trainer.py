@@ -1,0 +1,164 @@
+"""The pieces `train.py` puts together: train state, sharded init, steps.
+
+Everything here is a pure function of its arguments, jitted once by the
+caller.  Reparameterization enters only through `reparam_hooks`: the model
+is wrapped before it gets here, its penalty is added to the loss, and its
+`post_update` (e.g. projection back to the sphere) runs after the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from reparam_jax import sharding as shd
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  extra: PyTree  # non-trainable variable collections (e.g. sparsity masks)
+
+
+class ReparamHooks:
+  """Calls into `reparam_jax.reparam` when the config selects transforms."""
+
+  def __init__(self, reparam_cfg: ml_collections.ConfigDict):
+    self.cfg = reparam_cfg
+    self.active = bool(reparam_cfg.get("rules"))
+    if self.active:
+      from reparam_jax import reparam  # noqa: PLC0415
+      self.lib = reparam
+
+  def wrap(self, model: nn.Module) -> nn.Module:
+    return self.lib.wrap(model, self.cfg) if self.active else model
+
+  def penalty(self, params: PyTree, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if not self.active:
+      return jnp.zeros((), jnp.float32), {}
+    return self.lib.penalty(params, self.cfg, step)
+
+  def post_update(self, params: PyTree) -> PyTree:
+    return self.lib.post_update(params, self.cfg) if self.active else params
+
+  def trainable_mask(self, params: PyTree) -> PyTree | None:
+    return self.lib.trainable_mask(params, self.cfg) if self.active else None
+
+
+def init_variables_fn(model: nn.Module, init_args: tuple[Any, ...]) -> Callable[[jax.Array], Any]:
+  def init(rng: jax.Array) -> Any:
+    return model.init({"params": rng}, *init_args, train=False)
+  return init
+
+
+def create_train_state(init_variables: Callable[[jax.Array], Any],
+                       make_tx: Callable[[PyTree], optax.GradientTransformation],
+                       mesh: Mesh, rules: Any, rng: jax.Array
+                       ) -> tuple[TrainState, TrainState, optax.GradientTransformation]:
+  """A train state created already sharded: eval_shape → shardings → jit(init).
+
+  No device ever holds more than its shard of the parameters, so models
+  larger than one device's memory initialise fine under FSDP.
+  Returns (state, its shardings, the optimizer).
+  """
+  abstract_vars = jax.eval_shape(init_variables, rng)
+  var_shardings = shd.logical_to_sharding(abstract_vars, mesh, rules)
+  abstract_params = nn.meta.unbox(abstract_vars["params"])
+  tx = make_tx(abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  # Optimizer moments mirror the params and take their shardings; counters
+  # and other non-param leaves are replicated.
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, var_shardings["params"],
+      transform_non_params=lambda _: shd.replicated(mesh))
+  state_shardings = TrainState(
+      step=shd.replicated(mesh), params=var_shardings["params"], opt_state=opt_shardings,
+      extra={k: v for k, v in var_shardings.items() if k != "params"})
+
+  def init_state(rng: jax.Array) -> TrainState:
+    variables = nn.meta.unbox(init_variables(rng))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      extra=dict(variables))
+
+  state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+  return state, state_shardings, tx
+
+
+def abstract_like(state: TrainState, shardings: TrainState) -> TrainState:
+  """ShapeDtypeStructs with shardings: the restore target for a checkpoint."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      state, shardings)
+
+
+def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
+                    hooks: ReparamHooks, schedule: optax.Schedule, grad_accum_steps: int,
+                    base_rng: jax.Array) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One optimizer step over a global batch (optionally in micro-batches)."""
+
+  def loss_fn(params: PyTree, extra: PyTree, batch: dict, rng: jax.Array, step: jax.Array):
+    dropout_rng, reparam_rng = jax.random.split(rng)
+
+    def apply_fn(*args: Any, train: bool, **kwargs: Any) -> Any:
+      rngs = {"dropout": dropout_rng, "reparam": reparam_rng} if train else {}
+      return model.apply({"params": params, **extra}, *args, train=train, rngs=rngs, **kwargs)
+
+    loss, metrics = task.loss(apply_fn, batch, train=True)
+    penalty, terms = hooks.penalty(params, step)
+    metrics = dict(metrics, **{f"penalty/{k}": v for k, v in terms.items()})
+    return loss + penalty, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(base_rng, state.step)
+    if grad_accum_steps == 1:
+      (total, metrics), grads = grad_fn(state.params, state.extra, batch, rng, state.step)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+          batch)
+
+      def accumulate(carry, xs):
+        i, mb = xs
+        (t, m), g = grad_fn(state.params, state.extra, mb, jax.random.fold_in(rng, i), state.step)
+        return jax.tree.map(jnp.add, carry, (t, m, g)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state.params, state.extra, jax.tree.map(lambda x: x[0], micro), rng,
+          state.step))
+      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      (total, metrics, grads), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+      total, metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps,
+                                           (total, metrics, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = hooks.post_update(optax.apply_updates(state.params, updates))
+    metrics = dict(metrics, total_loss=total, grad_norm=optax.global_norm(grads),
+                   lr=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, task: Any) -> Callable[[TrainState, dict], dict]:
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    def apply_fn(*args: Any, train: bool, **kwargs: Any) -> Any:
+      return model.apply({"params": state.params, **state.extra}, *args, train=train, **kwargs)
+    return task.eval_sums(apply_fn, batch)
+  return eval_step
+
+
+def count_params(tree: PyTree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -1,0 +1,26 @@
+"""Test setup: 8 simulated CPU devices (set before JAX initialises) and data paths."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def raw_data_dir() -> str:
+  """The raw downloads folder ($REPARAM_DATA_DIR, else ../shared/data)."""
+  path = os.environ.get("REPARAM_DATA_DIR") or SHARED_DATA
+  if not os.path.isdir(path):
+    pytest.skip(f"raw datasets not found at {path}; set REPARAM_DATA_DIR")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> str:
+  """One prepared-TFDS folder shared by the whole session (preparing is slow)."""
+  return os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))

@@ -1,0 +1,59 @@
+"""Config loading and overrides: typed, locked, one-line errors with exit code 2."""
+
+import pytest
+
+from reparam_jax import config_lib
+from reparam_jax.errors import UserError
+from tests.helpers import QUICKSTART, run_train_subprocess
+
+
+def test_overrides_are_typed():
+  config, rest = config_lib.load([f"--config={QUICKSTART}", "--config.optimizer.lr=3e-4",
+                                  "--config.model.num_layers=2", "--config.model.rope=true",
+                                  "--config.data.tokenizer=sentencepiece", "--workdir=/x"])
+  assert config.optimizer.lr == 3e-4 and isinstance(config.optimizer.lr, float)
+  assert config.model.num_layers == 2 and config.model.rope is True
+  assert config.data.tokenizer == "sentencepiece"
+  assert rest == ["--workdir=/x"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.lrr=1", "did you mean optimizer.lr"),
+    ("--config.model.num_layer=2", "did you mean model.num_layers"),
+    ("--config.model.num_layers=abc", "expected an integer"),
+    ("--config.model.num_layers=2.5", "expected an integer"),
+    ("--config.optimizer.lr=fast", "expected a number"),
+    ("--config.model.rope=maybe", "expected a boolean"),
+    ("--config.model=3", "is a section"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+  with pytest.raises(UserError, match=message):
+    config_lib.load([f"--config={QUICKSTART}", override])
+
+
+def test_missing_config_file():
+  with pytest.raises(UserError, match="does not exist"):
+    config_lib.load(["--config=configs/nope.py"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.lrr=1", "unknown config key 'optimizer.lrr'"),
+    ("--config.mesh.data=3", "mesh"),
+    ("--config.batch_size=7", "batch_size=7 must be a positive multiple"),
+    ("--config.num_steps=-5", "num_steps must be positive"),
+])
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, override, message):
+  result = run_train_subprocess([f"--config={QUICKSTART}", f"--workdir={tmp_path / 'w'}",
+                                 override], devices=2)
+  assert result.returncode == 2, result.stderr
+  lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+  assert message in lines[0]
+  assert "Traceback" not in result.stderr
+
+
+def test_unwritable_workdir_is_a_user_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = run_train_subprocess([f"--config={QUICKSTART}", f"--workdir={blocker / 'sub'}"])
+  assert result.returncode == 2 and "not writable" in result.stderr

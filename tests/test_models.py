@@ -1,0 +1,89 @@
+"""The Transformer: shapes, masking, published parameter counts."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reparam_jax.models import PRESETS, Transformer, TransformerConfig
+
+TINY = dict(vocab_size=37, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=12)
+
+
+def _count(cfg: TransformerConfig) -> int:
+  model = Transformer(cfg)
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
+                                             jnp.zeros((1, 8), jnp.int32)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+
+
+@pytest.mark.parametrize("preset,expected", [("gpt2_small", 124_439_808),
+                                             ("bert_base", 109_482_240)])
+def test_published_parameter_counts(preset, expected):
+  assert _count(TransformerConfig(**PRESETS[preset])) == expected
+
+
+def _init(cfg, L=12, B=3):
+  model = Transformer(cfg)
+  ids = jax.random.randint(jax.random.key(1), (B, L), 0, cfg.vocab_size)
+  return model, model.init({"params": jax.random.key(0)}, ids), ids
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_decoder_shapes_and_causality(rope):
+  cfg = TransformerConfig(**TINY, rope=rope)
+  model, variables, ids = _init(cfg)
+  out = model.apply(variables, ids)
+  assert out["logits"].shape == (3, 12, 37) and out["hidden"].shape == (3, 12, 16)
+  # Changing a future token must not change earlier logits.
+  changed = ids.at[:, 7].set((ids[:, 7] + 1) % 37)
+  out2 = model.apply(variables, changed)
+  np.testing.assert_allclose(out["logits"][:, :7], out2["logits"][:, :7], atol=1e-6)
+  assert not np.allclose(out["logits"][:, 7:], out2["logits"][:, 7:])
+
+
+def test_encoder_shapes_and_padding_mask():
+  cfg = TransformerConfig(**TINY, causal=False, pre_norm=False, type_vocab_size=2,
+                          embed_norm=True, pooler=True)
+  model, variables, ids = _init(cfg)
+  pad = jnp.arange(12)[None, :] < 9  # last 3 positions are padding
+  out = model.apply(variables, ids, padding_mask_BxL=jnp.broadcast_to(pad, ids.shape),
+                    token_types_BxL=jnp.zeros_like(ids))
+  assert out["hidden"].shape == (3, 12, 16) and out["pooled"].shape == (3, 16)
+  assert "logits" not in out
+  # Padded keys are never attended: their content does not matter.
+  other = ids.at[:, 9:].set(0)
+  out2 = model.apply(variables, other, padding_mask_BxL=jnp.broadcast_to(pad, ids.shape))
+  np.testing.assert_allclose(out["hidden"][:, :9], out2["hidden"][:, :9], atol=1e-5)
+
+
+def test_parameters_and_activations_carry_logical_axes():
+  cfg = TransformerConfig(**TINY)
+  _, variables, _ = _init(cfg)
+  names = jax.tree.map(lambda p: p.names, variables["params"],
+                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert names["block_0"]["attn"]["query"]["kernel"] == ("embed", "heads")
+  assert names["block_0"]["attn"]["out"]["kernel"] == ("heads", "embed")
+  assert names["block_0"]["mlp"]["fc_in"]["kernel"] == ("embed", "mlp")
+  assert names["embed"]["token"]["embedding"] == ("vocab", "embed")
+  leaves = jax.tree.leaves(variables["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(x, nn.Partitioned) for x in leaves)
+
+
+def test_bf16_compute_keeps_fp32_params():
+  cfg = TransformerConfig(**TINY, dtype="bfloat16")
+  model, variables, ids = _init(cfg)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.meta.unbox(variables)))
+  out = model.apply(variables, ids)
+  assert out["logits"].dtype == jnp.bfloat16
+
+
+def test_dropout_active_only_in_training():
+  cfg = TransformerConfig(**TINY, residual_dropout=0.5, attention_dropout=0.5, embed_dropout=0.1)
+  model, variables, ids = _init(cfg)
+  a = model.apply(variables, ids, train=False)["logits"]
+  b = model.apply(variables, ids, train=False)["logits"]
+  np.testing.assert_array_equal(a, b)
+  c = model.apply(variables, ids, train=True, rngs={"dropout": jax.random.key(3)})["logits"]
+  assert not np.allclose(a, c)

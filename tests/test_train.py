@@ -1,0 +1,167 @@
+"""The trainer end to end on a tiny model: artifacts, sharding, resume, multi-process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reparam_jax import checkpoint, config_lib, optim, sharding, train, trainer
+from reparam_jax.metrics import read_jsonl
+from reparam_jax.models import Transformer, TransformerConfig
+from tests.helpers import REPO, run_train_subprocess, tiny_args
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, raw_data_dir, tfds_dir):
+  """An uninterrupted 12-step run on 8 devices (data parallel), in process."""
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  args = tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=12)
+  final = train.main(args)
+  return workdir, final
+
+
+def test_run_writes_metrics_tensorboard_checkpoints_and_done(reference_run):
+  workdir, final = reference_run
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_records = [r for r in records if "train/loss" in r]
+  eval_records = [r for r in records if "eval/loss" in r]
+  assert [r["step"] for r in train_records] == list(range(1, 13))
+  assert {"train/tokens_per_sec", "train/lr", "train/grad_norm"} <= set(train_records[0])
+  assert [r["step"] for r in eval_records] == [5, 10, 12]
+  assert eval_records[-1]["eval/perplexity"] == pytest.approx(
+      np.exp(eval_records[-1]["eval/loss"]), rel=1e-6)
+  assert train_records[-1]["train/loss"] < train_records[0]["train/loss"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))[0].startswith("events.out.tfevents")
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "12", "5"]
+  with open(os.path.join(workdir, "done.json")) as f:
+    assert json.load(f)["eval/loss"] == pytest.approx(final["eval/loss"])
+
+
+def test_checkpoint_round_trip(reference_run, tmp_path):
+  workdir, _ = reference_run
+  params = checkpoint.load_params(workdir)
+  checkpoint.save_params(str(tmp_path / "params"), params)
+  again = checkpoint.load_params(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sample_generates_from_checkpoint(reference_run):
+  from reparam_jax import sample
+  workdir, _ = reference_run
+  text = sample.main([f"--workdir={workdir}", "--prompt=ROMEO:", "--num_tokens=20"])
+  assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, raw_data_dir,
+                                                       tfds_dir):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "run")
+  args = tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=12)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  proc = subprocess.Popen([sys.executable, "-m", "reparam_jax.train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and max(_losses(workdir), default=0) < 3:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "preempted: checkpoint saved at step" in out
+  stopped = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+  assert stopped < 12, "the run finished before it could be interrupted"
+  result = run_train_subprocess(args, devices=8)
+  assert result.returncode == 0, result.stderr
+  assert f"resumed from step {stopped}" in result.stdout
+  assert _losses(workdir) == _losses(ref_dir)  # exactly, step by step
+
+
+def _tiny_state(mesh, rules):
+  cfg = TransformerConfig(vocab_size=65, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
+                          max_len=16)
+  model = Transformer(cfg)
+  opt_cfg = config_lib.load_config_file("configs/lm/shakespeare_char.py").optimizer
+  return model, trainer.create_train_state(
+      trainer.init_variables_fn(model, (np.zeros((1, 16), np.int32),)),
+      lambda p: optim.make_optimizer(opt_cfg, 100), mesh, rules, jax.random.key(0))
+
+
+def test_same_loss_on_one_and_eight_devices():
+  rules = sharding.DEFAULT_AXIS_RULES
+  tokens = jax.random.randint(jax.random.key(7), (8, 17), 0, 65)
+
+  def losses_on(mesh):
+    import flax.linen as nn
+    model, (state, shardings, _) = _tiny_state(mesh, rules)
+    def loss(params, batch):
+      logits = model.apply({"params": params}, batch[:, :-1])["logits"]
+      return optax_ce(logits, batch[:, 1:])
+    batch = jax.device_put(tokens, sharding.batch_sharding(mesh, rules))
+    with mesh, nn.logical_axis_rules(rules):
+      value, grads = jax.jit(jax.value_and_grad(loss))(state.params, batch)
+    return float(value), float(optax_global_norm(grads)), state.params
+
+  one = losses_on(sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+  eight_mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  eight = losses_on(eight_mesh)
+  assert abs(one[0] - eight[0]) < 1e-5 and abs(one[1] - eight[1]) < 1e-5
+  kernel = eight[2]["block_0"]["mlp"]["fc_in"]["kernel"]  # (embed→fsdp, mlp→tensor)
+  assert kernel.sharding.shard_shape(kernel.shape) == (16, 32)
+
+
+def optax_ce(logits, targets):
+  import optax
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def optax_global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+
+def test_trainer_on_an_eight_device_mesh(tmp_path, raw_data_dir, tfds_dir):
+  args = tiny_args(str(tmp_path), raw_data_dir, tfds_dir, num_steps=3, mesh__data=2,
+                   mesh__fsdp=2, mesh__tensor=2, eval_every=3)
+  result = run_train_subprocess(args, devices=8)
+  assert result.returncode == 0, result.stderr
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in result.stdout
+
+
+def test_two_processes_match_one_process(tmp_path, raw_data_dir, tfds_dir):
+  """2 local processes through jax.distributed (gloo) give the one-process losses."""
+  single = tmp_path / "single"
+  common = dict(num_steps=4, eval_every=4, checkpoint_every=4)
+  result = run_train_subprocess(tiny_args(str(single), raw_data_dir, tfds_dir, **common),
+                                devices=2)
+  assert result.returncode == 0, result.stderr
+  multi = tmp_path / "multi"
+  port = 20000 + os.getpid() % 20000
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "reparam_jax.train",
+       *tiny_args(str(multi), raw_data_dir, tfds_dir, **common),
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  assert "2 devices, 2 processes" in outs[0]
+  a, b = _losses(str(single)), _losses(str(multi))
+  assert a.keys() == b.keys()
+  np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-5)
+  # The group's checkpoint restores in a single process.
+  params = checkpoint.load_params(str(multi))
+  assert params["block_0"]["mlp"]["fc_in"]["kernel"].shape == (16, 32)
