@@ -1,0 +1,196 @@
+"""`config.reparam` → a `Plan`: which transform stack applies to which parameter.
+
+Config format (see docs/reparam.md):
+
+  config.reparam.rules = (
+      (r"block_\\d+/mlp/fc_(in|out)/kernel", "lowrank(rank={rank})"),
+      (r"block_\\d+/attn/(query|value)/kernel", "lora(rank=8, alpha=16)"),
+      (r".*", "frozen"),
+  )
+  config.reparam.rank = 64            # fills {rank}: --config.reparam.rank=32 sweeps it
+
+* a rule is (regex, spec); the regex must *fully* match a '/'-joined
+  parameter path such as 'block_0/mlp/fc_in/kernel'; the first matching rule
+  wins; parameters no rule matches are left as they are;
+* a spec is one or more stages joined by '|', each `name` or
+  `name(key=value, ...)` with Python-literal values (bare words are strings:
+  `latent(decoder=fixed)`), applied in declared order;
+* `{field}` in a spec is replaced by `config.reparam.field`, so a sweep
+  overrides one scalar instead of restating the rules;
+* `config.reparam.structured` ('auto', True, False): whether 2-D weights reach
+  the model as structured kernels (`(x U) Vᵀ`) or as dense arrays.  'auto'
+  means structured for models from `reparam_jax.models` (whose `Dense`
+  accepts them) and dense for any other (e.g. stock `nn.Dense`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import zlib
+from typing import Any, Iterator, Mapping
+
+import jax
+
+from reparam_jax.errors import UserError
+from reparam_jax.reparam.base import TRANSFORMS, compose
+
+# Importing registers the built-in transforms.
+from reparam_jax.reparam import lora, lowrank, spherical, variational  # noqa: F401,E402
+
+
+def parse_stage(text: str) -> Any:
+  """`"lowrank(rank=16)"` → `LowRank(rank=16)`."""
+  text = text.strip()
+  try:
+    node = ast.parse(text, mode="eval").body
+  except SyntaxError:
+    raise UserError(f"cannot parse transform spec {text!r}; expected name(key=value, ...)") from None
+  if isinstance(node, ast.Name):
+    name, keywords = node.id, []
+  elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+    name, keywords = node.func.id, node.keywords
+  else:
+    raise UserError(f"bad transform spec {text!r}: use name or name(key=value, ...) "
+                    "(keyword arguments only)")
+  if name not in TRANSFORMS:
+    raise UserError(f"unknown transform {name!r} in {text!r}; known: {', '.join(sorted(TRANSFORMS))}")
+  cls = TRANSFORMS[name]
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  kwargs = {}
+  for kw in keywords:
+    if kw.arg not in fields:
+      raise UserError(f"{name} has no argument {kw.arg!r}; it takes: {', '.join(fields) or 'none'}")
+    if isinstance(kw.value, ast.Name):  # bare word → string
+      value: Any = {"True": True, "False": False, "None": None}.get(kw.value.id, kw.value.id)
+    else:
+      try:
+        value = ast.literal_eval(kw.value)
+      except ValueError:
+        raise UserError(f"{name}({kw.arg}=...) in {text!r}: value must be a literal") from None
+    default = fields[kw.arg].default
+    if isinstance(default, bool) and not isinstance(value, bool):
+      raise UserError(f"{name}({kw.arg}=...): expected True/False, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+      if not value.is_integer():
+        raise UserError(f"{name}({kw.arg}=...): expected an integer, got {value!r}")
+      value = int(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    kwargs[kw.arg] = value
+  return cls(**kwargs)
+
+
+def parse_spec(spec: str) -> Any:
+  """`"spherical|lora(rank=4)"` → the composed node."""
+  return compose([parse_stage(s) for s in spec.split("|")])
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  pattern: str
+  spec: str
+  node: Any
+  regex: re.Pattern = dataclasses.field(compare=False)
+
+
+def _fill(spec: str, values: Mapping[str, Any]) -> str:
+  def sub(m: re.Match) -> str:
+    key = m.group(1)
+    if key not in values:
+      raise UserError(f"spec {spec!r} refers to {{{key}}} but config.reparam.{key} is not set")
+    return repr(values[key]) if isinstance(values[key], str) else str(values[key])
+  return re.sub(r"\{(\w+)\}", sub, spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  rules: tuple[Rule, ...]
+  structured: Any = "auto"
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> "Plan":
+    if cfg is None:
+      return cls(())
+    get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+    raw = get("rules", ()) or ()
+    values = {k: v for k, v in (cfg.items() if hasattr(cfg, "items") else [])
+              if k not in ("rules", "structured") and isinstance(v, (int, float, str, bool))}
+    if isinstance(raw, str):
+      raise UserError("config.reparam.rules must be a tuple of (regex, spec) pairs, not a string")
+    rules = []
+    for i, item in enumerate(raw):
+      if not (isinstance(item, (tuple, list)) and len(item) == 2
+              and all(isinstance(x, str) for x in item)):
+        raise UserError(f"config.reparam.rules[{i}] = {item!r}: expected a (regex, spec) pair")
+      pattern, spec = item
+      try:
+        regex = re.compile(pattern)
+      except re.error as e:
+        raise UserError(f"config.reparam.rules[{i}]: bad regex {pattern!r}: {e}") from None
+      spec = _fill(spec, values)
+      rules.append(Rule(pattern, spec, parse_spec(spec), regex))
+    structured = get("structured", "auto")
+    if structured not in ("auto", True, False):
+      raise UserError(f"config.reparam.structured must be 'auto', True or False, got {structured!r}")
+    return cls(tuple(rules), structured)
+
+  def match(self, path: str) -> Rule | None:
+    for rule in self.rules:
+      if rule.regex.fullmatch(path):
+        return rule
+    return None
+
+  def check_all_used(self, used: set[int], paths: list[str]) -> None:
+    for i, rule in enumerate(self.rules):
+      if i not in used:
+        sample = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
+        raise UserError(f"reparam rule {rule.pattern!r} -> {rule.spec!r} matches no parameter "
+                        f"(or an earlier rule matches first); the regex must fully match a "
+                        f"path such as: {sample}")
+
+
+def path_key(key: jax.Array, path: str) -> jax.Array:
+  """A per-parameter key that does not depend on tree order."""
+  return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+
+
+def _is_box(x: Any) -> bool:
+  from flax.core import meta  # noqa: PLC0415
+  return isinstance(x, meta.AxisMetadata)
+
+
+def dense_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(path, leaf) for a plain params tree; boxes count as leaves."""
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      yield from dense_leaves(v, f"{prefix}/{k}" if prefix else str(k))
+  else:
+    yield prefix, tree
+
+
+def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: str = "") -> Any:
+  """Rebuilds a θ params tree, replacing each reparameterized subtree by `fn(path, rule, θ)`.
+
+  A subtree is reparameterized when its path matches a rule and its structure
+  is that rule's θ; unmatched leaves go through `fn(path, None, leaf)`.
+  """
+  used: set[int] = set()
+  paths: list[str] = []
+
+  def rec(node: Any, path: str) -> Any:
+    if path:
+      rule = plan.match(path)
+      if rule is not None and rule.node.matches(node):
+        used.add(plan.rules.index(rule))
+        return fn(path, rule, node)
+    if isinstance(node, Mapping):
+      return {k: rec(v, f"{path}/{k}" if path else str(k)) for k, v in node.items()}
+    paths.append(path)
+    return fn(path, None, node)
+
+  out = rec(tree, prefix)
+  if require_all:
+    plan.check_all_used(used, paths)
+  return out

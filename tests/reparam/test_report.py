@@ -1,0 +1,67 @@
+"""Report numbers on a tiny config match hand counts; the CLI builds the trainer's model."""
+
+from __future__ import annotations
+
+import textwrap
+
+import ml_collections
+import pytest
+
+from reparam_jax.report import main, model_rows
+
+MODEL = dict(vocab_size=32, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
+
+
+def _config(rules, **reparam_extra):
+  c = ml_collections.ConfigDict()
+  c.seq_len = 8
+  c.model = ml_collections.ConfigDict(MODEL)
+  c.reparam = ml_collections.ConfigDict(dict(rules=rules, **reparam_extra))
+  return c
+
+
+def test_report_matches_hand_counts():
+  rules = ((r"block_0/mlp/fc_(in|out)/kernel", "lowrank(rank={rank})"),
+           (r"block_0/attn/query/kernel", "lora(rank=2)"))
+  rows = model_rows(_config(rules, rank=4), tokens_per_seq=8)
+  by_path = {r["path"]: r for r in rows}
+  fc_in = by_path["block_0/mlp/fc_in/kernel"]
+  # 16x32 kernel at rank 4: r(d_in + d_out) = 4·48 stored; 2·r(d_in + d_out) FLOPs per token.
+  assert (fc_in["dense"], fc_in["stored"], fc_in["trainable"]) == (512, 192, 192)
+  assert (fc_in["flops_dense"], fc_in["flops"]) == (1024, 384)
+  assert fc_in["compression"] == pytest.approx(512 / 192)
+  assert fc_in["bits_per_weight"] == pytest.approx(32 * 192 / 512)
+  q = by_path["block_0/attn/query/kernel"]
+  # LoRA r=2 on 16x16: W0 (256, frozen) + A 16x2 + B 2x16; FLOPs 2·256 + 2·2·(16+16).
+  assert (q["dense"], q["stored"], q["trainable"], q["flops"]) == (256, 320, 64, 640)
+  total = rows[-1]
+  # Whole model: 2,896 dense params (embeddings 640, block 2,224, final LN 32).
+  assert total["dense"] == 2896
+  assert total["stored"] == 2896 - 2 * 512 + 2 * 192 + 64
+  assert total["trainable"] == total["stored"] - 256
+  tied = 2 * 32 * 16
+  assert total["flops_dense"] == 2 * (4 * 256 + 2 * 512) + tied
+  assert total["flops"] == 640 + 3 * 512 + 2 * 384 + tied
+  assert total["flops_per_seq"] == 8 * total["flops"]
+
+
+def test_report_cli_with_override(tmp_path, capsys):
+  cfg = tmp_path / "tiny.py"
+  cfg.write_text(textwrap.dedent(f"""
+      import ml_collections
+      def get_config():
+        c = ml_collections.ConfigDict()
+        c.seq_len = 8
+        c.model = ml_collections.ConfigDict({MODEL!r})
+        c.reparam = ml_collections.ConfigDict()
+        c.reparam.rules = ((r"block_0/mlp/fc_(in|out)/kernel", "lowrank(rank={{rank}})"),)
+        c.reparam.rank = 4
+        return c
+  """))
+  main([f"--config={cfg}", "--config.reparam.rank=2"])
+  out = capsys.readouterr().out
+  assert "lowrank(rank=2)" in out and "block_0/mlp/fc_out/kernel" in out
+  assert "96" in out  # 2·(16+32) stored per kernel
+  with pytest.raises(SystemExit) as e:
+    main([f"--config={cfg}", "--config.reparam.rules=(('nope', 'lowrank(rank=2)'),)"])
+  assert e.value.code == 2

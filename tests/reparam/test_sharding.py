@@ -1,0 +1,78 @@
+"""On an 8-device CPU mesh every θ leaf gets the sharding derived from its weight."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+SPECS = ["lowrank(rank=4)", "spherical", "lora(rank=2)", "variational", "latent(dim=4)",
+         "hypersphere", "spherical|lora(rank=2)"]
+
+
+def check_shardings() -> None:
+  import flax.linen as nn  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import ml_collections  # noqa: PLC0415
+  from jax.sharding import Mesh, PartitionSpec as P  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from reparam_jax import reparam  # noqa: PLC0415
+  from reparam_jax.models import Transformer, TransformerConfig  # noqa: PLC0415
+
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("fsdp", "tensor"))
+  rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+  cfg = TransformerConfig(vocab_size=32, num_layers=1, num_heads=4, embed_dim=16, mlp_dim=32,
+                          max_len=8)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  expected = {  # fc_in kernel is ('embed', 'mlp') → (fsdp, tensor)
+      "lowrank(rank=4)": {"u": P("fsdp", None), "v": P("tensor", None)},
+      "spherical": {"radius": P("tensor"), "angles": P(None, "tensor")},
+      "lora(rank=2)": {"base": P("fsdp", "tensor"), "lora_a": P("fsdp", None),
+                       "lora_b": P(None, "tensor")},
+      "variational": {"mu": P("fsdp", "tensor"), "rho": P("fsdp", "tensor")},
+      "latent(dim=4)": {"z_mu": P(None, None), "z_rho": P(None, None), "dec_in": P("fsdp", None),
+                        "dec_out": P(None, "tensor")},
+      "hypersphere": {"direction": P("fsdp", "tensor"), "scale": P("tensor")},
+      "spherical|lora(rank=2)": {"base": {"radius": P("tensor"), "angles": P(None, "tensor")},
+                                 "lora_a": P("fsdp", None), "lora_b": P(None, "tensor")},
+  }
+  for spec in SPECS:
+    rc = ml_collections.ConfigDict(dict(rules=((r"block_\d+/mlp/fc_in/kernel", spec),)))
+    wrapped = reparam.wrap(Transformer(cfg), rc)
+    init = lambda k: wrapped.init(k, ids)  # noqa: E731
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    params = jax.jit(init, out_shardings=shardings)(jax.random.key(0))["params"]
+    theta = params["block_0"]["mlp"]["fc_in"]["kernel"]
+    got = jax.tree.map(lambda b: b.value.sharding.spec, theta,
+                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    want = jax.tree.map(lambda s: s, expected[spec], is_leaf=lambda x: isinstance(x, P))
+    flat_got = jax.tree_util.tree_flatten_with_path(got, is_leaf=lambda x: isinstance(x, P))[0]
+    flat_want = dict(jax.tree_util.tree_flatten_with_path(want, is_leaf=lambda x: isinstance(x, P))[0])
+    assert len(flat_got) == len(flat_want), spec
+    for path, s in flat_got:
+      w = flat_want[path]
+      assert tuple(s) + (None,) * (len(w) - len(s)) == tuple(w), (spec, path, s, w)
+    # Sharded values compute the same as unsharded ones.
+    y = jax.jit(lambda p: wrapped.apply({"params": p}, ids)["logits"])(params)
+    y_ref = wrapped.apply({"params": jax.device_get(params)}, ids)["logits"]
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
+
+
+def test_theta_shardings_follow_weight_axes():
+  if jax.device_count() >= 8:
+    check_shardings()
+    return
+  # JAX started with fewer devices (e.g. a conftest imported it first): use a fresh process.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = "from tests.reparam.test_sharding import check_shardings; check_shardings()"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=300)
+  if proc.returncode != 0:
+    pytest.fail(proc.stderr[-3000:])
