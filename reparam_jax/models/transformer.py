@@ -13,6 +13,17 @@ Parameter tree (plain, so reparameterization rules can target it by path):
   ln_final                         (pre-LN models)
   pooler/{kernel,bias}             (encoder with pooler)
 
+Projection options (ALBERT, Lan et al. 2020; all off by default):
+
+  embed_proj_dim=E   tables are [vocab, E] (and [max_len, E], [types, E], LN over
+                     E), then `embed/projection/{kernel [E, embed], bias}`; a tied
+                     output layer maps embed → E with the projection's transpose
+                     and attends to the [vocab, E] table
+  share_layers       one `block_shared/...` applied num_layers times
+  layer_dims=(d_0, …) block i runs at width d_i; where the width changes,
+                     `proj_{i}/{kernel [d_{i-1}, d_i], bias}` maps the residual
+                     stream into block i (d_{-1} = embed); see docs/tasks.md
+
 Projection kernels are 2-D `[d_in, d_out]` matrices (heads fused into the
 output axis, split after the matmul) so every linear map is a matrix a
 reparameterization can factor; the fused axis is sharded along `heads`.
@@ -27,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reparam_jax.models.layers import Dense, Embed, LayerNorm
+from reparam_jax.models.layers import Dense, Embed, LayerNorm, materialize
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -58,10 +69,38 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass
+  embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
+  share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
+  layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
+
+  def __post_init__(self):
+    # Config files and overrides may hand a list; keep the dataclass hashable.
+    object.__setattr__(self, "layer_dims", tuple(int(d) for d in self.layer_dims))
+    if self.layer_dims:
+      if len(self.layer_dims) != self.num_layers:
+        raise ValueError(f"layer_dims {self.layer_dims} needs one width per layer "
+                         f"({self.num_layers})")
+      bad = [d for d in self.layer_dims if d <= 0 or d % self.num_heads]
+      if bad:
+        raise ValueError(f"layer_dims {bad} must be positive multiples of num_heads "
+                         f"({self.num_heads})")
+      if self.share_layers and len(set(self.layer_dims)) > 1:
+        raise ValueError("share_layers needs one width for all layers; layer_dims varies")
 
   @property
   def head_dim(self) -> int:
     return self.embed_dim // self.num_heads
+
+  @property
+  def block_dims(self) -> tuple[int, ...]:
+    return self.layer_dims or (self.embed_dim,) * self.num_layers
+
+  def at_width(self, width: int) -> "TransformerConfig":
+    """The config of a block running at `width`: same heads (narrower), same MLP ratio."""
+    if width == self.embed_dim:
+      return self
+    return dataclasses.replace(self, embed_dim=width, mlp_dim=self.mlp_dim * width // self.embed_dim,
+                               layer_dims=())
 
 
 def _dtypes(cfg: TransformerConfig) -> dict[str, Any]:
@@ -151,14 +190,17 @@ class Embeddings(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.token = Embed(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), **_dtypes(cfg))
+    width = cfg.embed_proj_dim or cfg.embed_dim
+    self.token = Embed(cfg.vocab_size, width, ("vocab", "embed"), **_dtypes(cfg))
     if not cfg.rope:
-      self.position = Embed(cfg.max_len, cfg.embed_dim, ("length", "embed"), **_dtypes(cfg))
+      self.position = Embed(cfg.max_len, width, ("length", "embed"), **_dtypes(cfg))
     if cfg.type_vocab_size:
-      self.token_type = Embed(cfg.type_vocab_size, cfg.embed_dim, (None, "embed"), **_dtypes(cfg))
+      self.token_type = Embed(cfg.type_vocab_size, width, (None, "embed"), **_dtypes(cfg))
     if cfg.embed_norm:
       self.ln = LayerNorm(cfg.layer_norm_eps, **_dtypes(cfg))
     self.dropout = nn.Dropout(cfg.embed_dropout)
+    if cfg.embed_proj_dim:
+      self.projection = Dense(cfg.embed_dim, (None, "embed"), True, **_dtypes(cfg))
 
   def __call__(self, ids_BxL: Array, positions_BxL: Array, types_BxL: Array | None,
                train: bool) -> Array:
@@ -170,9 +212,17 @@ class Embeddings(nn.Module):
     if self.cfg.embed_norm:
       x = self.ln(x)
     x = self.dropout(x, deterministic=not train)
+    if self.cfg.embed_proj_dim:
+      x = self.projection(x)
     return constrain(x, ("batch", "length", "embed"))
 
   def attend(self, x_BxLxD: Array) -> Array:
+    if self.cfg.embed_proj_dim:
+      # Tied output of a factorised embedding: back to E through the
+      # projection's transpose (no bias), then the [vocab, E] table.
+      kernel = materialize(nn.meta.unbox(self.projection.get_variable("params", "kernel")))
+      kernel = kernel.astype(self.cfg.dtype)
+      x_BxLxD = jnp.einsum("...d,ed->...e", x_BxLxD.astype(kernel.dtype), kernel)
     return self.token.attend(x_BxLxD)
 
 
@@ -207,20 +257,31 @@ class Transformer(nn.Module):
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
     block_cls = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
-    for i in range(cfg.num_layers):
-      x = block_cls(cfg, name=f"block_{i}")(x, mask, positions_BxL, train)
+    if cfg.share_layers:
+      shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
+    width = cfg.embed_dim
+    for i, dim in enumerate(cfg.block_dims):
+      if dim != width:
+        x = Dense(dim, ("embed", None), cfg.use_bias, name=f"proj_{i}", **_dtypes(cfg))(x)
+        x, width = constrain(x, ("batch", "length", "embed")), dim
+      block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
+      x = block(x, mask, positions_BxL, train)
     if cfg.pre_norm:
       x = LayerNorm(cfg.layer_norm_eps, name="ln_final", **_dtypes(cfg))(x)
 
     out = {"hidden": x}
     if cfg.causal:
       if cfg.tie_embeddings:
-        logits = embed.attend(x)
+        y = x
+        if width != cfg.embed_dim:  # narrower top blocks: back to the embedding width
+          y = Dense(cfg.embed_dim, (None, "embed"), cfg.use_bias, name="proj_out",
+                    **_dtypes(cfg))(y)
+        logits = embed.attend(y)
       else:
         logits = Dense(cfg.vocab_size, ("embed", "vocab"), False, name="lm_head",
                        **_dtypes(cfg))(x)
       out["logits"] = constrain(logits, ("batch", "length", "vocab"))
     if cfg.pooler:
-      pooled = Dense(cfg.embed_dim, ("embed", None), True, name="pooler", **_dtypes(cfg))(x[:, 0])
+      pooled = Dense(width, ("embed", None), True, name="pooler", **_dtypes(cfg))(x[:, 0])
       out["pooled"] = jnp.tanh(pooled)
     return out
