@@ -8,15 +8,19 @@ Command:
   REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char.py --workdir=workdirs/shakespeare_char
 
-Hardware: 1 CPU host (2 cores).  Runtime and result: see MEASURED below.
+Hardware: 1 CPU host (2 cores, 24 GiB).
 Expected: validation loss ≤ 1.90 at step 2000 (nanoGPT's PyTorch run of this
 exact setup reaches 1.886 on the same machine).
+
+Measured (2026-11-22, 2-core CPU shared with other jobs, load average 2–8):
+  seed 0: eval/loss 1.8982 (perplexity 6.67) at step 2000; 5 min 44 s wall,
+          median train step 97.5 ms under that load.
+  seed 1: eval/loss 1.8905 (perplexity 6.62) at step 2000.
+eval/loss is the exact per-character loss over the whole validation split
+(111,540 characters), not an estimate from random batches.
 """
 
 from reparam_jax.config_base import base_config
-
-MEASURED = "filled in by the measured run; see the closing note of issue 2"
-
 
 def get_config(arg=None):
   del arg
