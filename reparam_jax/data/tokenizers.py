@@ -94,15 +94,27 @@ class SentencePieceTokenizer:
       f.write(self.model_proto)
 
 
-def load_tokenizer(directory: str) -> CharTokenizer | SentencePieceTokenizer:
-  """The tokenizer a run saved into its workdir."""
+def load_tokenizer(directory: str) -> Tokenizer:
+  """The tokenizer a run saved into its workdir, or a Hugging Face folder's.
+
+  `tokenizer.json` is the char tokenizer's file, the file `hf_tokenizers`
+  saves GPT-2 BPE / BERT WordPiece into, and (in a Hugging Face model
+  folder) the `tokenizers` library's; the contents tell them apart.
+  """
   char_path = os.path.join(directory, CharTokenizer.FILENAME)
   sp_path = os.path.join(directory, SentencePieceTokenizer.FILENAME)
   if os.path.exists(char_path):
     with open(char_path, encoding="utf-8") as f:
-      return CharTokenizer(json.load(f)["chars"])
+      saved = json.load(f)
+    if "chars" in saved:
+      return CharTokenizer(saved["chars"])
   if os.path.exists(sp_path):
     with open(sp_path, "rb") as f:
       return SentencePieceTokenizer(f.read())
-  raise UserError(f"no tokenizer in {directory} (expected {CharTokenizer.FILENAME} or "
-                  f"{SentencePieceTokenizer.FILENAME}); is it a training workdir?")
+  from reparam_jax.data import hf_tokenizers  # noqa: PLC0415 (needs `regex`; rarely used)
+  tokenizer = hf_tokenizers.load(directory)
+  if tokenizer is not None:
+    return tokenizer
+  raise UserError(f"no tokenizer in {directory} (expected {CharTokenizer.FILENAME}, "
+                  f"{SentencePieceTokenizer.FILENAME}, or a Hugging Face vocab.json + merges.txt "
+                  "or vocab.txt); is it a training workdir?")

@@ -1,0 +1,22 @@
+"""Hugging Face model folders: reading them, and the GPT-2 / BERT mapping tables.
+
+`FAMILIES` maps a config.json `model_type` to its mapping module, which
+provides `model_fields(hf_config)`, `heads_of(names, hf_config)`,
+`import_params(...)`, `export_params(...)` and `hf_config(...)`.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from reparam_jax.errors import UserError
+from reparam_jax.hf import bert, gpt2
+
+FAMILIES: dict[str, ModuleType] = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert}
+
+
+def family(model_type: str, where: str) -> ModuleType:
+  if model_type not in FAMILIES:
+    raise UserError(f"{where}: model_type {model_type!r} is not supported; supported: "
+                    f"{', '.join(sorted(FAMILIES))}")
+  return FAMILIES[model_type]

@@ -1,0 +1,104 @@
+"""What the GPT-2 and BERT mapping tables share: a checkpoint's tensors taken
+by name (each exactly once), flat `a/b/c` parameter paths, and shape checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from reparam_jax.errors import UserError
+
+Flat = dict[str, np.ndarray]  # "block_0/attn/query/kernel" -> array
+
+
+class Tensors:
+  """A Hugging Face state dict, consumed by name.
+
+  `take` hands each tensor out once and remembers where every project
+  parameter came from, so errors name the Hugging Face tensor too;
+  `unused` lists what no mapping asked for.
+  """
+
+  def __init__(self, tensors: dict[str, np.ndarray], where: str):
+    self._tensors = dict(tensors)
+    self._taken: set[str] = set()
+    self.where = where
+    self.origin: dict[str, str] = {}  # project path -> HF name(s)
+
+  def has(self, name: str) -> bool:
+    return name in self._tensors
+
+  def names(self) -> list[str]:
+    return list(self._tensors)
+
+  def take(self, name: str) -> np.ndarray:
+    if name not in self._tensors:
+      raise UserError(f"{self.where}: parameter {name} is missing from the checkpoint")
+    self._taken.add(name)
+    return self._tensors[name]
+
+  def unused(self) -> list[str]:
+    return sorted(set(self._tensors) - self._taken)
+
+
+def rename_keys(tensors: dict[str, np.ndarray], strip_prefixes: Iterable[str]) -> dict:
+  """Drops a model-class prefix (`transformer.`, `bert.`) and maps old
+  TensorFlow-era LayerNorm names (`gamma`/`beta`) to `weight`/`bias`."""
+  out = {}
+  for name, value in tensors.items():
+    for prefix in strip_prefixes:
+      if name.startswith(prefix):
+        name = name[len(prefix):]
+        break
+    if name.endswith(".gamma"):
+      name = name[:-len("gamma")] + "weight"
+    elif name.endswith(".beta"):
+      name = name[:-len("beta")] + "bias"
+    out[name] = value
+  return out
+
+
+def check_shapes(flat: Flat, expected: dict[str, tuple[int, ...]], origin: dict[str, str],
+                 where: str) -> None:
+  """Every parameter the model expects is present with the expected shape."""
+  for path, shape in expected.items():
+    if path not in flat:
+      raise UserError(f"{where}: the checkpoint provides no value for parameter {path}")
+    got = tuple(flat[path].shape)
+    if got != tuple(shape):
+      src = f" (from {origin[path]})" if path in origin else ""
+      raise UserError(f"{where}: parameter {path}{src} has shape {got} but config.json implies "
+                      f"{tuple(shape)}")
+  extra = sorted(set(flat) - set(expected))
+  if extra:
+    raise UserError(f"{where}: parameter {extra[0]} is not part of the model config.json "
+                    "describes")
+
+
+def unflatten(flat: Flat) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    *heads, last = path.split("/")
+    node = tree
+    for h in heads:
+      node = node.setdefault(h, {})
+    node[last] = value
+  return tree
+
+
+def flatten(tree: Any, prefix: str = "") -> Flat:
+  out: Flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = np.asarray(v)
+  return out
+
+
+def get(hf: dict[str, Any], key: str, default: Any) -> Any:
+  """A config.json field; an explicit null counts as absent."""
+  value = hf.get(key)
+  return default if value is None else value

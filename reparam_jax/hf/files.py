@@ -1,0 +1,72 @@
+"""Reads a local Hugging Face model folder: config.json and the weights.
+
+Weights come from `model.safetensors` (read with safetensors' numpy API),
+or `pytorch_model.bin` (read by `torch_pickle`, no PyTorch needed), either
+possibly sharded (`*.index.json` naming the shard of each tensor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from reparam_jax.errors import UserError
+from reparam_jax.hf.torch_pickle import load_torch_state_dict
+
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_config(folder: str) -> dict[str, Any]:
+  path = os.path.join(folder, "config.json")
+  if not os.path.isdir(folder):
+    raise UserError(f"--from={folder} is not a directory (expected a Hugging Face model folder)")
+  if not os.path.exists(path):
+    raise UserError(f"{folder} has no config.json; is it a Hugging Face model folder?")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def weights_file(folder: str) -> str:
+  """The weights file (or shard index) to read, safetensors preferred."""
+  for name in _WEIGHTS:
+    for candidate in (name, name + ".index.json"):
+      if os.path.exists(os.path.join(folder, candidate)):
+        return os.path.join(folder, candidate)
+  raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin (nor a sharded "
+                  "*.index.json); download the weights too")
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+  """`{name: array}` of a weights file or shard index."""
+  if path.endswith(".index.json"):
+    with open(path, encoding="utf-8") as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    out: dict[str, np.ndarray] = {}
+    for shard in shards:
+      shard_path = os.path.join(os.path.dirname(path), shard)
+      if not os.path.exists(shard_path):
+        raise UserError(f"{path} names shard {shard}, which is missing")
+      out.update(read_weights(shard_path))
+    return out
+  if path.endswith(".safetensors"):
+    return _read_safetensors(path)
+  return load_torch_state_dict(path)
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  import safetensors  # noqa: PLC0415
+  import safetensors.numpy  # noqa: PLC0415
+  try:
+    return safetensors.numpy.load_file(path)
+  except KeyError:
+    # numpy has no bfloat16: read such files through JAX's dtype instead.
+    import safetensors.flax  # noqa: PLC0415
+    return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
+  except (safetensors.SafetensorError, OSError) as e:
+    raise UserError(f"{path} is not a readable safetensors file ({e})") from None

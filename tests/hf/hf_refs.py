@@ -1,0 +1,49 @@
+"""Small randomly initialized `transformers` models saved as local model folders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def save_model(model, folder: str, safetensors: bool = True) -> str:
+  model.save_pretrained(folder, safe_serialization=safetensors)
+  assert os.path.exists(os.path.join(folder, "model.safetensors" if safetensors
+                                     else "pytorch_model.bin"))
+  return folder
+
+
+def gpt2(seed: int = 0, **sizes):
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  config = transformers.GPT2Config(**sizes)
+  model = transformers.GPT2LMHeadModel(config).eval()
+  _randomize_norms(model, seed)
+  return model
+
+
+def bert(cls_name: str = "BertForMaskedLM", seed: int = 0, **sizes):
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  config = transformers.BertConfig(**sizes)
+  model = getattr(transformers, cls_name)(config).eval()
+  _randomize_norms(model, seed)
+  return model
+
+
+def _randomize_norms(model, seed: int) -> None:
+  """LayerNorms and biases start at 1/0; perturb them so a swapped or dropped
+  scale/bias would change the logits."""
+  import torch
+  g = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "LayerNorm" in name or ".ln_" in name:
+        p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def random_ids(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, vocab, (batch, length)).astype(np.int64)
