@@ -43,6 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: "bfloat16" for mixed precision
   c.model.param_dtype = "float32"
   c.model.remat = False
+  # Projection (ALBERT etc.; docs/tasks.md): factorised embedding width (0 = off),
+  # one block shared by all layers, per-block widths (() = embed_dim everywhere).
+  c.model.embed_proj_dim = 0
+  c.model.share_layers = False
+  c.model.layer_dims = ()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3
@@ -69,4 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.reparam = ml_collections.ConfigDict()
   c.reparam.rules = ()
+
+  # Fine-tuning: which parameters train (reparam_jax/freezing.py, docs/tasks.md).
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.freeze = "none"  # "none" | "all_but_head" | "top_k" | "lora"
+  c.finetune.top_k = 2  # "top_k": how many of the top blocks train (with the head)
+  c.finetune.head_regex = r"classifier|head|\w+_head"  # a path component naming a head
   return c

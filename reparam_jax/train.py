@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import tqdm
 
-from reparam_jax import checkpoint, config_lib, optim, sharding, trainer
+from reparam_jax import checkpoint, config_lib, freezing, optim, sharding, trainer
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.metrics import MetricWriter, read_jsonl
@@ -123,7 +123,8 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   rng = jax.random.key(config.seed)
   state, state_shardings, tx = trainer.create_train_state(
       trainer.init_variables_fn(model, task.init_args()),
-      lambda p: optim.make_optimizer(config.optimizer, config.num_steps, hooks.trainable_mask(p)),
+      lambda p: optim.make_optimizer(config.optimizer, config.num_steps, freezing.combine(
+          hooks.trainable_mask(p), freezing.trainable_mask(p, config.get("finetune")))),
       mesh, rules, rng)
   if config.init_from:
     params = checkpoint.load_params(config.init_from, trainer.abstract_like(

@@ -78,10 +78,12 @@ def create_train_state(init_variables: Callable[[jax.Array], Any],
   tx = make_tx(abstract_params)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   # Optimizer moments mirror the params and take their shardings; counters
-  # and other non-param leaves are replicated.
+  # and other non-param leaves are replicated.  Frozen params (a masked
+  # optimizer) leave a `MaskedNode` in the moments; it stays one.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, var_shardings["params"],
-      transform_non_params=lambda _: shd.replicated(mesh))
+      tx, lambda p, s: p if masked(p) else s, abstract_opt, var_shardings["params"],
+      transform_non_params=lambda _: shd.replicated(mesh), is_leaf=masked)
   state_shardings = TrainState(
       step=shd.replicated(mesh), params=var_shardings["params"], opt_state=opt_shardings,
       extra={k: v for k, v in var_shardings.items() if k != "params"})
