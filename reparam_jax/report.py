@@ -44,10 +44,7 @@ def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = No
                             jax.random.key(0))
   plan = Plan.from_config(config.reparam)
   structured = accepts_structured(model) if plan.structured == "auto" else bool(plan.structured)
-  if not plan.rules:
-    rows = report_rows(abstract["params"], {"rules": ()}, tokens_per_seq, structured)
-  else:
-    rows = report_rows(abstract["params"], config.reparam, tokens_per_seq, structured)
+  rows = report_rows(abstract["params"], config.reparam, tokens_per_seq, structured)
   if cfg.causal and cfg.tie_embeddings:
     # The tied output layer multiplies by the (materialized) embedding table.
     f = 2 * cfg.vocab_size * cfg.embed_dim

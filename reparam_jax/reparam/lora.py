@@ -34,7 +34,8 @@ class LoRA(WrapperTransform):
 
   name: ClassVar[str] = "lora"
   keys: ClassVar[tuple[str, ...]] = ("lora_a", "lora_b")
-  slots: ClassVar[tuple[str, ...]] = ("lora_a", "lora_b")
+  # No slots: reparameterizing A, B (e.g. Bayesian adapters) would need the
+  # slot machinery to see through the wrapper's `base`; not supported yet.
   rank: int = 8
   alpha: float = 8.0
 

@@ -105,7 +105,8 @@ def test_rule_errors():
     reparam.wrap(model, rcfg((r".*/bias", "lowrank(rank=2)"))).init(jax.random.key(0), IDS)
   for bad, msg in [("nosuch", "unknown transform"), ("lowrank(rnk=2)", "no argument"),
                    ("lowrank(2)", "keyword"), ("lowrank(rank=1.5)", "integer"),
-                   ("spherical|variational", "cannot follow"), ("lowrank(rank=", "parse")]:
+                   ("spherical|variational", "cannot follow"), ("lora|variational", "cannot follow"),
+                   ("lowrank(rank=", "parse")]:
     with pytest.raises(UserError, match=msg):
       parse_spec(bad)
   with pytest.raises(UserError, match="not set"):

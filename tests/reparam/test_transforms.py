@@ -189,7 +189,8 @@ def test_latent(kw):
 SPECS = ["identity", "lowrank(rank=2)", "spherical", "spherical(axis=1)", "weightnorm",
          "hypersphere(learn_scale=True)", "lora(rank=2)", "variational", "latent(dim=2)",
          "latent(dim=2, decoder=fixed, offset=True)", "spherical|lora(rank=2)",
-         "lowrank(rank=2)|spherical", "lowrank(rank=2)|variational"]
+         "lowrank(rank=2)|spherical", "lowrank(rank=2)|variational", "lowrank(rank=2)|lora(rank=1)",
+         "weightnorm|lowrank(rank=2)"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
