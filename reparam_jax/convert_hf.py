@@ -85,23 +85,31 @@ def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[
     raise UserError(f"{where_cfg}: architecture {unknown[0]} is not supported; supported: "
                     f"{', '.join(fam.ARCHITECTURES)}")
   path = weights_file(folder)
-  tensors = read_weights(path)
+  params, cfg, heads = import_tensors(hf, read_weights(path), path)
+  source = {"family": fam.MODEL_TYPE, "architecture": archs[0] if archs else None,
+            "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
+            "weights": os.path.basename(path)}
+  return params, cfg, heads, source
+
+
+def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
+                   ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
+  """(params, config, heads) from a config.json dict and its state dict."""
+  fam = family(hf.get("model_type"), where)
   fields = fam.model_fields(hf)
   heads = fam.heads_of(tensors, hf)
   if "pooler" in heads:
     fields["pooler"] = heads.pop("pooler")
   cfg = TransformerConfig(**fields)
-  flat, src = fam.import_params(tensors, hf, cfg, heads, path)
+  flat, src = fam.import_params(tensors, hf, cfg, heads, where)
   unused = src.unused()
   if unused:
-    raise UserError(f"{path}: parameter {unused[0]} has no place in a {fam.MODEL_TYPE} model "
+    raise UserError(f"{where}: parameter {unused[0]} has no place in a {fam.MODEL_TYPE} model "
                     f"({len(unused)} such in all); is config.json the right one?")
-  check_shapes(flat, expected_shapes(build_model(cfg, heads)), src.origin, path)
-  params = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
-  source = {"family": fam.MODEL_TYPE, "architecture": archs[0] if archs else None,
-            "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
-            "weights": os.path.basename(path)}
-  return params, cfg, heads, source
+  check_shapes(flat, expected_shapes(build_model(cfg, heads)), src.origin, where)
+  params = unflatten({k: v if v.dtype == np.float32 else v.astype(np.float32)
+                      for k, v in flat.items()})
+  return params, cfg, heads
 
 
 def model_section(cfg: TransformerConfig) -> dict[str, Any]:

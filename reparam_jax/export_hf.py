@@ -132,7 +132,7 @@ def export(workdir: str, out_dir: str) -> dict[str, Any]:
 
   flat, cfg, heads, source = load_for_export(workdir)
   fam = family(_check_representable(cfg), workdir)
-  check_shapes(flat, expected_shapes(build_model(cfg, heads)), {}, workdir)
+  check_shapes(flat, expected_shapes(build_model(cfg, heads)), {}, workdir, "the model config")
   tensors = {k: np.ascontiguousarray(v, np.float32)
              for k, v in fam.export_params(flat, cfg).items()}
   hf_config = fam.hf_config(cfg, heads, source.get("hf_config"))

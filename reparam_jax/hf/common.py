@@ -61,7 +61,7 @@ def rename_keys(tensors: dict[str, np.ndarray], strip_prefixes: Iterable[str]) -
 
 
 def check_shapes(flat: Flat, expected: dict[str, tuple[int, ...]], origin: dict[str, str],
-                 where: str) -> None:
+                 where: str, config_name: str = "config.json") -> None:
   """Every parameter the model expects is present with the expected shape."""
   for path, shape in expected.items():
     if path not in flat:
@@ -69,11 +69,11 @@ def check_shapes(flat: Flat, expected: dict[str, tuple[int, ...]], origin: dict[
     got = tuple(flat[path].shape)
     if got != tuple(shape):
       src = f" (from {origin[path]})" if path in origin else ""
-      raise UserError(f"{where}: parameter {path}{src} has shape {got} but config.json implies "
-                      f"{tuple(shape)}")
+      raise UserError(f"{where}: parameter {path}{src} has shape {got} but {config_name} "
+                      f"implies {tuple(shape)}")
   extra = sorted(set(flat) - set(expected))
   if extra:
-    raise UserError(f"{where}: parameter {extra[0]} is not part of the model config.json "
+    raise UserError(f"{where}: parameter {extra[0]} is not part of the model {config_name} "
                     "describes")
 
 
