@@ -9,42 +9,124 @@ Layout of a workdir:
 
 Saves are asynchronous (training continues while the previous checkpoint
 is written) and atomic (orbax writes to a temporary directory and renames),
-so a crash mid-save leaves the previous checkpoints intact.
+so a crash mid-save leaves the previous checkpoints intact.  A checkpoint
+that is corrupt anyway (truncated by a failing disk, copied half-way) is
+moved aside to `checkpoints/corrupt-<step>` at restore and an older one
+used; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import grain.python as grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from reparam_jax.errors import UserError
+from reparam_jax.errors import CheckpointError, UserError
 
 
 class Checkpointer:
   """Periodic saves of `{state, data}` with keep-N, and resume."""
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
+               save_retries: int = 3, retry_wait_s: float = 2.0):
     self.directory = epath.Path(directory).absolute()
+    self.save_retries = save_retries
+    self.retry_wait_s = retry_wait_s
+    self._failures = 0  # consecutive failed save attempts
+    self._last: tuple[int, dict[str, Any], bool] | None = None
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1), max_to_keep=keep,
-        enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+        enable_async_checkpointing=async_save, create=True,
+        # `<step>.orbax-checkpoint-tmp-*` dirs are saves a crash interrupted;
+        # they were never complete, so nothing is lost by removing them.
+        cleanup_tmp_directories=True)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "data"))
+    except OSError as e:
+      raise UserError(f"cannot use checkpoint directory {self.directory} ({e}); pass a "
+                      "writable --workdir") from None
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> bool:
+    """Saves (asynchronously).  A failed save is reported and retried; `CheckpointError`
+    once `save_retries` attempts in a row have failed, so training never goes on
+    silently without checkpoints."""
+    self._check_previous_save()
     if step in self._manager.all_steps():
       return False  # already saved (e.g. a periodic save right before preemption)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data"] = grain.PyGrainCheckpointSave(data_iter)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    self._last = (step, items, force)
+    return self._save_with_retries(step, items, force)
+
+  def _save_with_retries(self, step: int, items: dict[str, Any], force: bool) -> bool:
+    while True:
+      try:
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+      except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for I/O)
+        self._failed(step, e)
+
+  def _failed(self, step: int, error: BaseException) -> None:
+    """Counts a failed save: warns and backs off, or gives up with `CheckpointError`."""
+    self._failures += 1
+    if self._failures > self.save_retries:
+      raise CheckpointError(
+          f"could not save the checkpoint of step {step} to {self.directory}: "
+          f"{self._failures} attempts in a row failed (last: {_short(error)}); the last "
+          f"complete checkpoint is step {self.latest_step()}. Free disk space or fix "
+          "permissions, then rerun the same command to resume") from None
+    _warn(f"saving the checkpoint of step {step} failed ({_short(error)}); retrying in "
+          f"{self.retry_wait_s * self._failures:g}s ({self._failures}/{self.save_retries})")
+    time.sleep(self.retry_wait_s * self._failures)
+
+  def _check_previous_save(self) -> None:
+    """An asynchronous save fails in the background; its error surfaces here.
+
+    The failed step cannot be saved again (its state is gone), so the save
+    that comes next counts as its retry.
+    """
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      self._failed(self._last[0] if self._last else -1, e)
+    else:
+      if self._last is not None and self._last[0] in self._manager.all_steps():
+        self._failures = 0
+
+  def restore_latest_good(self, abstract_state: Any, data_iter: Any) -> tuple[int, Any]:
+    """(step, state) of the newest checkpoint that restores; (0, None) if there is none.
+
+    A checkpoint that fails to restore (truncated files, missing metadata) is
+    reported and moved aside to `corrupt-<step>` (never deleted: it may hold
+    the only copy of some work), and the next older one is tried.  In a
+    multi-process run all processes agree on every verdict.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      problem = _missing_files(self.directory / str(step), data=data_iter is not None)
+      state = None
+      if not problem:
+        try:
+          state = self.restore(step, abstract_state, data_iter)
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore/json errors alike)
+          problem = _short(e)
+      if _all_processes_ok(not problem):
+        return step, state
+      self._quarantine(step, problem or "unreadable on another process")
+    return 0, None
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
     """Restores the state onto the shardings in `abstract_state`; sets `data_iter`."""
@@ -57,9 +139,74 @@ class Checkpointer:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+  def close(self, retry_last: bool = True) -> None:
+    """Waits for the in-flight save.  If it failed, saves its state again
+    (still valid: no step ran since) until it succeeds or retries run out."""
+    try:
+      while True:
+        try:
+          self._manager.wait_until_finished()
+          self._manager.check_for_errors()
+          break
+        except Exception as e:  # noqa: BLE001
+          if not (retry_last and self._last):
+            raise CheckpointError(f"the last checkpoint save to {self.directory} failed "
+                                  f"({_short(e)})") from None
+          self._failed(self._last[0], e)
+          self._save_with_retries(*self._last)
+    finally:
+      self._manager.close()
+
+  def _quarantine(self, step: int, problem: str) -> None:
+    src = self.directory / str(step)
+    dst = self.directory / f"corrupt-{step}"
+    if jax.process_index() == 0:
+      n = 1
+      while dst.exists():  # corrupt again at the same step: keep both
+        n += 1
+        dst = self.directory / f"corrupt-{step}.{n}"
+      src.rename(dst)
+    _sync("reparam_jax:quarantine")
+    _warn(f"checkpoint {src} is corrupt or incomplete ({problem}); moved it to "
+          f"{dst.name} and trying an older one")
+    self._manager.reload()
+
+
+# Files every complete checkpoint of `Checkpointer` has (orbax layout, one
+# process or many): checked first so the warning names what is missing.
+_REQUIRED = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
+
+
+def _missing_files(step_dir: epath.Path, data: bool = True) -> str:
+  missing = [name for name in _REQUIRED if not (step_dir / name).exists()]
+  if missing:
+    return f"missing {', '.join(missing)}"
+  if data and not (step_dir / "data").exists():
+    return "missing data/ (the data-iterator state)"
+  return ""
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(name)
+
+
+def _short(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def save_params(path: str, params: Any) -> None:
@@ -77,10 +224,7 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
   """
   path = epath.Path(path).absolute()
   if (path / "checkpoints").exists():
-    step = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data")).latest_step()
-    if step is None:
-      raise UserError(f"{path} has no checkpoints to start from")
-    params = _restore_on_one_device(path / "checkpoints" / str(step) / "state")["params"]
+    params = _latest_good_params(path / "checkpoints")
   else:
     if (path / "params").is_dir():
       path = path / "params"
@@ -91,6 +235,23 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
   if abstract_params is None:
     return params
   return _onto(params, abstract_params, str(path))
+
+
+def _latest_good_params(directory: epath.Path) -> Any:
+  """Params of the newest readable train-state checkpoint (read-only: nothing is moved)."""
+  steps = ocp.CheckpointManager(directory, item_names=("state", "data")).all_steps()
+  if not steps:
+    raise UserError(f"{directory.parent} has no checkpoints to start from")
+  for step in sorted(steps, reverse=True):
+    problem = _missing_files(directory / str(step), data=False)
+    if not problem:
+      try:
+        return _restore_on_one_device(directory / str(step) / "state")["params"]
+      except Exception as e:  # noqa: BLE001
+        problem = _short(e)
+    _warn(f"skipping checkpoint {directory / str(step)}: corrupt or incomplete ({problem})")
+  raise UserError(f"no readable checkpoint in {directory} (all of steps {sorted(steps)} are "
+                  "corrupt or incomplete)")
 
 
 def _restore_on_one_device(path: epath.Path) -> Any:
@@ -130,3 +291,45 @@ def _select(params: Any, abstract: Any) -> Any:
   if isinstance(abstract, dict):
     return {k: _select(params[k], v) for k, v in abstract.items()}
   return params
+
+
+def load_matching_params(path: str, abstract_params: Any, fresh_params: Any
+                         ) -> tuple[Any, str]:
+  """`fresh_params` with every parameter the checkpoint at `path` also has loaded from it.
+
+  For fine-tuning: a pre-training checkpoint supplies the backbone, the new
+  head keeps its fresh initialisation, and checkpoint entries the model
+  lacks (the pre-training heads) are ignored.  A shared parameter whose
+  shape differs, or no shared parameter at all, is a `UserError`.  Returns
+  the params (on the shardings of `abstract_params`) and a one-line summary
+  by top-level key.
+  """
+  got = dict(_flatten(load_params(path)))
+  want = _flatten(abstract_params)
+  loaded = set()
+  for name, w in want:
+    if name in got:
+      if tuple(got[name].shape) != tuple(w.shape):
+        raise UserError(f"{path}: parameter {name} has shape {tuple(got[name].shape)} in the "
+                        f"checkpoint but the model expects {tuple(w.shape)}")
+      loaded.add(name)
+  if not loaded:
+    raise UserError(f"init_from={path}: the checkpoint shares no parameter with the model "
+                    f"(checkpoint keys start with {sorted({n.split('/')[0] for n in got})[:5]})")
+  leaves = [jax.device_put(jax.numpy.asarray(got[name], w.dtype), w.sharding)
+            if name in loaded else fresh
+            for (name, w), fresh in zip(want, jax.tree.leaves(fresh_params))]
+  params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
+
+  def top(names: Any) -> set[str]:
+    return {n.split("/")[0] for n in names}
+  model_top = top(n for n, _ in want)
+  fresh_top = top(n for n, _ in want if n not in loaded)
+  full = sorted(top(loaded) - fresh_top)
+  partial = sorted(top(loaded) & fresh_top)
+  summary = (f"init_from {path}: from the checkpoint: {', '.join(full) or '-'}"
+             + (f"; partly: {', '.join(partial)}" if partial else "")
+             + f"; freshly initialised: {', '.join(sorted(fresh_top - top(loaded))) or '-'}"
+             + "; in the checkpoint but not the model: "
+             + f"{', '.join(sorted(top(got) - model_top)) or '-'}")
+  return params, summary

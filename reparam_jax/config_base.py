@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 0  # sentencepiece vocabulary size (char: derived from the text)
   c.data.raw_dir = ""  # raw downloads; "" = $REPARAM_DATA_DIR, unset = download via TFDS
   c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.skip_malformed = False  # labelled TSVs: skip and count bad rows instead of failing
 
   c.seq_len = 64
   c.batch_size = 12  # global, summed over all devices and hosts
@@ -59,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.1  # decoupled; applied to matrices/embeddings only
   c.optimizer.clip_norm = 1.0  # 0 disables
   c.optimizer.grad_accum_steps = 1
+  # (regex, bool) rules over parameter paths; () = decay matrices/embeddings, not biases/norms.
+  c.optimizer.decay_rules = ()
 
   # Mesh axis sizes; -1 = all remaining devices. Product must equal the device count.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -72,8 +75,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.init_from = ""  # params checkpoint to start from (e.g. a converted pretrained model)
 
+  # Preemption, divergence and checkpoint failures; see docs/reliability.md.
+  c.reliability = ml_collections.ConfigDict()
+  c.reliability.preemption_sync_every = 10  # multi-process: steps between stop-flag agreements
+  c.reliability.preemption_grace_s = 120.0  # hard exit if the stop checkpoint takes longer; 0 = off
+  c.reliability.on_nonfinite = "stop"  # "stop" the run, or "skip" the step (update dropped)
+  c.reliability.max_skipped_steps = 10  # "skip": stop once more steps than this were skipped
+  c.reliability.save_retries = 3  # failed checkpoint saves in a row before giving up (exit 4)
+  c.reliability.save_retry_wait_s = 2.0  # back-off before retry k is k times this
+  c.reliability.nan_at_step = 0  # testing only: make this step's loss NaN
+
   c.reparam = ml_collections.ConfigDict()
   c.reparam.rules = ()
+
+  # Penalties added to the loss (reparam_jax/regularizers, docs/regularization.md).
+  c.reg = ml_collections.ConfigDict()
+  c.reg.rules = ()  # ((regex, "l1(1e-5)|nuclear(1e-4)|l2(..)|orthogonal(..)"), ...)
+  c.reg.l1 = 0.0  # > 0: coef·Σ|W| on every matrix (ndim ≥ 2), besides the rules
+  c.reg.l2 = 0.0  # > 0: coef·½ΣW² on every matrix (coupled; decoupled = optimizer.weight_decay)
+  c.reg.target = "effective"  # reparameterized weights: penalize W = f(θ), or "theta"
+
+  # Early stopping on an eval metric; the best params are restored at the end.
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.metric = ""  # e.g. "eval/loss"; "" = off
+  c.early_stopping.mode = "min"  # "min" or "max"
+  c.early_stopping.patience = 5  # evaluations without improvement before stopping
+  c.early_stopping.min_delta = 0.0  # an improvement must beat the best by more than this
 
   # Fine-tuning: which parameters train (reparam_jax/freezing.py, docs/tasks.md).
   c.finetune = ml_collections.ConfigDict()

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from typing import Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 import tqdm
 
-from reparam_jax import checkpoint, config_lib, freezing, optim, sharding, trainer
+from reparam_jax import (checkpoint, config_lib, freezing, optim, reliability, sharding, trainer,
+                         validation)
+from reparam_jax import early_stopping, regularizers
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.metrics import MetricWriter, read_jsonl
@@ -100,6 +100,7 @@ def evaluate(eval_step, state, task, batch_sharding) -> dict[str, float]:
 @exit_on_user_error
 def main(argv: Sequence[str]) -> dict[str, float]:
   config, rest = config_lib.load(argv)
+  validation.validate_config(config)
   flags, _ = parse_flags(rest)
   if "workdir" not in flags:
     raise UserError("missing --workdir=DIR (where checkpoints and metrics go)")
@@ -118,6 +119,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
 
   task = make_task(config, workdir)
   hooks = trainer.ReparamHooks(config.reparam)
+  regularizer = regularizers.Regularizer(config.get("reg"), config.reparam)
   model = hooks.wrap(task.model())
   schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
   rng = jax.random.key(config.seed)
@@ -127,103 +129,147 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           hooks.trainable_mask(p), freezing.trainable_mask(p, config.get("finetune")))),
       mesh, rules, rng)
   if config.init_from:
-    params = checkpoint.load_params(config.init_from, trainer.abstract_like(
-        state.params, state_shardings.params))
+    # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.
+    params, init_summary = checkpoint.load_matching_params(
+        config.init_from, trainer.abstract_like(state.params, state_shardings.params),
+        state.params)
     state = state.replace(params=params)
+    if is_main:
+      print(init_summary, flush=True)
   n_params = trainer.count_params(state.params)
   if is_main:
     print(f"model: {n_params:,} stored parameters; mesh {dict(mesh.shape)}; "
           f"{jax.device_count()} devices, {jax.process_count()} processes", flush=True)
-    if hooks.active and hasattr(hooks.lib, "log_report"):
-      hooks.lib.log_report(model, state.params, config)
+    if hooks.active:  # the same table `python -m reparam_jax.report` prints
+      report = hooks.lib.format_report(
+          hooks.lib.report_rows(state.params, config.reparam, tokens_per_seq=config.seq_len))
+      print(report, flush=True)
+      with open(os.path.join(workdir, "reparam_report.txt"), "w") as f:
+        f.write(report + "\n")
 
   train_iter = task.train_iterator()
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 every=config.checkpoint_every, keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpointing)
-  start_step = ckpt.latest_step() or 0
+  rel = config.reliability
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  reliability.check_disk_space(ckpt_dir, reliability.tree_bytes(state), config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, every=config.checkpoint_every,
+                                 keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpointing,
+                                 save_retries=rel.save_retries,
+                                 retry_wait_s=rel.save_retry_wait_s)
+  start_step, restored = ckpt.restore_latest_good(
+      trainer.abstract_like(state, state_shardings), train_iter)
   if start_step:
-    state = ckpt.restore(start_step, trainer.abstract_like(state, state_shardings), train_iter)
+    state = restored
     if is_main:
       print(f"resumed from step {start_step}", flush=True)
-      _truncate_metrics(workdir, start_step)
+  if is_main:
+    _truncate_metrics(workdir, start_step)  # a crash may have logged past the checkpoint
+  early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
+  early.resume(start_step)  # counters from metrics.jsonl up to the restored step
+  done_path = os.path.join(workdir, "done.json")
+  if (start_step >= config.num_steps or early.stopped) and os.path.exists(done_path):
+    ckpt.close()
+    with open(done_path) as f:
+      if is_main:
+        print(f"already finished: {done_path}", flush=True)
+      return json.load(f)
   writer = MetricWriter(workdir)
 
   train_step = jax.jit(
       trainer.make_train_step(model, task, tx, hooks, schedule,
-                              config.optimizer.grad_accum_steps, jax.random.fold_in(rng, 1)),
+                              config.optimizer.grad_accum_steps, jax.random.fold_in(rng, 1),
+                              nan_at_step=rel.nan_at_step,
+                              penalties=regularizer.penalty if regularizer.active else None),
       in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
       donate_argnums=(0,))
   eval_step = jax.jit(trainer.make_eval_step(model, task),
                       in_shardings=(state_shardings, batch_sharding))
 
-  preemption = PreemptionFlag()
+  preemption = reliability.PreemptionWatcher(rel.preemption_sync_every, rel.preemption_grace_s)
+  divergence = reliability.DivergenceMonitor(rel.on_nonfinite, rel.max_skipped_steps)
+  divergence.last_good_checkpoint = start_step or None
   tokens_per_step = config.batch_size * config.seq_len
-  pending, last_eval = [], {}
+  pending, unchecked, last_eval = [], [], {}
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not is_main,
                   dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   t0 = time.perf_counter()
-  with mesh, nn.logical_axis_rules(rules):
-    for step in range(start_step + 1, config.num_steps + 1):
-      batch = to_global(next(train_iter), batch_sharding)
-      state, metrics = train_step(state, batch)
-      pending.append(metrics)  # device arrays: no host sync until we log
+  try:
+    with mesh, nn.logical_axis_rules(rules):
+      for step in range(start_step + 1, (start_step if early.stopped else config.num_steps) + 1):
+        batch = to_global(next(train_iter), batch_sharding)
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)  # device arrays: no host sync until we log
+        unchecked.append(metrics["nonfinite"])
+        stop = preemption.should_stop(step)
+        is_log = step % config.log_every == 0 or step == config.num_steps
+        is_save = stop or step % config.checkpoint_every == 0 or step == config.num_steps
 
-      if step % config.log_every == 0 or step == config.num_steps:
-        fetched = jax.device_get(pending)
-        dt = time.perf_counter() - t0
-        summary = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        summary["train/step_time_ms"] = 1000 * dt / len(fetched)
-        summary["train/tokens_per_sec"] = tokens_per_step * len(fetched) / dt
-        summary["train/tokens_per_sec_per_device"] = (summary["train/tokens_per_sec"]
-                                                      / jax.device_count())
-        writer.write(step, summary)
-        _check_finite(summary["train/loss"], step)
-        bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
-        bar.update(len(fetched))
-        pending = []
+        if is_log or is_save:  # never log or checkpoint past an unseen non-finite step
+          divergence.observe(step - len(unchecked) + 1, jax.device_get(unchecked))
+          unchecked = []
+        if is_log:
+          fetched = jax.device_get(pending)
+          dt = time.perf_counter() - t0
+          bad = [m["nonfinite"] for m in fetched]
+          summary = {f"train/{k}": reliability.finite_mean([m[k] for m in fetched], bad)
+                     for k in fetched[0] if k != "nonfinite"}
+          if divergence.policy == "skip":
+            summary["train/skipped_steps"] = len(divergence.skipped)
+          summary["train/step_time_ms"] = 1000 * dt / len(fetched)
+          summary["train/tokens_per_sec"] = tokens_per_step * len(fetched) / dt
+          summary["train/tokens_per_sec_per_device"] = (summary["train/tokens_per_sec"]
+                                                        / jax.device_count())
+          writer.write(step, summary)
+          bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
+          bar.update(len(fetched))
+          pending = []
 
-      if step % config.eval_every == 0 or step == config.num_steps:
+        if step % config.eval_every == 0 or step == config.num_steps:
+          last_eval = evaluate(eval_step, state, task, batch_sharding)
+          writer.write(step, last_eval)
+          if is_main:
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+          early.observe(step, last_eval, state.params)
+        finished = early.finished(step, config.num_steps)  # then the best params are saved
+        if is_save and not finished:
+          ckpt.save(step, state, _Snapshot(train_iter), force=True)
+          divergence.last_good_checkpoint = step
+        t0 = time.perf_counter() if is_log else t0
+        if finished:
+          break
+        if stop:
+          ckpt.close()
+          bar.close()
+          writer.close()
+          print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume",
+                flush=True)
+          return {"step": step, "preempted": True}
+      if early.active:  # the best params become the final checkpoint and done.json's
+        state, last_eval = early.restore_best(
+            state, trainer.abstract_like(state.params, state_shardings.params),
+            lambda s: evaluate(eval_step, s, task, batch_sharding))
+        ckpt.save(early.final_step(config.num_steps), state, _Snapshot(train_iter), force=True)
+      if not last_eval:  # resumed from the final checkpoint of a run killed before done.json
         last_eval = evaluate(eval_step, state, task, batch_sharding)
-        writer.write(step, last_eval)
-        if is_main:
-          bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
-        ckpt.save(step, state, _Snapshot(train_iter), force=True)
-      t0 = time.perf_counter() if step % config.log_every == 0 else t0
-      if preemption.requested():
-        ckpt.save(step, state, _Snapshot(train_iter), force=True)
-        ckpt.close()
-        bar.close()
-        writer.close()
-        print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume",
-              flush=True)
-        return {"step": step, "preempted": True}
+        if not any("eval/loss" in r and r["step"] == config.num_steps
+                   for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))):
+          writer.write(config.num_steps, last_eval)
+  except BaseException:
+    _close_quietly(ckpt)  # let an in-flight save of a good state finish
+    raise
+  finally:
+    preemption.restore()
   bar.close()
   ckpt.close()
 
-  final = {"step": config.num_steps, **last_eval, "params/stored": n_params}
+  final = {"step": config.num_steps, **last_eval, "params/stored": n_params,
+           **early.done_fields(config.num_steps)}
   if is_main:
+    print(f"stopped at step {final['step']}: {final['stop_reason']}", flush=True)
     with open(os.path.join(workdir, "done.json"), "w") as f:
       json.dump(final, f, indent=2)
   writer.close()
   return final
-
-
-class PreemptionFlag:
-  """Turns SIGTERM/SIGINT into a request to checkpoint after the current step."""
-
-  def __init__(self):
-    self._flag = False
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    self._flag = True
-
-  def requested(self) -> bool:
-    return self._flag
 
 
 class _Snapshot:
@@ -236,15 +282,18 @@ class _Snapshot:
     return self._state
 
 
-def _check_finite(loss: float, step: int) -> None:
-  if not np.isfinite(loss):
-    raise UserError(f"training diverged: non-finite loss at step {step}; the last good "
-                    "checkpoint is kept (lower the learning rate or enable clipping)")
+def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:
+  try:
+    ckpt.close(retry_last=False)
+  except Exception as e:  # noqa: BLE001 (the error being raised matters more)
+    print(f"warning: while stopping: {e}", file=sys.stderr, flush=True)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
   """Drops records past the restored step: the resumed run will redo them."""
   path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
   records = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
   with open(path, "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from reparam_jax import reliability
 from reparam_jax import sharding as shd
 
 PyTree = Any
@@ -106,8 +107,18 @@ def abstract_like(state: TrainState, shardings: TrainState) -> TrainState:
 
 def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
                     hooks: ReparamHooks, schedule: optax.Schedule, grad_accum_steps: int,
-                    base_rng: jax.Array) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One optimizer step over a global batch (optionally in micro-batches)."""
+                    base_rng: jax.Array, nan_at_step: int = 0,
+                    penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One optimizer step over a global batch (optionally in micro-batches).
+
+  A step whose loss, gradients or new params are not all finite keeps the
+  old params and optimizer state (the step counter still advances) and
+  reports `nonfinite=1`; the host decides whether that stops the run.
+  `nan_at_step` (tests only) makes that 1-based step's loss NaN.
+  `penalties(params) -> (total, {name: term})` (config.reg, reparam_jax/regularizers)
+  is added to the loss like the reparam penalty; each term is logged as `penalty/<name>`.
+  """
 
   def loss_fn(params: PyTree, extra: PyTree, batch: dict, rng: jax.Array, step: jax.Array):
     dropout_rng, reparam_rng = jax.random.split(rng)
@@ -117,7 +128,12 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       return model.apply({"params": params, **extra}, *args, train=train, rngs=rngs, **kwargs)
 
     loss, metrics = task.loss(apply_fn, batch, train=True)
+    if nan_at_step:
+      loss = loss * reliability.nan_factor(step, nan_at_step)
     penalty, terms = hooks.penalty(params, step)
+    if penalties is not None:
+      reg_penalty, reg_terms = penalties(params)
+      penalty, terms = penalty + reg_penalty, {**terms, **reg_terms}
     metrics = dict(metrics, **{f"penalty/{k}": v for k, v in terms.items()})
     return loss + penalty, metrics
 
@@ -147,8 +163,13 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                                            (total, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = hooks.post_update(optax.apply_updates(state.params, updates))
-    metrics = dict(metrics, total_loss=total, grad_norm=optax.global_norm(grads),
-                   lr=schedule(state.step))
+    grad_norm = optax.global_norm(grads)
+    # Decided on device so a bad step costs no host round-trip.
+    ok = reliability.all_finite(total, grad_norm, params)
+    params, opt_state = reliability.keep_if(ok, (params, opt_state),
+                                            (state.params, state.opt_state))
+    metrics = dict(metrics, total_loss=total, grad_norm=grad_norm, lr=schedule(state.step),
+                   nonfinite=1.0 - ok.astype(jnp.float32))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
