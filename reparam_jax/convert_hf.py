@@ -37,7 +37,7 @@ import numpy as np
 
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.hf import family
-from reparam_jax.hf.common import check_shapes, flatten, unflatten
+from reparam_jax.hf.common import check_shapes, unflatten
 from reparam_jax.hf.files import read_config, read_weights, weights_file
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.models.heads import EncoderWithHeads

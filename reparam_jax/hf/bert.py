@@ -17,7 +17,7 @@
   cls.predictions.bias                             mlm_head/bias          decoder tied to the
                                                                           word embeddings
   cls.seq_relationship                             nsp_head/out           (BertForPreTraining)
-  classifier                                       classifier/out         (…ForSequenceClassification)
+  classifier                                       classifier/out         (SequenceClassif.)
 
 `nn.Linear` stores weights `[out, in]`; project kernels are `[in, out]`, so
 every weight is transposed.  LayerNorm `weight`/`bias` map to

@@ -5,7 +5,7 @@
   wpe.weight [P, D]                          embed/position/embedding
   h.{i}.ln_1.{weight,bias}                   block_{i}/ln_attn/{scale,bias}
   h.{i}.attn.c_attn.{weight [D, 3D], bias}   block_{i}/attn/{query,key,value}/{kernel,bias}
-                                                                          split q|k|v on the out axis
+                                             (the fused q|k|v split along the output axis)
   h.{i}.attn.c_proj                          block_{i}/attn/out
   h.{i}.ln_2                                 block_{i}/ln_mlp
   h.{i}.mlp.c_fc, h.{i}.mlp.c_proj           block_{i}/mlp/fc_in, fc_out

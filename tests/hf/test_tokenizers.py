@@ -18,7 +18,8 @@ from reparam_jax.data import hf_tokenizers  # noqa: E402
 from reparam_jax.data.tokenizers import load_tokenizer  # noqa: E402
 
 EDGE_CASES = [
-    "Café naïve résumé — “quoted” façade", "中文字符 and 日本語 mixed", "  leading   spaces\n\nnewlines\t",
+    "Café naïve résumé — “quoted” façade", "中文字符 and 日本語 mixed",
+    "  leading   spaces\n\nnewlines\t",
     "numbers 12345 3.14 1,000,000", "emoji 🙂 and symbols $^`~|", "don't won't I'm we've they're",
     "ALL CAPS SHOUT", "a\x00control\x07chars", "", " ", "Ünïcödé ÀÉÎÕÜ ß",
 ]
