@@ -26,7 +26,8 @@ def per_host_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def train_loader(source: Any, global_batch: int, seed: int) -> grain.DatasetIterator:
+def train_loader(source: Any, global_batch: int, seed: int,
+                 random_transform: Any = None) -> grain.DatasetIterator:
   """An endless, shuffled, batched iterator over this host's rows of each global batch.
 
   Global batch `t` is records `order[t·B : (t+1)·B]` of one seeded
@@ -37,6 +38,10 @@ def train_loader(source: Any, global_batch: int, seed: int) -> grain.DatasetIter
   n, h = jax.process_count(), jax.process_index()
   per_host = per_host_batch_size(global_batch)
   dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if random_transform is not None:
+    # `fn(record, rng)` with rng seeded by (seed, position in the endless
+    # stream): e.g. fresh MLM masks every epoch, identical after a resume.
+    dataset = dataset.random_map(random_transform, seed=seed)
   # Per-host batch `t·n + h` holds exactly host h's rows of global batch t.
   dataset = dataset.batch(per_host, drop_remainder=True)[h::n]
   return iter(dataset.to_iter_dataset())

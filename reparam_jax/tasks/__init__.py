@@ -24,6 +24,10 @@ from reparam_jax.errors import UserError
 def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   from reparam_jax.tasks import lm  # noqa: PLC0415 (tasks import lazily: some need extra data)
   registry = {"lm": lm.LanguageModelTask}
+  # Encoder tasks (MLM pre-training, fine-tuning, distillation); see tasks/encoder.py.
+  from reparam_jax.tasks import classify, distill, mlm  # noqa: PLC0415
+  registry.update(mlm=mlm.MaskedLanguageModelTask, classify=classify.ClassificationTask,
+                  distill=distill.DistillationTask)
   if config.task not in registry:
     raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(registry))}")
   return registry[config.task](config, workdir)

@@ -1,0 +1,42 @@
+r"""SST-2 step 1: masked-LM pre-training of a small BERT-style encoder on the SST-2 training sentences.
+
+Command:
+  REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
+      --config=configs/sst2/pretrain_mlm.py --workdir=workdirs/sst2_mlm
+
+MEASURED: see below (filled in from the measured run).
+"""
+
+from reparam_jax.config_base import base_config
+from reparam_jax.tasks.encoder import encoder_defaults
+
+
+def get_config(arg=None):
+  del arg
+  c = encoder_defaults(base_config())
+  c.task = "mlm"
+  # Training phrases are short (median 10 pieces with [CLS]/[SEP], 95% ≤ 32):
+  # pre-train on 32-piece windows but size the position table for fine-tuning's 64.
+  c.seq_len = 32
+  c.batch_size = 128
+  c.num_steps = 600
+  c.model.max_len = 64
+  c.model.pooler = False  # MLM only: nothing would train a pooler; fine-tuning mean-pools
+  c.encoder.pooling = "mean"
+  c.encoder.length_buckets = (16, 24)  # + seq_len: batches padded to 16, 24 or 32 pieces
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.embed_dim = 128
+  c.model.mlp_dim = 512
+  c.model.embed_dropout = 0.1
+  c.model.residual_dropout = 0.1
+  c.mlm.nsp = False  # SST-2 rows are unordered phrases: no true "next sentence"
+  c.optimizer.lr = 1e-3
+  c.optimizer.end_lr = 1e-4
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 0.01
+  c.log_every = 50
+  c.eval_every = 400
+  c.eval_batch_size = 128
+  c.checkpoint_every = 400
+  return c

@@ -1,0 +1,128 @@
+"""Sequence classification (SST-2 sentiment) by fine-tuning an encoder.
+
+Model: the encoder, pooled (`encoder.pooling`), then the seeds' head
+LayerNorm → Dropout → Linear; loss: cross-entropy (optionally label-smoothed)
+plus `classify.contrastive_weight` · InfoNCE between two dropout views.
+
+Start from a pre-training run with `--config.init_from=<mlm workdir>`: the
+backbone comes from its checkpoint, the classifier head is fresh, and the
+tokenizer is that run's (copied into this workdir).
+
+Eval: the confusion matrix summed over the dev split gives exact accuracy
+and per-class precision/recall/F1 (`eval/accuracy`, `eval/f1_macro`,
+`eval/f1/positive`, ...).  Each eval rewrites `report.txt` (a
+classification_report-style table) and `confusion_matrix.png` in the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from reparam_jax.data.buckets import bucketed_loader
+from reparam_jax.data.pipeline import prepare_once, train_loader
+from reparam_jax.data.sst2 import (LABEL_NAMES, ClassificationSource, encode_all,
+                                   encoder_tokenizer, load_sst2, padded_eval_batches, specials)
+from reparam_jax.errors import UserError
+from reparam_jax.objectives.classification import classification_loss, confusion_counts
+from reparam_jax.objectives.contrastive import info_nce
+from reparam_jax.tasks import classify_report
+from reparam_jax.tasks.encoder import (buckets_for, classifier_init_args, encoder_model, section,
+                                       two_views)
+
+Batch = dict[str, Any]
+
+
+class ClassificationTask:
+  heads = ("classifier",)
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
+    self.config, self.workdir = config, workdir
+    self.cfg = section(config, "classify")
+    self.names = LABEL_NAMES
+    if section(config, "encoder").num_classes != len(self.names):
+      raise UserError(f"encoder.num_classes={config.encoder.num_classes} but SST-2 has "
+                      f"{len(self.names)} classes")
+    data = load_sst2(config.data)
+    self.tokenizer = prepare_once(encoder_tokenizer, config.data, data["train"][0], workdir,
+                                  self.tokenizer_sources())
+    sp = specials(self.tokenizer)
+    self.sources = {split: ClassificationSource(encode_all(self.tokenizer, sentences), labels,
+                                                config.seq_len, sp)
+                    for split, (sentences, labels) in data.items()}
+
+  def tokenizer_sources(self) -> tuple[str, ...]:
+    """Runs whose tokenizer this one must reuse (their token ids are in the weights)."""
+    init_from = self.config.init_from
+    if init_from and not os.path.exists(os.path.join(init_from, "tokenizer.model")):
+      raise UserError(f"init_from={init_from} has no tokenizer.model; fine-tuning must use the "
+                      "pre-training run's tokenizer (pass its workdir)")
+    return (init_from,) if init_from else ()
+
+  def model(self) -> nn.Module:
+    return encoder_model(self.config.model, self.config.encoder, self.tokenizer.vocab_size,
+                         self.config.seq_len, self.heads)
+
+  def init_args(self) -> tuple[np.ndarray, ...]:
+    return classifier_init_args(self.config.seq_len)
+
+  def train_iterator(self) -> Iterator[Batch]:
+    source, buckets = self.sources["train"], buckets_for(self.config)
+    if buckets:
+      return bucketed_loader(source.lengths(), buckets, self.config.batch_size,
+                             self.config.seed, source.batch)
+    return train_loader(source, self.config.batch_size, self.config.seed)
+
+  def eval_batches(self) -> Iterable[Batch]:
+    source = self.sources["validation"]
+    return padded_eval_batches(source.__getitem__, len(source), self.config.eval_batch_size)
+
+  def loss(self, apply_fn: Callable[..., dict], batch: Batch,
+           train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    inputs = [batch["ids"], batch["padding_mask"]]
+    if self.cfg.contrastive_weight and train:
+      out, view2 = two_views(apply_fn, inputs, train)
+    else:
+      out, view2 = apply_fn(*inputs, train=train), None
+    l_task, metrics = classification_loss(out["logits"], batch["label"][:, 0],
+                                          label_smoothing=self.cfg.label_smoothing)
+    total = l_task
+    metrics["task_loss"] = l_task
+    if view2 is not None:
+      l_cl, m = info_nce(out["sentence"], view2["sentence"], self.cfg.contrastive_temperature)
+      total += self.cfg.contrastive_weight * l_cl
+      metrics.update(m, contrastive_loss=l_cl)
+    metrics["loss"] = total
+    return total, metrics
+
+  def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
+    out = apply_fn(batch["ids"], batch["padding_mask"], train=False)
+    return self.classification_sums(out["logits"], batch)
+
+  @staticmethod
+  def classification_sums(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    w, labels = batch["weights"][:, 0], batch["label"][:, 0]
+    loss, _ = classification_loss(logits, labels, w)
+    cm = confusion_counts(logits, labels, w)
+    sums = {f"cm_{i}_{j}": cm[i, j] for i in range(cm.shape[0]) for j in range(cm.shape[1])}
+    return dict(sums, loss_sum=loss * w.sum(), examples=w.sum())
+
+  def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+    C = len(self.names)
+    cm = np.array([[sums[f"cm_{i}_{j}"] for j in range(C)] for i in range(C)])
+    out = {"loss": sums["loss_sum"] / max(sums["examples"], 1.0),
+           **classify_report.summary(cm, self.names)}
+    if self.workdir and jax.process_index() == 0:
+      report = classify_report.format_report(cm, self.names)
+      with open(os.path.join(self.workdir, "report.txt"), "w", encoding="utf-8") as f:
+        f.write(report)
+      classify_report.plot_confusion(cm, self.names,
+                                     os.path.join(self.workdir, "confusion_matrix.png"),
+                                     title=f"SST-2 dev, accuracy {out['accuracy']:.3f}")
+      print(report, flush=True)
+    return out

@@ -1,0 +1,128 @@
+"""Classifier head, loss, exact report numbers, partial init_from, bucketed batches."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reparam_jax import checkpoint
+from reparam_jax.data.buckets import bucketed_loader
+from reparam_jax.errors import UserError
+from reparam_jax.objectives.classification import classification_loss, confusion_counts
+from reparam_jax.tasks import classify_report
+from tests.tasks.encoder_helpers import VOCAB, init_params, tiny_encoder, train_few_steps
+
+
+def test_classifier_head_shapes_and_param_tree():
+  model = tiny_encoder(num_classes=3)
+  ids = np.ones((5, 12), np.int32)
+  mask = np.arange(12)[None] < np.array([[3], [12], [1], [7], [5]])
+  params = init_params(model, ids, mask)
+  assert set(params["classifier"]) == {"ln", "out"}
+  assert params["classifier"]["out"]["kernel"].shape == (16, 3)
+  assert "embed" in params and "block_0" in params  # backbone at the top level
+  out = model.apply({"params": params}, ids, mask)
+  assert out["logits"].shape == (5, 3) and out["sentence"].shape == (5, 16)
+  assert out["hidden"].shape == (5, 12, 16)
+
+
+def test_classification_report_matches_hand_count():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 1])
+  preds = np.array([0, 1, 0, 1, 1, 2, 0, 2, 1, 1])
+  logits = jax.nn.one_hot(preds, 3) * 5.0
+  weights = np.ones(10)
+  weights[-1] = 0.0  # a padding row: must not count
+  cm = np.asarray(confusion_counts(logits, labels, weights))
+  # By hand (9 real rows): true 0 → [2, 1, 0]; true 1 → [0, 2, 0]; true 2 → [1, 1, 2].
+  np.testing.assert_array_equal(cm, [[2, 1, 0], [0, 2, 0], [1, 1, 2]])
+  s = classify_report.summary(cm, ["a", "b", "c"])
+  assert s["accuracy"] == pytest.approx(6 / 9)
+  assert s["precision/a"] == pytest.approx(2 / 3) and s["recall/a"] == pytest.approx(2 / 3)
+  assert s["precision/b"] == pytest.approx(2 / 4) and s["recall/b"] == pytest.approx(1.0)
+  assert s["precision/c"] == pytest.approx(1.0) and s["recall/c"] == pytest.approx(2 / 4)
+  f1 = [2 / 3, 2 * 0.5 / 1.5, 2 * 0.5 / 1.5]
+  assert s["f1/b"] == pytest.approx(f1[1])
+  assert s["f1_macro"] == pytest.approx(np.mean(f1))
+  text = classify_report.format_report(cm, ["a", "b", "c"])
+  lines = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
+  assert lines["b"] == ["0.5000", "1.0000", "0.6667", "2"]
+  assert lines["accuracy"] == ["0.6667", "9"]
+  assert lines["macro"][1:4] == [f"{np.mean([2 / 3, .5, 1]):.4f}", f"{np.mean([2 / 3, 1, .5]):.4f}",
+                                 f"{np.mean(f1):.4f}"]
+
+
+def test_classification_loss_label_smoothing_and_weights():
+  logits = jnp.array([[2.0, 0.0], [0.0, 0.0]])
+  loss, m = classification_loss(logits, jnp.array([0, 1]), jnp.array([1.0, 0.0]))
+  assert float(loss) == pytest.approx(np.log1p(np.exp(-2.0)), rel=1e-5)
+  assert float(m["accuracy"]) == 1.0
+  smooth, _ = classification_loss(logits[:1], jnp.array([0]), label_smoothing=0.2)
+  p = jax.nn.log_softmax(logits[0])
+  assert float(smooth) == pytest.approx(-(0.9 * p[0] + 0.1 * p[1]), rel=1e-5)
+
+
+def test_classifier_trains():
+  model = tiny_encoder(dropout=0.1)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(7, VOCAB, size=(16, 12)).astype(np.int32)
+  labels = (ids[:, 1] > VOCAB // 2).astype(np.int32)  # depends on one token
+  mask = np.ones((16, 12), bool)
+  params = init_params(model, ids, mask)
+
+  def loss_fn(p, key):
+    out = model.apply({"params": p}, ids, mask, train=True, rngs={"dropout": key})
+    return classification_loss(out["logits"], labels)[0]
+
+  before, after = train_few_steps(loss_fn, params, steps=40)
+  assert after < 0.5 * before
+
+
+def test_load_matching_params_loads_shared_keys_and_keeps_fresh_head(tmp_path):
+  saved = {"embed": {"w": np.full((3, 2), 7.0, np.float32)},
+           "mlm_head": {"b": np.ones(4, np.float32)}}
+  checkpoint.save_params(str(tmp_path / "params"), saved)
+  fresh = {"embed": {"w": jnp.zeros((3, 2))}, "classifier": {"k": jnp.full((2, 2), 3.0)}}
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          fresh)
+  params, summary = checkpoint.load_matching_params(str(tmp_path), abstract, fresh)
+  np.testing.assert_array_equal(params["embed"]["w"], saved["embed"]["w"])
+  np.testing.assert_array_equal(params["classifier"]["k"], fresh["classifier"]["k"])
+  assert "from the checkpoint: embed" in summary
+  assert "freshly initialised: classifier" in summary
+  assert "not the model: mlm_head" in summary
+  wrong = {"embed": {"w": jnp.zeros((2, 2))}}
+  with pytest.raises(UserError, match="shape"):
+    checkpoint.load_matching_params(str(tmp_path), jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), wrong), wrong)
+  unrelated = {"other": jnp.zeros(2)}
+  with pytest.raises(UserError, match="shares no parameter"):
+    checkpoint.load_matching_params(str(tmp_path), jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), unrelated),
+        unrelated)
+
+
+def test_bucketed_batches_cover_each_epoch_pad_to_bucket_and_resume():
+  lengths = np.array([3, 5, 9, 14, 20, 30, 31, 2] * 8)
+
+  def build(indices, length, rng):
+    return {"idx": np.asarray(indices)[:, None], "ids": np.zeros((len(indices), length)),
+            "noise": rng.random((len(indices), 1))}
+
+  it = bucketed_loader(lengths, (8, 16, 32), 4, seed=1, build=build)
+  first_epoch = [next(it) for _ in range(16)]  # 64 records, buckets of 24/16/24 → 16 batches
+  seen = np.concatenate([b["idx"][:, 0] for b in first_epoch])
+  assert sorted(seen) == list(range(64))
+  for b in first_epoch:
+    width = b["ids"].shape[1]
+    assert width in (8, 16, 32)
+    assert (np.minimum(lengths[b["idx"][:, 0]], 32) <= width).all()
+    assert width == 8 or (lengths[b["idx"][:, 0]] > {16: 8, 32: 16}[width]).all()
+  state = it.get_state()
+  want = [next(it) for _ in range(3)]
+  again = bucketed_loader(lengths, (8, 16, 32), 4, seed=1, build=build)
+  again.set_state(state)
+  for w in want:
+    got = next(again)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k])
