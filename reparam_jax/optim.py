@@ -8,6 +8,8 @@ import jax
 import ml_collections
 import optax
 
+from reparam_jax.regularizers.decay import decay_mask_fn
+
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to `lr`, then cosine decay to `end_lr` at `num_steps`."""
@@ -18,7 +20,10 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> op
 
 
 def default_decay_mask(params: Any) -> Any:
-  """Weight decay on matrices and embeddings only; never on biases or norms."""
+  """Weight decay on matrices and embeddings only; never on biases or norms.
+
+  `config.optimizer.decay_rules` overrides it per path (regularizers/decay.py).
+  """
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
@@ -30,7 +35,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
     chain.append(optax.clip_by_global_norm(opt.clip_norm))
   chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
                            eps=opt.eps, weight_decay=opt.weight_decay,
-                           mask=default_decay_mask))
+                           mask=decay_mask_fn(opt.get("decay_rules", ()))))
   tx = optax.chain(*chain)
   if trainable is not None:
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
