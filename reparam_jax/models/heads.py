@@ -7,6 +7,7 @@ tree (`embed/...`, `block_{i}/...`, `pooler/...`, exactly the tree of a bare
   mlm_head/{transform/{kernel,bias}, ln/{scale,bias}, bias [vocab]}
   nsp_head/{kernel,bias}
   classifier/{ln/{scale,bias}, out/{kernel,bias}}
+  classifier/feature_proj/{kernel,bias}  (with a feature projection, see below)
 
 so reparameterization rules written for the LM (`block_\\d+/mlp/...`) apply
 unchanged, and fine-tuning from a pre-training checkpoint loads every key
@@ -53,15 +54,25 @@ class NspHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-  """LayerNorm → Dropout → Linear on the pooled representation (the seeds' head)."""
+  """LayerNorm → Dropout → Linear on the pooled representation (the seeds' head).
+
+  `feature_proj_dim > 0` first maps the pretrained features linearly to that
+  many dimensions (`feature_proj`, the seeds' "feature projection" for
+  fine-tuning): the classifier then sees a low-dimensional view, which with
+  a frozen backbone (`finetune.freeze='all_but_head'`) is a learned
+  linear-projection probe.
+  """
 
   num_classes: int
   dropout: float = 0.1
   layer_norm_eps: float = 1e-12
   norm: bool = True  # False: Dropout → Linear only (Hugging Face BertForSequenceClassification)
+  feature_proj_dim: int = 0  # > 0: Linear(D → feature_proj_dim) before the classifier
 
   @nn.compact
   def __call__(self, pooled_BxD: Array, train: bool) -> Array:
+    if self.feature_proj_dim:
+      pooled_BxD = Dense(self.feature_proj_dim, ("embed", None), name="feature_proj")(pooled_BxD)
     h = LayerNorm(self.layer_norm_eps, name="ln")(pooled_BxD) if self.norm else pooled_BxD
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     return Dense(self.num_classes, ("embed", None), name="out")(h)
@@ -96,6 +107,7 @@ class EncoderWithHeads(nn.Module):
   classifier_dropout: float = 0.1
   pooling: str = "cls"
   classifier_norm: bool = True  # the classifier's LayerNorm (absent in imported HF models)
+  classifier_feature_proj_dim: int = 0  # > 0: project features to this width first
 
   def setup(self):
     self.backbone = Transformer(self.cfg)
@@ -107,7 +119,7 @@ class EncoderWithHeads(nn.Module):
       self.nsp_head = NspHead()
     if "classifier" in self.heads:
       self.classifier = ClassifierHead(self.num_classes, self.classifier_dropout, eps,
-                                       self.classifier_norm)
+                                       self.classifier_norm, self.classifier_feature_proj_dim)
 
   def __call__(self, ids_BxL: Array, padding_mask_BxL: Array | None = None,
                token_types_BxL: Array | None = None, mlm_positions_BxP: Array | None = None,

@@ -24,6 +24,8 @@ from reparam_jax.errors import UserError
 def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   from reparam_jax.tasks import lm  # noqa: PLC0415 (tasks import lazily: some need extra data)
   registry = {"lm": lm.LanguageModelTask}
+  from reparam_jax.tasks import text_vae  # noqa: PLC0415
+  registry["text_vae"] = text_vae.TextVAETask  # sentence VAE on line-level text
   # Encoder tasks (MLM pre-training, fine-tuning, distillation); see tasks/encoder.py.
   from reparam_jax.tasks import classify, distill, mlm  # noqa: PLC0415
   registry.update(mlm=mlm.MaskedLanguageModelTask, classify=classify.ClassificationTask,

@@ -63,3 +63,18 @@ def test_layer_dims_from_a_config_section():
   # What `--config.model.layer_dims=(16,16,8,8)` produces: a tuple (or list) field.
   cfg = transformer_config(dict(BASE, layer_dims=[16, 16, 8, 8], share_layers=False))
   assert cfg.layer_dims == (16, 16, 8, 8) and hash(cfg)
+
+
+def test_classifier_feature_projection_head():
+  from reparam_jax.models.heads import EncoderWithHeads
+  cfg = TransformerConfig(**dict(BASE, causal=False, pre_norm=False, pooler=True))
+  model = EncoderWithHeads(cfg, heads=("classifier",), num_classes=3,
+                           classifier_feature_proj_dim=4)
+  ids = jax.random.randint(jax.random.key(3), (2, 10), 0, 29)
+  params = nn.meta.unbox(model.init({"params": jax.random.key(0)}, ids)["params"])
+  assert params["classifier"]["feature_proj"]["kernel"].shape == (16, 4)
+  assert params["classifier"]["ln"]["scale"].shape == (4,)
+  assert model.apply({"params": params}, ids)["logits"].shape == (2, 3)
+  plain = nn.meta.unbox(EncoderWithHeads(cfg, num_classes=3).init(
+      {"params": jax.random.key(0)}, ids)["params"])
+  assert "feature_proj" not in plain["classifier"]

@@ -1,0 +1,133 @@
+"""Text VAE: KL closed form, free bits, annealing, active units, training, sampler."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reparam_jax import sample_vae, train
+from reparam_jax.data import lines
+from reparam_jax.data.tokenizers import CharTokenizer
+from reparam_jax.metrics import read_jsonl
+from reparam_jax.models import TransformerConfig
+from reparam_jax.models.text_vae import TextVAE
+from reparam_jax.objectives import vae
+from tests.helpers import REPO
+
+
+def test_kl_matches_closed_form_and_monte_carlo():
+  mean = jnp.array([[0.3, -1.2, 0.0]])
+  logvar = jnp.array([[0.5, -0.7, 0.0]])
+  kl = vae.gaussian_kl(mean, logvar)
+  var = np.exp(np.asarray(logvar))
+  expect = 0.5 * (np.asarray(mean) ** 2 + var - 1 - np.asarray(logvar))
+  np.testing.assert_allclose(kl, expect, rtol=1e-6)
+  assert float(kl[0, 2]) == 0.0  # q = p
+  # Monte Carlo: E_q[log q(z) − log p(z)] with 200k samples.
+  eps = jax.random.normal(jax.random.key(0), (200_000, 3))
+  z = vae.reparameterize(mean, logvar, eps)
+  log_q = -0.5 * (eps ** 2 + logvar + jnp.log(2 * jnp.pi))
+  log_p = -0.5 * (z ** 2 + jnp.log(2 * jnp.pi))
+  np.testing.assert_allclose((log_q - log_p).mean(0), kl[0], atol=0.02)
+
+
+def test_free_bits_clamps_small_dimensions_and_stops_their_gradient():
+  mean = jnp.array([[0.1, 2.0], [0.1, 2.0]])
+  logvar = jnp.zeros((2, 2))
+  lam = 0.5
+
+  def objective(m):
+    return vae.free_bits_kl(vae.gaussian_kl(m, logvar), lam)
+
+  kl = vae.gaussian_kl(mean, logvar).mean(0)  # [0.005, 2.0]
+  assert float(objective(mean)) == pytest.approx(lam + float(kl[1]))
+  grad = jax.grad(objective)(mean)
+  assert np.all(grad[:, 0] == 0) and np.all(grad[:, 1] != 0)
+  assert float(vae.free_bits_kl(vae.gaussian_kl(mean, logvar), 0.0)) == pytest.approx(
+      float(kl.sum()))
+
+
+def test_kl_schedules():
+  assert float(vae.kl_weight(50, "linear", 100, 1000)) == pytest.approx(0.5)
+  assert float(vae.kl_weight(500, "linear", 100, 1000)) == 1.0
+  # 4 cycles of 250 steps, ramping over the first half of each.
+  cyc = [float(vae.kl_weight(s, "cyclical", 0, 1000, 4, 0.5)) for s in (0, 62.5, 125, 200, 250)]
+  assert cyc == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.0])
+  assert float(vae.kl_weight(3, "none", 0, 10, beta_max=0.3)) == pytest.approx(0.3)
+
+
+def test_active_units_on_a_constructed_example():
+  # Dimension 0 varies across inputs (var 1), dimension 1 barely (var 1e-4),
+  # dimension 2 not at all but sits away from 0 (var 0): one active unit.
+  means = np.stack([np.tile([-1.0, 1.0], 50), np.tile([-0.01, 0.01], 50), np.full(100, 3.0)], 1)
+  au, activity = vae.active_units(means.sum(0), (means ** 2).sum(0), len(means))
+  assert au == 1
+  np.testing.assert_allclose(activity, [1.0, 1e-4, 0.0], atol=1e-9)
+
+
+def test_line_records_round_trip():
+  tok = CharTokenizer.fit(["abc d"])
+  row = lines.encode_line(tok.encode("ab d"), seq_len=8)
+  assert row.tolist() == [lines.BOS, *(tok.encode("ab d") + lines.OFFSET), lines.EOS, 0, 0, 0]
+  assert lines.decode_ids(tok, row[1:]) == "ab d"
+  cut = lines.encode_line(tok.encode("abcabcabc"), seq_len=4)
+  assert len(cut) == 5 and lines.EOS not in cut  # too long: truncated, no EOS
+
+
+def test_model_shapes_and_latent_conditioning():
+  enc = TransformerConfig(vocab_size=12, num_layers=1, num_heads=2, embed_dim=8, mlp_dim=16,
+                          max_len=6, causal=False)
+  model = TextVAE(enc, TransformerConfig(**dict(enc.__dict__, causal=True)), latent_dim=3)
+  ids = jnp.array([[1, 4, 5, 2, 0, 0], [1, 6, 2, 0, 0, 0]])
+  params = model.init({"params": jax.random.key(0)}, ids, ids != 0, ids)["params"]
+  assert set(params) == {"encoder", "posterior_mean", "posterior_logvar", "decoder"}
+  out = model.apply({"params": params}, ids, ids != 0, ids, rngs={"latent": jax.random.key(1)})
+  assert out["z"].shape == (2, 3) and out["logits"].shape == (2, 6, 12)
+  a = model.apply({"params": params}, ids, jnp.zeros((2, 3)), method=TextVAE.decode)
+  b = model.apply({"params": params}, ids, jnp.ones((2, 3)), method=TextVAE.decode)
+  assert not np.allclose(a, b)  # the decoder reads z
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, raw_data_dir, tfds_dir):
+  """A tiny VAE trained for 30 steps by the real trainer (in process)."""
+  workdir = str(tmp_path_factory.mktemp("vae"))
+  args = [f"--config={REPO}/configs/vae/text_vae_shakespeare.py", f"--workdir={workdir}"] + [
+      f"--config.{k}={v}" for k, v in {
+          "data.raw_dir": raw_data_dir, "data.tfds_dir": tfds_dir, "num_steps": 30,
+          "model.num_layers": 1, "model.embed_dim": 32, "model.mlp_dim": 64,
+          "model.num_heads": 2, "vae.encoder_layers": 1, "vae.latent_dim": 4,
+          "vae.kl_schedule": "linear", "vae.kl_warmup_steps": 10, "vae.free_bits": 0.1,
+          "batch_size": 16, "log_every": 5, "eval_every": 30, "checkpoint_every": 30,
+          "eval_batch_size": 1024, "optimizer.warmup_steps": 5, "optimizer.lr": 3e-3}.items()]
+  return workdir, train.main(args)
+
+
+def test_training_reduces_the_elbo_loss(vae_run):
+  workdir, final = vae_run
+  records = [r for r in read_jsonl(f"{workdir}/metrics.jsonl") if "train/nelbo" in r]
+  first, last = records[0], records[-1]
+  assert last["train/nelbo"] < first["train/nelbo"] - 10  # nats per sentence
+  assert first["train/beta"] < last["train/beta"] == 1.0  # linear warm-up over 10 steps
+  assert {"eval/kl", "eval/rec", "eval/active_units"} <= set(final)
+  assert 0 <= final["eval/active_units"] <= 4
+  assert final["eval/loss"] == pytest.approx(final["eval/rec"] + final["eval/kl"])
+
+
+def test_sampler_produces_text(vae_run, capsys):
+  workdir, _ = vae_run
+  prior = sample_vae.main([f"--workdir={workdir}", "--prior=3", "--temperature=0.8"])
+  assert len(prior) == 3 and all(isinstance(t, str) for t in prior)
+  assert sum(len(t) for t in prior) > 0
+  path = sample_vae.main([f"--workdir={workdir}", "--interpolate=ROMEO:|First Citizen:",
+                          "--steps=4"])
+  assert len(path) == 4
+  assert "α=1.00" in capsys.readouterr().out
+
+
+def test_sampler_rejects_bad_arguments(vae_run):
+  workdir, _ = vae_run
+  with pytest.raises(SystemExit) as e:
+    sample_vae.main([f"--workdir={workdir}"])
+  assert e.value.code == 2
