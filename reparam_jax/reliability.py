@@ -164,6 +164,16 @@ def finite_mean(values: Sequence[float], nonfinite: Sequence[float]) -> float:
 # --- disk ---------------------------------------------------------------------
 
 
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `path` so that a crash leaves either the old file or the new one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 def tree_bytes(tree: PyTree) -> int:
   """Bytes of all array leaves (global sizes: what a checkpoint of `tree` stores)."""
   return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize

@@ -45,8 +45,10 @@ def _raw_file(raw_dir: str, *parts: str) -> epath.Path:
 class _OfflineCapable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Takes `raw_dir` so `_split_generators` can skip the download manager."""
 
-  def __init__(self, *, raw_dir: str | None = None, **kwargs: Any):
+  def __init__(self, *, raw_dir: str | None = None, skip_malformed: bool = False,
+               **kwargs: Any):
     self._raw_dir = raw_dir_from(raw_dir)
+    self._skip_malformed = skip_malformed  # config `data.skip_malformed`
     super().__init__(**kwargs)
 
 
@@ -106,17 +108,23 @@ class GlueSst2(_OfflineCapable, skip_registration=True):
     return {"train": self._generate_examples(train), "validation": self._generate_examples(dev)}
 
   def _generate_examples(self, path: epath.Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for idx, (sentence, label) in enumerate(read_labelled_tsv(path, num_classes=2)):
+    skipped: list[str] = []
+    rows = read_labelled_tsv(path, num_classes=2, skip_malformed=self._skip_malformed,
+                             skipped=skipped)
+    for idx, (sentence, label) in enumerate(rows):
       yield idx, {"sentence": sentence, "label": label, "idx": idx}
+    if skipped:  # counted once, when the dataset is prepared
+      print(f"warning: skipped {len(skipped)} malformed rows of {path} (data.skip_malformed); "
+            f"first: {skipped[0]}", flush=True)
 
 
-def read_labelled_tsv(path: epath.Path | str, num_classes: int,
-                      skip_malformed: bool = False) -> Iterator[tuple[str, int]]:
+def read_labelled_tsv(path: epath.Path | str, num_classes: int, skip_malformed: bool = False,
+                      skipped: list[str] | None = None) -> Iterator[tuple[str, int]]:
   """Rows of a GLUE-style `sentence\\tlabel` file with a header line.
 
   A malformed row (missing label, label outside the classes, empty text,
   invalid UTF-8) is a `UserError` naming file and line, or skipped when
-  `skip_malformed` is set.
+  `skip_malformed` is set; then `skipped` (if given) collects `file:line: why`.
   """
   path = epath.Path(path)
   with path.open("rb") as f:
@@ -136,6 +144,8 @@ def read_labelled_tsv(path: epath.Path | str, num_classes: int,
           raise ValueError(f"label {label} outside 0..{num_classes - 1}")
       except (UnicodeDecodeError, ValueError) as e:
         if skip_malformed:
+          if skipped is not None:
+            skipped.append(f"{path}:{lineno}: {e}")
           continue
         raise UserError(f"{path}:{lineno}: malformed row ({e})") from None
       yield sentence, label
@@ -145,12 +155,13 @@ BUILDERS = {"tiny_shakespeare": TinyShakespeareLM, "sst2": GlueSst2}
 
 
 def load_builder(name: str, *, raw_dir: str | None = None, tfds_dir: str | None = None,
-                 prepare: bool = True) -> tfds.core.DatasetBuilder:
+                 prepare: bool = True, skip_malformed: bool = False) -> tfds.core.DatasetBuilder:
   """A prepared builder; `as_data_source()` on it gives random-access splits."""
   if name not in BUILDERS:
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
   data_dir = tfds_dir or os.environ.get("TFDS_DATA_DIR") or None
-  builder = BUILDERS[name](raw_dir=raw_dir, data_dir=data_dir, file_format="array_record")
+  builder = BUILDERS[name](raw_dir=raw_dir, data_dir=data_dir, file_format="array_record",
+                           skip_malformed=skip_malformed)
   if prepare and not builder.is_prepared():
     builder.download_and_prepare()
   return builder

@@ -29,7 +29,7 @@ BAD = {
     "two inferred axes": ({"mesh.data": "-1", "mesh.fsdp": "-1"}, "at most one axis may be -1"),
     "policy": ({"reliability.on_nonfinite": "ignore"}, "expected 'stop' or 'skip'"),
     # These need the devices (8 simulated) or the model's shapes:
-    "mesh vs devices": ({"mesh.data": "3"}, "does not divide the 8 devices"),
+    "mesh vs devices": ({"mesh.data": "3", "mesh.fsdp": "-1"}, "does not divide the 8 devices"),
     "batch vs devices": ({"batch_size": "12"}, "batch_size=12 must be a positive multiple"),
     "rank > matrix": ({"reparam.rules": "(('.*fc_in.kernel', 'lowrank(rank=64)'),)"},
                       "rank=64 must be in [1, min(16, 32)]"),

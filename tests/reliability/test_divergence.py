@@ -14,7 +14,8 @@ from tests.helpers import tiny_args
 
 
 def _run(workdir, raw, tfds, **overrides):
-  args = tiny_args(str(workdir), raw, tfds, checkpoint_every=2, eval_every=100, **overrides)
+  args = tiny_args(str(workdir), raw, tfds, **{"checkpoint_every": 2, "eval_every": 100,
+                                               **overrides})
   return train.main(args)
 
 
@@ -44,7 +45,7 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, raw_data_dir, tfds_dir, c
 
 def test_skip_mode_drops_the_update_counts_it_and_continues(tmp_path, raw_data_dir, tfds_dir,
                                                            capsys):
-  final = _run(tmp_path, raw_data_dir, tfds_dir, num_steps=6, checkpoint_every=1,
+  final = _run(tmp_path, raw_data_dir, tfds_dir, num_steps=6, checkpoint_every=1, keep_checkpoints=9,
                reliability__nan_at_step=3, reliability__on_nonfinite="skip")
   assert final["step"] == 6 and math.isfinite(final["eval/loss"])
   assert "warning: skipped step 3" in capsys.readouterr().err
