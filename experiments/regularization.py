@@ -2,13 +2,15 @@
 
 Every variant starts from weight decay 0 (the quick-start config uses 0.1),
 so "none" is unregularised. L1 is a penalty `coef * sum|w|` on the weight
-matrices added to the training loss (config key `reg.l1`, which the trainer
-must provide); L2 is AdamW's decoupled weight decay on matrices and
+matrices added to the training loss (config key `reg.l1`; reparam_jax/regularizers,
+docs/regularization.md); L2 is AdamW's decoupled weight decay on matrices and
 embeddings (`optimizer.weight_decay`); dropout sets the model's residual,
 attention and embedding dropout. Early stopping is read post hoc from the
 unregularised runs (the same workdirs as "none"): the validation loss at its
 best evaluation and the train loss and step logged there; it selects on the
-validation split that it also reports, so it is optimistic. 3 seeds each.
+validation split that it also reports, so it is optimistic (the trainer's own
+early stopping, `early_stopping.metric`, does the same selection online and
+restores the best params; configs/lm/shakespeare_char_early_stopping.py). 3 seeds each.
 
 The override keys below are the trainer's; if a key is renamed, change it here
 (the ablation checks every key against the config before running anything).

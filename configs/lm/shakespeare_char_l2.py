@@ -1,0 +1,27 @@
+r"""Quick start with *coupled* L2 (in the loss) instead of decoupled weight decay.
+
+`reg.l2 = 1e-4` adds 1e-4·½ΣW² over every matrix (kernels and embeddings) to
+the training loss, and `optimizer.weight_decay = 0`.  Under Adam the two
+differ: the coupled gradient 1e-4·W is rescaled by Adam's second-moment
+estimate like any other gradient, so weights with large gradients are
+barely decayed (Loshchilov & Hutter 2019); the quick start's decoupled
+`weight_decay = 0.1` shrinks every matrix by lr·0.1 per step regardless.
+This config exists to compare the two (experiments/regularization.py).
+
+Command:
+  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+      --config=configs/lm/shakespeare_char_l2.py --workdir=workdirs/shakespeare_char_l2
+
+Hardware: 1 CPU host (2 cores, 24 GiB); same step time as the quick start.
+Measured: not run yet (a full 2000-step run, ~6 min unloaded).
+"""
+
+from configs.lm import shakespeare_char
+
+
+def get_config(arg=None):
+  del arg
+  c = shakespeare_char.get_config()
+  c.optimizer.weight_decay = 0.0
+  c.reg.l2 = 1e-4
+  return c
