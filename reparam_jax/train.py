@@ -27,7 +27,6 @@ from reparam_jax import early_stopping, regularizers
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.metrics import MetricWriter, read_jsonl
-from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.tasks import make_task
 
 
@@ -120,7 +119,6 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   task = make_task(config, workdir)
   hooks = trainer.ReparamHooks(config.reparam)
   regularizer = regularizers.Regularizer(config.get("reg"), config.reparam)
-  early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
   model = hooks.wrap(task.model())
   schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
   rng = jax.random.key(config.seed)
@@ -147,9 +145,6 @@ def main(argv: Sequence[str]) -> dict[str, float]:
       print(report, flush=True)
       with open(os.path.join(workdir, "reparam_report.txt"), "w") as f:
         f.write(report + "\n")
-  mfu_meter = MfuMeter.for_run(config, task.model(), state.params)
-  if is_main and mfu_meter is not None:
-    print(mfu_meter.describe(), flush=True)
 
   train_iter = task.train_iterator()
   rel = config.reliability
@@ -168,6 +163,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
       print(f"resumed from step {start_step}", flush=True)
   if is_main:
     _truncate_metrics(workdir, start_step)  # a crash may have logged past the checkpoint
+  early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
   early.resume(start_step)  # counters from metrics.jsonl up to the restored step
   done_path = os.path.join(workdir, "done.json")
   if (start_step >= config.num_steps or early.stopped) and os.path.exists(done_path):
@@ -222,8 +218,6 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           summary["train/tokens_per_sec"] = tokens_per_step * len(fetched) / dt
           summary["train/tokens_per_sec_per_device"] = (summary["train/tokens_per_sec"]
                                                         / jax.device_count())
-          if mfu_meter is not None:
-            summary.update(mfu_meter.fields(summary["train/tokens_per_sec_per_device"]))
           writer.write(step, summary)
           bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
           bar.update(len(fetched))
