@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 import importlib.util
 import os
+import sys
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -27,15 +29,25 @@ from reparam_jax.errors import UserError
 ConfigDict = ml_collections.ConfigDict
 
 
+def import_file(path: str, what: str = "config") -> Any:
+  """Imports a Python file by path (a config or experiment file)."""
+  if not os.path.isfile(path):
+    raise UserError(f"{what} file {path!r} does not exist")
+  _add_configs_root_to_path(path)
+  module_name = "_reparam_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.modules[module_name] = module
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(spec: str) -> ConfigDict:
   """Loads `path.py[:arg]` and returns its (locked) config."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"config file {path!r} does not exist (expected --config=path/to/file.py[:arg])")
-  module_name = "reparam_config_" + os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = import_file(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path!r} has no get_config() function")
   config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
@@ -45,13 +57,20 @@ def load_config_file(spec: str) -> ConfigDict:
   return config
 
 
-def load_config_module(spec: str) -> Any:
-  """The config file's module itself (for `get_sweep` and friends)."""
-  path = spec.partition(":")[0]
-  module_spec = importlib.util.spec_from_file_location("reparam_config_module", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
+def _add_configs_root_to_path(path: str) -> None:
+  """Lets config files import each other (`from configs.lm import shakespeare_char`).
+
+  The parent of the enclosing `configs/` package goes on `sys.path`, so this
+  works from any working directory.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  while os.path.exists(os.path.join(directory, "__init__.py")):
+    if os.path.basename(directory) == "configs":
+      root = os.path.dirname(directory)
+      if root not in sys.path:
+        sys.path.insert(0, root)
+      return
+    directory = os.path.dirname(directory)
 
 
 def _takes_arg(fn: Any) -> bool:

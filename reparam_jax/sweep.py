@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
@@ -50,7 +49,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Sequence
 
-from reparam_jax import sweeps_lib
+from reparam_jax import config_lib, sweeps_lib
 from reparam_jax.errors import UserError, exit_on_user_error
 
 DEFAULT_TRAIN_MODULE = "reparam_jax.train"
@@ -175,16 +174,7 @@ def make_points(sweep: Sequence[Mapping[str, Any]], base_config: str, root: str 
 
 def load_module(path: str | os.PathLike[str], what: str = "config") -> ModuleType:
   """Imports a Python file by path; a missing file is a one-line `UserError`."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f"{what} file {path} does not exist")
-  mod_name = "_reparam_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-  spec = importlib.util.spec_from_file_location(mod_name, path)
-  assert spec is not None and spec.loader is not None
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[mod_name] = module
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.import_file(str(path), what)
 
 
 def _call_with_optional_arg(fn: Any, *args: Any, arg: str | None) -> Any:

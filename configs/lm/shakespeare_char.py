@@ -22,6 +22,10 @@ eval/loss is the exact per-character loss over the whole validation split
 
 from reparam_jax.config_base import base_config
 
+# Every matrix of every block: the weights the transform configs reparameterize
+# (embeddings and LayerNorms stay dense).
+BLOCK_KERNELS = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|out))/kernel"
+
 def get_config(arg=None):
   del arg
   c = base_config()

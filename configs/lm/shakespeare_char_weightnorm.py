@@ -1,0 +1,20 @@
+r"""Quick-start LM with every block matrix reparameterized: `weightnorm`.
+
+Weight normalization (Salimans & Kingma 2016): W = g · v/‖v‖ per output unit.
+
+Command:
+  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+      --config=configs/lm/shakespeare_char_weightnorm.py --workdir=workdirs/shakespeare_char_weightnorm
+
+Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
+configs/lm/shakespeare_char.py.  Measured: see experiments/results/reparam_comparison/.
+"""
+
+from configs.lm import shakespeare_char
+
+
+def get_config(arg=None):
+  del arg
+  c = shakespeare_char.get_config()
+  c.reparam.rules = ((shakespeare_char.BLOCK_KERNELS, "weightnorm"),)
+  return c
