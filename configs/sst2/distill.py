@@ -26,15 +26,17 @@ def get_config(arg=None):
   c.distill.hidden_weight = 0.0  # TinyBERT hidden-state MSE via a learned projection
   c.seq_len = 64
   c.batch_size = 64
-  c.num_steps = 1500
-  # Half the teacher's layers and width (teacher: 2 layers, width 128, MLP 512).
+  c.num_steps = 1000
+  # Half the teacher's layers and width (teacher: 2 layers, width 128, MLP 512, 4 heads).
   c.model.num_layers = 1
   c.model.num_heads = 2
   c.model.embed_dim = 64
   c.model.mlp_dim = 256
   c.model.embed_dropout = 0.1
   c.model.residual_dropout = 0.1
-  c.encoder.pooling = "cls"
+  c.model.pooler = False
+  c.encoder.pooling = "mean"
+  c.encoder.length_buckets = (16, 32)
   c.optimizer.lr = 1e-3
   c.optimizer.end_lr = 1e-5
   c.optimizer.warmup_steps = 100
