@@ -14,13 +14,32 @@ Command:
   python -m reparam_jax.sample_vae --workdir=workdirs/text_vae_shakespeare \
       --interpolate="To be, or not to be|My lord, I will" --steps=5
 
-MEASURED: see the numbers below, from a run on a 2-core CPU shared with other jobs.
+Hardware: 1 CPU host, 2 cores shared with other engineers' jobs (load 15-24).
+Measured (one run, seed 0; 220,256 parameters): 0.4-0.6 s/step in steady
+state, about 30 min wall clock for the 1000 steps on that loaded machine
+(stopped at step 82 and resumed, with eval_every changed from 500 to 250).
+Eval on the 3,536 validation lines (nats per sentence, fixed ε):
+
+  step    −ELBO    rec     KL    active units   bound/char
+   250    81.46   77.79   3.67   16/16          2.60
+   500    76.02   72.31   3.71   16/16          2.43
+   750    73.28   69.52   3.76   16/16          2.34
+  1000    72.08   68.44   3.63   16/16          2.30
+
+Expected: −ELBO ≈ 72 nats/sentence, KL ≈ 3.6 nats, 16/16 active units.  The
+KL sits near the free-bits floor (16 × 0.25 = 4 nats; each dimension ≈ 0.23):
+no unit collapsed, but z carries little, and greedy samples from the prior
+are repetitive ("And the the there the …").  Interpolating between the
+speaker lines "KING RICHARD III:" and "First Citizen:" decodes "CORIO:",
+"ANGENIUS:", then "And he my my merere …" (the second end does not
+reconstruct): at this size z encodes line type and length more than content.
 """
 
 from reparam_jax.config_base import base_config
 from reparam_jax.tasks.text_vae import vae_section
 
-MEASURED = "filled in below after the measured run"
+MEASURED = {"step": 1000, "eval/loss": 72.08, "eval/rec": 68.44, "eval/kl": 3.63,
+            "eval/active_units": 16}
 
 
 def get_config(arg=None):
