@@ -56,6 +56,13 @@ class ReparamHooks:
   def trainable_mask(self, params: PyTree) -> PyTree | None:
     return self.lib.trainable_mask(params, self.cfg) if self.active else None
 
+  def update_extra(self, params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array
+                   ) -> tuple[PyTree, dict[str, jax.Array]]:
+    """Non-param collections after this step (sparsity masks), and their metrics."""
+    if not (self.active and self.lib.has_aux_state(self.cfg)):
+      return extra, {}
+    return self.lib.update_extra(params, grads, extra, step, self.cfg)
+
 
 def init_variables_fn(model: nn.Module, init_args: tuple[Any, ...]) -> Callable[[jax.Array], Any]:
   def init(rng: jax.Array) -> Any:
@@ -163,14 +170,17 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                                            (total, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = hooks.post_update(optax.apply_updates(state.params, updates))
+    # Scheduled sparsity-mask / movement-score updates see this step's θ and gradient.
+    extra, extra_metrics = hooks.update_extra(state.params, grads, state.extra, state.step)
     grad_norm = optax.global_norm(grads)
     # Decided on device so a bad step costs no host round-trip.
     ok = reliability.all_finite(total, grad_norm, params)
-    params, opt_state = reliability.keep_if(ok, (params, opt_state),
-                                            (state.params, state.opt_state))
-    metrics = dict(metrics, total_loss=total, grad_norm=grad_norm, lr=schedule(state.step),
-                   nonfinite=1.0 - ok.astype(jnp.float32))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    params, opt_state, extra = reliability.keep_if(ok, (params, opt_state, extra),
+                                                   (state.params, state.opt_state, state.extra))
+    metrics = dict(metrics, **extra_metrics, total_loss=total, grad_norm=grad_norm,
+                   lr=schedule(state.step), nonfinite=1.0 - ok.astype(jnp.float32))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         extra=extra), metrics
 
   return train_step
 

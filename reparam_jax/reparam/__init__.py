@@ -38,7 +38,7 @@ __all__ = [
     "WrapperTransform", "compose", "dense_to_theta", "effective", "extract_adapter",
     "format_report", "freeze_optimizer", "insert_adapter", "load_adapter", "materialize",
     "parse_spec", "penalty", "post_update", "register", "report_rows", "save_adapter",
-    "trainable_mask", "weight_stats", "wrap",
+    "trainable_mask", "weight_stats", "wrap", "has_aux_state", "update_extra",
 ]
 
 PyTree = Any
@@ -68,6 +68,23 @@ def penalty(params: PyTree, reparam_cfg: Any, step: jax.Array | int
   map_theta(plan, params, visit)
   total = sum(terms.values(), jnp.zeros((), jnp.float32))
   return total, terms
+
+
+def has_aux_state(reparam_cfg: Any) -> bool:
+  """Whether any rule has a stage with non-trainable state (a sparsity mask)."""
+  from reparam_jax.reparam.mask import has_aux  # noqa: PLC0415
+  return any(has_aux(r.node) for r in Plan.from_config(reparam_cfg).rules)
+
+
+def update_extra(params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array,
+                 reparam_cfg: Any) -> tuple[PyTree, dict[str, jax.Array]]:
+  """Scheduled mask/score updates inside the train step (reparam_jax/sparsity/update.py).
+
+  `params` and `grads` are the step's (pre-update) θ and its gradient; returns
+  the new non-param collections and metrics (`sparsity`).
+  """
+  from reparam_jax.sparsity.update import update_extra as _update  # noqa: PLC0415
+  return _update(params, grads, extra, step, reparam_cfg)
 
 
 def post_update(params: PyTree, reparam_cfg: Any) -> PyTree:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax.core import meta
 from flax.core.frozen_dict import unfreeze
 from flax.core.lift import pack
@@ -37,6 +38,7 @@ from flax.core.scope import subtract_filters
 from flax.linen.transforms import lift_transform
 
 from reparam_jax.reparam.base import materialize
+from reparam_jax.reparam.mask import AUX_COLLECTION, has_aux, init_aux, join_aux
 from reparam_jax.reparam.rules import Plan, dense_leaves, map_theta, path_key
 
 PyTree = Any
@@ -79,20 +81,62 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
     w = leaf.unbox() if isinstance(leaf, meta.AxisMetadata) else leaf
     rule.node.check(tuple(w.shape))
     theta = make_theta(path, rule.node, w)
-    theta = jax.tree.map(lambda a, dt=w.dtype: a.astype(dt), theta)
+    # Integer leaves (e.g. int8 storage) keep their dtype.
+    theta = jax.tree.map(
+        lambda a, dt=w.dtype: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, theta)
     _set_path(out, path, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
   plan.check_all_used(used, paths)
   return out
 
 
-def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool) -> PyTree:
-  """The view the model sees: effective weights (possibly structured) at θ's paths."""
+def _subtree(tree: Any, path: str) -> Any:
+  for k in path.split("/"):
+    if not isinstance(tree, dict) or k not in tree:
+      return None
+    tree = tree[k]
+  return tree
+
+
+def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool,
+              aux: PyTree | None = None) -> PyTree:
+  """The view the model sees: effective weights (possibly structured) at θ's paths.
+
+  `aux` is the `'masks'` collection (non-trainable per-weight state such as
+  sparsity masks); its entries are joined into θ before `apply`.
+  """
   def fn(path, rule, theta):
     if rule is None:
       return theta
-    w = rule.node.apply(meta.unbox(theta), None if rng is None else path_key(rng, path))
+    theta = meta.unbox(theta)
+    if aux:
+      theta = join_aux(rule.node, theta, meta.unbox(_subtree(aux, path)))
+    w = rule.node.apply(theta, None if rng is None else path_key(rng, path))
     return w if structured else materialize(w)
   return map_theta(plan, params, fn)
+
+
+def init_aux_tree(plan: Plan, params: PyTree) -> dict:
+  """The `'masks'` collection for freshly built θ: each aux entry boxed like its weight."""
+  out: dict = {}
+
+  def box_like(leaf, value):
+    return leaf.replace(value=value) if isinstance(leaf, nn.Partitioned) else value
+
+  def fn(path, rule, theta):
+    if rule is not None and has_aux(rule.node):
+      aux = init_aux(rule.node, theta, box_like)
+      if aux:
+        _set_path_create(out, path, aux)
+    return theta
+  map_theta(plan, params, fn)
+  return out
+
+
+def _set_path_create(tree: dict, path: str, value: Any) -> None:
+  *heads, last = path.split("/")
+  for h in heads:
+    tree = tree.setdefault(h, {})
+  tree[last] = value
 
 
 def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
@@ -104,6 +148,7 @@ def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
     def inner(scope_fn, repack, variable_groups, rng_groups, *args, **kwargs):
       target, variables = variable_groups
       target = tuple(unfreeze(t) for t in target)
+      new_aux = None
       if params_mutable and not any(t.get("params") for t in target):
         scopes = scope_fn((target, variables), rng_groups)
         fn(scopes, *args, **kwargs)
@@ -114,12 +159,19 @@ def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
                 plan, d.get("params", {}),
                 lambda path, node, w: node.init_from(path_key(key, path), w))}
             for d in (unfreeze(x) for x in dense))
-      views = tuple({**t, "params": effective(plan, t.get("params", {}), sample_rng, structured)}
-                    for t in target)
+        # Non-trainable per-weight state (sparsity masks) is created with θ.
+        new_aux = tuple(init_aux_tree(plan, t.get("params", {})) for t in target)
+      aux = new_aux or tuple(unfreeze(v).get(AUX_COLLECTION) for v in variables)
+      views = tuple({**t, "params": effective(plan, t.get("params", {}), sample_rng, structured,
+                                              a)}
+                    for t, a in zip(target, aux))
       scopes = scope_fn((views, variables), rng_groups,
                         mutable_filter=subtract_filters(True, "params"))
       y = fn(scopes, *args, **kwargs)
       _, out_vars = repack(scopes)
+      if new_aux is not None and any(new_aux):
+        out_vars = tuple({**unfreeze(o), AUX_COLLECTION: a} if a else o
+                         for o, a in zip(out_vars, new_aux))
       return y, (target, out_vars)
 
     others = subtract_filters(True, "params")

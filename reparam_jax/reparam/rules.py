@@ -38,6 +38,7 @@ from reparam_jax.reparam.base import TRANSFORMS, compose
 
 # Importing registers the built-in transforms.
 from reparam_jax.reparam import lora, lowrank, spherical, variational  # noqa: F401,E402
+from reparam_jax.reparam import mask, quant  # noqa: F401,E402  (sparsity, quantization)
 
 
 def parse_stage(text: str) -> Any:

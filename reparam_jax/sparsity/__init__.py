@@ -1,0 +1,1 @@
+"""Pruning: mask schedules and updates, sensitivity pruning, sparsity reports."""

@@ -1,0 +1,83 @@
+"""Per-layer and global sparsity of a model's effective weights (exact counts).
+
+  python -m reparam_jax.sparsity.report --workdir=RUN [--regex='.*/kernel']
+
+Counts zeros of the *effective* weight (θ → W with the masks applied), so it
+covers masks, L1-thresholded weights and folded checkpoints alike; `masked`
+counts the entries a mask removes (0 where there is no mask).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax.core import meta
+
+from reparam_jax.reparam.base import materialize
+from reparam_jax.reparam.intercept import effective
+from reparam_jax.reparam.rules import Plan, dense_leaves
+
+PyTree = Any
+DEFAULT_REGEX = r".*/kernel"
+
+
+def effective_dense(params: PyTree, reparam_cfg: Any, masks: PyTree | None = None) -> PyTree:
+  """Dense effective weights (masks applied, deterministic)."""
+  plan = Plan.from_config(reparam_cfg)
+  view = effective(plan, meta.unbox(params), None, structured=False,
+                   aux=meta.unbox(masks) if masks else None)
+  return jax.tree.map(materialize, view, is_leaf=lambda x: hasattr(x, "dense"))
+
+
+def sparsity_rows(params: PyTree, reparam_cfg: Any = None, masks: PyTree | None = None,
+                  regex: str = DEFAULT_REGEX) -> list[dict[str, Any]]:
+  """One row per weight matching `regex` (path, size, zeros, sparsity), then 'global'."""
+  dense = effective_dense(params, reparam_cfg, masks)
+  pattern = re.compile(regex)
+  rows = []
+  for path, w in dense_leaves(dense):
+    if not pattern.fullmatch(path):
+      continue
+    w = np.asarray(jax.device_get(w))
+    zeros = int(w.size - np.count_nonzero(w))
+    rows.append(dict(path=path, size=int(w.size), zeros=zeros, sparsity=zeros / max(w.size, 1)))
+  size = sum(r["size"] for r in rows)
+  zeros = sum(r["zeros"] for r in rows)
+  rows.append(dict(path="global", size=size, zeros=zeros, sparsity=zeros / max(size, 1)))
+  return rows
+
+
+def format_sparsity(rows: list[dict[str, Any]]) -> str:
+  width = max(len(r["path"]) for r in rows)
+  lines = [f"{'weight'.ljust(width)}  {'size':>10}  {'zeros':>10}  {'sparsity':>8}"]
+  lines.append("-" * len(lines[0]))
+  for r in rows:
+    if r["path"] == "global":
+      lines.append("-" * len(lines[0]))
+    lines.append(f"{r['path'].ljust(width)}  {r['size']:>10,}  {r['zeros']:>10,}  "
+                 f"{r['sparsity']:>8.4f}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  import argparse  # noqa: PLC0415
+
+  from reparam_jax.sparsity.evaluate import load_run  # noqa: PLC0415
+
+  parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.report")
+  parser.add_argument("--workdir", required=True, help="training workdir or compress output")
+  parser.add_argument("--regex", default=DEFAULT_REGEX)
+  args = parser.parse_args(argv)
+  run = load_run(args.workdir)
+  text = format_sparsity(sparsity_rows(run.params, run.config.reparam, run.masks, args.regex))
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  from reparam_jax.errors import exit_on_user_error  # noqa: PLC0415
+  exit_on_user_error(main)(sys.argv[1:])
