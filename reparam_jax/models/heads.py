@@ -5,7 +5,7 @@ tree (`embed/...`, `block_{i}/...`, `pooler/...`, exactly the tree of a bare
 `Transformer`) and adds each head as one more top-level key:
 
   mlm_head/{transform/{kernel,bias}, ln/{scale,bias}, bias [vocab]}
-  nsp_head/{kernel,bias}
+  nsp_head/out/{kernel,bias}
   classifier/{ln/{scale,bias}, out/{kernel,bias}}
   classifier/feature_proj/{kernel,bias}  (with a feature projection, see below)
 
