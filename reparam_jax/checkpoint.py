@@ -119,6 +119,15 @@ class Checkpointer:
       problem = _missing_files(self.directory / str(step), data=data_iter is not None)
       state = None
       if not problem:
+        # A readable checkpoint of another model is the user's mistake, not
+        # corruption: setting it aside would silently restart from step 0.
+        problem, mismatch = _structure_check(self.directory / str(step) / "state",
+                                             abstract_state)
+        if mismatch:  # same files and config everywhere: every process raises
+          raise UserError(f"checkpoint {self.directory / str(step)} holds a different model or "
+                          f"optimizer than this config ({mismatch}); use a fresh --workdir or "
+                          "the config it was trained with")
+      if not problem:
         try:
           state = self.restore(step, abstract_state, data_iter)
         except Exception as e:  # noqa: BLE001 (orbax/tensorstore/json errors alike)
@@ -184,6 +193,26 @@ def _missing_files(step_dir: epath.Path, data: bool = True) -> str:
   if data and not (step_dir / "data").exists():
     return "missing data/ (the data-iterator state)"
   return ""
+
+
+def _structure_check(state_dir: epath.Path, abstract_state: Any) -> tuple[str, str]:
+  """(problem reading the metadata, mismatch of the leaves' shapes/dtypes with the target)."""
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      metadata = ckptr.metadata(state_dir)
+  except Exception as e:  # noqa: BLE001
+    return _short(e), ""
+  is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+  have = sorted((tuple(m.shape), str(m.dtype))
+                for m in jax.tree.leaves(getattr(metadata, "tree", metadata), is_leaf=is_array))
+  want = sorted((tuple(a.shape), str(a.dtype))
+                for a in jax.tree.leaves(abstract_state, is_leaf=is_array))
+  if have == want:
+    return "", ""
+  extra = [x for x in have if x not in want][:2]
+  missing = [x for x in want if x not in have][:2]
+  return "", (f"{len(have)} arrays saved vs {len(want)} expected; e.g. saved {extra or 'none'} "
+              f"but expected {missing or 'none'}")
 
 
 def _all_processes_ok(ok: bool) -> bool:

@@ -195,3 +195,17 @@ def test_disk_filling_up_mid_run_is_reported_not_silent(small_tmpfs, capfd):
       ckpt.save(s, {"w": jax.random.normal(jax.random.key(s), (160, 160))}, None, force=True)
     ckpt.close()
   assert "failed" in capfd.readouterr().err
+
+
+def test_a_checkpoint_of_another_model_is_a_user_error_not_corruption(tmp_path):
+  """Resuming with a changed config must not set good checkpoints aside and restart."""
+  ckdir = tmp_path / "checkpoints"
+  _write(ckdir, [1, 2])
+  other = {"params": {"w": jax.ShapeDtypeStruct((64, 48), jnp.float32),
+                      "b": jax.ShapeDtypeStruct((32,), jnp.float32)},
+           "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  ckpt = checkpoint.Checkpointer(str(ckdir), every=1, keep=5)
+  with pytest.raises(UserError, match="holds a different model or optimizer than this config"):
+    ckpt.restore_latest_good(other, None)
+  ckpt.close()
+  assert sorted(os.listdir(ckdir)) == ["1", "2"]

@@ -32,6 +32,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
   assert len(losses) == 4 and all(math.isfinite(x) for x in losses)  # nothing past step 4
 
 
+@pytest.mark.slow  # a second divergence run; ~30 s on a loaded 2-core machine
 def test_huge_learning_rate_diverges_cleanly(tmp_path, raw_data_dir, tfds_dir, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _run(tmp_path, raw_data_dir, tfds_dir, num_steps=8, optimizer__lr=1e30,
@@ -62,6 +63,7 @@ def test_skip_mode_drops_the_update_counts_it_and_continues(tmp_path, raw_data_d
                                                       _leaves(four["params"])))
 
 
+@pytest.mark.slow
 def test_skip_mode_gives_up_past_the_limit(tmp_path, raw_data_dir, tfds_dir, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _run(tmp_path, raw_data_dir, tfds_dir, num_steps=6, optimizer__lr=1e30,
