@@ -107,4 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.freeze = "none"  # "none" | "all_but_head" | "top_k" | "lora"
   c.finetune.top_k = 2  # "top_k": how many of the top blocks train (with the head)
   c.finetune.head_regex = r"classifier|head|\w+_head"  # a path component naming a head
+
+  # FLOP/MFU accounting (reparam_jax/perf, docs/performance.md).
+  c.perf = ml_collections.ConfigDict()
+  c.perf.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = vendor table, CPU: measured
+  c.perf.causal_attention_halved = False  # False = PaLM's 12·L·H·Q·T attention FLOPs
   return c

@@ -27,6 +27,7 @@ from reparam_jax import early_stopping, regularizers
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.metrics import MetricWriter, read_jsonl
+from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.tasks import make_task
 
 
@@ -145,6 +146,9 @@ def main(argv: Sequence[str]) -> dict[str, float]:
       print(report, flush=True)
       with open(os.path.join(workdir, "reparam_report.txt"), "w") as f:
         f.write(report + "\n")
+  mfu_meter = MfuMeter.for_run(config, task.model(), state.params)
+  if is_main and mfu_meter is not None:
+    print(mfu_meter.describe(), flush=True)
 
   train_iter = task.train_iterator()
   rel = config.reliability
@@ -218,6 +222,8 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           summary["train/tokens_per_sec"] = tokens_per_step * len(fetched) / dt
           summary["train/tokens_per_sec_per_device"] = (summary["train/tokens_per_sec"]
                                                         / jax.device_count())
+          if mfu_meter is not None:
+            summary.update(mfu_meter.fields(summary["train/tokens_per_sec_per_device"]))
           writer.write(step, summary)
           bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
           bar.update(len(fetched))

@@ -1,0 +1,149 @@
+r"""The benchmark suite: one command, a printed table, a JSON file.
+
+  python -m bench.run              # CPU sizes (quick-start LM, width 1024, reparam at width 512)
+  python -m bench.run --smoke      # tiny sizes, 2 steps: CI (< 60 s on a quiet 2-core machine)
+  python -m bench.run --gpu        # GPT-2-medium shape, bf16, context 1024, one accelerator
+  python -m bench.run --only speed,reparam --out results.json
+
+Benchmarks (docs/performance.md explains each and records results):
+  speed    step time, tokens/s, model FLOPs/token, TFLOP/s and MFU per model size
+  reparam  step time of every reparameterization as a ratio to dense
+  memory   peak memory per reparameterization, each variant in a fresh process
+  fsdp     per-device parameter bytes on a simulated 8-device CPU mesh (FSDP)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+
+from bench import fsdp, memory, speed, timing
+from bench.suites import SUITES, reparam_variants
+from reparam_jax import reparam
+
+BENCHMARKS = ("speed", "reparam", "memory", "fsdp")
+
+
+def machine() -> dict[str, Any]:
+  dev = jax.devices()[0]
+  return {"platform": dev.platform, "device_kind": dev.device_kind,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "processor": platform.processor() or platform.machine(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
+  """Markdown table; cols are (key, header, format)."""
+  head = "| " + " | ".join(h for _, h, _ in cols) + " |"
+  sep = "|" + "|".join("---" for _ in cols) + "|"
+  body = ["| " + " | ".join(format(r[k], f) if r.get(k) is not None else "–"
+                            for k, _, f in cols) + " |" for r in rows]
+  return "\n".join([head, sep, *body])
+
+
+def _mb(n: float) -> float:
+  return n / 2**20
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  mode = parser.add_mutually_exclusive_group()
+  mode.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps (CI)")
+  mode.add_argument("--gpu", action="store_true", help="GPT-2-medium bf16 T=1024 sizes")
+  parser.add_argument("--only", default=",".join(BENCHMARKS),
+                      help=f"comma-separated subset of {BENCHMARKS}")
+  parser.add_argument("--out", default="workdirs/bench/results.json", help="JSON output path")
+  args = parser.parse_args(argv)
+  suite = SUITES["smoke" if args.smoke else "gpu" if args.gpu else "cpu"]
+  only = [b.strip() for b in args.only.split(",") if b.strip()]
+  unknown = set(only) - set(BENCHMARKS)
+  if unknown:
+    parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+
+  result: dict[str, Any] = {
+      "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+      "suite": suite.name, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      "machine": machine(), "load_average_start": timing.load_average(), "notes": []}
+  print(f"# bench suite '{suite.name}' on {result['machine']['device_count']}x "
+        f"{result['machine']['device_kind']} ({result['machine']['cpu_count']} CPUs), "
+        f"load average {result['load_average_start']:.2f}", flush=True)
+
+  if "speed" in only:
+    dtype = next(iter(suite.speed_models.values()))[0].get("model.dtype", "float32")
+    peak, source = speed.cpu_or_device_peak(dtype)
+    result["peak_flops_per_device"], result["peak_source"] = peak, source
+    rows = speed.model_speed(suite, peak)
+    result["speed"] = rows
+    print(f"\n## Train step (peak {peak / 1e12:.3g} TFLOP/s per device: {source})\n")
+    print(_table(rows, [("model", "model", "s"), ("wall_ms", "step ms (median)", ".1f"),
+                        ("wall_min_ms", "min ms", ".1f"), ("cpu_ms", "CPU ms", ".1f"),
+                        ("tokens_per_sec", "tokens/s", ",.0f"),
+                        ("model_flops_per_token", "model FLOPs/token", ",d"),
+                        ("tflops_per_device", "TFLOP/s/device", ".4f"), ("mfu", "MFU", ".3f")]),
+          flush=True)
+
+  if "reparam" in only:
+    rows, notes = speed.reparam_overhead(suite)
+    result["reparam"], result["notes"] = rows, result["notes"] + notes
+    print("\n## Reparameterizations: train step vs dense (same process, interleaved)\n")
+    print(_table(rows, [("variant", "variant", "s"), ("wall_ms", "step ms", ".1f"),
+                        ("wall_ratio", "÷ dense (wall)", ".3f"),
+                        ("cpu_ratio", "÷ dense (CPU time)", ".3f"),
+                        ("model_flops_per_token", "model FLOPs/token", ",d"),
+                        ("opt_state_ratio", "optimizer state ÷ dense", ".3f")]), flush=True)
+    for n in notes:
+      print(f"note: {n}")
+
+  if "memory" in only:
+    overrides, vocab = suite.reparam_model
+    variants, notes = reparam_variants(suite.lowrank_rank, set(reparam.TRANSFORMS))
+    if suite.memory_variants is not None:
+      variants = {k: v for k, v in variants.items() if k in suite.memory_variants}
+    rows = memory.variant_memory(variants, overrides, vocab, suite.memory_steps)
+    result["memory"] = rows
+    for r in rows:
+      if "error" in r:
+        result["notes"].append(f"memory of {r['variant']}: {r['error']}")
+        r.update(peak_rss_bytes=None, device_peak_bytes=None, peak_rss_mb=None)
+        continue
+      r["peak_rss_mb"] = _mb(r["peak_rss_bytes"])
+      r["over_runtime_mb"] = _mb(r["rss_over_runtime_bytes"]) if "rss_over_runtime_bytes" in r \
+          else None
+      r["device_peak_mb"] = _mb(r["device_peak_bytes"]) if r["device_peak_bytes"] else None
+    print("\n## Peak memory per variant (fresh process each)\n")
+    print(_table(rows, [("variant", "variant", "s"), ("device_peak_mb", "device peak MiB", ".1f"),
+                        ("peak_rss_mb", "host peak RSS MiB", ".1f"),
+                        ("over_runtime_mb", "RSS over bare runtime MiB", ".1f")]), flush=True)
+
+  if "fsdp" in only:
+    overrides, vocab = suite.fsdp_model
+    out = fsdp.measure(overrides, vocab)
+    result["fsdp"] = out
+    print(f"\n## FSDP on {out['devices']} simulated CPU devices\n")
+    print(f"parameters: {out['param_bytes_total']:,} B total; per device "
+          f"{out['param_bytes_per_device_max']:,} B max, {out['param_bytes_per_device_min']:,} B "
+          f"min; total/{out['devices']} = {out['ideal_per_device']:,.0f} B "
+          f"(max/ideal {out['param_bytes_per_device_max'] / out['ideal_per_device']:.3f})")
+    print(f"optimizer state: {out['opt_bytes_total']:,} B total; per device "
+          f"{out['opt_bytes_per_device_max']:,} B max")
+    print(f"replicated leaves: {', '.join(out['replicated_leaves']) or 'none'}", flush=True)
+
+  result["load_average_end"] = timing.load_average()
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"\nload average {result['load_average_start']:.2f} → {result['load_average_end']:.2f}; "
+        f"results written to {args.out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,89 @@
+"""Model sizes and step counts of the three suite modes: smoke (CI), cpu, gpu.
+
+A size is a set of dotted overrides of configs/lm/shakespeare_char.py plus a
+vocabulary size (tokens are synthetic, so any vocabulary works).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bench.reparam_bench import KERNELS  # every projection matrix of every block
+
+
+def lm_size(layers: int, heads: int, width: int, seq: int, batch: int,
+            dtype: str = "float32") -> dict[str, Any]:
+  return {"model.num_layers": layers, "model.num_heads": heads, "model.embed_dim": width,
+          "model.mlp_dim": 4 * width, "seq_len": seq, "batch_size": batch, "model.dtype": dtype}
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  name: str
+  # {label: (config overrides, vocabulary)} timed against each other.
+  speed_models: dict[str, tuple[dict[str, Any], int]]
+  # The model every reparameterization is timed on, and the low-rank rank.
+  reparam_model: tuple[dict[str, Any], int]
+  lowrank_rank: int
+  steps: int
+  warmup: int
+  memory_steps: int
+  fsdp_model: tuple[dict[str, Any], int]
+  reparam_subset: tuple[str, ...] | None = None  # labels to time; None = all
+  memory_variants: tuple[str, ...] | None = None  # labels to probe; None = all
+
+
+QUICKSTART: tuple[dict[str, Any], int] = ({}, 65)  # the quick-start LM as configured
+
+SMOKE = Suite(
+    name="smoke",
+    speed_models={"tiny": (lm_size(1, 2, 16, 16, 8), 65)},
+    reparam_model=(lm_size(1, 2, 16, 16, 8), 65), lowrank_rank=4,
+    steps=2, warmup=1, memory_steps=1,
+    fsdp_model=(lm_size(1, 2, 16, 16, 8), 65),
+    # Every compile costs seconds: CI checks the machinery on a few variants.
+    reparam_subset=("dense", "lowrank(r=4)", "lora(r=8)"),
+    memory_variants=("dense",))
+
+CPU = Suite(
+    name="cpu",
+    speed_models={"quickstart (L4 D128 T64 B12)": QUICKSTART,
+                  "width 1024 (L2 D1024 T64 B8)": (lm_size(2, 16, 1024, 64, 8), 65)},
+    reparam_model=(lm_size(2, 8, 512, 64, 8), 65), lowrank_rank=64,
+    steps=15, warmup=3, memory_steps=2,
+    fsdp_model=({"batch_size": 16}, 65))  # the quick-start LM; the batch must split 8 ways
+
+# GPT-2-medium shape (24 layers, 16 heads, width 1024, GPT-2 vocabulary) in
+# bf16 at context 1024, on one accelerator.
+_GPT2_MEDIUM = (lm_size(24, 16, 1024, 1024, 8, "bfloat16"), 50257)
+GPU = Suite(
+    name="gpu",
+    speed_models={"gpt2-medium bf16 (T1024 B8)": _GPT2_MEDIUM,
+                  "quickstart (L4 D128 T64 B12)": QUICKSTART},
+    reparam_model=_GPT2_MEDIUM, lowrank_rank=128,
+    steps=20, warmup=5, memory_steps=3,
+    fsdp_model=({"batch_size": 16}, 65))
+
+SUITES = {s.name: s for s in (SMOKE, CPU, GPU)}
+
+
+def reparam_variants(rank: int, registered: set[str]) -> tuple[dict[str, tuple], list[str]]:
+  """({label: config.reparam.rules}, notes about variants left out)."""
+  variants: dict[str, tuple] = {
+      "dense": (),
+      "identity": ((".*", "identity"),),
+      f"lowrank(r={rank})": ((KERNELS, f"lowrank(rank={rank})"),),
+      "lora(r=8)": ((KERNELS, "lora(rank=8, alpha=16)"), (".*", "frozen")),
+      "spherical": ((KERNELS, "spherical"),),
+      "variational": ((KERNELS, "variational"),),
+  }
+  notes = []
+  optional = {"masked(50%)": ("mask", "mask(sparsity=0.5)"),
+              "fake-quant(int8)": ("quant", "quant(bits=8)")}
+  for label, (name, spec) in optional.items():
+    if name in registered:
+      variants[label] = ((KERNELS, spec),)
+    else:
+      notes.append(f"{label} skipped: transform {name!r} is not registered in reparam_jax.reparam")
+  return variants, notes

@@ -1,0 +1,45 @@
+"""The benchmark suite's smoke mode end to end (tiny sizes, CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_bench_smoke_writes_every_section(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", f"--out={out}"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert res["suite"] == "smoke" and res["machine"]["platform"] == "cpu"
+
+  (tiny,) = res["speed"]
+  assert tiny["wall_ms"] > 0 and tiny["tokens_per_sec"] > 0
+  # 1 layer, width 16, mlp 64, vocab 65, T=16: N = 4·256 + 2·1024 + 1040 = 4112.
+  assert tiny["model_flops_per_token"] == 6 * 4112 + 12 * 16 * 16
+  assert 0 < tiny["mfu"] < 1
+
+  rep = {r["variant"]: r for r in res["reparam"]}
+  assert set(rep) == {"dense", "lowrank(r=4)", "lora(r=8)"}
+  assert rep["dense"]["wall_ratio"] == 1.0
+  assert rep["lowrank(r=4)"]["model_flops_per_token"] < rep["dense"]["model_flops_per_token"]
+  assert rep["lora(r=8)"]["opt_state_ratio"] < 1.0  # frozen base weights carry no Adam state
+
+  mem = {r["variant"]: r for r in res["memory"]}
+  assert set(mem) == {"(jax runtime only)", "dense"}
+  assert all(r["peak_rss_bytes"] > 10 * 2**20 for r in mem.values())
+  assert mem["dense"]["peak_rss_bytes"] >= mem["(jax runtime only)"]["peak_rss_bytes"]
+
+  fsdp = res["fsdp"]
+  assert fsdp["devices"] == 8
+  ideal = fsdp["param_bytes_total"] / 8
+  # Sharded leaves hold 1/8 each; only the replicated (listed) ones exceed it.
+  assert ideal <= fsdp["param_bytes_per_device_max"] < 2 * ideal
+  assert fsdp["replicated_leaves"]
