@@ -32,7 +32,8 @@ def load_sst2(data: ml_collections.ConfigDict) -> dict[str, tuple[list[str], np.
     raise UserError(f"this task reads data.name='sst2', got {data.name!r}")
   builder = prepare_once(tfds_builders.load_builder, "sst2",
                          raw_dir=tfds_builders.raw_dir_from(data.raw_dir),
-                         tfds_dir=data.tfds_dir or None)
+                         tfds_dir=data.tfds_dir or None,
+                         skip_malformed=data.get("skip_malformed", False))
   source = builder.as_data_source()
   out = {}
   for split in ("train", "validation"):

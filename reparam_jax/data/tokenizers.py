@@ -27,6 +27,14 @@ class Tokenizer(Protocol):
   def save(self, directory: str) -> None: ...
 
 
+def _atomic_write(path: str, data: bytes) -> None:
+  """A kill mid-write leaves no half-written tokenizer for the next start to trip on."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
 class CharTokenizer:
   """One id per character, ids in sorted character order (nanoGPT's scheme)."""
 
@@ -51,8 +59,8 @@ class CharTokenizer:
     return "".join(self.chars[int(i)] for i in ids)
 
   def save(self, directory: str) -> None:
-    with open(os.path.join(directory, self.FILENAME), "w", encoding="utf-8") as f:
-      json.dump({"type": "char", "chars": self.chars}, f)
+    _atomic_write(os.path.join(directory, self.FILENAME),
+                  json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))
 
 
 class SentencePieceTokenizer:
@@ -90,8 +98,7 @@ class SentencePieceTokenizer:
     return self._sp.decode([int(i) for i in ids])
 
   def save(self, directory: str) -> None:
-    with open(os.path.join(directory, self.FILENAME), "wb") as f:
-      f.write(self.model_proto)
+    _atomic_write(os.path.join(directory, self.FILENAME), self.model_proto)
 
 
 def load_tokenizer(directory: str) -> Tokenizer:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from reparam_jax.errors import UserError
 from reparam_jax.reparam.base import Array, LoRAKernel, WrapperTransform, materialize, need_2d, \
   register
 
@@ -45,6 +46,9 @@ class LoRA(WrapperTransform):
 
   def check(self, shape):
     need_2d("lora", shape)
+    if not 1 <= self.rank <= min(shape):
+      raise UserError(f"lora: rank must be in [1, {min(shape)}] for a {tuple(shape)} weight, "
+                      f"got {self.rank}")
 
   def wrap_init(self, key, base, shape, dtype, std):
     m, n = shape

@@ -246,3 +246,11 @@ def test_stack_equals_hand_composition():
   by_hand = sum(Variational(kl_weight=1.0).penalty(theta[s], 0)["variational/kl"] for s in "uv")
   np.testing.assert_allclose(terms["variational/kl"], by_hand, rtol=1e-6)
   assert node.trainable(theta) == {"u": {"mu": True, "rho": True}, "v": {"mu": True, "rho": True}}
+
+
+@pytest.mark.parametrize("rank", [0, -1, 9])
+def test_lora_rank_outside_the_matrix_is_a_user_error(rank):
+  from reparam_jax.errors import UserError
+  from reparam_jax.reparam.lora import LoRA
+  with pytest.raises(UserError, match="lora: rank must be in"):
+    LoRA(rank=rank).check((8, 16))
