@@ -10,7 +10,8 @@ are visible. 3 seeds each.
 
 from reparam_jax.ablate import Experiment, Metric, Plot
 
-METHODS = ("spherical", "weightnorm", "hypersphere", "lowrank", "variational")
+METHODS = ("spherical", "weightnorm", "hypersphere", "lowrank", "variational",
+           "prune", "qat")  # prune: gradual magnitude to 75%; qat: int8 W8A8 (docs/compression.md)
 
 
 def get_experiment() -> Experiment:

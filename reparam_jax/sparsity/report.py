@@ -63,6 +63,26 @@ def format_sparsity(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def threshold_sweep(params: PyTree, thresholds: Sequence[float], reparam_cfg: Any = None,
+                    masks: PyTree | None = None, regex: str = DEFAULT_REGEX
+                    ) -> list[dict[str, Any]]:
+  """L1-induced sparsification: the sparsity reached by zeroing |w| ≤ τ, for each τ.
+
+  Rows: threshold, zeros, size, sparsity (global over the weights matching `regex`).
+  """
+  dense = effective_dense(params, reparam_cfg, masks)
+  pattern = re.compile(regex)
+  ws = [np.abs(np.asarray(jax.device_get(w))).ravel() for p, w in dense_leaves(dense)
+        if pattern.fullmatch(p)]
+  flat = np.concatenate(ws) if ws else np.zeros((0,))
+  rows = []
+  for t in thresholds:
+    zeros = int(np.count_nonzero(flat <= t))
+    rows.append(dict(threshold=float(t), zeros=zeros, size=int(flat.size),
+                     sparsity=zeros / max(flat.size, 1)))
+  return rows
+
+
 def main(argv: Sequence[str] | None = None) -> str:
   import argparse  # noqa: PLC0415
 
@@ -71,9 +91,16 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.report")
   parser.add_argument("--workdir", required=True, help="training workdir or compress output")
   parser.add_argument("--regex", default=DEFAULT_REGEX)
+  parser.add_argument("--thresholds", default="",
+                      help="comma-separated τ: also report the sparsity of zeroing |w| ≤ τ")
   args = parser.parse_args(argv)
   run = load_run(args.workdir)
   text = format_sparsity(sparsity_rows(run.params, run.config.reparam, run.masks, args.regex))
+  if args.thresholds:
+    taus = [float(t) for t in args.thresholds.split(",")]
+    sweep = threshold_sweep(run.params, taus, run.config.reparam, run.masks, args.regex)
+    text += "\n\nthreshold  zeros / size  sparsity\n" + "\n".join(
+        f"{r['threshold']:<9g}  {r['zeros']:,} / {r['size']:,}  {r['sparsity']:.4f}" for r in sweep)
   print(text)
   return text
 

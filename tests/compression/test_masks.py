@@ -245,3 +245,29 @@ def test_masks_shard_like_their_weight():
       sharding.DEFAULT_AXIS_RULES))
   assert (shard["masks"]["block_0"]["mlp"]["fc_in"]["kernel"]["mask"].spec
           == shard["params"]["block_0"]["mlp"]["fc_in"]["kernel"]["w"].spec)
+
+
+def test_threshold_sweep_counts_exactly():
+  from reparam_jax.sparsity.report import threshold_sweep
+  params = {"block_0": {"mlp": {"fc_in": {"kernel": jnp.array([[0.1, -0.2], [0.3, 0.0]])}}},
+            "embed": {"embedding": jnp.ones((2, 2))}}
+  rows = threshold_sweep(params, [0.0, 0.1, 0.25, 1.0])
+  assert [r["zeros"] for r in rows] == [1, 2, 3, 4] and rows[1]["sparsity"] == 0.5
+
+
+def test_masked_training_through_the_trainer_step():
+  """The real trainer step (bench.lm_step) updates masks in the step and logs sparsity."""
+  from bench.lm_step import StepRunner, quickstart_config
+  spec = "mask(sparsity=0.5, begin_step=1, end_step=3, every=1)"
+  cfg = quickstart_config(**{"reparam.rules": ((KERNELS, spec),), "model.num_layers": 1,
+                             "model.embed_dim": 16, "model.mlp_dim": 32, "model.num_heads": 2,
+                             "seq_len": 8, "batch_size": 8, "num_steps": 10})
+  runner = StepRunner(cfg, vocab_size=65)
+  for i in range(5):
+    runner.run(i)
+  state = runner.state
+  m = np.asarray(state.extra["masks"]["block_0"]["mlp"]["fc_in"]["kernel"]["mask"])
+  assert m.sum() == m.size // 2
+  with runner.mesh:
+    _, metrics = runner.step_fn(state, runner.batches[0])
+  assert float(metrics["sparsity"]) == pytest.approx(0.5)

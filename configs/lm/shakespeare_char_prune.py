@@ -1,0 +1,31 @@
+r"""Quick-start LM with gradual magnitude pruning (Zhu & Gupta 2017) of every block matrix.
+
+Each attention and MLP kernel is `mask(...)`-ed (docs/compression.md) and pruned
+from 0 to `{sparsity}` (75%) of its entries on the cubic schedule
+s_t = s_f (1 − (1 − (t − 200)/1300)³) between steps 200 and 1500, every 100
+steps, per layer (exact counts).  Embeddings, LayerNorms and biases stay dense.
+`--config.reparam.sparsity=0.9` changes the target; `get_sweep` sweeps it.
+
+Command:
+  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+      --config=configs/lm/shakespeare_char_prune.py --workdir=workdirs/shakespeare_char_prune
+
+Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
+configs/lm/shakespeare_char.py.
+Measured: (see below)
+"""
+
+from configs.lm import shakespeare_char
+
+
+def get_config(arg=None):
+  del arg
+  c = shakespeare_char.get_config()
+  c.reparam.rules = ((shakespeare_char.BLOCK_KERNELS,
+                      "mask(sparsity={sparsity}, begin_step=200, end_step=1500, every=100)"),)
+  c.reparam.sparsity = 0.75
+  return c
+
+
+def get_sweep(hyper):
+  return hyper.sweep("reparam.sparsity", [0.5, 0.75, 0.9, 0.95])
