@@ -7,7 +7,12 @@ Command (after configs/sst2/finetune.py wrote workdirs/sst2_finetune):
       --config=configs/sst2/distill.py --workdir=workdirs/sst2_distill \
       --config.distill.teacher=workdirs/sst2_finetune
 
-MEASURED: see below.
+Hardware: 1 CPU host, 2 cores, shared with other jobs (load average 9-20).
+Measured (seed 0) with the from-scratch teacher workdirs/sst2_encoder (80.5%):
+student 566,594 stored parameters (40% of the teacher's 1,429,762; the teacher's
+weights sit in the state's `extra`, not counted), dev accuracy 81.4% = 101% of
+the teacher's, 144 s CPU time (user+sys), 8 min wall on the loaded machine.
+Expected: the student within ~1-2% of its teacher's accuracy, often level.
 """
 
 from reparam_jax.config_base import base_config

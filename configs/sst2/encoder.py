@@ -10,6 +10,11 @@ pipeline use pretrain_mlm.py → finetune.py instead.
 Command:
   REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
       --config=configs/sst2/encoder.py --workdir=workdirs/sst2_encoder
+
+Hardware: 1 CPU host, 2 cores, shared with other jobs (load average 9-20).
+Measured (seed 0): 1,429,762 stored parameters, dev accuracy 80.5% (F1 macro
+0.805), 243 s CPU time (user+sys), 31 min wall on the loaded machine.
+Expected: dev accuracy ≈ 80% (±1.3%).
 """
 
 from reparam_jax.config_base import base_config

@@ -4,7 +4,14 @@ Command:
   REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
       --config=configs/sst2/pretrain_mlm.py --workdir=workdirs/sst2_mlm
 
-MEASURED: see below (filled in from the measured run).
+Hardware: 1 CPU host, 2 cores, shared with other jobs (load average 9-20).
+Measured (seed 0): 600 steps, 1,454,016 stored parameters (2 layers, width 128,
+8,000-piece sentencepiece vocabulary, MLM head tied to the embeddings);
+307 s CPU time (user+sys), 33 min wall on the loaded machine; dev MLM loss
+6.30, MLM accuracy 9.8% (dev masks fixed by seed and index).
+Expected: dev MLM accuracy ≈ 10% at step 600 (pre-training is deliberately
+short: it must fit, with fine-tuning, in ~20 CPU-minutes).  NSP is off: SST-2
+rows are unordered phrases (see docs/tasks.md for NSP on Tiny Shakespeare).
 """
 
 from reparam_jax.config_base import base_config
