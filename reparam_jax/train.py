@@ -120,6 +120,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   task = make_task(config, workdir)
   hooks = trainer.ReparamHooks(config.reparam)
   regularizer = regularizers.Regularizer(config.get("reg"), config.reparam)
+  early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
   model = hooks.wrap(task.model())
   schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
   rng = jax.random.key(config.seed)
@@ -167,7 +168,6 @@ def main(argv: Sequence[str]) -> dict[str, float]:
       print(f"resumed from step {start_step}", flush=True)
   if is_main:
     _truncate_metrics(workdir, start_step)  # a crash may have logged past the checkpoint
-  early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
   early.resume(start_step)  # counters from metrics.jsonl up to the restored step
   done_path = os.path.join(workdir, "done.json")
   if (start_step >= config.num_steps or early.stopped) and os.path.exists(done_path):
