@@ -12,7 +12,9 @@ Command:
 
 Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
 configs/lm/shakespeare_char.py.
-Measured: (see below)
+Measured (2026-11-22, seed 0, 2-core CPU shared with other jobs, ~0.5 s/step under
+that load, 35 min wall): eval/loss 1.9528 (perplexity 7.05) at step 2000, sparsity of
+the block kernels exactly 0.7500 (589,824 of 786,432 entries); dense quick start 1.8982.
 """
 
 from configs.lm import shakespeare_char

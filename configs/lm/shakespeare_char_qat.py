@@ -12,7 +12,9 @@ Command:
 
 Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
 configs/lm/shakespeare_char.py.
-Measured: (see below)
+Measured (2026-11-22, seed 0, 2-core CPU shared with other jobs, ~0.5 s/step under
+that load, 28 min wall): eval/loss 1.9047 (perplexity 6.72) at step 2000 with W8A8
+fake quantization in the eval too; dense quick start 1.8982.
 """
 
 from configs.lm import shakespeare_char
