@@ -32,7 +32,7 @@ ConfigDict = ml_collections.ConfigDict
 def import_file(path: str, what: str = "config") -> Any:
   """Imports a Python file by path (a config or experiment file)."""
   if not os.path.isfile(path):
-    raise UserError(f"{what} file {path!r} does not exist")
+    raise UserError(f"{what} file {path} does not exist")
   _add_configs_root_to_path(path)
   module_name = "_reparam_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
   module_spec = importlib.util.spec_from_file_location(module_name, path)

@@ -7,28 +7,18 @@ r"""Generates text from a training run's latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from reparam_jax import checkpoint, trainer
+from reparam_jax import trainer
 from reparam_jax.data.tokenizers import load_tokenizer
 from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.sparsity.evaluate import AUX_COLLECTION, load_run
 from reparam_jax.tasks.lm import lm_model
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{workdir} has no config.json; is it a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def generate(apply_fn, params, prompt_ids: np.ndarray, num_tokens: int, context: int,
@@ -67,14 +57,16 @@ def main(argv: Sequence[str]) -> str:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
-  config = load_run_config(args.workdir)
+  run = load_run(args.workdir)  # config, params and, for pruned runs, their masks
+  config = run.config
   tokenizer = load_tokenizer(args.workdir)
   model = trainer.ReparamHooks(config.reparam).wrap(lm_model(config, tokenizer.vocab_size))
-  params = checkpoint.load_params(args.workdir)
+  params = run.params
+  extra = {AUX_COLLECTION: run.masks} if run.masks is not None else {}
   prompt = tokenizer.encode(args.prompt)
   if len(prompt) == 0:
     raise UserError("--prompt encodes to no tokens; give at least one character")
-  apply_fn = lambda p, x: model.apply({"params": p}, x, train=False)["logits"]  # noqa: E731
+  apply_fn = lambda p, x: model.apply({"params": p, **extra}, x, train=False)["logits"]  # noqa: E731
   context = config.model.max_len or config.seq_len
   out = generate(apply_fn, params, prompt, args.num_tokens, context, args.temperature,
                  args.top_k, jax.random.key(args.seed))

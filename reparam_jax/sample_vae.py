@@ -25,7 +25,7 @@ from reparam_jax.data import lines
 from reparam_jax.data.tokenizers import load_tokenizer
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.models.text_vae import TextVAE
-from reparam_jax.sample import load_run_config
+from reparam_jax.sparsity.evaluate import load_config as load_run_config
 from reparam_jax.tasks.text_vae import vae_model
 
 

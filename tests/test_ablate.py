@@ -184,8 +184,8 @@ def test_missing_config_is_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name,n_points,n_rows", [
-    ("lowrank_rank_sweep", 18, 6), ("reparam_comparison", 18, 6), ("regularization", 12, 5),
-    ("sst2", 9, 3)])
+    ("lowrank_rank_sweep", 6, 6), ("reparam_comparison", 8, 8), ("regularization", 4, 5),
+    ("sst2", 3, 3)])
 def test_committed_experiments_expand(tmp_path: Path, name: str, n_points: int,
                                       n_rows: int) -> None:
   exp = ablate.load_experiment(REPO / "experiments" / f"{name}.py")
@@ -200,7 +200,7 @@ def test_rank_sweep_uses_rank_override(tmp_path: Path) -> None:
   exp = ablate.load_experiment(REPO / "experiments" / "lowrank_rank_sweep.py")
   points, _ = ablate.expand(exp, tmp_path)
   names = {p.name for p in points}
-  assert "reparam.rank=16,seed=2" in names and "config=lm.shakespeare_char,seed=0" in names
+  assert "reparam.rank=16,seed=0" in names and "config=lm.shakespeare_char,seed=0" in names
   p16 = next(p for p in points if p.name == "reparam.rank=16,seed=0")
   assert p16.config == "configs/lm/shakespeare_char_lowrank.py"
   assert "--config.reparam.rank=16" in p16.train_args()

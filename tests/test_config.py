@@ -40,7 +40,7 @@ def test_missing_config_file():
     ("--config.optimizer.lrr=1", "unknown config key 'optimizer.lrr'"),
     ("--config.mesh.data=3", "mesh"),
     ("--config.batch_size=7", "batch_size=7 must be a positive multiple"),
-    ("--config.num_steps=-5", "num_steps must be positive"),
+    ("--config.num_steps=-5", "num_steps=-5: expected a positive integer"),
 ])
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, override, message):
   result = run_train_subprocess([f"--config={QUICKSTART}", f"--workdir={tmp_path / 'w'}",
