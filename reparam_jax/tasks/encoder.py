@@ -39,6 +39,9 @@ def encoder_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.layer_norm_eps = 1e-12
   c.encoder = ml_collections.ConfigDict(dict(
       pooling="cls", classifier_dropout=0.1, num_classes=2,
+      # > 0: a linear projection of the pooled features to this width before
+      # the classifier (the seeds' feature-projection fine-tuning head).
+      feature_proj_dim=0,
       # Training batches padded only to the smallest of these lengths that fits
       # their bucket (data/buckets.py); () = every batch padded to seq_len.
       length_buckets=()))
@@ -74,6 +77,7 @@ def encoder_model(model_cfg: Any, encoder_cfg: Any, vocab_size: int, seq_len: in
   return EncoderWithHeads(transformer_config(model_cfg), heads=tuple(heads),
                           num_classes=int(encoder_cfg["num_classes"]),
                           classifier_dropout=float(encoder_cfg["classifier_dropout"]),
+                          classifier_feature_proj_dim=int(encoder_cfg.get("feature_proj_dim", 0)),
                           pooling=pooling)
 
 
