@@ -38,7 +38,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def commands(stdout: str) -> list[list[str]]:
   """The printed lines parsed back into argv lists: they must be valid shell."""
-  return [shlex.split(l) for l in stdout.splitlines() if l and not l.startswith("#")]
+  return [shlex.split(line) for line in stdout.splitlines() if line and not line.startswith("#")]
 
 
 def assert_train_args(argv: list[str], config: str, workdir: str) -> None:

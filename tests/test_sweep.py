@@ -73,7 +73,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def invocations(workdir: Path) -> list[dict]:
   path = workdir / "invocations.txt"
-  return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def run_sweep(*args: str) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_dry_run_prints_commands_and_runs_nothing(env: Path) -> None:
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 4
   assert "-m fake_train" in lines[0] and "--config.reparam.rank=4" in lines[0]
-  assert all("--config.lr=0.5" in l for l in lines)
+  assert all("--config.lr=0.5" in line for line in lines)
   assert not (env / "root").exists()
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
-from reparam_jax.reparam.intercept import init_aux_tree
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.sparsity import schedule
 from reparam_jax.sparsity.report import sparsity_rows

@@ -1,6 +1,5 @@
 """Text VAE: KL closed form, free bits, annealing, active units, training, sampler."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
