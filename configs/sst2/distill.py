@@ -17,13 +17,12 @@ student 79.7% = 100% of the teacher's, 139 s CPU, 8 min wall.
 Expected: the student within ~1-2% of its teacher's accuracy, often level.
 """
 
-from reparam_jax.config_base import base_config
-from reparam_jax.tasks.encoder import encoder_defaults
+from configs.sst2 import encoder
 
 
 def get_config(arg=None):
   del arg
-  c = encoder_defaults(base_config())
+  c = encoder.get_config()  # the teacher's data, schedule and regularization
   c.task = "distill"
   c.distill.teacher = "workdirs/sst2_finetune"
   c.distill.alpha = 0.5
@@ -31,25 +30,9 @@ def get_config(arg=None):
   c.distill.temperature = 2.0
   c.distill.gamma = 0.0  # SimCSE term: --config.distill.gamma=0.1 turns it on
   c.distill.hidden_weight = 0.0  # TinyBERT hidden-state MSE via a learned projection
-  c.seq_len = 64
-  c.batch_size = 64
-  c.num_steps = 1000
   # Half the teacher's layers and width (teacher: 2 layers, width 128, MLP 512, 4 heads).
   c.model.num_layers = 1
   c.model.num_heads = 2
   c.model.embed_dim = 64
   c.model.mlp_dim = 256
-  c.model.embed_dropout = 0.1
-  c.model.residual_dropout = 0.1
-  c.model.pooler = False
-  c.encoder.pooling = "mean"
-  c.encoder.length_buckets = (16, 32)
-  c.optimizer.lr = 1e-3
-  c.optimizer.end_lr = 1e-5
-  c.optimizer.warmup_steps = 100
-  c.optimizer.weight_decay = 0.01
-  c.log_every = 50
-  c.eval_every = 500
-  c.eval_batch_size = 128
-  c.checkpoint_every = 500
   return c

@@ -11,14 +11,8 @@ Command:
       --config=configs/sst2/distilled_student.py --workdir=workdirs/sst2_distilled_student
 """
 
-import importlib.util
-import os
+from configs.sst2 import distill
 
 
 def get_config(arg=None):
-  # The same settings as distill.py (config files are loaded by path, not as a package).
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distill.py")
-  spec = importlib.util.spec_from_file_location("sst2_distill_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return distill.get_config(arg)
