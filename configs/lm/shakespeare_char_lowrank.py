@@ -9,9 +9,9 @@ Command:
 
 Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
 configs/lm/shakespeare_char.py.
-Measured so far: a 20-step smoke run only (train loss 4.01 at step 10 to 3.53 at step 20, on a
-heavily loaded machine). The 2000-step validation loss comes from
-`python -m reparam_jax.ablate experiments/reparam_comparison.py`, not yet run.
+Measured (seed 0, 2000 steps, loaded 2-core CPU): val loss 2.003 at rank 32
+(318K stored parameters vs the dense 810K and 1.898); every rank in
+experiments/results/lowrank_rank_sweep/.
 """
 
 from configs.lm import shakespeare_char
