@@ -42,7 +42,10 @@ def matmul(x: Array, kernel: Any) -> Array:
   """`x[..., d_in] @ kernel[d_in, d_out]` for dense or structured kernels."""
   if hasattr(kernel, "left_matmul"):
     return kernel.left_matmul(x)
-  return jnp.einsum("...i,io->...o", x, kernel)
+  # A 2-D dot over flattened rows: its backward `dW = xᵀ·dy` needs no
+  # batched-transpose copies of the activation gradient.
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
