@@ -30,7 +30,6 @@ Decoupled weight decay is not here but in the optimizer
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -41,7 +40,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.regularizers import norms
 from reparam_jax.regularizers.spec import PENALTIES, TARGETS, Term, fill, parse_spec
 from reparam_jax.reparam.base import materialize
-from reparam_jax.reparam.rules import Plan, Rule, map_theta
+from reparam_jax.reparam.rules import Plan, Rule, map_theta, parse_rule_pairs
 
 __all__ = ["PENALTIES", "Regularizer", "Term", "norms", "parse_spec", "weights"]
 
@@ -92,22 +91,9 @@ class Regularizer:
       raise UserError(f"config.reg.target must be one of {', '.join(TARGETS)}, "
                       f"got {self.target!r}")
     raw = get("rules", ()) or ()
-    if isinstance(raw, str):
-      raise UserError("config.reg.rules must be a tuple of (regex, spec) pairs, not a string")
     values = {k: v for k, v in reg_cfg.items()
               if k not in ("rules", "target") and isinstance(v, (int, float, str, bool))}
-    rules = []
-    for i, item in enumerate(raw):
-      if not (isinstance(item, (tuple, list)) and len(item) == 2
-              and all(isinstance(x, str) for x in item)):
-        raise UserError(f"config.reg.rules[{i}] = {item!r}: expected a (regex, spec) pair")
-      pattern, spec = item
-      try:
-        regex = re.compile(pattern)
-      except re.error as e:
-        raise UserError(f"config.reg.rules[{i}]: bad regex {pattern!r}: {e}") from None
-      spec = fill(spec, values)
-      rules.append(Rule(pattern, spec, parse_spec(spec), regex))
+    rules = parse_rule_pairs(raw, "reg", lambda spec: fill(spec, values), parse_spec)
     self.plan = Plan(tuple(rules))
     self.scalars: list[Term] = []
     for name in ("l1", "l2"):

@@ -29,7 +29,7 @@ import ast
 import dataclasses
 import re
 import zlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 
@@ -96,6 +96,31 @@ class Rule:
   regex: re.Pattern = dataclasses.field(compare=False)
 
 
+def parse_rule_pairs(raw: Any, section: str, fill_spec: Callable[[str], str],
+                     parse: Callable[[str], Any]) -> list[Rule]:
+  """`config.<section>.rules`, a tuple of (regex, spec) pairs, as `Rule`s.
+
+  Shared by every rule-driven config section (reparam, reg); each problem
+  is a one-line `UserError` naming the section and the rule's index.
+  """
+  if isinstance(raw, str):
+    raise UserError(f"config.{section}.rules must be a tuple of (regex, spec) pairs, "
+                    "not a string")
+  rules = []
+  for i, item in enumerate(raw):
+    if not (isinstance(item, (tuple, list)) and len(item) == 2
+            and all(isinstance(x, str) for x in item)):
+      raise UserError(f"config.{section}.rules[{i}] = {item!r}: expected a (regex, spec) pair")
+    pattern, spec = item
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise UserError(f"config.{section}.rules[{i}]: bad regex {pattern!r}: {e}") from None
+    spec = fill_spec(spec)
+    rules.append(Rule(pattern, spec, parse(spec), regex))
+  return rules
+
+
 def _fill(spec: str, values: Mapping[str, Any]) -> str:
   def sub(m: re.Match) -> str:
     key = m.group(1)
@@ -118,20 +143,7 @@ class Plan:
     raw = get("rules", ()) or ()
     values = {k: v for k, v in (cfg.items() if hasattr(cfg, "items") else [])
               if k not in ("rules", "structured") and isinstance(v, (int, float, str, bool))}
-    if isinstance(raw, str):
-      raise UserError("config.reparam.rules must be a tuple of (regex, spec) pairs, not a string")
-    rules = []
-    for i, item in enumerate(raw):
-      if not (isinstance(item, (tuple, list)) and len(item) == 2
-              and all(isinstance(x, str) for x in item)):
-        raise UserError(f"config.reparam.rules[{i}] = {item!r}: expected a (regex, spec) pair")
-      pattern, spec = item
-      try:
-        regex = re.compile(pattern)
-      except re.error as e:
-        raise UserError(f"config.reparam.rules[{i}]: bad regex {pattern!r}: {e}") from None
-      spec = _fill(spec, values)
-      rules.append(Rule(pattern, spec, parse_spec(spec), regex))
+    rules = parse_rule_pairs(raw, "reparam", lambda spec: _fill(spec, values), parse_spec)
     structured = get("structured", "auto")
     if structured not in ("auto", True, False):
       raise UserError(f"config.reparam.structured must be 'auto', True or False, got {structured!r}")
