@@ -44,19 +44,40 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
   return flags, rest
 
 
+def local_device_ids(environ: dict[str, str]) -> list[int] | None:
+  """The GPUs this process drives, from `REPARAM_LOCAL_DEVICE_IDS=0,1,...` (or None).
+
+  Set by launch/slurm.sbatch for one process per node: without it JAX's SLURM
+  detection gives each process only the GPU numbered SLURM_LOCALID.
+  """
+  text = environ.get("REPARAM_LOCAL_DEVICE_IDS", "").strip()
+  if not text:
+    return None
+  try:
+    ids = [int(x) for x in text.split(",")]
+  except ValueError:
+    ids = []
+  if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+    raise UserError(f"REPARAM_LOCAL_DEVICE_IDS={text!r} must list distinct device numbers "
+                    "like 0,1,2,3 (or be unset for one device per process)")
+  return ids
+
+
 def init_distributed(flags: dict[str, str]) -> None:
   """`jax.distributed.initialize` from flags, or from the cluster's environment.
 
   On SLURM, TPU pods and similar, `--distributed` alone suffices: JAX reads
   the coordinator, process count and id from the environment.
   """
+  device_ids = local_device_ids(dict(os.environ))
   if "coordinator_address" in flags:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=flags["coordinator_address"],
                                num_processes=int(flags["num_processes"]),
-                               process_id=int(flags["process_id"]))
+                               process_id=int(flags["process_id"]),
+                               local_device_ids=device_ids)
   elif flags.get("distributed") == "true":
-    jax.distributed.initialize()
+    jax.distributed.initialize(local_device_ids=device_ids)
 
 
 def validate(config, mesh: jax.sharding.Mesh) -> None:

@@ -1,0 +1,121 @@
+"""Several trainer processes on localhost, training together through jax.distributed (gloo).
+
+Each process loads only its share of every global batch (per-host input
+sharding); the loss curve must match one process holding all devices, and
+the checkpoint the group writes must restore in a single process.  The
+SLURM case starts the processes the way `srun` would (SLURM_* variables and
+`--distributed`, as launch/slurm.sbatch does), so JAX's own cluster
+detection finds the coordinator.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from reparam_jax import checkpoint, train
+from reparam_jax.errors import UserError
+from reparam_jax.metrics import read_jsonl
+from tests.helpers import REPO, run_train_subprocess, tiny_args
+
+STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)
+GLOBAL_DEVICES = 4
+
+
+def _losses(workdir: str) -> dict[int, float]:
+  return {r["step"]: r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _slurm_job_id_with_free_port() -> int:
+  # JAX derives the coordinator port from the job id: id % 4096 + 61440.
+  for job_id in range(os.getpid(), os.getpid() + 4096):
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", job_id % 4096 + 61440))
+        return job_id
+      except OSError:
+        continue
+  pytest.skip("no free port in JAX's SLURM coordinator range")
+
+
+def _run_group(workdir: str, raw_dir: str, tfds_dir: str, num_processes: int,
+               extra_env: list[dict[str, str]], extra_args: list[list[str]]) -> list[str]:
+  devices = GLOBAL_DEVICES // num_processes
+  procs = []
+  for i in range(num_processes):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **extra_env[i])
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "reparam_jax.train",
+         *tiny_args(workdir, raw_dir, tfds_dir, **STEPS), *extra_args[i]],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  try:
+    outs = [p.communicate(timeout=420)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n-----\n".join(outs)
+  assert f"{GLOBAL_DEVICES} devices, {num_processes} processes" in outs[0], outs[0]
+  return outs
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, raw_data_dir, tfds_dir) -> str:
+  workdir = str(tmp_path_factory.mktemp("single"))
+  result = run_train_subprocess(tiny_args(workdir, raw_data_dir, tfds_dir, **STEPS),
+                                devices=GLOBAL_DEVICES)
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+def _check_matches_single_process(workdir: str, single: str) -> None:
+  a, b = _losses(single), _losses(workdir)
+  assert a.keys() == b.keys() and len(a) == STEPS["num_steps"]
+  np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-5)
+  # The group's checkpoint restores here, in this one process.
+  params = checkpoint.load_params(workdir)
+  assert params["block_0"]["mlp"]["fc_in"]["kernel"].shape == (16, 32)
+  np.testing.assert_allclose(
+      np.asarray(params["block_0"]["mlp"]["fc_in"]["kernel"]),
+      np.asarray(checkpoint.load_params(single)["block_0"]["mlp"]["fc_in"]["kernel"]),
+      rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_processes", [2, 4])
+def test_processes_match_one_process(num_processes, single_process, tmp_path, raw_data_dir,
+                                     tfds_dir):
+  """N processes (explicit coordinator flags) train like one process with all devices."""
+  port = _free_port()
+  args = [[f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
+           f"--process_id={i}"] for i in range(num_processes)]
+  _run_group(str(tmp_path), raw_data_dir, tfds_dir, num_processes,
+             [{}] * num_processes, args)
+  _check_matches_single_process(str(tmp_path), single_process)
+
+
+def test_slurm_one_process_per_node(single_process, tmp_path, raw_data_dir, tfds_dir):
+  """`srun` + `--distributed` with REPARAM_PER=node: 2 "nodes", 2 devices each."""
+  job_id = _slurm_job_id_with_free_port()
+  env = [{"SLURM_JOB_ID": str(job_id), "SLURM_STEP_NODELIST": "localhost",
+          "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": "0",
+          "REPARAM_LOCAL_DEVICE_IDS": "0,1"} for i in range(2)]
+  _run_group(str(tmp_path), raw_data_dir, tfds_dir, 2, env, [["--distributed"]] * 2)
+  _check_matches_single_process(str(tmp_path), single_process)
+
+
+def test_local_device_ids_from_environment():
+  assert train.local_device_ids({}) is None
+  assert train.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": "0,1,2,3"}) == [0, 1, 2, 3]
+  for bad in ("0,,1", "a,b", "0,0", "-1"):
+    with pytest.raises(UserError, match="REPARAM_LOCAL_DEVICE_IDS"):
+      train.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": bad})
