@@ -2,7 +2,8 @@
 
 ALBERT-projected factorises the embedding through a low-dimensional projection
 and shares layers; the distilled student is a small encoder trained on the
-encoder's logits. Columns: validation accuracy, stored parameters and step
+logits of this ablation's own "encoder" run with the same seed (its
+`distill.teacher` is that run's workdir, so the student runs after it). Columns: validation accuracy, stored parameters and step
 time; 1 seed by default (`--seeds=3` for mean ± std).
 
   python -m reparam_jax.ablate experiments/sst2.py --workdir=runs/ablate/sst2
@@ -18,7 +19,8 @@ def get_experiment() -> Experiment:
       variants={
           "encoder": {"config": "configs/sst2/encoder.py"},
           "ALBERT-projected": {"config": "configs/sst2/albert_projected.py"},
-          "distilled student": {"config": "configs/sst2/distilled_student.py"},
+          "distilled student": {"config": "configs/sst2/distilled_student.py",
+                                "distill.teacher": "{variant:encoder}"},
       },
       seeds=1,  # fits the 2-core CPU in ~20 min; --seeds=3 for mean ± std
       metrics=[

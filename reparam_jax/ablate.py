@@ -49,6 +49,10 @@ in ``done.json``, else the last record holding the key (the last eval). Other
 reductions: ``final`` (done.json only), ``last``, ``median``, ``mean``,
 ``min``, ``max``, and ``at_min:<key>`` / ``at_max:<key>``: the value logged at
 (or last before) the step where ``<key>`` was best (``step`` gives that step).
+A variant's override value ``"{variant:LABEL}"`` is replaced by the workdir of
+variant LABEL's point with the same seed (e.g. a distilled student's
+``distill.teacher``); such points run after the points they name.
+
 A variant may override the reduction of a metric, e.g.
 ``Variant({}, reduce={"eval/loss": "min"})`` reads the best eval loss of the
 same runs (post-hoc early stopping). Cells are ``mean ± std`` with the sample
@@ -78,6 +82,7 @@ from reparam_jax.errors import UserError, exit_on_user_error
 
 REDUCTIONS = ("auto", "final", "last", "median", "mean", "min", "max")
 _AT_RE = re.compile(r"^at_(min|max):(.+)$")
+_VARIANT_REF_RE = re.compile(r"^\{variant:(.+)\}$")
 VARIANT = "variant"
 
 
@@ -200,6 +205,7 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
       dicts.append(d)
       entries_raw.append((d, labels, reduce))
   points = sweep_lib.make_points(dicts, base or "", root, extra_args)
+  points = _resolve_variant_refs(exp, points, dicts, entries_raw)
   by_name = {p.name: p for p in points}
   entries = []
   for d, labels, reduce in entries_raw:
@@ -209,6 +215,48 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
     all_labels = {**d, sweeps_lib.CONFIG_KEY: p.config, **labels}
     entries.append(Entry(p, all_labels, reduce))
   return points, entries
+
+
+def _resolve_variant_refs(exp: Experiment, points: list[sweep_lib.RunPoint],
+                          dicts: list[dict[str, Any]],
+                          entries_raw: list[tuple[dict[str, Any], dict[str, Any], Any]],
+                          ) -> list[sweep_lib.RunPoint]:
+  """Replaces `{variant:LABEL}` override values by that variant's workdir (same seed)."""
+  def name_of(d: Mapping[str, Any]) -> str:
+    d = dict(d)
+    return sweep_lib.point_name(d, d.pop(sweeps_lib.CONFIG_KEY, None))
+
+  by_name = {p.name: p for p in points}
+  workdir_of = {(labels.get(VARIANT), d.get(exp.seed_key)): by_name[name_of(d)].workdir
+                for d, labels, _ in entries_raw}
+  out = []
+  for p, d in zip(points, [next(d for d in dicts if name_of(d) == p.name) for p in points]):
+    overrides = dict(p.overrides)
+    for key, value in p.overrides.items():
+      m = _VARIANT_REF_RE.match(value) if isinstance(value, str) else None
+      if not m:
+        continue
+      target = workdir_of.get((m.group(1), d.get(exp.seed_key)))
+      if target is None:
+        raise UserError(f"experiment {exp.name}: {key}={value} names no variant "
+                        f"{m.group(1)!r} (variants: {', '.join(exp.variants or {})})")
+      overrides[key] = target
+    out.append(dataclasses.replace(p, overrides=overrides))
+  return out
+
+
+def run_waves(points: Sequence[sweep_lib.RunPoint]) -> list[list[sweep_lib.RunPoint]]:
+  """Points in the order they can run: those another point's overrides name come first."""
+  workdirs = {p.workdir for p in points}
+  needs = {p.name: {v for v in p.overrides.values() if isinstance(v, str) and v in workdirs}
+           for p in points}
+  first = [p for p in points if not needs[p.name]]
+  second = [p for p in points if needs[p.name]]
+  needed_late = set().union(*needs.values()) & {p.workdir for p in second}
+  if needed_late:
+    raise UserError(f"{sorted(needed_late)[0]} is both named by a variant reference and "
+                    "itself refers to another variant; chains of references are not supported")
+  return [w for w in (first, second) if w]
 
 
 def check_configs(exp_path: str, points: Sequence[sweep_lib.RunPoint],
@@ -603,17 +651,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_configs(args.experiment, points, entries)
     if args.validate:
       sweep_lib.validate_points(points, source=args.experiment)
-    result = sweep_lib.run_points(
-        points, launcher=args.launcher, parallel=args.parallel, dry_run=args.dry_run,
-        train_module=args.train_module, launcher_args=shlex.split(args.launcher_args),
-        gpus=args.gpus, remote_root=args.remote_root, tpu_keep=args.tpu_keep)
-    sweep_lib.report(result, len(points), args.dry_run)
+    waves = run_waves(points)
+    for i, wave in enumerate(waves):
+      result = sweep_lib.run_points(
+          wave, launcher=args.launcher, parallel=args.parallel, dry_run=args.dry_run,
+          train_module=args.train_module, launcher_args=shlex.split(args.launcher_args),
+          gpus=args.gpus, remote_root=args.remote_root, tpu_keep=args.tpu_keep)
+      sweep_lib.report(result, len(wave), args.dry_run)
+      status = status or (0 if result.ok else 1)
+      if result.submitted:
+        print(f"[ablate] {len(result.submitted)} points submitted; run the same command again "
+              "once they finish to fill the table")
+      if i + 1 < len(waves) and not args.dry_run and not all(p.done for p in wave):
+        print(f"[ablate] {len(waves[i + 1])} points need results of unfinished points; "
+              "run the same command again once those finish")
+        break
     if args.dry_run:
       return 0
-    status = 0 if result.ok else 1
-    if result.submitted:
-      print(f"[ablate] {len(result.submitted)} points submitted; run the same command again "
-            "once they finish to fill the table")
   written = render(exp, entries, root)
   print((Path(root) / "table.md").read_text(encoding="utf-8"))
   for path in written:

@@ -33,6 +33,9 @@ FAKE_TRAINER = textwrap.dedent('''
     import json, os, sys
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     wd = args["workdir"]
+    if "config.teacher" in args and not os.path.exists(os.path.join(args["config.teacher"],
+                                                                    "done.json")):
+      sys.exit("teacher not finished: " + args["config.teacher"])
     os.makedirs(wd, exist_ok=True)
     with open(os.path.join(wd, "invocations.txt"), "a") as f:
       f.write("x\\n")
@@ -181,6 +184,39 @@ def test_missing_config_is_one_line_error(tmp_path: Path) -> None:
                                 "configs/lm/none_such.py does not exist (needed by a)")
   out = run_ablate(str(tmp_path / "nope.py"))
   assert out.returncode == 2 and "experiment file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG.replace('"size": 1', '"size": 1, "teacher": ""'))
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
+  # The student is declared first: the reference, not the order, decides when it runs.
+  (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
+      from reparam_jax.ablate import Experiment, Metric
+      def get_experiment():
+        return Experiment(name="kd", config={str(tmp_path / "cfg.py")!r}, seeds=2,
+                          variants={{"student": {{"size": 2, "teacher": "{{variant:teacher}}"}},
+                                    "teacher": {{"size": 1}}}},
+                          metrics=[Metric("eval/loss", fmt=".2f")])
+  '''))
+  exp = ablate.load_experiment(tmp_path / "exp.py")
+  points, entries = ablate.expand(exp, tmp_path / "root")
+  workdir = {(e.labels["variant"], e.labels["seed"]): e.point.workdir for e in entries}
+  student = {e.labels["seed"]: e.point for e in entries if e.labels["variant"] == "student"}
+  for seed in (0, 1):
+    assert student[seed].overrides["teacher"] == workdir[("teacher", seed)]
+  assert [len(w) for w in ablate.run_waves(points)] == [2, 2]
+  assert all(p.overrides.get("teacher") is None for p in ablate.run_waves(points)[0])
+
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+  out = run_ablate(str(tmp_path / "exp.py"), f"--workdir={tmp_path / 'root'}",
+                   "--train_module=fake_train", "--parallel=2")
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "| student | 1.25 ± 0.35 |" in (tmp_path / "root" / "table.md").read_text()
+
+  exp.variants["student"]["teacher"] = "{variant:nobody}"
+  with pytest.raises(ablate.UserError, match="names no variant 'nobody'"):
+    ablate.expand(exp, tmp_path / "root")
 
 
 @pytest.mark.parametrize("name,n_points,n_rows", [

@@ -4,7 +4,8 @@ configs/sst2/distill.py as is (half the teacher's layers and width, α = β =
 0.5, T = 2), taught by the fine-tuned teacher of the documented pipeline at
 workdirs/sst2_finetune (run pretrain_mlm.py and finetune.py first; a missing
 teacher is a one-line error).  Override the teacher with
---config.distill.teacher=<classify workdir>.
+--config.distill.teacher=<classify workdir>; experiments/sst2.py does so with
+the workdir of its own "encoder" run (same seed).
 
 Command:
   REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
