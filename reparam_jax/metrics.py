@@ -23,14 +23,23 @@ def _plain(v: Any) -> Any:
 
 
 class MetricWriter:
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  """Appends to `metrics.jsonl` and TensorBoard; `resume_step` hides what followed it.
+
+  A run killed after its last checkpoint logged steps it will redo on resume;
+  the trainer truncates `metrics.jsonl` to the restored step, and for the
+  event files (append-only) `purge_step` writes TensorBoard's marker that
+  discards earlier events at steps ≥ resume_step + 1.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None, resume_step: int = 0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}

@@ -197,7 +197,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
       if is_main:
         print(f"already finished: {done_path}", flush=True)
       return json.load(f)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start_step)
 
   train_step = jax.jit(
       trainer.make_train_step(model, task, tx, hooks, schedule,

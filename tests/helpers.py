@@ -33,3 +33,33 @@ def run_train_subprocess(args: list[str], env: dict | None = None, devices: int 
   full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "reparam_jax.train", *args], env=full_env,
                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def tensorboard_scalars(logdir: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:
+  """Scalars as TensorBoard shows them, (step, value) in file order, and raw counts per tag.
+
+  Reads every event file in name (= creation time) order and applies
+  TensorBoard's purge rule: a `SessionLog.START` event at step s discards
+  earlier events at steps ≥ s (what a resumed run's `purge_step` writes).
+  """
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  shown: dict[str, list[tuple[int, float]]] = {}
+  raw: dict[str, int] = {}
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4  # length, its crc, payload, payload crc
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        for tag in shown:
+          shown[tag] = [(s, v) for s, v in shown[tag] if s < event.step]
+      for value in event.summary.value:
+        raw[value.tag] = raw.get(value.tag, 0) + 1
+        shown.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return shown, raw

@@ -18,7 +18,7 @@ import pytest
 from reparam_jax import checkpoint, config_lib, optim, sharding, train, trainer
 from reparam_jax.metrics import read_jsonl
 from reparam_jax.models import Transformer, TransformerConfig
-from tests.helpers import REPO, run_train_subprocess, tiny_args
+from tests.helpers import REPO, run_train_subprocess, tensorboard_scalars, tiny_args
 
 
 def _losses(workdir):
@@ -90,6 +90,26 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, 
   assert result.returncode == 0, result.stderr
   assert f"resumed from step {stopped}" in result.stdout
   assert _losses(workdir) == _losses(ref_dir)  # exactly, step by step
+
+
+def test_tensorboard_after_resume_shows_each_step_once(tmp_path, raw_data_dir, tfds_dir):
+  """A run killed after logging past its last checkpoint redoes those steps on resume."""
+  import shutil
+  workdir = str(tmp_path)
+  args = tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=6, checkpoint_every=4,
+                   eval_every=100)
+  assert run_train_subprocess(args).returncode == 0
+  # As if killed after logging steps 5 and 6 but before the step-6 checkpoint.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+  os.remove(os.path.join(workdir, "done.json"))
+  result = run_train_subprocess(args)
+  assert result.returncode == 0, result.stderr
+  assert "resumed from step 4" in result.stdout
+  shown, raw = tensorboard_scalars(os.path.join(workdir, "tensorboard"))
+  assert [step for step, _ in shown["train/loss"]] == [1, 2, 3, 4, 5, 6]
+  assert dict(shown["train/loss"]) == pytest.approx(_losses(workdir), rel=1e-6)
+  # The killed run's steps 5 and 6 are still in its event file; only the purge hides them.
+  assert raw["train/loss"] == 8
 
 
 def _tiny_state(mesh, rules):
