@@ -212,15 +212,19 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   preemption = reliability.PreemptionWatcher(rel.preemption_sync_every, rel.preemption_grace_s)
   divergence = reliability.DivergenceMonitor(rel.on_nonfinite, rel.max_skipped_steps)
   divergence.last_good_checkpoint = start_step or None
-  tokens_per_step = config.batch_size * config.seq_len
-  pending, unchecked, last_eval = [], [], {}
+  # Token positions each step computes (padding included): seq_len unless the
+  # task's batches vary in length (length-bucketed classification).
+  tokens_in = getattr(task, "tokens_in", lambda _: config.batch_size * config.seq_len)
+  pending, pending_tokens, unchecked, last_eval = [], 0, [], {}
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not is_main,
                   dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   t0 = time.perf_counter()
   try:
     with mesh, nn.logical_axis_rules(rules):
       for step in range(start_step + 1, (start_step if early.stopped else config.num_steps) + 1):
-        batch = to_global(next(train_iter), batch_sharding)
+        host_batch = next(train_iter)
+        pending_tokens += tokens_in(host_batch)
+        batch = to_global(host_batch, batch_sharding)
         state, metrics = train_step(state, batch)
         pending.append(metrics)  # device arrays: no host sync until we log
         unchecked.append(metrics["nonfinite"])
@@ -240,7 +244,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           if divergence.policy == "skip":
             summary["train/skipped_steps"] = len(divergence.skipped)
           summary["train/step_time_ms"] = 1000 * dt / len(fetched)
-          summary["train/tokens_per_sec"] = tokens_per_step * len(fetched) / dt
+          summary["train/tokens_per_sec"] = pending_tokens / dt
           summary["train/tokens_per_sec_per_device"] = (summary["train/tokens_per_sec"]
                                                         / jax.device_count())
           if mfu_meter is not None:
@@ -248,7 +252,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           writer.write(step, summary)
           bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
           bar.update(len(fetched))
-          pending = []
+          pending, pending_tokens = [], 0
 
         if step % config.eval_every == 0 or step == config.num_steps:
           last_eval = evaluate(eval_step, state, task, batch_sharding)

@@ -78,6 +78,11 @@ class ClassificationTask:
                              self.config.seed, source.batch)
     return train_loader(source, self.config.batch_size, self.config.seed)
 
+  def tokens_in(self, host_batch: Batch) -> int:
+    """Token positions of the global batch: length buckets pad to less than seq_len."""
+    rows, length = host_batch["ids"].shape
+    return rows * length * jax.process_count()
+
   def eval_batches(self) -> Iterable[Batch]:
     source = self.sources["validation"]
     return padded_eval_batches(source.__getitem__, len(source), self.config.eval_batch_size)

@@ -118,6 +118,10 @@ def test_bucketed_batches_cover_each_epoch_pad_to_bucket_and_resume():
     assert width in (8, 16, 32)
     assert (np.minimum(lengths[b["idx"][:, 0]], 32) <= width).all()
     assert width == 8 or (lengths[b["idx"][:, 0]] > {16: 8, 32: 16}[width]).all()
+  # Throughput counts the token positions computed, i.e. the bucket width, not seq_len.
+  from reparam_jax.tasks.classify import ClassificationTask
+  assert [ClassificationTask.tokens_in(None, b) for b in first_epoch] == [
+      4 * b["ids"].shape[1] for b in first_epoch]
   state = it.get_state()
   want = [next(it) for _ in range(3)]
   again = bucketed_loader(lengths, (8, 16, 32), 4, seed=1, build=build)
