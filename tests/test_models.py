@@ -87,3 +87,24 @@ def test_dropout_active_only_in_training():
   np.testing.assert_array_equal(a, b)
   c = model.apply(variables, ids, train=True, rngs={"dropout": jax.random.key(3)})["logits"]
   assert not np.allclose(a, c)
+
+
+def test_dense_with_bias_matches_plain_formula_and_gradients():
+  """The CPU path folds the bias into the dot ([x, 1] @ [W; b]); values and grads must not move."""
+  from reparam_jax.models.layers import Dense
+  layer = Dense(24, ("embed", "mlp"))
+  x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+  params = layer.init(jax.random.key(1), x)["params"]
+  params = {"kernel": params["kernel"].unbox(),
+            "bias": jax.random.normal(jax.random.key(2), (24,))}
+
+  def loss(p, x, fn):
+    return jnp.sum(jnp.tanh(fn(p, x)) ** 2)
+
+  ours = lambda p, x: layer.apply({"params": p}, x)  # noqa: E731
+  plain = lambda p, x: jnp.einsum("bli,io->blo", x, p["kernel"]) + p["bias"]  # noqa: E731
+  np.testing.assert_allclose(ours(params, x), plain(params, x), rtol=1e-5, atol=1e-5)
+  g_ours = jax.grad(loss, argnums=(0, 1))(params, x, ours)
+  g_plain = jax.grad(loss, argnums=(0, 1))(params, x, plain)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
