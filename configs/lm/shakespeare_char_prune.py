@@ -5,6 +5,9 @@ from 0 to `{sparsity}` (75%) of its entries on the cubic schedule
 s_t = s_f (1 − (1 − (t − 200)/1300)³) between steps 200 and 1500, every 100
 steps, per layer (exact counts).  Embeddings, LayerNorms and biases stay dense.
 `--config.reparam.sparsity=0.9` changes the target; `get_sweep` sweeps it.
+The schedule's steps are `config.reparam.prune_begin` / `prune_end` (10% and
+75% of the run); a shorter run must move them too, as
+experiments/reparam_comparison.py does for its 1000 steps.
 
 Command:
   REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
@@ -24,8 +27,11 @@ def get_config(arg=None):
   del arg
   c = shakespeare_char.get_config()
   c.reparam.rules = ((shakespeare_char.BLOCK_KERNELS,
-                      "mask(sparsity={sparsity}, begin_step=200, end_step=1500, every=100)"),)
+                      "mask(sparsity={sparsity}, begin_step={prune_begin}, "
+                      "end_step={prune_end}, every=100)"),)
   c.reparam.sparsity = 0.75
+  c.reparam.prune_begin = 200
+  c.reparam.prune_end = 1500
   return c
 
 
