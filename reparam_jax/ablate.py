@@ -205,7 +205,6 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
       dicts.append(d)
       entries_raw.append((d, labels, reduce))
   points = sweep_lib.make_points(dicts, base or "", root, extra_args)
-  points = _resolve_variant_refs(exp, points, dicts, entries_raw)
   by_name = {p.name: p for p in points}
   entries = []
   for d, labels, reduce in entries_raw:
@@ -214,35 +213,24 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
     p = by_name[sweep_lib.point_name(d, config)]
     all_labels = {**d, sweeps_lib.CONFIG_KEY: p.config, **labels}
     entries.append(Entry(p, all_labels, reduce))
+  _resolve_variant_refs(exp, entries)
   return points, entries
 
 
-def _resolve_variant_refs(exp: Experiment, points: list[sweep_lib.RunPoint],
-                          dicts: list[dict[str, Any]],
-                          entries_raw: list[tuple[dict[str, Any], dict[str, Any], Any]],
-                          ) -> list[sweep_lib.RunPoint]:
-  """Replaces `{variant:LABEL}` override values by that variant's workdir (same seed)."""
-  def name_of(d: Mapping[str, Any]) -> str:
-    d = dict(d)
-    return sweep_lib.point_name(d, d.pop(sweeps_lib.CONFIG_KEY, None))
-
-  by_name = {p.name: p for p in points}
-  workdir_of = {(labels.get(VARIANT), d.get(exp.seed_key)): by_name[name_of(d)].workdir
-                for d, labels, _ in entries_raw}
-  out = []
-  for p, d in zip(points, [next(d for d in dicts if name_of(d) == p.name) for p in points]):
-    overrides = dict(p.overrides)
-    for key, value in p.overrides.items():
+def _resolve_variant_refs(exp: Experiment, entries: Sequence[Entry]) -> None:
+  """Replaces `{variant:LABEL}` override values by that variant's workdir (same seed), in place."""
+  seed_of = lambda e: e.labels.get(exp.seed_key)  # noqa: E731
+  workdir_of = {(e.labels.get(VARIANT), seed_of(e)): e.point.workdir for e in entries}
+  for e in entries:
+    for key, value in list(e.point.overrides.items()):
       m = _VARIANT_REF_RE.match(value) if isinstance(value, str) else None
       if not m:
         continue
-      target = workdir_of.get((m.group(1), d.get(exp.seed_key)))
+      target = workdir_of.get((m.group(1), seed_of(e)))
       if target is None:
         raise UserError(f"experiment {exp.name}: {key}={value} names no variant "
                         f"{m.group(1)!r} (variants: {', '.join(exp.variants or {})})")
-      overrides[key] = target
-    out.append(dataclasses.replace(p, overrides=overrides))
-  return out
+      e.point.overrides[key] = target
 
 
 def run_waves(points: Sequence[sweep_lib.RunPoint]) -> list[list[sweep_lib.RunPoint]]:

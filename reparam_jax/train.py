@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,7 +44,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
   return flags, rest
 
 
-def local_device_ids(environ: dict[str, str]) -> list[int] | None:
+def local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
   """The GPUs this process drives, from `REPARAM_LOCAL_DEVICE_IDS=0,1,...` (or None).
 
   Set by launch/slurm.sbatch for one process per node: without it JAX's SLURM
@@ -69,7 +69,7 @@ def init_distributed(flags: dict[str, str]) -> None:
   On SLURM, TPU pods and similar, `--distributed` alone suffices: JAX reads
   the coordinator, process count and id from the environment.
   """
-  device_ids = local_device_ids(dict(os.environ))
+  device_ids = local_device_ids(os.environ)
   if "coordinator_address" in flags:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=flags["coordinator_address"],
