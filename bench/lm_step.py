@@ -45,12 +45,13 @@ class SyntheticLMTask(LanguageModelTask):
 class StepRunner:
   """Holds a sharded train state; `run(i)` does one synchronous train step."""
 
-  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, n_batches: int = 4):
+  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, n_batches: int = 4,
+               devices: list[Any] | None = None):
     self.config = config
     self.task = SyntheticLMTask(config, vocab_size)
     self.hooks = trainer.ReparamHooks(config.reparam)
     self.model = self.hooks.wrap(self.task.model())
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.rules_tuple(config.axis_rules)
     batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     rng = jax.random.key(config.seed)

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from typing import Any
 
+from bench.suites import DEVICES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -72,6 +74,8 @@ def measure(spec: dict[str, Any], env: dict[str, str] | None = None,
 
 def variant_memory(variants: dict[str, tuple], overrides: dict[str, Any], vocab: int,
                    steps: int) -> list[dict[str, Any]]:
+  # Each probe is a fresh process on JAX's default (one) CPU device.
+  overrides = {k: v for k, v in overrides.items() if k != DEVICES}
   floor = measure({"baseline": True})
   rows = [dict(variant="(jax runtime only)", **floor)]
   for label, rules in variants.items():

@@ -25,8 +25,10 @@ from typing import Any
 import jax
 
 from bench import fsdp, memory, speed, timing
+from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
 from reparam_jax import reparam
+from reparam_jax.train import configure_cpu_devices
 
 BENCHMARKS = ("speed", "reparam", "memory", "fsdp")
 
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if unknown:
     parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
 
+  # The CPU device count the quick start trains with (before JAX starts).
+  configure_cpu_devices(quickstart_config().perf.cpu_devices)
   result: dict[str, Any] = {
       "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
       "suite": suite.name, "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = speed.model_speed(suite, peak)
     result["speed"] = rows
     print(f"\n## Train step (peak {peak / 1e12:.3g} TFLOP/s per device: {source})\n")
-    print(_table(rows, [("model", "model", "s"), ("wall_ms", "step ms (median)", ".1f"),
+    print(_table(rows, [("model", "model", "s"), ("devices", "devices", "d"),
+                        ("wall_ms", "step ms (median)", ".1f"),
                         ("wall_min_ms", "min ms", ".1f"), ("cpu_ms", "CPU ms", ".1f"),
                         ("tokens_per_sec", "tokens/s", ",.0f"),
                         ("model_flops_per_token", "model FLOPs/token", ",d"),

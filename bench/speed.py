@@ -6,6 +6,7 @@ variants of one benchmark are timed interleaved in this process.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import jax
 from bench import timing
 from bench.lm_step import StepRunner, quickstart_config
 from bench.reparam_bench import nbytes
-from bench.suites import Suite, reparam_variants
+from bench.suites import DEVICES, Suite, reparam_variants
 from reparam_jax import reparam
 from reparam_jax.perf import flops as flops_lib
 from reparam_jax.perf.accounting import find_transformer_config
@@ -21,9 +22,22 @@ from reparam_jax.perf.peaks import device_peak_flops
 
 
 def _runner(overrides: dict[str, Any], vocab: int, rules: tuple = ()) -> StepRunner:
+  overrides = dict(overrides)
+  n_devices = overrides.pop(DEVICES, None)  # None: every device of the process
   config = quickstart_config(**overrides)
   config.reparam.rules = rules
-  return StepRunner(config, vocab)
+  return StepRunner(config, vocab, devices=None if n_devices is None else jax.devices()[:n_devices])
+
+
+def _row_peak(peak_flops: float, n_devices: int) -> float:
+  """Per-device peak of a runner on `n_devices` of this process's devices.
+
+  Simulated CPU devices share the host's cores, so the measured peak was split
+  over all of them; a runner on fewer of them still has every core.
+  """
+  if jax.devices()[0].platform != "cpu":
+    return peak_flops
+  return peak_flops * jax.device_count() / n_devices
 
 
 def _flops_per_token(r: StepRunner) -> int:
@@ -31,20 +45,46 @@ def _flops_per_token(r: StepRunner) -> int:
   return flops_lib.model_flops(cfg, r.config.seq_len, r.state.params, r.config.reparam).per_token
 
 
+def _steps(runs: dict[str, Any], suite: Suite) -> int:
+  """Rounds to time: `suite.steps`, or more to fill `suite.speed_seconds` for fast models."""
+  round_s = 0.0
+  for run in runs.values():
+    run(0)  # compiles
+    t0 = time.perf_counter()
+    run(1)
+    round_s += time.perf_counter() - t0
+  return max(suite.steps, int(suite.speed_seconds / max(round_s, 1e-6)))
+
+
 def model_speed(suite: Suite, peak_flops: float) -> list[dict[str, Any]]:
-  runners = {label: _runner(o, v) for label, (o, v) in suite.speed_models.items()}
-  times = timing.interleaved({k: r.run for k, r in runners.items()}, suite.steps, suite.warmup)
-  rows = []
-  for label, r in runners.items():
-    t = times[label]
-    tokens = r.config.batch_size * r.config.seq_len
-    tps_dev = tokens / (t["wall_ms"] / 1e3) / jax.device_count()
-    fpt = _flops_per_token(r)
-    rows.append(dict(model=label, **t, tokens_per_sec=tokens / (t["wall_ms"] / 1e3),
-                     model_flops_per_token=fpt,
-                     tflops_per_device=flops_lib.achieved_flops_per_device(fpt, tps_dev) / 1e12,
-                     mfu=flops_lib.mfu(fpt, tps_dev, peak_flops)))
-  return rows
+  # Only variants of one model size are interleaved, and one size at a time
+  # exists: a large model's steps and buffers beside a 60 ms model inflate
+  # the small one's median (docs/performance.md).
+  groups: dict[tuple, list[str]] = {}
+  for label, (o, v) in suite.speed_models.items():
+    key = (tuple(sorted((k, x) for k, x in o.items() if k != DEVICES)), v)
+    groups.setdefault(key, []).append(label)
+  rows = {}
+  for labels in groups.values():
+    runners = {label: _runner(*suite.speed_models[label]) for label in labels}
+    runs = {label: r.run for label, r in runners.items()}
+    times = timing.interleaved(runs, _steps(runs, suite), suite.warmup)
+    for label, r in runners.items():
+      rows[label] = _speed_row(label, r, times[label], peak_flops)
+    del runners, runs
+  return [rows[label] for label in suite.speed_models]
+
+
+def _speed_row(label: str, r: StepRunner, t: dict[str, float], peak_flops: float
+               ) -> dict[str, Any]:
+  tokens = r.config.batch_size * r.config.seq_len
+  n_devices = r.mesh.devices.size
+  tps_dev = tokens / (t["wall_ms"] / 1e3) / n_devices
+  fpt = _flops_per_token(r)
+  return dict(model=label, devices=n_devices, **t,
+              tokens_per_sec=tokens / (t["wall_ms"] / 1e3), model_flops_per_token=fpt,
+              tflops_per_device=flops_lib.achieved_flops_per_device(fpt, tps_dev) / 1e12,
+              mfu=flops_lib.mfu(fpt, tps_dev, _row_peak(peak_flops, n_devices)))
 
 
 def reparam_overhead(suite: Suite) -> tuple[list[dict[str, Any]], list[str]]:

@@ -112,4 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.perf = ml_collections.ConfigDict()
   c.perf.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = vendor table, CPU: measured
   c.perf.causal_attention_halved = False  # False = PaLM's 12·L·H·Q·T attention FLOPs
+  # > 0: the CPU backend starts as this many devices, so the mesh runs data
+  # parallel over the host's cores (faster than one device's intra-op threads
+  # for small models); 0 = JAX's default.  --xla_force_host_platform_device_count
+  # in XLA_FLAGS takes precedence.  No effect on accelerators.
+  c.perf.cpu_devices = 0
   return c

@@ -85,6 +85,7 @@ CHECKS: tuple[_Check, ...] = (
     ("reliability.save_retries", _non_negative, "a non-negative integer"),
     ("reliability.save_retry_wait_s", _non_negative, "a non-negative number of seconds"),
     ("reliability.nan_at_step", _non_negative, "0 (off) or a step number"),
+    ("perf.cpu_devices", _non_negative, "0 (JAX's default) or a number of CPU devices"),
 )
 
 # Checked wherever they occur (task sections, reparam values), by key name.
