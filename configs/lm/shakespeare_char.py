@@ -8,7 +8,8 @@ Command:
   REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char.py --workdir=workdirs/shakespeare_char
 
-Hardware: 1 CPU host (2 cores, 24 GiB).
+Hardware: 1 CPU host (2 cores, 24 GiB), run as 2 CPU devices
+(`perf.cpu_devices`, below): data parallel over the two cores.
 Expected: validation loss ≤ 1.90 at step 2000 (nanoGPT's PyTorch run of this
 exact setup reaches 1.886 on the same machine).
 
@@ -17,8 +18,12 @@ Measured (2026-11-22, 2-core CPU shared with other jobs, load average 2–8):
           median train step 97.5 ms under that load.
   seed 1: eval/loss 1.8905 (perplexity 6.62) at step 2000.
   seed 0 again after the flattened-dot Dense change: bit-identical losses
-          (1.8982); 4 min 45 s wall at load ~3. The train step alone is
-          ~62 ms on a quiet machine (docs/performance.md).
+          (1.8982); 4 min 45 s wall at load ~3.
+  seed 0 on 2 CPU devices (this config; quiet machine, load ~1.3):
+          eval/loss 1.89819956 at step 2000 (one device: 1.89819956);
+          2 min 17 s wall including compilation and evaluations; median
+          train step 49 ms as logged (one device: 63 ms).  The step alone:
+          ~49 vs ~57 ms (docs/performance.md).
 eval/loss is the exact per-character loss over the whole validation split
 (111,540 characters), not an estimate from random batches.
 """
