@@ -66,10 +66,11 @@ def local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
 def configure_cpu_devices(count: int) -> None:
   """Starts the CPU backend as `count` devices (config.perf.cpu_devices; 0 = leave it).
 
-  On a small model XLA:CPU leaves the cores idle between its ~1,500 small
-  kernels; one device per core, data parallel, keeps each core on its own
-  chain (0.85x the quick-start step on 2 cores, docs/performance.md).  An
-  explicit --xla_force_host_platform_device_count wins (tests set it).
+  A small model's kernels are too small for one device to spread well over
+  the intra-op threads; one device per core, data parallel, keeps each core
+  on its own half of the batch (0.85x the quick-start step on 2 cores, but
+  1.45x slower at width 1024: docs/performance.md).  An explicit
+  --xla_force_host_platform_device_count wins (tests set it).
   """
   if count <= 0 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return
