@@ -8,7 +8,7 @@ runs — minus the data pipeline, which would need the raw dataset.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import os
 
@@ -91,6 +91,3 @@ def quickstart_config(**overrides: Any) -> ml_collections.ConfigDict:
     node[leaf] = value
   return config
 
-
-def make_runner(overrides: dict[str, Any], vocab_size: int = 65) -> Callable[[int], float]:
-  return StepRunner(quickstart_config(**overrides), vocab_size)

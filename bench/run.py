@@ -7,6 +7,7 @@ r"""The benchmark suite: one command, a printed table, a JSON file.
 
 Benchmarks (docs/performance.md explains each and records results):
   speed    step time, tokens/s, model FLOPs/token, TFLOP/s and MFU per model size
+  breakdown  forward, backward and optimizer shares of the first model's train step
   reparam  step time of every reparameterization as a ratio to dense
   memory   peak memory per reparameterization, each variant in a fresh process
   fsdp     per-device parameter bytes on a simulated 8-device CPU mesh (FSDP)
@@ -24,13 +25,13 @@ from typing import Any
 
 import jax
 
-from bench import fsdp, memory, speed, timing
+from bench import breakdown, fsdp, memory, speed, timing
 from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
 from reparam_jax import reparam
 from reparam_jax.train import configure_cpu_devices
 
-BENCHMARKS = ("speed", "reparam", "memory", "fsdp")
+BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp")
 
 
 def machine() -> dict[str, Any]:
@@ -93,6 +94,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         ("tokens_per_sec", "tokens/s", ",.0f"),
                         ("model_flops_per_token", "model FLOPs/token", ",d"),
                         ("tflops_per_device", "TFLOP/s/device", ".4f"), ("mfu", "MFU", ".3f")]),
+          flush=True)
+
+  if "breakdown" in only:
+    label, (overrides, vocab) = next(iter(suite.speed_models.items()))
+    rows = breakdown.step_breakdown(speed.runner(overrides, vocab), suite)
+    result["breakdown"] = {"model": label, "phases": rows}
+    print(f"\n## Where the train step's time goes: {label} (interleaved)\n")
+    print(_table(rows, [("phase", "phase", "s"), ("wall_ms", "ms (median)", ".1f"),
+                        ("cpu_ms", "CPU ms", ".1f"), ("share", "share of step", ".2f")]),
           flush=True)
 
   if "reparam" in only:

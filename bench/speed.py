@@ -21,7 +21,8 @@ from reparam_jax.perf.accounting import find_transformer_config
 from reparam_jax.perf.peaks import device_peak_flops
 
 
-def _runner(overrides: dict[str, Any], vocab: int, rules: tuple = ()) -> StepRunner:
+def runner(overrides: dict[str, Any], vocab: int, rules: tuple = ()) -> StepRunner:
+  """The quick-start step with a suite's overrides (`DEVICES`: run on the first N devices)."""
   overrides = dict(overrides)
   n_devices = overrides.pop(DEVICES, None)  # None: every device of the process
   config = quickstart_config(**overrides)
@@ -45,7 +46,7 @@ def _flops_per_token(r: StepRunner) -> int:
   return flops_lib.model_flops(cfg, r.config.seq_len, r.state.params, r.config.reparam).per_token
 
 
-def _steps(runs: dict[str, Any], suite: Suite) -> int:
+def rounds(runs: dict[str, Any], suite: Suite) -> int:
   """Rounds to time: `suite.steps`, or more to fill `suite.speed_seconds` for fast models."""
   round_s = 0.0
   for run in runs.values():
@@ -66,9 +67,9 @@ def model_speed(suite: Suite, peak_flops: float) -> list[dict[str, Any]]:
     groups.setdefault(key, []).append(label)
   rows = {}
   for labels in groups.values():
-    runners = {label: _runner(*suite.speed_models[label]) for label in labels}
+    runners = {label: runner(*suite.speed_models[label]) for label in labels}
     runs = {label: r.run for label, r in runners.items()}
-    times = timing.interleaved(runs, _steps(runs, suite), suite.warmup)
+    times = timing.interleaved(runs, rounds(runs, suite), suite.warmup)
     for label, r in runners.items():
       rows[label] = _speed_row(label, r, times[label], peak_flops)
     del runners, runs
@@ -95,7 +96,7 @@ def reparam_overhead(suite: Suite) -> tuple[list[dict[str, Any]], list[str]]:
   runners = {}
   for label, rules in variants.items():
     try:
-      runners[label] = _runner(overrides, vocab, rules)
+      runners[label] = runner(overrides, vocab, rules)
       runners[label].run(0)  # compile now: a variant that cannot train is reported, not fatal
     except Exception as e:  # noqa: BLE001
       notes.append(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")

@@ -112,16 +112,15 @@ def abstract_like(state: TrainState, shardings: TrainState) -> TrainState:
                       state, shardings)
 
 
-def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
-                    hooks: ReparamHooks, schedule: optax.Schedule, grad_accum_steps: int,
-                    base_rng: jax.Array, nan_at_step: int = 0,
-                    penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One optimizer step over a global batch (optionally in micro-batches).
+LossFn = Callable[[PyTree, PyTree, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
-  A step whose loss, gradients or new params are not all finite keeps the
-  old params and optimizer state (the step counter still advances) and
-  reports `nonfinite=1`; the host decides whether that stops the run.
+
+def make_loss_fn(model: nn.Module, task: Any, hooks: ReparamHooks, nan_at_step: int = 0,
+                 penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None) -> LossFn:
+  """What a train step differentiates: `loss_fn(params, extra, batch, rng, step)`.
+
+  Returns `(loss + penalties, metrics)`.
+
   `nan_at_step` (tests only) makes that 1-based step's loss NaN.
   `penalties(params) -> (total, {name: term})` (config.reg, reparam_jax/regularizers)
   is added to the loss like the reparam penalty; each term is logged as `penalty/<name>`.
@@ -144,7 +143,23 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     metrics = dict(metrics, **{f"penalty/{k}": v for k, v in terms.items()})
     return loss + penalty, metrics
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  return loss_fn
+
+
+def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
+                    hooks: ReparamHooks, schedule: optax.Schedule, grad_accum_steps: int,
+                    base_rng: jax.Array, nan_at_step: int = 0,
+                    penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One optimizer step over a global batch (optionally in micro-batches).
+
+  A step whose loss, gradients or new params are not all finite keeps the
+  old params and optimizer state (the step counter still advances) and
+  reports `nonfinite=1`; the host decides whether that stops the run.
+  `nan_at_step` and `penalties`: see `make_loss_fn`.
+  """
+  grad_fn = jax.value_and_grad(make_loss_fn(model, task, hooks, nan_at_step, penalties),
+                               has_aux=True)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)

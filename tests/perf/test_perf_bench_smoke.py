@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -25,6 +27,15 @@ def test_bench_smoke_writes_every_section(tmp_path):
   # 1 layer, width 16, mlp 64, vocab 65, T=16: N = 4·256 + 2·1024 + 1040 = 4112.
   assert tiny["model_flops_per_token"] == 6 * 4112 + 12 * 16 * 16
   assert 0 < tiny["mfu"] < 1
+
+  phases = {r["phase"].split(" =")[0]: r for r in res["breakdown"]["phases"]}
+  assert list(phases) == ["forward", "forward+backward", "train step", "backward",
+                          "optimizer and rest"]
+  assert phases["train step"]["share"] == 1.0
+  assert all(phases[k]["wall_ms"] > 0 for k in ("forward", "forward+backward", "train step"))
+  # The derived rows are differences of the measured medians.
+  assert phases["backward"]["wall_ms"] == pytest.approx(
+      phases["forward+backward"]["wall_ms"] - phases["forward"]["wall_ms"])
 
   rep = {r["variant"]: r for r in res["reparam"]}
   assert set(rep) == {"dense", "lowrank(r=4)", "lora(r=8)"}
