@@ -108,3 +108,27 @@ def test_dense_with_bias_matches_plain_formula_and_gradients():
   g_plain = jax.grad(loss, argnums=(0, 1))(params, x, plain)
   for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows_by_dot", [True, False])
+def test_layer_norm_vjp_matches_autodiff_of_the_formula(monkeypatch, rows_by_dot):
+  """The hand-written LayerNorm backward (both row-sum paths) against autodiff of the forward."""
+  from reparam_jax.models import layers
+  monkeypatch.setattr(layers, "_sum_rows_by_dot", lambda: rows_by_dot)
+  k = jax.random.split(jax.random.key(0), 4)
+  x = 3.0 * jax.random.normal(k[0], (3, 5, 16)) + 1.0
+  scale, bias = 1.0 + jax.random.normal(k[1], (16,)), jax.random.normal(k[2], (16,))
+  w = jax.random.normal(k[3], (3, 5, 16))  # a non-uniform cotangent
+
+  def plain(x, scale, bias):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+  ours = lambda x, s, b: layers.layer_norm(x, s, b, 1e-5)  # noqa: E731
+  np.testing.assert_allclose(ours(x, scale, bias), plain(x, scale, bias), rtol=1e-5, atol=1e-5)
+  loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)) * w)  # noqa: E731
+  g_ours = jax.grad(loss(ours), argnums=(0, 1, 2))(x, scale, bias)
+  g_plain = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+  for a, b in zip(g_ours, g_plain):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

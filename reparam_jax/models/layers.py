@@ -14,6 +14,7 @@ the project:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -46,12 +47,8 @@ def matmul(x: Array, kernel: Any, bias: Array | None = None) -> Array:
   # A 2-D dot over flattened rows: its backward `dW = xᵀ·dy` needs no
   # batched-transpose copies of the activation gradient.
   x_NxI = x.reshape(-1, x.shape[-1])
-  if bias is not None and jax.default_backend() == "cpu":
-    # [x, 1] @ [W; b]: the dot's weight gradient then carries the bias
-    # gradient.  XLA:CPU computes the bias gradient `Σ_rows dy` as a strided
-    # reduce-window, ~10 % of the quick-start step (docs/performance.md).
-    # Not on accelerators: there the reduction is cheap and the extra row
-    # would break the sharding of the contracted axis.
+  if bias is not None and _sum_rows_by_dot():
+    # [x, 1] @ [W; b]: the dot's weight gradient then carries the bias gradient.
     ones_Nx1 = jnp.ones((x_NxI.shape[0], 1), x_NxI.dtype)
     x_NxI = jnp.concatenate([x_NxI, ones_Nx1], axis=1)
     kernel, bias = jnp.concatenate([kernel, bias[None, :]], axis=0), None
@@ -59,6 +56,60 @@ def matmul(x: Array, kernel: Any, bias: Array | None = None) -> Array:
   if bias is not None:
     y_NxO = y_NxO + bias
   return y_NxO.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _sum_rows_by_dot() -> bool:
+  """Whether parameter gradients should sum over rows inside a dot.
+
+  XLA:CPU computes a gradient summed over the batch and length axes
+  (`Σ_rows dy` for a bias or a LayerNorm scale) as a strided reduce-window,
+  ~10 % of the quick-start step; inside a dot the same sum is cheap
+  (docs/performance.md).  Not on accelerators: there the reduction is cheap,
+  and an extra row or column would break the sharding of the contracted axis.
+  """
+  return jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+  """`(x − mean) / sqrt(var + ε) · scale + bias` over the last axis, with a hand-written VJP.
+
+  The backward is the textbook closed form over the saved normalised input;
+  with the CPU row sums of `_sum_rows_by_dot` it makes the quick start's
+  train step 2–4 % faster than XLA's autodiff of the forward
+  (docs/performance.md).
+  """
+  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x: Array, scale: Array, bias: Array, epsilon: float
+                    ) -> tuple[Array, tuple[Array, ...]]:
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  x_hat = (x - mean) * rstd
+  return x_hat * scale + bias, (x_hat, rstd, scale, bias)
+
+
+def _layer_norm_bwd(epsilon: float, residuals: tuple[Array, ...], dy: Array
+                    ) -> tuple[Array, Array, Array]:
+  del epsilon
+  x_hat, rstd, scale, bias = residuals
+  dx_hat = dy * scale
+  dx = rstd * (dx_hat - dx_hat.mean(-1, keepdims=True)
+               - x_hat * (dx_hat * x_hat).mean(-1, keepdims=True))
+  d = dy.shape[-1]
+  if _sum_rows_by_dot():
+    both_Nx2D = jnp.concatenate([dy * x_hat, dy], axis=-1).reshape(-1, 2 * d)
+    sums = jnp.dot(jnp.ones((both_Nx2D.shape[0],), dy.dtype), both_Nx2D)
+    dscale, dbias = sums[:d], sums[d:]
+  else:
+    rows = tuple(range(dy.ndim - 1))
+    dscale, dbias = (dy * x_hat).sum(rows), dy.sum(rows)
+  return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
@@ -134,9 +185,5 @@ class LayerNorm(nn.Module):
     d = x.shape[-1]
     scale = _param(self, "scale", nn.initializers.ones, (d,), (self.axis_name,), self.param_dtype)
     bias = _param(self, "bias", nn.initializers.zeros, (d,), (self.axis_name,), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    y = y * materialize(scale) + materialize(bias)
+    y = layer_norm(x.astype(jnp.float32), materialize(scale), materialize(bias), self.epsilon)
     return y.astype(self.dtype or x.dtype)
