@@ -75,9 +75,21 @@ class Checkpointer:
   def _save_with_retries(self, step: int, items: dict[str, Any], force: bool) -> bool:
     while True:
       try:
+        self._ensure_directory()
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
       except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for I/O)
         self._failed(step, e)
+
+  def _ensure_directory(self) -> None:
+    """Raises (a failed attempt) if the checkpoint directory cannot be (re)created.
+
+    Orbax creates a save's temporary directory in a background thread, and
+    when that fails (the directory was deleted, or a file is in its place)
+    the save waits for the creation signal for its full barrier timeout,
+    10 minutes per attempt, instead of failing.
+    """
+    if not self.directory.is_dir():
+      self.directory.mkdir(parents=True, exist_ok=True)
 
   def _failed(self, step: int, error: BaseException) -> None:
     """Counts a failed save: warns and backs off, or gives up with `CheckpointError`."""

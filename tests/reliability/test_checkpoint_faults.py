@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 import jax
@@ -14,6 +15,8 @@ import pytest
 
 from reparam_jax import checkpoint, reliability
 from reparam_jax.errors import CheckpointError, UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state(step: int) -> dict:
@@ -156,6 +159,39 @@ def test_persistent_save_failure_stops_with_checkpoint_error(tmp_path, async_sav
       ckpt.save(s, _state(s), None, force=True)
     ckpt.close()
   _unblock(ckdir)
+
+
+_BLOCKED_WITH_DATA_ITERATOR = """
+import os, sys
+import grain.python as grain
+import jax.numpy as jnp
+from reparam_jax import checkpoint
+from reparam_jax.errors import CheckpointError
+root = sys.argv[1]
+data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())
+ckpt = checkpoint.Checkpointer(os.path.join(root, "checkpoints"), every=1, keep=3,
+                               save_retries=1, retry_wait_s=0.01)
+ckpt.save(1, {"w": jnp.ones((8, 8))}, data_iter, force=True)
+ckpt.wait()
+os.rename(os.path.join(root, "checkpoints"), os.path.join(root, "away"))
+open(os.path.join(root, "checkpoints"), "w").write("a file where the directory was")
+try:
+  for s in range(2, 6):
+    ckpt.save(s, {"w": jnp.full((8, 8), float(s))}, data_iter, force=True)
+  ckpt.close()
+except CheckpointError as e:
+  print("CheckpointError:", e)
+"""
+
+
+def test_replaced_directory_with_a_data_iterator_fails_fast_not_hangs(tmp_path):
+  """With an iterator item, orbax waited 10 minutes per attempt for a directory it
+  could not create; the save must fail fast instead (a subprocess: a hang is a timeout)."""
+  proc = subprocess.run([sys.executable, "-c", _BLOCKED_WITH_DATA_ITERATOR, str(tmp_path)],
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert "CheckpointError: could not save the checkpoint of step 2" in proc.stdout, proc.stderr
+  assert sorted(os.listdir(tmp_path / "away")) == ["1"]  # the good checkpoint is untouched
 
 
 def test_disk_space_rules():
