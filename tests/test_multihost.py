@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,12 +60,21 @@ def _run_group(workdir: str, raw_dir: str, tfds_dir: str, num_processes: int,
         [sys.executable, "-m", "reparam_jax.train",
          *tiny_args(workdir, raw_dir, tfds_dir, **STEPS), *extra_args[i]],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  deadline = time.monotonic() + 420
+  outs: list[str | None] = [None] * num_processes
   try:
-    outs = [p.communicate(timeout=420)[0] for p in procs]
+    for i, p in enumerate(procs):
+      outs[i] = p.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
+  except subprocess.TimeoutExpired:
+    pass  # a hung group: reported below with every process's output
   finally:
     for p in procs:
       p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n-----\n".join(outs)
+  # Retrying communicate() after a timeout loses no output.
+  outs = [out if out is not None else p.communicate()[0] for p, out in zip(procs, outs)]
+  report = "\n".join(f"----- process {i} (exit {p.returncode}) -----\n{out}"
+                     for i, (p, out) in enumerate(zip(procs, outs)))
+  assert all(p.returncode == 0 for p in procs), report
   assert f"{GLOBAL_DEVICES} devices, {num_processes} processes" in outs[0], outs[0]
   return outs
 
