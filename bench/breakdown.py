@@ -61,11 +61,9 @@ def step_breakdown(r: StepRunner, suite: Suite) -> list[dict[str, Any]]:
   runs = _phase_runners(r)
   t = timing.interleaved(runs, speed.rounds(runs, suite), suite.warmup)
   fwd, both, step = (t[k]["wall_ms"] for k in ("forward", "forward+backward", "train step"))
-  rows = [dict(phase=k, measured=True, **v) for k, v in t.items()]
-  rows += [dict(phase="backward = (forward+backward) − forward", measured=False,
-                wall_ms=both - fwd),
-           dict(phase="optimizer and rest = step − (forward+backward)", measured=False,
-                wall_ms=step - both)]
+  rows = [dict(phase=k, **v) for k, v in t.items()]
+  rows += [dict(phase="backward = (forward+backward) − forward", wall_ms=both - fwd),
+           dict(phase="optimizer and rest = step − (forward+backward)", wall_ms=step - both)]
   for row in rows:
     row["share"] = row["wall_ms"] / step
   return rows
