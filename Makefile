@@ -1,25 +1,59 @@
 # One command each: `make quickstart` (set up + train + sample), `make test` (set up + tests).
 # Offline: REPARAM_DATA_DIR=/path/to/raw/downloads make quickstart
+#
+# Two environments (see README, "Tests"):
+#   .venv        Python >= 3.12, jax 0.12: training, and the whole test suite
+#   .venv-py311  Python 3.11, jax 0.10.2 + torch's CPU wheel: the whole suite again,
+#                now with the torch/transformers peer tests (tests/hf/)
+
+# The first interpreter of the given versions that runs: pythonX.Y on PATH,
+# else pyenv's.  Empty if there is none.
+find_python = $(firstword $(foreach v,$(1),$(shell \
+  for p in python$(v) $$(pyenv root 2>/dev/null)/versions/$(v)*/bin/python$(v); do \
+    "$$p" -c "" 2>/dev/null && { command -v "$$p"; break; }; done)))
+
+PYTHON ?= $(call find_python,3.12 3.13)
+PEER_PYTHON ?= $(call find_python,3.11)
 VENV ?= .venv
+PEER_VENV ?= .venv-py311
 PY := $(VENV)/bin/python
+PEER_PY := $(PEER_VENV)/bin/python
 WORKDIR ?= workdirs/shakespeare_char
 
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
-	python3 -m venv $(VENV)
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: jax 0.12 needs Python >= 3.12 and no python3.12 or python3.13 was found (PATH, pyenv); install one or pass PYTHON=/path/to/python3.12" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: setup quickstart test test-all
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+$(PEER_VENV)/.test-installed: requirements.txt requirements-test.txt pyproject.toml
+	@test -n "$(PEER_PYTHON)" || { echo "make: the torch peer tests need Python 3.11 (the CPU torch wheel) and no python3.11 was found (PATH, pyenv); install it, pass PEER_PYTHON=/path/to/python3.11, or run 'make test-main' for the rest" >&2; exit 2; }
+	$(PEER_PYTHON) -m venv $(PEER_VENV)
+	$(PEER_PY) -m pip install -q --upgrade pip
+	$(PEER_PY) -m pip install -q -r requirements-test.txt
+	$(PEER_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+.PHONY: setup quickstart test test-main test-peers test-all
 setup: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
 	$(PY) -m reparam_jax.train --config=configs/lm/shakespeare_char.py --workdir=$(WORKDIR)
 	$(PY) -m reparam_jax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_tokens=200
 
-test: $(VENV)/.installed
+test: test-main test-peers
+
+test-main: $(VENV)/.test-installed
 	$(PY) -m pytest
 
-test-all: $(VENV)/.installed
+test-peers: $(PEER_VENV)/.test-installed
+	$(PEER_PY) -m pytest
+
+test-all: $(VENV)/.test-installed
 	$(PY) -m pytest -m "slow or not slow"

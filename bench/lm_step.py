@@ -55,7 +55,10 @@ class StepRunner:
     self.rules = sharding.rules_tuple(config.axis_rules)
     batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     rng = jax.random.key(config.seed)
-    with self.mesh, nn.logical_axis_rules(self.rules):
+    # As in train.py: the state is created outside the mesh context (its
+    # shardings are explicit); under one, eager unboxing would constrain
+    # abstract values to the mesh.
+    with nn.logical_axis_rules(self.rules):
       self.state, self.state_shardings, tx = trainer.create_train_state(
           trainer.init_variables_fn(self.model, self.task.init_args()),
           lambda p: optim.make_optimizer(config.optimizer, config.num_steps,
@@ -71,12 +74,12 @@ class StepRunner:
     self.batches = [jax.device_put(self.task.batch(i), batch_sharding) for i in range(n_batches)]
 
   def run(self, i: int) -> float:
-    with self.mesh, nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       self.state, metrics = self.step_fn(self.state, self.batches[i % len(self.batches)])
     return float(metrics["loss"])  # the host fetch is the synchronisation point
 
   def lower(self) -> Any:
-    with self.mesh, nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self.step_fn.lower(self.state, self.batches[0])
 
 

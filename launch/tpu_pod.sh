@@ -12,7 +12,7 @@
 #            skipped when the TPU already exists
 #   copy     --code=scp: tar this checkout (tracked + untracked, not ignored files), scp it
 #            to every worker; --code=git: clone/fetch --repo and check out --ref on every worker
-#   install  venv + `pip install -r requirements.txt -e .` + jax[tpu] on every worker
+#   install  a Python 3.12 venv (uv) + `pip install -r requirements.txt -e .[tpu]` on every worker
 #   run      the trainer on --worker=all (one process per host, with --distributed),
 #            output tee'd to ~/reparam_logs/LOG_NAME.log on each worker
 #   fetch    worker 0's log, metrics.jsonl and done.json into --local-dir
@@ -121,8 +121,10 @@ if has_step copy; then
 fi
 
 if has_step install; then
-  JAX_VERSION="$(sed -n 's/^jax==//p' "$REPO_ROOT/requirements.txt")"
-  ssh_all "cd $REMOTE_DIR && (test -d .venv || python3 -m venv .venv) && . .venv/bin/activate && pip install -q -U pip && pip install -q -r requirements.txt -e . && pip install -q 'jax[tpu]==${JAX_VERSION}'"
+  # TPU VM images ship Python 3.10 and jax 0.12 needs >= 3.12: uv fetches a
+  # Python 3.12 for the venv.  The `tpu` extra adds libtpu to the pinned jax.
+  UV="~/.local/bin/uv"
+  ssh_all "cd $REMOTE_DIR && (test -x $UV || python3 -m pip install -q --user uv) && (test -x .venv/bin/python || $UV venv -q --python 3.12 .venv) && $UV pip install -q --python .venv/bin/python -r requirements.txt -e '.[tpu]'"
 fi
 
 RC=0

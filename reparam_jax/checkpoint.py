@@ -210,21 +210,31 @@ def _missing_files(step_dir: epath.Path, data: bool = True) -> str:
 def _structure_check(state_dir: epath.Path, abstract_state: Any) -> tuple[str, str]:
   """(problem reading the metadata, mismatch of the leaves' shapes/dtypes with the target)."""
   try:
-    with ocp.StandardCheckpointer() as ckptr:
-      metadata = ckptr.metadata(state_dir)
+    tree = array_metadata(state_dir)
   except Exception as e:  # noqa: BLE001
     return _short(e), ""
-  is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
-  have = sorted((tuple(m.shape), str(m.dtype))
-                for m in jax.tree.leaves(getattr(metadata, "tree", metadata), is_leaf=is_array))
+  have = sorted((tuple(m.shape), str(m.dtype)) for m in jax.tree.leaves(tree, is_leaf=_is_array))
   want = sorted((tuple(a.shape), str(a.dtype))
-                for a in jax.tree.leaves(abstract_state, is_leaf=is_array))
+                for a in jax.tree.leaves(abstract_state, is_leaf=_is_array))
   if have == want:
     return "", ""
   extra = [x for x in have if x not in want][:2]
   missing = [x for x in want if x not in have][:2]
   return "", (f"{len(have)} arrays saved vs {len(want)} expected; e.g. saved {extra or 'none'} "
               f"but expected {missing or 'none'}")
+
+
+def _is_array(x: Any) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def array_metadata(path: epath.Path) -> Any:
+  """The tree of per-array metadata (shape, dtype) of a `StandardSave` item."""
+  with ocp.StandardCheckpointer() as ckptr:
+    items = ckptr.metadata(path).item_metadata
+  if items is None:  # orbax logs and returns no item metadata when it cannot read it
+    raise CheckpointError(f"no readable array metadata in {path}")
+  return items.tree
 
 
 def _all_processes_ok(ok: bool) -> bool:
@@ -272,7 +282,7 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
     if not path.exists():
       raise UserError(f"no params checkpoint at {path} (expected a directory written by "
                       "convert/convert_hf, or a training workdir)")
-    params = _restore_on_one_device(path)
+    params = restore_on_one_device(path)
   if abstract_params is None:
     return params
   return _onto(params, abstract_params, str(path))
@@ -287,7 +297,7 @@ def _latest_good_params(directory: epath.Path) -> Any:
     problem = _missing_files(directory / str(step), data=False)
     if not problem:
       try:
-        return _restore_on_one_device(directory / str(step) / "state")["params"]
+        return restore_on_one_device(directory / str(step) / "state")["params"]
       except Exception as e:  # noqa: BLE001
         problem = _short(e)
     _warn(f"skipping checkpoint {directory / str(step)}: corrupt or incomplete ({problem})")
@@ -295,14 +305,12 @@ def _latest_good_params(directory: epath.Path) -> Any:
                   "corrupt or incomplete)")
 
 
-def _restore_on_one_device(path: epath.Path) -> Any:
+def restore_on_one_device(path: epath.Path) -> Any:
   """Restores any checkpoint, whatever mesh wrote it, onto this host's first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        array_metadata(path), is_leaf=_is_array)
   with ocp.StandardCheckpointer() as ckptr:
-    metadata = ckptr.metadata(path)
-    tree = getattr(metadata, "tree", metadata)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
-                          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
     return ckptr.restore(path, target)
 
 

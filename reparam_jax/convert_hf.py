@@ -141,7 +141,7 @@ def convert(folder: str, workdir: str) -> dict[str, Any]:
   checkpoint.save_params(os.path.join(workdir, "params"), params)
   with open(os.path.join(workdir, MODEL_FILE), "w", encoding="utf-8") as f:
     json.dump(model_section(cfg), f, indent=2)
-  tokenizer = hf_tokenizers.load_hf_folder(folder)
+  tokenizer = hf_tokenizers.load(folder)
   if tokenizer is not None:
     tokenizer.save(workdir)
     source["tokenizer"] = type(tokenizer).__name__

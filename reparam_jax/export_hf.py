@@ -144,7 +144,7 @@ def export(workdir: str, out_dir: str) -> dict[str, Any]:
     json.dump(hf_config, f, indent=2)
   tokenizer = hf_tokenizers.load(workdir)
   if tokenizer is not None:
-    tokenizer.save_hf(out_dir)
+    tokenizer.save(out_dir)
   return {"tensors": len(tensors), "values": sum(v.size for v in tensors.values()),
           "architecture": hf_config["architectures"][0], "tokenizer": tokenizer,
           "config": dataclasses.asdict(cfg)}

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from reparam_jax.errors import UserError
 
@@ -58,14 +58,21 @@ def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]
   return tuple(sizes)
 
 
+# Every mesh axis is `Auto`: the model states shardings as logical-axis
+# constraints and the compiler propagates them (MaxText's scheme).  `Explicit`
+# axes (jax.make_mesh's default since 0.7) would put shardings in the types and
+# demand an `out_sharding` at every ambiguous gather, e.g. the embedding lookup.
+MESH_AXIS_TYPES = (AxisType.Auto,) * len(MESH_AXES)
+
+
 def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   try:
-    return jax.make_mesh(shape, MESH_AXES, devices=devices)
+    return jax.make_mesh(shape, MESH_AXES, MESH_AXIS_TYPES, devices=devices)
   except (ValueError, NotImplementedError):
     # make_mesh optimises for ICI topology and refuses some shapes on CPU.
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=MESH_AXIS_TYPES)
 
 
 def rules_tuple(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -241,7 +241,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
                   dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   t0 = time.perf_counter()
   try:
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       for step in range(start_step + 1, (start_step if early.stopped else config.num_steps) + 1):
         host_batch = next(train_iter)
         pending_tokens += tokens_in(host_batch)

@@ -187,7 +187,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     params = hooks.post_update(optax.apply_updates(state.params, updates))
     # Scheduled sparsity-mask / movement-score updates see this step's θ and gradient.
     extra, extra_metrics = hooks.update_extra(state.params, grads, state.extra, state.step)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # Decided on device so a bad step costs no host round-trip.
     ok = reliability.all_finite(total, grad_norm, params)
     params, opt_state, extra = reliability.keep_if(ok, (params, opt_state, extra),

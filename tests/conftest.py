@@ -8,6 +8,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _project_modules() -> list[str]:
+  names = []
+  for package in ("reparam_jax", "bench"):
+    for root, _, files in os.walk(os.path.join(REPO, package)):
+      if "__pycache__" in root:
+        continue
+      dotted = os.path.relpath(root, REPO).replace(os.sep, ".")
+      names += [dotted] + [f"{dotted}.{f[:-3]}" for f in files
+                           if f.endswith(".py") and f != "__init__.py"]
+  return names + ["__main__"]  # `python -m reparam_jax.train` runs as __main__
+
+
+# pyproject's filterwarnings turns a DeprecationWarning raised from the
+# project's code into an error in this process; the trainers, sweeps and
+# converters the tests start as subprocesses get the same through
+# PYTHONWARNINGS (which matches whole module names, hence the list).
+os.environ["PYTHONWARNINGS"] = ",".join(
+    f"error::DeprecationWarning:{m}" for m in _project_modules())
+
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 

@@ -112,7 +112,8 @@ def test_tpu_pod_dry_run(config: str) -> None:
   assert "--accelerator-type=v4-32" in cmds[0] and "--project=proj" in cmds[0]
   assert any(c[4] == "scp" and "--worker=all" in c for c in cmds if c[0] == "gcloud")
   install = next(c for c in cmds if "--worker=all" in c and "requirements.txt" in " ".join(c))
-  assert "pip install -q -r requirements.txt -e ." in install[-1]
+  assert "venv -q --python 3.12 .venv" in install[-1]
+  assert "pip install -q --python .venv/bin/python -r requirements.txt -e '.[tpu]'" in install[-1]
   run_cmd = next(c for c in cmds if "--distributed" in " ".join(c))
   assert "--worker=all" in run_cmd
   remote = shlex.split(run_cmd[-1].removeprefix("--command=").split(" 2>&1")[0].split("&& ")[-1])

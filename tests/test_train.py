@@ -133,7 +133,7 @@ def test_same_loss_on_one_and_eight_devices():
       logits = model.apply({"params": params}, batch[:, :-1])["logits"]
       return optax_ce(logits, batch[:, 1:])
     batch = jax.device_put(tokens, sharding.batch_sharding(mesh, rules))
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       value, grads = jax.jit(jax.value_and_grad(loss))(state.params, batch)
     return float(value), float(optax_global_norm(grads)), state.params
 

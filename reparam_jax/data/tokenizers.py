@@ -14,6 +14,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
 
 
@@ -104,9 +105,9 @@ class SentencePieceTokenizer:
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer a run saved into its workdir, or a Hugging Face folder's.
 
-  `tokenizer.json` is the char tokenizer's file, the file `hf_tokenizers`
-  saves GPT-2 BPE / BERT WordPiece into, and (in a Hugging Face model
-  folder) the `tokenizers` library's; the contents tell them apart.
+  `tokenizer.json` is the char tokenizer's file and the `tokenizers`
+  library's (a pretrained model's, saved by `hf_tokenizers`); the contents
+  tell them apart.
   """
   char_path = os.path.join(directory, CharTokenizer.FILENAME)
   sp_path = os.path.join(directory, SentencePieceTokenizer.FILENAME)
@@ -118,7 +119,6 @@ def load_tokenizer(directory: str) -> Tokenizer:
   if os.path.exists(sp_path):
     with open(sp_path, "rb") as f:
       return SentencePieceTokenizer(f.read())
-  from reparam_jax.data import hf_tokenizers  # noqa: PLC0415 (needs `regex`; rarely used)
   tokenizer = hf_tokenizers.load(directory)
   if tokenizer is not None:
     return tokenizer

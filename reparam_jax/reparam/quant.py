@@ -51,8 +51,13 @@ def fake_quant(w: Array, scale: Array, bits: int, axis: int = 0) -> Array:
   s = jnp.expand_dims(scale, axis)
   x = jnp.clip(w / s, -q, q)
   # Written so ∂/∂w is exactly 1 inside (0 outside) and ∂/∂s is LSQ's
-  # round(x) − x inside (±q outside); the value is s·round(x).
-  return jnp.clip(w, -q * s, q * s) + s * jax.lax.stop_gradient(jnp.round(x) - x)
+  # round(x) − x inside (±q outside); the value is s·round(x).  The range is
+  # closed: the largest |w| sits on the bound q·s whenever max_scale's ulp is
+  # lost in the product, and `jnp.clip` splits a tie's gradient (½ in jax
+  # 0.10 and 0.12, 1 in 0.6), so the select is explicit.
+  bound = q * s
+  clipped = jnp.where(jnp.abs(w) <= bound, w, jnp.sign(w) * bound)
+  return clipped + s * jax.lax.stop_gradient(jnp.round(x) - x)
 
 
 def quantize(w: Array, bits: int, axis: int = 0) -> tuple[Array, Array]:

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
 from reparam_jax import checkpoint, sharding, trainer
@@ -51,15 +50,9 @@ def _latest_extra(workdir: str) -> PyTree | None:
     state_dir = ckpt_dir / str(step) / "state"
     if not state_dir.exists():
       continue
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    with ocp.StandardCheckpointer() as ckptr:
-      meta = ckptr.metadata(state_dir)
-      tree = getattr(meta, "tree", meta)
-      if not tree.get("extra"):
-        return None
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-      return ckptr.restore(state_dir, target)["extra"]
+    if not checkpoint.array_metadata(state_dir).get("extra"):
+      return None
+    return checkpoint.restore_on_one_device(state_dir)["extra"]
   return None
 
 
@@ -118,11 +111,11 @@ class Evaluator:
     state = trainer.TrainState(step=0, params=params, opt_state=None, extra=extra)
     if max_batches is None:  # the reported metric: exactly the trainer's evaluation
       from reparam_jax.train import evaluate  # noqa: PLC0415
-      with self.mesh:
+      with jax.set_mesh(self.mesh):
         out = evaluate(step, state, self.task, self.batch_sharding)
       return {k.removeprefix("eval/"): v for k, v in out.items()}
     sums = None
-    with self.mesh:
+    with jax.set_mesh(self.mesh):
       for batch in self.batches()[:max_batches]:
         out = step(state, batch)
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)

@@ -267,6 +267,6 @@ def test_masked_training_through_the_trainer_step():
   state = runner.state
   m = np.asarray(state.extra["masks"]["block_0"]["mlp"]["fc_in"]["kernel"]["mask"])
   assert m.sum() == m.size // 2
-  with runner.mesh:
+  with jax.set_mesh(runner.mesh):
     _, metrics = runner.step_fn(state, runner.batches[0])
   assert float(metrics["sparsity"]) == pytest.approx(0.5)

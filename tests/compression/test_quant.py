@@ -26,6 +26,18 @@ def test_ste_gradient_is_identity_inside_the_clip_range_and_zero_outside(bits):
   np.testing.assert_array_equal(np.asarray(g)[~inside], 0.0)
 
 
+def test_ste_gradient_is_one_on_the_clip_bound():
+  """The largest |w| sits exactly on q·s (max scaling): it is inside, gradient 1 not ½."""
+  bits = 8
+  scale = jnp.full((2,), 0.25)
+  w = jnp.asarray([[qmax(bits) * 0.25, -qmax(bits) * 0.25], [0.1, 2 * qmax(bits) * 0.25]])
+  g = jax.grad(lambda w: jnp.sum(fake_quant(w, scale, bits)))(w)
+  np.testing.assert_array_equal(np.asarray(g), [[1.0, 1.0], [1.0, 0.0]])
+  gs = jax.grad(lambda s: jnp.sum(fake_quant(w, s, bits)))(scale)
+  # LSQ: round(x) − x inside (0 on the bound, −0.4 for x = 0.4), sign(w)·q when clipped.
+  np.testing.assert_allclose(np.asarray(gs), [-0.4, qmax(bits)], atol=1e-5)
+
+
 def test_lsq_scale_gradient():
   node = reparam.parse_spec("quant(bits=4, scale=learned)")
   w = jax.random.normal(jax.random.key(1), (16, 3))

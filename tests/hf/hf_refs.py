@@ -8,9 +8,20 @@ import numpy as np
 
 
 def save_model(model, folder: str, safetensors: bool = True) -> str:
-  model.save_pretrained(folder, safe_serialization=safetensors)
-  assert os.path.exists(os.path.join(folder, "model.safetensors" if safetensors
-                                     else "pytorch_model.bin"))
+  """`save_pretrained`; with safetensors=False the same tensors as a `pytorch_model.bin`.
+
+  transformers 5 writes only safetensors; the pickled `.bin` is how older
+  checkpoints on the hub and on users' disks are stored, so it is written
+  here the way transformers 4 did (`torch.save` of the state dict).
+  """
+  import torch
+  from safetensors.torch import load_file
+  model.save_pretrained(folder)
+  weights = os.path.join(folder, "model.safetensors")
+  if not safetensors:
+    torch.save(load_file(weights), os.path.join(folder, "pytorch_model.bin"))
+    os.remove(weights)
+  assert os.path.exists(weights if safetensors else os.path.join(folder, "pytorch_model.bin"))
   return folder
 
 

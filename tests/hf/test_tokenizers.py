@@ -1,8 +1,11 @@
 """GPT-2 BPE and BERT WordPiece, checked token for token against `transformers`.
 
 The vocabularies are trained here with the `tokenizers` library on the
-Shakespeare and SST-2 text (nothing is downloaded); `transformers`' slow
-(pure-Python reference) and fast tokenizers then read the same files.
+Shakespeare and SST-2 text (nothing is downloaded), and the real MiniLM
+folder is read as a user downloaded it.  What is checked is the project's
+side: that it builds the same pipeline (normalizer, pre-tokenizer, special
+tokens, decoder) from a folder's files as `transformers` does, against
+transformers' tokenizers and, for WordPiece, its pure-Python reference.
 """
 
 import json
@@ -13,6 +16,8 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
+
+from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy  # noqa: E402
 
 from reparam_jax.data import hf_tokenizers  # noqa: E402
 from reparam_jax.data.tokenizers import load_tokenizer  # noqa: E402
@@ -59,76 +64,74 @@ def wordpiece_folder(tmp_path_factory, corpus):
 
 
 def test_bpe_matches_transformers(bpe_folder, corpus):
-  ours = hf_tokenizers.load_hf_folder(bpe_folder)
-  assert isinstance(ours, hf_tokenizers.ByteLevelBPETokenizer)
-  slow = transformers.GPT2Tokenizer(os.path.join(bpe_folder, "vocab.json"),
-                                    os.path.join(bpe_folder, "merges.txt"))
-  fast = transformers.GPT2TokenizerFast(os.path.join(bpe_folder, "vocab.json"),
-                                        os.path.join(bpe_folder, "merges.txt"))
-  assert ours.vocab_size == len(slow)
+  ours = hf_tokenizers.load(bpe_folder)
+  assert ours.kind == "BPE"
+  theirs = transformers.GPT2Tokenizer(os.path.join(bpe_folder, "vocab.json"),
+                                      os.path.join(bpe_folder, "merges.txt"))
+  assert ours.vocab_size == len(theirs)
   texts = corpus + EDGE_CASES + ["two docs<|endoftext|>joined"]
   for text in texts:
     ids = ours.encode(text).tolist()
-    assert ids == slow.encode(text), text
-    assert ids == fast.encode(text), text
-    assert ours.decode(ids) == slow.decode(ids) == text, text
-  assert ours.encode("a<|endoftext|>b").tolist().count(ours.vocab["<|endoftext|>"]) == 1
+    assert ids == theirs.encode(text), text
+    assert ours.decode(ids) == theirs.decode(ids) == text, text
+  eot = ours.backend.token_to_id("<|endoftext|>")
+  assert ours.encode("a<|endoftext|>b").tolist().count(eot) == 1
+  assert [a.tolist() for a in ours.encode_batch(texts)] == [theirs.encode(t) for t in texts]
 
 
-def test_wordpiece_matches_transformers(wordpiece_folder, corpus):
-  ours = hf_tokenizers.load_hf_folder(wordpiece_folder)
-  assert isinstance(ours, hf_tokenizers.WordPieceTokenizer)
+def test_wordpiece_matches_transformers_and_the_python_reference(wordpiece_folder, corpus):
+  ours = hf_tokenizers.load(wordpiece_folder)
+  assert ours.kind == "WordPiece"
   vocab = os.path.join(wordpiece_folder, "vocab.txt")
-  slow = transformers.BertTokenizer(vocab, do_lower_case=True)
-  fast = transformers.BertTokenizerFast(vocab, do_lower_case=True)
-  assert ours.vocab_size == len(slow)
+  python_ref = BertTokenizerLegacy(vocab, do_lower_case=True)
+  fast = transformers.BertTokenizer(vocab, do_lower_case=True)
+  assert ours.vocab_size == len(python_ref) == len(fast)
   unk = 0
   for text in corpus + EDGE_CASES + ["a [MASK] token", "pair one"]:
     ids = ours.encode(text).tolist()
-    assert ids == slow.encode(text, add_special_tokens=False), text
+    assert ids == python_ref.encode(text, add_special_tokens=False), text
     assert ids == fast.encode(text, add_special_tokens=False), text
-    assert ours.build_inputs(ids)[0].tolist() == slow.encode(text), text
+    assert ours.build_inputs(ids)[0].tolist() == fast.encode(text), text
     with_specials, types = ours.build_inputs(ids, ids[:3])
-    assert with_specials.tolist() == slow.build_inputs_with_special_tokens(ids, ids[:3])
-    assert types.tolist() == slow.create_token_type_ids_from_sequences(ids, ids[:3])
-    assert ours.decode(ids) == slow.decode(ids, clean_up_tokenization_spaces=False), text
+    assert with_specials.tolist() == python_ref.build_inputs_with_special_tokens(ids, ids[:3])
+    assert types.tolist() == python_ref.create_token_type_ids_from_sequences(ids, ids[:3])
+    assert ours.decode(ids) == fast.decode(ids), text
     unk += ids.count(ours.unk_id)
   assert unk < 20  # the vocabulary covers the corpus: the comparison is about real sub-words
 
 
-def test_wordpiece_cased_keeps_accents(wordpiece_folder):
-  vocab = os.path.join(wordpiece_folder, "vocab.txt")
-  ours = hf_tokenizers.WordPieceTokenizer.from_files(vocab, lowercase=False)
-  slow = transformers.BertTokenizer(vocab, do_lower_case=False)
+def test_wordpiece_cased_keeps_accents(wordpiece_folder, tmp_path):
+  src = os.path.join(wordpiece_folder, "vocab.txt")
+  folder = tmp_path / "cased"
+  folder.mkdir()
+  (folder / "vocab.txt").write_text(open(src, encoding="utf-8").read(), encoding="utf-8")
+  (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+  ours = hf_tokenizers.load(str(folder))
+  python_ref = BertTokenizerLegacy(src, do_lower_case=False)
   for text in EDGE_CASES + ["The Cat sat", "Héllo Wörld"]:
-    assert ours.encode(text).tolist() == slow.encode(text, add_special_tokens=False), text
+    assert ours.encode(text).tolist() == python_ref.encode(text, add_special_tokens=False), text
 
 
 @pytest.mark.parametrize("folder", ["bpe_folder", "wordpiece_folder"])
-def test_save_load_and_hf_files_round_trip(folder, request, tmp_path, corpus):
+def test_saved_folder_loads_here_and_in_transformers(folder, request, tmp_path, corpus):
   src = request.getfixturevalue(folder)
   tok = load_tokenizer(src)  # a Hugging Face folder, found by load_tokenizer
   run = tmp_path / "run"
   run.mkdir()
   tok.save(str(run))
-  assert json.loads((run / "tokenizer.json").read_text())["type"] in ("byte_bpe", "wordpiece")
   again = load_tokenizer(str(run))
-  hf_dir = tmp_path / "hf"
-  hf_dir.mkdir()
-  tok.save_hf(str(hf_dir))
-  auto = (transformers.GPT2Tokenizer if folder == "bpe_folder" else transformers.BertTokenizer
-          ).from_pretrained(str(hf_dir))
-  for text in corpus[:50]:
+  auto = transformers.AutoTokenizer.from_pretrained(str(run))
+  for text in corpus[:50] + EDGE_CASES:
     ids = tok.encode(text)
     np.testing.assert_array_equal(again.encode(text), ids)
-    assert auto.encode(text, add_special_tokens=False) == ids.tolist()
+    assert auto.encode(text, add_special_tokens=False) == ids.tolist(), text
 
 
 def test_tokenizers_json_only_folder(bpe_folder, wordpiece_folder, tmp_path, corpus):
   """A folder with only the `tokenizers` library's tokenizer.json is read too."""
   for name, src in (("bpe", bpe_folder), ("wp", wordpiece_folder)):
-    fast_cls = transformers.GPT2TokenizerFast if name == "bpe" else transformers.BertTokenizerFast
-    fast = fast_cls.from_pretrained(src)
+    fast = (transformers.GPT2Tokenizer if name == "bpe" else transformers.BertTokenizer
+            ).from_pretrained(src)
     only = tmp_path / name
     only.mkdir()
     fast.backend_tokenizer.save(str(only / "tokenizer.json"))
@@ -137,7 +140,14 @@ def test_tokenizers_json_only_folder(bpe_folder, wordpiece_folder, tmp_path, cor
       assert ours.encode(text).tolist() == fast.encode(text, add_special_tokens=False), text
 
 
-def test_missing_tokenizer_is_a_user_error(tmp_path):
-  from reparam_jax.errors import UserError
-  with pytest.raises(UserError, match="no tokenizer"):
-    load_tokenizer(str(tmp_path))
+def test_minilm_tokenizer_matches_transformers_on_all_of_sst2(raw_data_dir):
+  """The real pretrained vocabulary, on every SST-2 training sentence."""
+  folder = os.path.join(raw_data_dir, "models", "all-MiniLM-L6-v2")
+  with open(os.path.join(raw_data_dir, "sst2", "train.tsv"), encoding="utf-8") as f:
+    sentences = [row.split("\t")[0] for row in f.read().split("\n")[1:] if row.strip()]
+  assert len(sentences) == 67_349
+  ours = hf_tokenizers.load(folder)
+  theirs = transformers.AutoTokenizer.from_pretrained(folder)
+  want = theirs(sentences, add_special_tokens=True)["input_ids"]
+  got = [ours.build_inputs(ids)[0].tolist() for ids in ours.encode_batch(sentences)]
+  assert got == want

@@ -140,7 +140,7 @@ def test_dropout_is_active_in_training_only(which, tmp_path, raw_data_dir, tfds_
   step = jax.jit(trainer.make_train_step(model, task, tx, hooks,
                                          optim.learning_rate_schedule(config.optimizer, 10), 1,
                                          jax.random.key(1)))
-  with mesh:
+  with jax.set_mesh(mesh):
     losses = [float(step(state.replace(step=state.step + i), batch)[1]["loss"])
               for i in range(2)]
     again = float(step(state, batch)[1]["loss"])
@@ -152,7 +152,7 @@ def test_dropout_is_active_in_training_only(which, tmp_path, raw_data_dir, tfds_
     config.model[k] = 0.0
   plain = make_task(config, str(tmp_path)).model()
   eval_batch = next(iter(task.eval_batches()))
-  with mesh:
+  with jax.set_mesh(mesh):
     got = trainer.make_eval_step(model, task)(state, eval_batch)
     want = trainer.make_eval_step(plain, task)(state, eval_batch)
   np.testing.assert_allclose(float(got["loss_sum"]), float(want["loss_sum"]), rtol=1e-6)

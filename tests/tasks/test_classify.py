@@ -59,7 +59,7 @@ def test_classification_loss_label_smoothing_and_weights():
   assert float(m["accuracy"]) == 1.0
   smooth, _ = classification_loss(logits[:1], jnp.array([0]), label_smoothing=0.2)
   p = jax.nn.log_softmax(logits[0])
-  assert float(smooth) == pytest.approx(-(0.9 * p[0] + 0.1 * p[1]), rel=1e-5)
+  assert float(smooth) == pytest.approx(-(0.9 * float(p[0]) + 0.1 * float(p[1])), rel=1e-5)
 
 
 def test_classifier_trains():
