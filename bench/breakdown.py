@@ -42,14 +42,14 @@ def _phase_runners(r: StepRunner) -> dict[str, Any]:
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, e, batch, rng, step)
     return loss, grads
 
-  with r.mesh, nn.logical_axis_rules(r.rules):
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     fwd = jax.jit(forward, in_shardings=(*shardings, None))
     fwd_bwd = jax.jit(forward_backward, in_shardings=(*shardings, None),
                       out_shardings=(None, shardings[0]))
 
   def call(fn):
     def run(i: int) -> None:
-      with r.mesh, nn.logical_axis_rules(r.rules):
+      with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
         jax.block_until_ready(fn(params, extra, r.batches[i % len(r.batches)]))
     return run
 

@@ -11,6 +11,8 @@ Benchmarks (docs/performance.md explains each and records results):
   reparam  step time of every reparameterization as a ratio to dense
   memory   peak memory per reparameterization, each variant in a fresh process
   fsdp     per-device parameter bytes on a simulated 8-device CPU mesh (FSDP)
+  vs_torch the first model's train step against nanoGPT's PyTorch step (same model, same
+           machine, alternating chunks); needs an interpreter with torch (--torch_python)
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from typing import Any
 
 import jax
 
-from bench import breakdown, fsdp, memory, speed, timing
+from bench import breakdown, fsdp, memory, speed, timing, vs_torch
 from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
 from reparam_jax import reparam
 from reparam_jax.train import configure_cpu_devices
 
-BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp")
+BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp", "vs_torch")
 
 
 def machine() -> dict[str, Any]:
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--only", default=",".join(BENCHMARKS),
                       help=f"comma-separated subset of {BENCHMARKS}")
   parser.add_argument("--out", default="workdirs/bench/results.json", help="JSON output path")
+  parser.add_argument("--torch_python", default=None,
+                      help="interpreter with torch for vs_torch (default: $REPARAM_TORCH_PYTHON, "
+                      "else .venv-py311/bin/python, which `make test` builds)")
   args = parser.parse_args(argv)
   suite = SUITES["smoke" if args.smoke else "gpu" if args.gpu else "cpu"]
   only = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -150,6 +155,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"optimizer state: {out['opt_bytes_total']:,} B total; per device "
           f"{out['opt_bytes_per_device_max']:,} B max")
     print(f"replicated leaves: {', '.join(out['replicated_leaves']) or 'none'}", flush=True)
+
+  if "vs_torch" in only:
+    python = vs_torch.torch_python(args.torch_python)
+    if python is None:
+      note = ("vs_torch skipped: no interpreter with torch (run `make test-peers` once to build "
+              ".venv-py311, or pass --torch_python)")
+      result["notes"].append(note)
+      print(f"\n{note}", flush=True)
+    else:
+      out = vs_torch.compare(suite, python, suite.torch_rounds, suite.torch_chunk)
+      result["vs_torch"] = out
+      label = next(iter(suite.speed_models))
+      print(f"\n## {label}: train step vs nanoGPT's PyTorch step (torch {out['torch']}, "
+            f"{out['torch_threads']} threads; alternating chunks)\n")
+      print(_table([{"side": f"reparam_jax ({out['jax_devices']} CPU devices)",
+                     "ms": out["jax_ms"], "cpu": out["jax_cpu_ms"], "ratio": out["ratio"]},
+                    {"side": "PyTorch (nanoGPT step, eager)", "ms": out["torch_ms"],
+                     "cpu": out["torch_cpu_ms"], "ratio": 1.0}],
+                   [("side", "step", "s"), ("ms", "ms (median)", ".1f"),
+                    ("cpu", "CPU ms", ".1f"), ("ratio", "÷ PyTorch", ".3f")]), flush=True)
 
   result["load_average_end"] = timing.load_average()
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

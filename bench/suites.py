@@ -33,6 +33,8 @@ class Suite:
   speed_seconds: float = 0.0  # `speed`: time each model size at least this long
   reparam_subset: tuple[str, ...] | None = None  # labels to time; None = all
   memory_variants: tuple[str, ...] | None = None  # labels to probe; None = all
+  torch_rounds: int = 10  # vs_torch: alternating rounds of `torch_chunk` steps per side
+  torch_chunk: int = 20
 
 
 # An override key the benchmark consumes itself: run on the first N devices only.
@@ -48,7 +50,7 @@ SMOKE = Suite(
     fsdp_model=(lm_size(1, 2, 16, 16, 8), 65),
     # Every compile costs seconds: CI checks the machinery on a few variants.
     reparam_subset=("dense", "lowrank(r=4)", "lora(r=8)"),
-    memory_variants=("dense",))
+    memory_variants=("dense",), torch_rounds=2, torch_chunk=2)
 
 CPU = Suite(
     name="cpu",

@@ -144,7 +144,7 @@ def convert(folder: str, workdir: str) -> dict[str, Any]:
   tokenizer = hf_tokenizers.load(folder)
   if tokenizer is not None:
     tokenizer.save(workdir)
-    source["tokenizer"] = type(tokenizer).__name__
+    source["tokenizer"] = tokenizer.kind
   with open(os.path.join(workdir, SOURCE_FILE), "w", encoding="utf-8") as f:
     json.dump(source, f, indent=2)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f"imported {args.src}: {out['params']:,} parameters (heads: {heads}) -> {dst}/params")
   if out["tokenizer"] is not None:
     tok = out["tokenizer"]
-    print(f"tokenizer: {type(tok).__name__}, {tok.vocab_size:,} tokens -> {dst}/tokenizer.json")
+    print(f"tokenizer: {tok.kind}, {tok.vocab_size:,} tokens -> {dst}/tokenizer.json")
   common, special = overrides(out["config"])
   print(f"model section: {dst}/{MODEL_FILE}; start a run from this checkpoint with")
   print(f"  --config.init_from={dst} " + " ".join(common + special))
