@@ -6,7 +6,7 @@ r"""The benchmark suite: one command, a printed table, a JSON file.
   python -m bench.run --only speed,reparam --out results.json
 
 Benchmarks (docs/performance.md explains each and records results):
-  speed    step time, tokens/s, model FLOPs/token, TFLOP/s and MFU per model size
+  speed    step time, tokens/s, model FLOPs/token, TFLOP/s, MFU and compile time per model size
   breakdown  forward, backward and optimizer shares of the first model's train step
   reparam  step time of every reparameterization as a ratio to dense
   memory   peak memory per reparameterization, each variant in a fresh process
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         ("wall_min_ms", "min ms", ".1f"), ("cpu_ms", "CPU ms", ".1f"),
                         ("tokens_per_sec", "tokens/s", ",.0f"),
                         ("model_flops_per_token", "model FLOPs/token", ",d"),
-                        ("tflops_per_device", "TFLOP/s/device", ".4f"), ("mfu", "MFU", ".3f")]),
+                        ("tflops_per_device", "TFLOP/s/device", ".4f"), ("mfu", "MFU", ".3f"),
+                        ("lower_s", "trace+lower s", ".2f"), ("compile_s", "compile s", ".2f")]),
           flush=True)
 
   if "breakdown" in only:

@@ -68,10 +68,12 @@ def model_speed(suite: Suite, peak_flops: float) -> list[dict[str, Any]]:
   rows = {}
   for labels in groups.values():
     runners = {label: runner(*suite.speed_models[label]) for label in labels}
+    compile_s = {label: r.compile_seconds() for label, r in runners.items()}
     runs = {label: r.run for label, r in runners.items()}
     times = timing.interleaved(runs, rounds(runs, suite), suite.warmup)
     for label, r in runners.items():
       rows[label] = _speed_row(label, r, times[label], peak_flops)
+      rows[label]["lower_s"], rows[label]["compile_s"] = compile_s[label]
     del runners, runs
   return [rows[label] for label in suite.speed_models]
 

@@ -32,6 +32,7 @@ def test_bench_smoke_writes_every_section(tmp_path):
   # 1 layer, width 16, mlp 64, vocab 65, T=16: N = 4·256 + 2·1024 + 1040 = 4112.
   assert tiny["model_flops_per_token"] == 6 * 4112 + 12 * 16 * 16
   assert 0 < tiny["mfu"] < 1
+  assert tiny["lower_s"] > 0 and tiny["compile_s"] > 0
 
   phases = {r["phase"].split(" =")[0]: r for r in res["breakdown"]["phases"]}
   assert list(phases) == ["forward", "forward+backward", "train step", "backward",
