@@ -229,12 +229,17 @@ def _is_array(x: Any) -> bool:
 
 
 def array_metadata(path: epath.Path) -> Any:
-  """The tree of per-array metadata (shape, dtype) of a `StandardSave` item."""
-  with ocp.StandardCheckpointer() as ckptr:
-    items = ckptr.metadata(path).item_metadata
-  if items is None:  # orbax logs and returns no item metadata when it cannot read it
-    raise CheckpointError(f"no readable array metadata in {path}")
-  return items.tree
+  """The tree of per-array metadata (shape, dtype) of a `StandardSave` item directory.
+
+  Read through the item's handler: `StandardCheckpointer.metadata` would also
+  look for step metadata, which an item inside a step (`<step>/state`) lacks,
+  and log a warning for each read.
+  """
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.metadata(epath.Path(path).absolute()).tree
+  finally:
+    handler.close()
 
 
 def _all_processes_ok(ok: bool) -> bool:

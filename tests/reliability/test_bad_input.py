@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from reparam_jax import config_lib, train, validation
 from reparam_jax.config_base import base_config
+from reparam_jax.data import tfds_builders
 from reparam_jax.errors import UserError
 from tests.helpers import QUICKSTART, tiny_args
 
@@ -36,8 +37,17 @@ BAD = {
 }
 
 
+@pytest.fixture(scope="module")
+def prepared_tfds_dir(raw_data_dir, tfds_dir):
+  """The dataset prepared up front: preparing it prints TFDS's progress to stderr,
+  and the cases that need the model's shapes load the data before they fail."""
+  tfds_builders.load_builder("tiny_shakespeare", raw_dir=raw_data_dir, tfds_dir=tfds_dir)
+  return tfds_dir
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_override_is_one_line_exit_2(case, tmp_path, raw_data_dir, tfds_dir, capsys):
+def test_bad_override_is_one_line_exit_2(case, tmp_path, raw_data_dir, prepared_tfds_dir, capsys):
+  tfds_dir = prepared_tfds_dir
   overrides, message = BAD[case]
   args = tiny_args(str(tmp_path), raw_data_dir, tfds_dir, num_steps=2) + [
       f"--config.{k}={v}" for k, v in overrides.items()]
