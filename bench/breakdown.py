@@ -3,7 +3,7 @@
 Three jitted programs over the same params, shardings and batches, timed
 interleaved in one process:
 
-  forward            the trainer's loss (`trainer.make_loss_fn`), value only
+  forward            the trainer's loss (`steps.make_loss_fn`), value only
   forward+backward   its `value_and_grad` (the gradients are outputs, so XLA
                      cannot drop the backward pass)
   train step         the trainer's whole step (`StepRunner.run`)
@@ -25,11 +25,11 @@ import jax.numpy as jnp
 from bench import speed, timing
 from bench.lm_step import StepRunner
 from bench.suites import Suite
-from reparam_jax import trainer
+from reparam_jax.training import steps
 
 
 def _phase_runners(r: StepRunner) -> dict[str, Any]:
-  loss_fn = trainer.make_loss_fn(r.model, r.task, r.hooks)
+  loss_fn = steps.make_loss_fn(r.model, r.task, r.hooks)
   # The step donates its state: the other programs keep their own copy.
   params, extra = jax.tree.map(jnp.copy, (r.state.params, r.state.extra))
   rng, step = jax.random.key(r.config.seed), jnp.zeros((), jnp.int32)

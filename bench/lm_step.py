@@ -17,9 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from reparam_jax import config_lib, optim, sharding, trainer
+from reparam_jax.config import load as config_load
 from reparam_jax.tasks.lm import LanguageModelTask, lm_model
-
+from reparam_jax.training import optim, sharding, steps
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs", "lm", "shakespeare_char.py")
@@ -49,7 +49,7 @@ class StepRunner:
                devices: list[Any] | None = None):
     self.config = config
     self.task = SyntheticLMTask(config, vocab_size)
-    self.hooks = trainer.ReparamHooks(config.reparam)
+    self.hooks = steps.ReparamHooks(config.reparam)
     self.model = self.hooks.wrap(self.task.model())
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.rules_tuple(config.axis_rules)
@@ -59,14 +59,14 @@ class StepRunner:
     # shardings are explicit); under one, eager unboxing would constrain
     # abstract values to the mesh.
     with nn.logical_axis_rules(self.rules):
-      self.state, self.state_shardings, tx = trainer.create_train_state(
-          trainer.init_variables_fn(self.model, self.task.init_args()),
+      self.state, self.state_shardings, tx = steps.create_train_state(
+          steps.init_variables_fn(self.model, self.task.init_args()),
           lambda p: optim.make_optimizer(config.optimizer, config.num_steps,
                                          self.hooks.trainable_mask(p)),
           self.mesh, self.rules, rng)
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
     self.step_fn = jax.jit(
-        trainer.make_train_step(self.model, self.task, tx, self.hooks, schedule,
+        steps.make_train_step(self.model, self.task, tx, self.hooks, schedule,
                                 config.optimizer.grad_accum_steps, jax.random.fold_in(rng, 1)),
         in_shardings=(self.state_shardings, batch_sharding),
         out_shardings=(self.state_shardings, None), donate_argnums=(0,))
@@ -93,7 +93,7 @@ class StepRunner:
 
 def quickstart_config(**overrides: Any) -> ml_collections.ConfigDict:
   """configs/lm/shakespeare_char.py with dotted-key overrides."""
-  config = config_lib.load_config_file(QUICKSTART)
+  config = config_load.load_config_file(QUICKSTART)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import speed
 from bench.suites import Suite
-from reparam_jax import trainer
+from reparam_jax.training import steps
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
 DEFAULT_TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(PEER)), ".venv-py311", "bin",
@@ -66,7 +66,7 @@ def compare(suite: Suite, python: str, rounds: int, chunk: int) -> dict[str, Any
     info = peer.call(cmd="init", layers=cfg.model.num_layers, heads=cfg.model.num_heads,
                      width=cfg.model.embed_dim, seq=cfg.seq_len, batch=cfg.batch_size,
                      vocab=vocab, threads=os.cpu_count(), seed=0)
-    jax_params = trainer.count_params(jax_runner.state.params)
+    jax_params = steps.count_params(jax_runner.state.params)
     if info["params"] != jax_params:  # then the two would time different models
       raise RuntimeError(f"the PyTorch peer has {info['params']:,} parameters, the JAX model "
                          f"{jax_params:,}: they are not the same model")

@@ -34,7 +34,7 @@ An experiment is a Python file defining ``get_experiment() -> Experiment``::
 Points: each variant (a dict of config overrides; the key ``"config"`` switches
 the config file) merged over ``overrides`` (shared by all points), times
 ``seeds``. Instead of ``variants``, ``sweep=`` takes a list of override dicts
-built with `reparam_jax.sweeps_lib` combinators; rows are then formed by the
+built with `reparam_jax.sweeps.hyper` combinators; rows are then formed by the
 override keys named in ``rows`` (e.g. ``rows=("reparam.rank",)``).
 
 Rows and columns: one row per distinct value of ``rows`` (default
@@ -77,8 +77,8 @@ from typing import Any, Mapping, Sequence
 
 from reparam_jax import plot as plot_lib
 from reparam_jax import sweep as sweep_lib
-from reparam_jax import sweeps_lib
 from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.sweeps import hyper
 
 REDUCTIONS = ("auto", "final", "last", "median", "mean", "min", "max")
 _AT_RE = re.compile(r"^at_(min|max):(.+)$")
@@ -139,7 +139,7 @@ class Experiment:
   variants: Mapping[str, Mapping[str, Any] | Variant] | None = None
   sweep: Sequence[Mapping[str, Any]] | None = None
   seeds: int = 1
-  seed_key: str = sweeps_lib.SEED_KEY
+  seed_key: str = hyper.SEED_KEY
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   rows: Sequence[str] = (VARIANT,)
   columns: str | None = None
@@ -196,8 +196,8 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
   base = exp.config
   dicts, entries_raw = [], []
   for overrides, labels, reduce in rows:
-    overrides = {sweeps_lib.normalize_key(k): v for k, v in overrides.items()}
-    if sweeps_lib.CONFIG_KEY not in overrides and base is None:
+    overrides = {hyper.normalize_key(k): v for k, v in overrides.items()}
+    if hyper.CONFIG_KEY not in overrides and base is None:
       raise UserError(f"experiment {exp.name}: {labels or overrides} has no config; "
                       "set Experiment(config=...) or a 'config' override")
     for s in range(n_seeds) if exp.seed_key not in overrides else [None]:
@@ -209,9 +209,9 @@ def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = No
   entries = []
   for d, labels, reduce in entries_raw:
     d = dict(d)
-    config = d.pop(sweeps_lib.CONFIG_KEY, None)
+    config = d.pop(hyper.CONFIG_KEY, None)
     p = by_name[sweep_lib.point_name(d, config)]
-    all_labels = {**d, sweeps_lib.CONFIG_KEY: p.config, **labels}
+    all_labels = {**d, hyper.CONFIG_KEY: p.config, **labels}
     entries.append(Entry(p, all_labels, reduce))
   _resolve_variant_refs(exp, entries)
   return points, entries

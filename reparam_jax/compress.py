@@ -39,17 +39,17 @@ import ml_collections
 import numpy as np
 from flax.core import meta
 
-from reparam_jax import checkpoint
 from reparam_jax.convert import dense_to_reparam
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.reparam.intercept import init_aux_tree
-from reparam_jax.reparam.quant import quantize as int_quantize
 from reparam_jax.reparam.rules import Plan, map_theta
 from reparam_jax.reparam.stats import report_rows
+from reparam_jax.reparam.transforms.mask_update import prune_now
+from reparam_jax.reparam.transforms.quant import quantize as int_quantize
+from reparam_jax.rundir import checkpoint
 from reparam_jax.sparsity import sensitivity
-from reparam_jax.sparsity.evaluate import Evaluator, load_run
 from reparam_jax.sparsity.report import effective_dense
-from reparam_jax.sparsity.update import prune_now
+from reparam_jax.training.evaluate import Evaluator, load_run
 
 PyTree = Any
 KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
@@ -174,8 +174,8 @@ def quantize_leaves(theta: PyTree, base_rules: tuple, kernels: str, bits: int) -
 
 def fold_masks(theta: PyTree, masks: PyTree, rules: tuple) -> PyTree:
   """Masked θ (mask stages wrapping each slot as {'w': …}) → base θ with zeros stored."""
-  from reparam_jax.reparam.mask import aux_stages, get_in, set_in  # noqa: PLC0415
-  from reparam_jax.sparsity.update import subtree  # noqa: PLC0415
+  from reparam_jax.reparam.transforms.mask import aux_stages, get_in, set_in  # noqa: PLC0415
+  from reparam_jax.reparam.transforms.mask_update import subtree  # noqa: PLC0415
 
   def fn(path, rule, t):
     if rule is None:

@@ -19,10 +19,12 @@ from typing import Any, Sequence
 import jax
 from flax.core import meta
 
+from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.reparam.base import materialize
 from reparam_jax.reparam.intercept import dense_to_theta
 from reparam_jax.reparam.rules import Plan, map_theta, path_key
+from reparam_jax.rundir import checkpoint
 
 PyTree = Any
 
@@ -54,10 +56,8 @@ def reparam_to_dense(params: PyTree, reparam_cfg: Any) -> PyTree:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-  from reparam_jax import checkpoint, config_lib  # noqa: PLC0415  (orbax is slow to import)
-
   argv = list(sys.argv[1:] if argv is None else argv)
-  config, rest = config_lib.load(argv)
+  config, rest = config_load.load(argv)
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.convert", allow_abbrev=False)
   parser.add_argument("--direction", choices=("to_reparam", "to_dense"), required=True)
   parser.add_argument("--src", required=True, help="params checkpoint or training workdir")

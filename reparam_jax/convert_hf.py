@@ -41,6 +41,7 @@ from reparam_jax.hf.common import check_shapes, unflatten
 from reparam_jax.hf.files import read_config, read_weights, weights_file
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.models.heads import EncoderWithHeads
+from reparam_jax.rundir import checkpoint
 
 MODEL_FILE = "hf_model.json"
 SOURCE_FILE = "hf_source.json"
@@ -120,7 +121,7 @@ def model_section(cfg: TransformerConfig) -> dict[str, Any]:
 def overrides(cfg: TransformerConfig) -> tuple[list[str], list[str]]:
   """`--config.model.*` flags for the sizes and every field off its default:
   (those `base_config()` has, those only some configs define)."""
-  from reparam_jax.config_base import base_config  # noqa: PLC0415
+  from reparam_jax.config.base import base_config  # noqa: PLC0415
   known = set(base_config().model.keys())
   sizes = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len")
   flags: tuple[list[str], list[str]] = ([], [])
@@ -133,7 +134,6 @@ def overrides(cfg: TransformerConfig) -> tuple[list[str], list[str]]:
 
 def convert(folder: str, workdir: str) -> dict[str, Any]:
   """Imports `folder` into `workdir`; returns what was written."""
-  from reparam_jax import checkpoint  # noqa: PLC0415 (orbax is slow to import)
   from reparam_jax.data import hf_tokenizers  # noqa: PLC0415
 
   params, cfg, heads, source = import_folder(folder)

@@ -28,6 +28,7 @@ from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.hf import family
 from reparam_jax.hf.common import check_shapes, flatten
 from reparam_jax.models import TransformerConfig, transformer_config
+from reparam_jax.rundir import checkpoint
 
 _HEAD_KEYS = ("mlm_head", "nsp_head", "classifier")
 
@@ -96,7 +97,6 @@ def _heads(flat: dict[str, np.ndarray], source_heads: dict[str, Any]) -> dict[st
 def load_for_export(workdir: str) -> tuple[dict[str, np.ndarray], TransformerConfig,
                                            dict[str, Any], dict[str, Any]]:
   """(flat dense params, model config, heads, convert_hf source info) of a run or import."""
-  from reparam_jax import checkpoint  # noqa: PLC0415 (orbax is slow to import)
 
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is not a directory")

@@ -63,10 +63,10 @@ def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = No
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-  from reparam_jax import config_lib  # noqa: PLC0415
+  from reparam_jax.config import load as config_load  # noqa: PLC0415
 
   argv = list(sys.argv[1:] if argv is None else argv)
-  config, rest = config_lib.load(argv)
+  config, rest = config_load.load(argv)
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.report", allow_abbrev=False)
   parser.add_argument("--vocab_size", type=int, default=0,
                       help="vocabulary size when config.model.vocab_size is 0")

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reparam_jax import trainer
 from reparam_jax.data.tokenizers import load_tokenizer
 from reparam_jax.errors import UserError, exit_on_user_error
-from reparam_jax.sparsity.evaluate import AUX_COLLECTION, load_run
 from reparam_jax.tasks.lm import lm_model
+from reparam_jax.training import steps
+from reparam_jax.training.evaluate import AUX_COLLECTION, load_run
 
 
 def generate(apply_fn, params, prompt_ids: np.ndarray, num_tokens: int, context: int,
@@ -60,7 +60,7 @@ def main(argv: Sequence[str]) -> str:
   run = load_run(args.workdir)  # config, params and, for pruned runs, their masks
   config = run.config
   tokenizer = load_tokenizer(args.workdir)
-  model = trainer.ReparamHooks(config.reparam).wrap(lm_model(config, tokenizer.vocab_size))
+  model = steps.ReparamHooks(config.reparam).wrap(lm_model(config, tokenizer.vocab_size))
   params = run.params
   extra = {AUX_COLLECTION: run.masks} if run.masks is not None else {}
   prompt = tokenizer.encode(args.prompt)

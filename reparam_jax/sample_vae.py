@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reparam_jax import checkpoint, trainer
 from reparam_jax.data import lines
 from reparam_jax.data.tokenizers import load_tokenizer
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.models.text_vae import TextVAE
-from reparam_jax.sparsity.evaluate import load_config as load_run_config
+from reparam_jax.rundir import checkpoint
 from reparam_jax.tasks.text_vae import vae_model
+from reparam_jax.training import steps
+from reparam_jax.training.evaluate import load_config as load_run_config
 
 
 def decode_batch(model: TextVAE, params, z_NxZ: np.ndarray, seq_len: int, temperature: float,
@@ -83,7 +84,7 @@ def main(argv: Sequence[str]) -> list[str]:
   if config.get("task") != "text_vae":
     raise UserError(f"{args.workdir} is a {config.get('task')!r} run, not a text_vae run")
   tokenizer = load_tokenizer(args.workdir)
-  model = trainer.ReparamHooks(config.reparam).wrap(vae_model(config, tokenizer.vocab_size))
+  model = steps.ReparamHooks(config.reparam).wrap(vae_model(config, tokenizer.vocab_size))
   params = checkpoint.load_params(args.workdir)
   rng = jax.random.key(args.seed)
 

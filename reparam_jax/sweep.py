@@ -7,7 +7,7 @@ Usage (from the repository root)::
       [--launcher_args="..."] [--train_module=reparam_jax.train] [--config.a.b=v ...]
 
 The sweep is the config file's ``get_sweep(hyper)`` (``hyper`` is
-`reparam_jax.sweeps_lib`; a config without one is a single point). Each point
+`reparam_jax.sweeps.hyper`; a config without one is a single point). Each point
 runs ``python -m reparam_jax.train --config=... --workdir=ROOT/<name>
 --config.k=v ...`` where ``<name>`` is built from the point's overrides, e.g.
 ``reparam.rank=16,seed=1`` (keys sorted, ``config`` first and ``seed`` last,
@@ -49,8 +49,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Sequence
 
-from reparam_jax import config_lib, sweeps_lib
+from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.sweeps import hyper
 
 DEFAULT_TRAIN_MODULE = "reparam_jax.train"
 LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"
@@ -129,10 +130,10 @@ def point_name(overrides: Mapping[str, Any], config: str | None = None) -> str:
   """Stable, filesystem-safe directory name for a point."""
   items: list[tuple[str, str]] = []
   if config is not None:
-    items.append((sweeps_lib.CONFIG_KEY, config_label(config)))
-  keys = sorted(k for k in overrides if k != sweeps_lib.SEED_KEY)
-  if sweeps_lib.SEED_KEY in overrides:
-    keys.append(sweeps_lib.SEED_KEY)
+    items.append((hyper.CONFIG_KEY, config_label(config)))
+  keys = sorted(k for k in overrides if k != hyper.SEED_KEY)
+  if hyper.SEED_KEY in overrides:
+    keys.append(hyper.SEED_KEY)
   items += [(k, format_value(overrides[k])) for k in keys]
   if not items:
     return "base"
@@ -151,8 +152,8 @@ def make_points(sweep: Sequence[Mapping[str, Any]], base_config: str, root: str 
   extra_keys = {a.split("=", 1)[0][len("--config."):] for a in extra_args}
   out: dict[str, RunPoint] = {}
   for raw in sweep:
-    p = {sweeps_lib.normalize_key(k): v for k, v in raw.items()}
-    config = p.pop(sweeps_lib.CONFIG_KEY, None)
+    p = {hyper.normalize_key(k): v for k, v in raw.items()}
+    config = p.pop(hyper.CONFIG_KEY, None)
     clash = extra_keys & set(p)
     if clash:
       raise UserError(f"--config.{sorted(clash)[0]} is given on the command line and also swept; "
@@ -174,7 +175,7 @@ def make_points(sweep: Sequence[Mapping[str, Any]], base_config: str, root: str 
 
 def load_module(path: str | os.PathLike[str], what: str = "config") -> ModuleType:
   """Imports a Python file by path; a missing file is a one-line `UserError`."""
-  return config_lib.import_file(str(path), what)
+  return config_load.import_file(str(path), what)
 
 
 def _call_with_optional_arg(fn: Any, *args: Any, arg: str | None) -> Any:
@@ -533,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--workdir is required")
   sweep = get_sweep(args.config)
   if args.seeds:
-    sweep = sweeps_lib.with_seeds(sweep, args.seeds)
+    sweep = hyper.with_seeds(sweep, args.seeds)
   points = make_points(sweep, args.config, args.workdir, extra)
   if args.validate:
     validate_points(points, source=args.config)

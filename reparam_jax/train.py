@@ -21,14 +21,16 @@ import flax.linen as nn
 import jax
 import tqdm
 
-from reparam_jax import (checkpoint, config_lib, freezing, optim, reliability, sharding, trainer,
-                         validation)
-from reparam_jax import early_stopping, regularizers
+from reparam_jax import regularizers
+from reparam_jax.config import load as config_load
+from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.errors import UserError, exit_on_user_error
-from reparam_jax.metrics import MetricWriter, read_jsonl
 from reparam_jax.perf.accounting import MfuMeter
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import MetricWriter, read_jsonl
 from reparam_jax.tasks import make_task
+from reparam_jax.training import early_stopping, freezing, optim, reliability, sharding, steps
 
 
 def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -141,8 +143,8 @@ def evaluate(eval_step, state, task, batch_sharding) -> dict[str, float]:
 
 @exit_on_user_error
 def main(argv: Sequence[str]) -> dict[str, float]:
-  config, rest = config_lib.load(argv)
-  validation.validate_config(config)
+  config, rest = config_load.load(argv)
+  config_validate.validate_config(config)
   flags, _ = parse_flags(rest)
   if "workdir" not in flags:
     raise UserError("missing --workdir=DIR (where checkpoints and metrics go)")
@@ -160,26 +162,26 @@ def main(argv: Sequence[str]) -> dict[str, float]:
     reliability.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
   task = make_task(config, workdir)
-  hooks = trainer.ReparamHooks(config.reparam)
+  hooks = steps.ReparamHooks(config.reparam)
   regularizer = regularizers.Regularizer(config.get("reg"), config.reparam)
   early = early_stopping.EarlyStopping.from_config(config.get("early_stopping"), workdir)
   model = hooks.wrap(task.model())
   schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
   rng = jax.random.key(config.seed)
-  state, state_shardings, tx = trainer.create_train_state(
-      trainer.init_variables_fn(model, task.init_args()),
+  state, state_shardings, tx = steps.create_train_state(
+      steps.init_variables_fn(model, task.init_args()),
       lambda p: optim.make_optimizer(config.optimizer, config.num_steps, freezing.combine(
           hooks.trainable_mask(p), freezing.trainable_mask(p, config.get("finetune")))),
       mesh, rules, rng)
   if config.init_from:
     # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.
     params, init_summary = checkpoint.load_matching_params(
-        config.init_from, trainer.abstract_like(state.params, state_shardings.params),
+        config.init_from, steps.abstract_like(state.params, state_shardings.params),
         state.params)
     state = state.replace(params=params)
     if is_main:
       print(init_summary, flush=True)
-  n_params = trainer.count_params(state.params)
+  n_params = steps.count_params(state.params)
   if is_main:
     print(f"model: {n_params:,} stored parameters; mesh {dict(mesh.shape)}; "
           f"{jax.device_count()} devices, {jax.process_count()} processes", flush=True)
@@ -203,7 +205,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
                                  save_retries=rel.save_retries,
                                  retry_wait_s=rel.save_retry_wait_s)
   start_step, restored = ckpt.restore_latest_good(
-      trainer.abstract_like(state, state_shardings), train_iter)
+      steps.abstract_like(state, state_shardings), train_iter)
   if start_step:
     state = restored
     if is_main:
@@ -221,13 +223,13 @@ def main(argv: Sequence[str]) -> dict[str, float]:
   writer = MetricWriter(workdir, resume_step=start_step)
 
   train_step = jax.jit(
-      trainer.make_train_step(model, task, tx, hooks, schedule,
+      steps.make_train_step(model, task, tx, hooks, schedule,
                               config.optimizer.grad_accum_steps, jax.random.fold_in(rng, 1),
                               nan_at_step=rel.nan_at_step,
                               penalties=regularizer.penalty if regularizer.active else None),
       in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
       donate_argnums=(0,))
-  eval_step = jax.jit(trainer.make_eval_step(model, task),
+  eval_step = jax.jit(steps.make_eval_step(model, task),
                       in_shardings=(state_shardings, batch_sharding))
 
   preemption = reliability.PreemptionWatcher(rel.preemption_sync_every, rel.preemption_grace_s)
@@ -297,7 +299,7 @@ def main(argv: Sequence[str]) -> dict[str, float]:
           return {"step": step, "preempted": True}
       if early.active:  # the best params become the final checkpoint and done.json's
         state, last_eval = early.restore_best(
-            state, trainer.abstract_like(state.params, state_shardings.params),
+            state, steps.abstract_like(state.params, state_shardings.params),
             lambda s: evaluate(eval_step, s, task, batch_sharding))
         ckpt.save(early.final_step(config.num_steps), state, _Snapshot(train_iter), force=True)
       if not last_eval:  # resumed from the final checkpoint of a run killed before done.json

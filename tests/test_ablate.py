@@ -111,7 +111,7 @@ def test_table_mean_std_from_recorded_metrics(tmp_path: Path) -> None:
 
 
 def test_pivot_columns(tmp_path: Path) -> None:
-  from reparam_jax import sweeps_lib as h
+  from reparam_jax.sweeps import hyper as h
   exp = Experiment(name="grid", config="c.py", seeds=1, rows=("lr",), columns="size",
                    sweep=h.product(h.sweep("lr", [0.1, 0.2]), h.sweep("size", [1, 2])),
                    metrics=["eval/loss"], curves=())

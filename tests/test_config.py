@@ -2,13 +2,13 @@
 
 import pytest
 
-from reparam_jax import config_lib
+from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
 from tests.helpers import QUICKSTART, run_train_subprocess
 
 
 def test_overrides_are_typed():
-  config, rest = config_lib.load([f"--config={QUICKSTART}", "--config.optimizer.lr=3e-4",
+  config, rest = config_load.load([f"--config={QUICKSTART}", "--config.optimizer.lr=3e-4",
                                   "--config.model.num_layers=2", "--config.model.rope=true",
                                   "--config.data.tokenizer=sentencepiece", "--workdir=/x"])
   assert config.optimizer.lr == 3e-4 and isinstance(config.optimizer.lr, float)
@@ -28,12 +28,12 @@ def test_overrides_are_typed():
 ])
 def test_bad_overrides_name_the_problem(override, message):
   with pytest.raises(UserError, match=message):
-    config_lib.load([f"--config={QUICKSTART}", override])
+    config_load.load([f"--config={QUICKSTART}", override])
 
 
 def test_missing_config_file():
   with pytest.raises(UserError, match="does not exist"):
-    config_lib.load(["--config=configs/nope.py"])
+    config_load.load(["--config=configs/nope.py"])
 
 
 @pytest.mark.parametrize("override,message", [

@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, config_lib, freezing, optim, sharding, train, trainer
+from reparam_jax import train
+from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.rundir import checkpoint
 from reparam_jax.tasks import make_task
+from reparam_jax.training import freezing, optim, sharding, steps
 from tests.helpers import tiny_args
 
 
@@ -91,12 +94,12 @@ def test_combine_accepts_a_prefix_mask():
 
 def _initial_params(args):
   """The params `train.main` starts from: same config, seed and (jitted, sharded) init."""
-  config, _ = config_lib.load(args)
+  config, _ = config_load.load(args)
   task = make_task(config, None)
-  model = trainer.ReparamHooks(config.reparam).wrap(task.model())
+  model = steps.ReparamHooks(config.reparam).wrap(task.model())
   mesh = sharding.make_mesh(config.mesh)
-  state, _, _ = trainer.create_train_state(
-      trainer.init_variables_fn(model, task.init_args()),
+  state, _, _ = steps.create_train_state(
+      steps.init_variables_fn(model, task.init_args()),
       lambda p: optim.make_optimizer(config.optimizer, config.num_steps), mesh,
       sharding.rules_tuple(config.axis_rules), jax.random.key(config.seed))
   return state.params

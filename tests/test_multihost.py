@@ -17,9 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, train
+from reparam_jax import train
 from reparam_jax.errors import UserError
-from reparam_jax.metrics import read_jsonl
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 from tests.helpers import REPO, run_train_subprocess, tiny_args
 
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)

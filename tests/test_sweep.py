@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reparam_jax import sweep, sweeps_lib as h
+from reparam_jax import sweep
+from reparam_jax.sweeps import hyper as h
 
 REPO = Path(__file__).resolve().parent.parent
 

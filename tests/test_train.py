@@ -15,9 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, config_lib, optim, sharding, train, trainer
-from reparam_jax.metrics import read_jsonl
+from reparam_jax import train
+from reparam_jax.config import load as config_load
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.training import optim, sharding, steps
 from tests.helpers import REPO, run_train_subprocess, tensorboard_scalars, tiny_args
 
 
@@ -116,9 +119,9 @@ def _tiny_state(mesh, rules):
   cfg = TransformerConfig(vocab_size=65, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
                           max_len=16)
   model = Transformer(cfg)
-  opt_cfg = config_lib.load_config_file("configs/lm/shakespeare_char.py").optimizer
-  return model, trainer.create_train_state(
-      trainer.init_variables_fn(model, (np.zeros((1, 16), np.int32),)),
+  opt_cfg = config_load.load_config_file("configs/lm/shakespeare_char.py").optimizer
+  return model, steps.create_train_state(
+      steps.init_variables_fn(model, (np.zeros((1, 16), np.int32),)),
       lambda p: optim.make_optimizer(opt_cfg, 100), mesh, rules, jax.random.key(0))
 
 

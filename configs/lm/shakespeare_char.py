@@ -30,7 +30,7 @@ eval/loss is the exact per-character loss over the whole validation split
 (111,540 characters), not an estimate from random batches.
 """
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 
 # Every matrix of every block: the weights the transform configs reparameterize
 # (embeddings and LayerNorms stay dense).

@@ -17,7 +17,7 @@ Measured (seed 0): 1,429,762 stored parameters, dev accuracy 80.5% (F1 macro
 Expected: dev accuracy ≈ 80% (±1.3%).
 """
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 from reparam_jax.tasks.encoder import encoder_defaults
 
 

@@ -14,7 +14,7 @@ short: it must fit, with fine-tuning, in ~20 CPU-minutes).  NSP is off: SST-2
 rows are unordered phrases (see docs/tasks.md for NSP on Tiny Shakespeare).
 """
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 from reparam_jax.tasks.encoder import encoder_defaults
 
 

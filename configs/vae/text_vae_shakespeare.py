@@ -35,7 +35,7 @@ speaker lines "KING RICHARD III:" and "First Citizen:" decodes "CORIO:",
 reconstruct): at this size z encodes line type and length more than content.
 """
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 from reparam_jax.tasks.text_vae import vae_section
 
 MEASURED = {"step": 1000, "eval/loss": 72.08, "eval/rec": 68.44, "eval/kl": 3.63,

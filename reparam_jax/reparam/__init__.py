@@ -26,12 +26,21 @@ import optax
 from flax.core import meta
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam import lora as _lora
-from reparam_jax.reparam.base import TRANSFORMS, LoRAKernel, LowRankKernel, LatentKernel, \
-  Transform, WrapperTransform, compose, materialize, register
+from reparam_jax.reparam.base import (
+  TRANSFORMS,
+  LatentKernel,
+  LoRAKernel,
+  LowRankKernel,
+  Transform,
+  WrapperTransform,
+  compose,
+  materialize,
+  register,
+)
 from reparam_jax.reparam.intercept import dense_to_theta, effective, wrap
 from reparam_jax.reparam.rules import Plan, map_theta, parse_spec
 from reparam_jax.reparam.stats import format_report, report_rows, weight_stats
+from reparam_jax.reparam.transforms import lora as _lora
 
 __all__ = [
     "TRANSFORMS", "LoRAKernel", "LatentKernel", "LowRankKernel", "Plan", "Transform",
@@ -72,7 +81,7 @@ def penalty(params: PyTree, reparam_cfg: Any, step: jax.Array | int
 
 def has_aux_state(reparam_cfg: Any) -> bool:
   """Whether any rule has a stage with non-trainable state (a sparsity mask)."""
-  from reparam_jax.reparam.mask import has_aux  # noqa: PLC0415
+  from reparam_jax.reparam.transforms.mask import has_aux  # noqa: PLC0415
   return any(has_aux(r.node) for r in Plan.from_config(reparam_cfg).rules)
 
 
@@ -83,7 +92,7 @@ def update_extra(params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array,
   `params` and `grads` are the step's (pre-update) θ and its gradient; returns
   the new non-param collections and metrics (`sparsity`).
   """
-  from reparam_jax.sparsity.update import update_extra as _update  # noqa: PLC0415
+  from reparam_jax.reparam.transforms.mask_update import update_extra as _update  # noqa: PLC0415
   return _update(params, grads, extra, step, reparam_cfg)
 
 

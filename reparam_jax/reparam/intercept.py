@@ -38,8 +38,8 @@ from flax.core.scope import subtract_filters
 from flax.linen.transforms import lift_transform
 
 from reparam_jax.reparam.base import materialize
-from reparam_jax.reparam.mask import AUX_COLLECTION, has_aux, init_aux, join_aux
 from reparam_jax.reparam.rules import Plan, dense_leaves, map_theta, path_key
+from reparam_jax.reparam.transforms.mask import AUX_COLLECTION, has_aux, init_aux, join_aux
 
 PyTree = Any
 

@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 
 from reparam_jax.errors import UserError
+from reparam_jax.reparam.transforms import mask, quant  # noqa: F401,E402  (sparsity, quantization)
 from reparam_jax.reparam.base import TRANSFORMS, compose
 
 # Importing registers the built-in transforms.
-from reparam_jax.reparam import lora, lowrank, spherical, variational  # noqa: F401,E402
-from reparam_jax.reparam import mask, quant  # noqa: F401,E402  (sparsity, quantization)
+from reparam_jax.reparam.transforms import lora, lowrank, spherical, variational  # noqa: F401,E402
 
 
 def parse_stage(text: str) -> Any:

@@ -86,7 +86,7 @@ def threshold_sweep(params: PyTree, thresholds: Sequence[float], reparam_cfg: An
 def main(argv: Sequence[str] | None = None) -> str:
   import argparse  # noqa: PLC0415
 
-  from reparam_jax.sparsity.evaluate import load_run  # noqa: PLC0415
+  from reparam_jax.training.evaluate import load_run  # noqa: PLC0415
 
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.report")
   parser.add_argument("--workdir", required=True, help="training workdir or compress output")

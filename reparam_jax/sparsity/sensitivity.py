@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
 from reparam_jax.reparam.rules import Plan
-from reparam_jax.sparsity.update import Entry, _expand_groups, collect, write_back
+from reparam_jax.reparam.transforms.mask_update import Entry, _expand_groups, collect, write_back
 
 PyTree = Any
 
@@ -125,11 +125,11 @@ def sensitivity_prune(params: PyTree, masks: PyTree, rules: tuple, metric: Calla
 def main(argv: Sequence[str] | None = None) -> dict:
   import argparse  # noqa: PLC0415
 
-  from reparam_jax import checkpoint  # noqa: PLC0415
   from reparam_jax.convert import dense_to_reparam  # noqa: PLC0415
   from reparam_jax.reparam.intercept import init_aux_tree  # noqa: PLC0415
-  from reparam_jax.sparsity.evaluate import Evaluator, load_run  # noqa: PLC0415
+  from reparam_jax.rundir import checkpoint  # noqa: PLC0415
   from reparam_jax.sparsity.report import format_sparsity, sparsity_rows  # noqa: PLC0415
+  from reparam_jax.training.evaluate import Evaluator, load_run  # noqa: PLC0415
 
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.sensitivity")
   parser.add_argument("--workdir", required=True, help="a trained dense run")

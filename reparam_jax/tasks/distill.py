@@ -30,16 +30,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reparam_jax import checkpoint
 from reparam_jax.errors import UserError
 from reparam_jax.models.heads import EncoderWithHeads
 from reparam_jax.models.layers import Dense
 from reparam_jax.objectives.classification import classification_loss
 from reparam_jax.objectives.contrastive import info_nce
 from reparam_jax.objectives.distillation import hidden_mse, kd_loss
+from reparam_jax.rundir import checkpoint
 from reparam_jax.tasks.classify import ClassificationTask
-from reparam_jax.tasks.encoder import (classifier_init_args, encoder_model, read_run_config,
-                                       section, two_views)
+from reparam_jax.tasks.encoder import (
+  classifier_init_args,
+  encoder_model,
+  read_run_config,
+  section,
+  two_views,
+)
 
 Batch = dict[str, Any]
 

@@ -11,7 +11,7 @@ import pytest
 
 from reparam_jax import compress, train
 from reparam_jax.errors import UserError
-from reparam_jax.sparsity.evaluate import Evaluator, load_run
+from reparam_jax.training.evaluate import Evaluator, load_run
 from tests.helpers import tiny_args
 
 

@@ -12,9 +12,9 @@ import pytest
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam.rules import Plan
-from reparam_jax.sparsity import schedule
+from reparam_jax.reparam.transforms import mask_schedule as schedule
+from reparam_jax.reparam.transforms.mask_update import collect, prune_now, update_extra
 from reparam_jax.sparsity.report import sparsity_rows
-from reparam_jax.sparsity.update import collect, prune_now, update_extra
 
 KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
 CFG = TransformerConfig(vocab_size=32, num_layers=2, num_heads=4, embed_dim=16, mlp_dim=40,
@@ -218,8 +218,8 @@ def test_masked_model_equals_the_model_with_pruned_entries_zeroed():
 
 
 def test_mask_then_quant_stack_is_mask_times_quantized_weight():
-  from reparam_jax.reparam.mask import join_aux
-  from reparam_jax.reparam.quant import fake_quant, max_scale
+  from reparam_jax.reparam.transforms.mask import join_aux
+  from reparam_jax.reparam.transforms.quant import fake_quant, max_scale
   node = reparam.parse_spec("mask|quant(bits=4)")
   w = jax.random.normal(jax.random.key(0), (8, 6))
   theta = node.from_dense(w)
@@ -231,7 +231,7 @@ def test_mask_then_quant_stack_is_mask_times_quantized_weight():
 
 
 def test_masks_shard_like_their_weight():
-  from reparam_jax import sharding
+  from reparam_jax.training import sharding
   rc = _rc((KERNELS, "mask(method=movement)"))
   wrapped = reparam.wrap(Transformer(CFG), rc)
   abstract = jax.eval_shape(wrapped.init, jax.random.key(0), IDS)

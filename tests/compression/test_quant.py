@@ -12,7 +12,13 @@ import pytest
 from reparam_jax import reparam
 from reparam_jax.convert import dense_to_reparam
 from reparam_jax.models import Transformer, TransformerConfig
-from reparam_jax.reparam.quant import dequantize, fake_quant, fake_quant_tokens, qmax, quantize
+from reparam_jax.reparam.transforms.quant import (
+  dequantize,
+  fake_quant,
+  fake_quant_tokens,
+  qmax,
+  quantize,
+)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

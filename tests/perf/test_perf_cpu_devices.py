@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from reparam_jax import config_lib, validation
+from reparam_jax.config import load as config_load
+from reparam_jax.config import validate as config_validate
 from reparam_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +50,7 @@ def test_explicit_xla_device_count_flag_wins():
 
 
 def test_negative_cpu_devices_is_a_config_error():
-  config = config_lib.load_config_file(os.path.join(REPO, "configs", "lm", "shakespeare_char.py"))
+  config = config_load.load_config_file(os.path.join(REPO, "configs", "lm", "shakespeare_char.py"))
   config.perf.cpu_devices = -1
   with pytest.raises(UserError, match=r"config.perf.cpu_devices=-1: expected 0 .JAX's default."):
-    validation.validate_config(config)
+    config_validate.validate_config(config)

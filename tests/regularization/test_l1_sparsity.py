@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 from reparam_jax.regularizers import Regularizer
 from reparam_jax.regularizers.threshold import format_rows, threshold_counts
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reparam_jax.regularizers import norms
-from reparam_jax.reparam.lowrank import svd_factors
+from reparam_jax.reparam.transforms.lowrank import svd_factors
 
 
 def _rand(shape, seed=0):

@@ -8,13 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from reparam_jax import optim, reparam
-from reparam_jax.config_base import base_config
+from reparam_jax import reparam
+from reparam_jax.config.base import base_config
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.regularizers import Regularizer, norms, parse_spec
 from reparam_jax.regularizers.decay import decay_mask_fn
 from reparam_jax.regularizers.spec import Term
+from reparam_jax.training import optim
 
 MODEL = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, vocab_size=11, max_len=8,
              causal=True)

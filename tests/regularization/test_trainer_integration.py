@@ -8,10 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, config_lib, optim, sharding, train, trainer
-from reparam_jax.early_stopping import EarlyStopping
-from reparam_jax.metrics import read_jsonl
+from reparam_jax import train
+from reparam_jax.config import load as config_load
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 from reparam_jax.tasks import make_task
+from reparam_jax.training import optim, sharding, steps
+from reparam_jax.training.early_stopping import EarlyStopping
 from tests.helpers import QUICKSTART, tiny_args
 
 PENALTIES = ("l1", "l2", "nuclear", "orthogonal")
@@ -85,7 +88,7 @@ def test_rerun_of_an_early_stopped_run_trains_no_further(es_run, raw_data_dir, t
 
 def test_counters_replayed_from_metrics_match_the_live_ones(es_run):
   workdir, final = es_run
-  cfg = config_lib.load_config_file(QUICKSTART).early_stopping
+  cfg = config_load.load_config_file(QUICKSTART).early_stopping
   cfg.metric, cfg.patience = "eval/loss", 3
   live = EarlyStopping.from_config(cfg, workdir)
   for step, loss in _evals(workdir):
@@ -127,17 +130,17 @@ def test_dropout_is_active_in_training_only(which, tmp_path, raw_data_dir, tfds_
   """The train step's loss depends on its (step-derived) dropout rng; evaluation does not
   drop out: it equals the same params' evaluation in a model without dropout."""
   args = tiny_args(str(tmp_path), raw_data_dir, tfds_dir, **{f"model__{k}": 0.5 for k in which})
-  config, _ = config_lib.load(args)
+  config, _ = config_load.load(args)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_tuple(config.axis_rules)
   task = make_task(config, str(tmp_path))
-  hooks = trainer.ReparamHooks(config.reparam)
+  hooks = steps.ReparamHooks(config.reparam)
   model = task.model()
-  state, _, tx = trainer.create_train_state(
-      trainer.init_variables_fn(model, task.init_args()),
+  state, _, tx = steps.create_train_state(
+      steps.init_variables_fn(model, task.init_args()),
       lambda p: optim.make_optimizer(config.optimizer, 10), mesh, rules, jax.random.key(0))
   batch = next(task.train_iterator())
-  step = jax.jit(trainer.make_train_step(model, task, tx, hooks,
+  step = jax.jit(steps.make_train_step(model, task, tx, hooks,
                                          optim.learning_rate_schedule(config.optimizer, 10), 1,
                                          jax.random.key(1)))
   with jax.set_mesh(mesh):
@@ -153,6 +156,6 @@ def test_dropout_is_active_in_training_only(which, tmp_path, raw_data_dir, tfds_
   plain = make_task(config, str(tmp_path)).model()
   eval_batch = next(iter(task.eval_batches()))
   with jax.set_mesh(mesh):
-    got = trainer.make_eval_step(model, task)(state, eval_batch)
-    want = trainer.make_eval_step(plain, task)(state, eval_batch)
+    got = steps.make_eval_step(model, task)(state, eval_batch)
+    want = steps.make_eval_step(plain, task)(state, eval_batch)
   np.testing.assert_allclose(float(got["loss_sum"]), float(want["loss_sum"]), rtol=1e-6)

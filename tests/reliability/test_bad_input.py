@@ -8,8 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reparam_jax import config_lib, train, validation
-from reparam_jax.config_base import base_config
+from reparam_jax import train
+from reparam_jax.config import load as config_load
+from reparam_jax.config import validate as config_validate
+from reparam_jax.config.base import base_config
 from reparam_jax.data import tfds_builders
 from reparam_jax.errors import UserError
 from tests.helpers import QUICKSTART, tiny_args
@@ -60,15 +62,15 @@ def test_bad_override_is_one_line_exit_2(case, tmp_path, raw_data_dir, prepared_
 
 
 def test_every_problem_is_reported_on_its_own_line():
-  config = config_lib.apply_overrides(config_lib.load_config_file(QUICKSTART), [
+  config = config_load.apply_overrides(config_load.load_config_file(QUICKSTART), [
       ("seq_len", "0"), ("optimizer.b2", "1.5"), ("keep_checkpoints", "-1")])
   with pytest.raises(UserError) as info:
-    validation.validate_config(config)
+    config_validate.validate_config(config)
   lines = f"error: {info.value}".splitlines()
   assert len(lines) == 3 and all(line.startswith("error: config.") for line in lines)
 
 
-KEYS = config_lib.flat_keys(base_config())
+KEYS = config_load.flat_keys(base_config())
 TEXT = st.one_of(
     st.sampled_from(["0", "-1", "1", "2", "1e30", "-1e-3", "nan", "inf", "-inf", "0.5", "1.0",
                      "true", "false", "none", "", "()", "(1, 2)", "[]", "{}", "'x'", "abc",
@@ -83,16 +85,16 @@ KEY = st.one_of(st.sampled_from(KEYS), st.text(alphabet=string.ascii_lowercase +
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(KEY, TEXT), min_size=1, max_size=4))
 def test_random_overrides_give_a_valid_config_or_a_clean_user_error(overrides):
-  config = config_lib.load_config_file(QUICKSTART)
+  config = config_load.load_config_file(QUICKSTART)
   try:
-    config_lib.apply_overrides(config, overrides)
-    validation.validate_config(config)
+    config_load.apply_overrides(config, overrides)
+    config_validate.validate_config(config)
   except UserError as e:
     assert str(e).strip() and "Traceback" not in str(e)
     return
   # Accepted: every trainer field still has its declared type and a sane value.
-  base = dict(validation._flatten(base_config()))
-  for key, value in validation._flatten(config):
+  base = dict(config_validate._flatten(base_config()))
+  for key, value in config_validate._flatten(config):
     if key in base and base[key] is not None and not isinstance(base[key], (tuple, list)):
       want = float if isinstance(base[key], float) else type(base[key])
       assert isinstance(value, (int, float) if want is float else want), (key, value)

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, reliability
 from reparam_jax.errors import CheckpointError, UserError
+from reparam_jax.rundir import checkpoint
+from reparam_jax.training import reliability
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,7 +166,7 @@ _BLOCKED_WITH_DATA_ITERATOR = """
 import os, sys
 import grain.python as grain
 import jax.numpy as jnp
-from reparam_jax import checkpoint
+from reparam_jax.rundir import checkpoint
 from reparam_jax.errors import CheckpointError
 root = sys.argv[1]
 data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())

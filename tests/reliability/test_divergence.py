@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, train
-from reparam_jax.metrics import read_jsonl
+from reparam_jax import train
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 from tests.helpers import tiny_args
 
 

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, train
-from reparam_jax.metrics import read_jsonl
+from reparam_jax import train
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 from tests.helpers import REPO, tiny_args
 
 STEPS = 16
@@ -154,7 +155,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
 def test_grace_period_bounds_a_stuck_shutdown():
   """If the checkpoint after a signal hangs, the watchdog exits (143) at the grace period."""
   code = ("import os, signal, time\n"
-          "from reparam_jax.reliability import PreemptionWatcher\n"
+          "from reparam_jax.training.reliability import PreemptionWatcher\n"
           "w = PreemptionWatcher(grace_s=1.0)\n"
           "os.kill(os.getpid(), signal.SIGTERM)\n"
           "time.sleep(60)\n")

@@ -9,13 +9,18 @@ import pytest
 from jax.test_util import check_grads
 
 from reparam_jax.reparam import materialize
-from reparam_jax.reparam.base import Wrapped, SlotMapped
-from reparam_jax.reparam.lora import LoRA, merge, unmerge
-from reparam_jax.reparam.lowrank import LowRank, als_factors, svd_factors
+from reparam_jax.reparam.base import SlotMapped, Wrapped
 from reparam_jax.reparam.rules import parse_spec
-from reparam_jax.reparam.spherical import Hypersphere, Spherical, WeightNorm, from_spherical, \
-  to_spherical
-from reparam_jax.reparam.variational import Latent, Variational, gaussian_kl
+from reparam_jax.reparam.transforms.lora import LoRA, merge, unmerge
+from reparam_jax.reparam.transforms.lowrank import LowRank, als_factors, svd_factors
+from reparam_jax.reparam.transforms.spherical import (
+  Hypersphere,
+  Spherical,
+  WeightNorm,
+  from_spherical,
+  to_spherical,
+)
+from reparam_jax.reparam.transforms.variational import Latent, Variational, gaussian_kl
 
 KEY = jax.random.key(0)
 
@@ -251,6 +256,6 @@ def test_stack_equals_hand_composition():
 @pytest.mark.parametrize("rank", [0, -1, 9])
 def test_lora_rank_outside_the_matrix_is_a_user_error(rank):
   from reparam_jax.errors import UserError
-  from reparam_jax.reparam.lora import LoRA
+  from reparam_jax.reparam.transforms.lora import LoRA
   with pytest.raises(UserError, match="lora: rank must be in"):
     LoRA(rank=rank).check((8, 16))

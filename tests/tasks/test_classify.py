@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint
 from reparam_jax.data.buckets import bucketed_loader
 from reparam_jax.errors import UserError
 from reparam_jax.objectives.classification import classification_loss, confusion_counts
+from reparam_jax.rundir import checkpoint
 from reparam_jax.tasks import classify_report
 from tests.tasks.encoder_helpers import VOCAB, init_params, tiny_encoder, train_few_steps
 

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from reparam_jax import checkpoint, train
-from reparam_jax.metrics import read_jsonl
+from reparam_jax import train
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 from tests.helpers import REPO
 
 TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 16, "model.mlp_dim": 32,

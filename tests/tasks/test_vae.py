@@ -9,10 +9,10 @@ import pytest
 from reparam_jax import sample_vae, train
 from reparam_jax.data import lines
 from reparam_jax.data.tokenizers import CharTokenizer
-from reparam_jax.metrics import read_jsonl
 from reparam_jax.models import TransformerConfig
 from reparam_jax.models.text_vae import TextVAE
 from reparam_jax.objectives import vae
+from reparam_jax.rundir.metrics import read_jsonl
 from tests.helpers import REPO
 
 

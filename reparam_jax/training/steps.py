@@ -18,8 +18,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from reparam_jax import reliability
-from reparam_jax import sharding as shd
+from reparam_jax.training import reliability
+from reparam_jax.training import sharding as shd
 
 PyTree = Any
 

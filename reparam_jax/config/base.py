@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from reparam_jax.sharding import DEFAULT_AXIS_RULES
+from reparam_jax.training.sharding import DEFAULT_AXIS_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:

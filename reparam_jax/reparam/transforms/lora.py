@@ -24,8 +24,14 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, LoRAKernel, WrapperTransform, materialize, need_2d, \
-  register
+from reparam_jax.reparam.base import (
+  Array,
+  LoRAKernel,
+  WrapperTransform,
+  materialize,
+  need_2d,
+  register,
+)
 
 
 @register

@@ -33,10 +33,18 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
-from reparam_jax.reparam.mask import AUX_COLLECTION, Mask, aux_stages, get_in, has_aux, \
-  parse_nm, set_in, weight_leaf
 from reparam_jax.reparam.rules import Plan, map_theta
-from reparam_jax.sparsity.schedule import is_update_step, target_sparsity
+from reparam_jax.reparam.transforms.mask import (
+  AUX_COLLECTION,
+  Mask,
+  aux_stages,
+  get_in,
+  has_aux,
+  parse_nm,
+  set_in,
+  weight_leaf,
+)
+from reparam_jax.reparam.transforms.mask_schedule import is_update_step, target_sparsity
 
 PyTree = Any
 

@@ -1,7 +1,7 @@
 """A trained run (config, params, masks) and its validation metric, for offline tools.
 
 Used by `reparam_jax.compress`, the sensitivity pruner and the sparsity report:
-the evaluation is the trainer's own eval step (`trainer.make_eval_step`) over
+the evaluation is the trainer's own eval step (`steps.make_eval_step`) over
 the task's validation split, exactly as `reparam_jax.train.evaluate` runs it.
 """
 
@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from reparam_jax import checkpoint, sharding, trainer
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.mask import AUX_COLLECTION
+from reparam_jax.reparam.transforms.mask import AUX_COLLECTION
+from reparam_jax.rundir import checkpoint
+from reparam_jax.training import sharding, steps
 
 PyTree = Any
 
@@ -92,8 +93,8 @@ class Evaluator:
     if key not in self._steps:
       cfg = ml_collections.ConfigDict(dict(self.config.reparam))
       cfg.rules = key
-      model = trainer.ReparamHooks(cfg).wrap(self.task.model())
-      self._steps[key] = jax.jit(trainer.make_eval_step(model, self.task))
+      model = steps.ReparamHooks(cfg).wrap(self.task.model())
+      self._steps[key] = jax.jit(steps.make_eval_step(model, self.task))
     return self._steps[key]
 
   def batches(self) -> list:
@@ -108,7 +109,7 @@ class Evaluator:
     replicated = sharding.replicated(self.mesh)
     params = jax.device_put(params, replicated)
     extra = {} if masks is None else {AUX_COLLECTION: jax.device_put(masks, replicated)}
-    state = trainer.TrainState(step=0, params=params, opt_state=None, extra=extra)
+    state = steps.TrainState(step=0, params=params, opt_state=None, extra=extra)
     if max_batches is None:  # the reported metric: exactly the trainer's evaluation
       from reparam_jax.train import evaluate  # noqa: PLC0415
       with jax.set_mesh(self.mesh):

@@ -18,7 +18,7 @@ bottom find them inside composed nodes.  Without the aux entries (a params-only
 tree, e.g. in `penalty` or a report) `apply` uses no mask.
 
 When and how M changes is set by the spec's fields and done by
-`reparam_jax.sparsity.update` inside the jitted train step (see
+`reparam_jax.reparam.transforms.mask_update` inside the jitted train step (see
 docs/compression.md): one-shot, gradual (Zhu & Gupta's cubic schedule),
 magnitude / movement / soft movement / threshold scores, unstructured, N:M or
 groups (attention heads, MLP neurons), per layer or global.

@@ -29,8 +29,15 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, LatentKernel, Transform, need_2d, register, rms, \
-  softplus_inv
+from reparam_jax.reparam.base import (
+  Array,
+  LatentKernel,
+  Transform,
+  need_2d,
+  register,
+  rms,
+  softplus_inv,
+)
 
 
 def gaussian_kl(mu: Array, sigma: Array, prior_std: float) -> Array:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from reparam_jax.config_base import base_config
+from reparam_jax.config.base import base_config
 from reparam_jax.errors import UserError
 
 ConfigDict = ml_collections.ConfigDict
@@ -186,7 +186,7 @@ def _mesh_problems(config: ConfigDict) -> Iterator[str]:
 
 
 def _axis_rule_problems(config: ConfigDict) -> Iterator[str]:
-  from reparam_jax.sharding import MESH_AXES  # noqa: PLC0415
+  from reparam_jax.training.sharding import MESH_AXES  # noqa: PLC0415
   rules = config.get("axis_rules")
   if rules is None:
     return

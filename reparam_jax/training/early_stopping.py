@@ -36,9 +36,9 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from reparam_jax import checkpoint
 from reparam_jax.errors import UserError
-from reparam_jax.metrics import read_jsonl
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.metrics import read_jsonl
 
 PyTree = Any
 
