@@ -29,7 +29,7 @@ from reparam_jax.training import steps
 
 
 def _phase_runners(r: StepRunner) -> dict[str, Any]:
-  loss_fn = steps.make_loss_fn(r.model, r.task, r.hooks)
+  loss_fn = steps.make_loss_fn(r.model, r.task, r.reparam)
   # The step donates its state: the other programs keep their own copy.
   params, extra = jax.tree.map(jnp.copy, (r.state.params, r.state.extra))
   rng, step = jax.random.key(r.config.seed), jnp.zeros((), jnp.int32)

@@ -32,6 +32,7 @@ def _bytes_on(tree: Any, device: Any) -> int:
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
   import jax  # noqa: PLC0415
+
   from bench.lm_step import StepRunner, quickstart_config  # noqa: PLC0415
   n = spec["devices"]
   overrides = dict(spec["overrides"], **{"mesh.data": 1, "mesh.fsdp": n, "mesh.tensor": 1})

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from reparam_jax.config import load as config_load
+from reparam_jax.reparam import Reparam
 from reparam_jax.tasks.lm import LanguageModelTask, lm_model
 from reparam_jax.training import optim, sharding, steps
 
@@ -49,8 +50,8 @@ class StepRunner:
                devices: list[Any] | None = None):
     self.config = config
     self.task = SyntheticLMTask(config, vocab_size)
-    self.hooks = steps.ReparamHooks(config.reparam)
-    self.model = self.hooks.wrap(self.task.model())
+    self.reparam = Reparam.from_config(config.reparam)
+    self.model = self.reparam.wrap(self.task.model())
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.rules_tuple(config.axis_rules)
     batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
@@ -62,11 +63,11 @@ class StepRunner:
       self.state, self.state_shardings, tx = steps.create_train_state(
           steps.init_variables_fn(self.model, self.task.init_args()),
           lambda p: optim.make_optimizer(config.optimizer, config.num_steps,
-                                         self.hooks.trainable_mask(p)),
+                                         self.reparam.trainable_mask(p)),
           self.mesh, self.rules, rng)
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
     self.step_fn = jax.jit(
-        steps.make_train_step(self.model, self.task, tx, self.hooks, schedule,
+        steps.make_train_step(self.model, self.task, tx, self.reparam, schedule,
                                 config.optimizer.grad_accum_steps, jax.random.fold_in(rng, 1)),
         in_shardings=(self.state_shardings, batch_sharding),
         out_shardings=(self.state_shardings, None), donate_argnums=(0,))

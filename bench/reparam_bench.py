@@ -27,16 +27,18 @@ import optax  # noqa: E402
 
 from reparam_jax import reparam  # noqa: E402
 from reparam_jax.models import Transformer, TransformerConfig  # noqa: E402
+from reparam_jax.training import optim  # noqa: E402
 
 KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
 
 
 def make_step(model, rc, ids):
-  wrapped = reparam.wrap(model, rc) if rc is not None else model
+  rp = reparam.Reparam.from_config(rc)
+  wrapped = rp.wrap(model)
   params = nn.meta.unbox(wrapped.init(jax.random.key(0), ids[:, :-1])["params"])
   tx = optax.adam(1e-3)
   if rc is not None:
-    tx = reparam.freeze_optimizer(tx, params, rc)
+    tx = optim.freeze(tx, rp.trainable_mask(params))
   opt = tx.init(params)
 
   def loss_fn(p, k):

@@ -31,7 +31,7 @@ from bench import breakdown, fsdp, memory, speed, timing, vs_torch
 from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
 from reparam_jax import reparam
-from reparam_jax.train import configure_cpu_devices
+from reparam_jax.training.devices import configure_cpu_devices
 
 BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp", "vs_torch")
 

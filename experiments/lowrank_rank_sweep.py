@@ -7,7 +7,7 @@ parameters (what the optimiser updates and checkpoints hold) and step time.
   python -m reparam_jax.ablate experiments/lowrank_rank_sweep.py --workdir=runs/ablate/lowrank
 """
 
-from reparam_jax.ablate import Experiment, Metric, Plot
+from reparam_jax.sweeps.experiment import Experiment, Metric, Plot
 
 DENSE = "configs/lm/shakespeare_char.py"
 LOWRANK = "configs/lm/shakespeare_char_lowrank.py"

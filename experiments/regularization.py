@@ -18,7 +18,7 @@ The override keys below are the trainer's; if a key is renamed, change it here
   python -m reparam_jax.ablate experiments/regularization.py --workdir=runs/ablate/reg
 """
 
-from reparam_jax.ablate import Experiment, Metric, Variant
+from reparam_jax.sweeps.experiment import Experiment, Metric, Variant
 
 CONFIG = "configs/lm/shakespeare_char.py"
 L1_KEY, L1 = "reg.l1", 1e-6

@@ -10,7 +10,7 @@ so unequal budgets are visible. 1 seed by default (`--seeds=3` for mean ± std).
   python -m reparam_jax.ablate experiments/reparam_comparison.py --workdir=runs/ablate/reparam
 """
 
-from reparam_jax.ablate import Experiment, Metric, Plot
+from reparam_jax.sweeps.experiment import Experiment, Metric, Plot
 
 STEPS = 1000
 

@@ -9,7 +9,7 @@ time; 1 seed by default (`--seeds=3` for mean ± std).
   python -m reparam_jax.ablate experiments/sst2.py --workdir=runs/ablate/sst2
 """
 
-from reparam_jax.ablate import Experiment, Metric, Plot
+from reparam_jax.sweeps.experiment import Experiment, Metric, Plot
 
 
 def get_experiment() -> Experiment:

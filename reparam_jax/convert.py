@@ -7,51 +7,22 @@ r"""Converts params checkpoints between dense and reparameterized form.
 `from_dense` (exact for spherical/weightnorm/LoRA, best rank-r fit for
 low-rank, ...); `to_dense` materializes every reparameterized weight (LoRA
 merged into W₀, variational weights at their mean), giving a plain checkpoint
-any model without `config.reparam` loads.
+any model without `config.reparam` loads.  The library calls are
+`Reparam.from_dense` and `Reparam.to_dense`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
-from flax.core import meta
 
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError, exit_on_user_error
-from reparam_jax.reparam.base import materialize
-from reparam_jax.reparam.intercept import dense_to_theta
-from reparam_jax.reparam.rules import Plan, map_theta, path_key
+from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
-
-PyTree = Any
-
-
-def dense_to_reparam(dense_params: PyTree, reparam_cfg: Any, key: jax.Array | None = None
-                     ) -> PyTree:
-  """θ params representing (or best approximating) `dense_params`.
-
-  Boxed leaves give boxed θ (names derived from the weight's); plain leaves
-  give plain θ.  `key` seeds randomized conversions (ALS start, LoRA's A).
-  """
-  plan = Plan.from_config(reparam_cfg)
-  key = jax.random.key(0) if key is None else key
-  return dense_to_theta(plan, dense_params,
-                        lambda path, node, w: node.from_dense(w, path_key(key, path)))
-
-
-def reparam_to_dense(params: PyTree, reparam_cfg: Any) -> PyTree:
-  """Dense params: each θ replaced by its effective weight (deterministic: no sampling)."""
-  plan = Plan.from_config(reparam_cfg)
-
-  def fn(path, rule, theta):
-    if rule is None:
-      return theta
-    return materialize(rule.node.apply(meta.unbox(theta), None))
-
-  return map_theta(plan, params, fn, require_all=True)
 
 
 @exit_on_user_error
@@ -64,13 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--dst", required=True, help="where to write the converted params")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(rest)
-  if not config.reparam.get("rules"):
+  rp = Reparam.from_config(config.reparam)
+  if not rp.active:
     raise UserError("config.reparam.rules is empty: nothing to convert")
   params = checkpoint.load_params(args.src)
   if args.direction == "to_reparam":
-    out = dense_to_reparam(params, config.reparam, jax.random.key(args.seed))
+    out = rp.from_dense(params, jax.random.key(args.seed))
   else:
-    out = reparam_to_dense(params, config.reparam)
+    out = rp.to_dense(params)
   checkpoint.save_params(args.dst, jax.device_get(out))
   n_in = sum(x.size for x in jax.tree.leaves(params))
   n_out = sum(x.size for x in jax.tree.leaves(out))

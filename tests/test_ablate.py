@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from reparam_jax import ablate, plot
-from reparam_jax.ablate import Experiment, Metric, Plot, Variant
+from reparam_jax import plot
+from reparam_jax.errors import UserError
+from reparam_jax.rundir import workdir as rundir
+from reparam_jax.sweeps import experiment, plots, tables
+from reparam_jax.sweeps.experiment import Experiment, Metric, Plot, Variant
 
 REPO = Path(__file__).resolve().parent.parent
 # matplotlib's font-config parsing trips pyparsing deprecations; not ours to fix.
@@ -71,7 +74,7 @@ def two_variant_experiment(config: str, seeds: int = 3) -> Experiment:
 
 def test_table_mean_std_from_recorded_metrics(tmp_path: Path) -> None:
   exp = two_variant_experiment("cfg.py")
-  points, entries = ablate.expand(exp, tmp_path)
+  points, entries = experiment.expand(exp, tmp_path)
   assert len(points) == 6  # "small best" reads the same runs as "small"
   small = {e.labels["seed"]: e.point.workdir for e in entries if e.labels["variant"] == "small"}
   big = {e.labels["seed"]: e.point.workdir for e in entries if e.labels["variant"] == "big"}
@@ -87,7 +90,7 @@ def test_table_mean_std_from_recorded_metrics(tmp_path: Path) -> None:
   write_run(big[1], {"step": 300, "eval/loss": 0.7, "params/stored": 3e6}, [])
   write_run(big[2], None, [{"step": 100, "eval/loss": 9.0}])
 
-  ablate.render(exp, entries, tmp_path)
+  tables.render(exp, entries, tmp_path)
   md = (tmp_path / "table.md").read_text()
   assert "| variant | val loss | params | ms | step |" in md
   # mean 2, sample std 1; step time = median(900, 10+s, 12+s) = 12+s -> 13 ± 1.
@@ -115,10 +118,10 @@ def test_pivot_columns(tmp_path: Path) -> None:
   exp = Experiment(name="grid", config="c.py", seeds=1, rows=("lr",), columns="size",
                    sweep=h.product(h.sweep("lr", [0.1, 0.2]), h.sweep("size", [1, 2])),
                    metrics=["eval/loss"], curves=())
-  points, entries = ablate.expand(exp, tmp_path)
+  points, entries = experiment.expand(exp, tmp_path)
   for e in entries:
     write_run(e.point.workdir, {"eval/loss": e.labels["lr"] * 10 + e.labels["size"]}, [])
-  md = ablate.render_markdown(ablate.collect(exp, entries))
+  md = tables.render_markdown(tables.collect(exp, entries))
   assert "| lr | size=1 | size=2 |" in md
   assert "| 0.2 | 3 | 4 |" in md
 
@@ -127,7 +130,7 @@ def test_metric_reductions(tmp_path: Path) -> None:
   write_run(tmp_path, {"eval/loss": 1.0}, [
       {"step": 1, "eval/loss": 3.0, "train/loss": 5.0}, {"step": 2, "eval/loss": 2.0},
       {"step": 3, "train/loss": 4.0}, {"step": 4, "eval/loss": 2.5}])
-  pm = ablate.point_metric
+  pm = tables.point_metric
   assert pm(tmp_path, "eval/loss") == 1.0  # done.json wins
   assert pm(tmp_path, "eval/loss", "last") == 2.5
   assert pm(tmp_path, "eval/loss", "min") == 2.0
@@ -148,7 +151,7 @@ def test_ablate_runs_missing_then_only_rerenders(tmp_path: Path,
   (tmp_path / "cfg.py").write_text(CONFIG)
   (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
   (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
-      from reparam_jax.ablate import Experiment, Metric
+      from reparam_jax.sweeps.experiment import Experiment, Metric
       def get_experiment():
         return Experiment(name="toy", config={str(tmp_path / "cfg.py")!r}, seeds=2,
                           variants={{"one": {{"size": 1}}, "two": {{"size": 2}}}},
@@ -173,7 +176,7 @@ def test_ablate_runs_missing_then_only_rerenders(tmp_path: Path,
 
 def test_missing_config_is_one_line_error(tmp_path: Path) -> None:
   (tmp_path / "exp.py").write_text(textwrap.dedent('''
-      from reparam_jax.ablate import Experiment
+      from reparam_jax.sweeps.experiment import Experiment
       def get_experiment():
         return Experiment(name="x", variants={"a": {"config": "configs/lm/none_such.py"}},
                           metrics=["eval/loss"])
@@ -192,21 +195,21 @@ def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
   (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
   # The student is declared first: the reference, not the order, decides when it runs.
   (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
-      from reparam_jax.ablate import Experiment, Metric
+      from reparam_jax.sweeps.experiment import Experiment, Metric
       def get_experiment():
         return Experiment(name="kd", config={str(tmp_path / "cfg.py")!r}, seeds=2,
                           variants={{"student": {{"size": 2, "teacher": "{{variant:teacher}}"}},
                                     "teacher": {{"size": 1}}}},
                           metrics=[Metric("eval/loss", fmt=".2f")])
   '''))
-  exp = ablate.load_experiment(tmp_path / "exp.py")
-  points, entries = ablate.expand(exp, tmp_path / "root")
+  exp = experiment.load_experiment(tmp_path / "exp.py")
+  points, entries = experiment.expand(exp, tmp_path / "root")
   workdir = {(e.labels["variant"], e.labels["seed"]): e.point.workdir for e in entries}
   student = {e.labels["seed"]: e.point for e in entries if e.labels["variant"] == "student"}
   for seed in (0, 1):
     assert student[seed].overrides["teacher"] == workdir[("teacher", seed)]
-  assert [len(w) for w in ablate.run_waves(points)] == [2, 2]
-  assert all(p.overrides.get("teacher") is None for p in ablate.run_waves(points)[0])
+  assert [len(w) for w in experiment.run_waves(points)] == [2, 2]
+  assert all(p.overrides.get("teacher") is None for p in experiment.run_waves(points)[0])
 
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
   out = run_ablate(str(tmp_path / "exp.py"), f"--workdir={tmp_path / 'root'}",
@@ -215,8 +218,8 @@ def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
   assert "| student | 1.25 ± 0.35 |" in (tmp_path / "root" / "table.md").read_text()
 
   exp.variants["student"]["teacher"] = "{variant:nobody}"
-  with pytest.raises(ablate.UserError, match="names no variant 'nobody'"):
-    ablate.expand(exp, tmp_path / "root")
+  with pytest.raises(UserError, match="names no variant 'nobody'"):
+    experiment.expand(exp, tmp_path / "root")
 
 
 @pytest.mark.parametrize("name,n_points,n_rows", [
@@ -224,17 +227,17 @@ def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
     ("sst2", 3, 3)])
 def test_committed_experiments_expand(tmp_path: Path, name: str, n_points: int,
                                       n_rows: int) -> None:
-  exp = ablate.load_experiment(REPO / "experiments" / f"{name}.py")
-  points, entries = ablate.expand(exp, tmp_path)
+  exp = experiment.load_experiment(REPO / "experiments" / f"{name}.py")
+  points, entries = experiment.expand(exp, tmp_path)
   assert len(points) == n_points
   assert len({e.labels["variant"] for e in entries}) == n_rows
-  md = ablate.render_markdown(ablate.collect(exp, entries))  # renders with nothing run
+  md = tables.render_markdown(tables.collect(exp, entries))  # renders with nothing run
   assert md.count("—") >= n_rows
 
 
 def test_rank_sweep_uses_rank_override(tmp_path: Path) -> None:
-  exp = ablate.load_experiment(REPO / "experiments" / "lowrank_rank_sweep.py")
-  points, _ = ablate.expand(exp, tmp_path)
+  exp = experiment.load_experiment(REPO / "experiments" / "lowrank_rank_sweep.py")
+  points, _ = experiment.expand(exp, tmp_path)
   names = {p.name for p in points}
   assert "reparam.rank=16,seed=0" in names and "config=lm.shakespeare_char,seed=0" in names
   p16 = next(p for p in points if p.name == "reparam.rank=16,seed=0")
@@ -252,6 +255,6 @@ def test_plot_cli_writes_png(tmp_path: Path) -> None:
   out = tmp_path / "curves.png"
   assert plot.main([str(tmp_path / "a"), str(tmp_path / "b"), f"--out={out}"]) == 0
   assert out.read_bytes()[:4] == b"\x89PNG"
-  assert plot.series(plot.read_metrics(tmp_path / "a"), "eval/loss") == ([50.0, 100.0], [2.8, 2.5])
+  assert plots.series(rundir.read_metrics(tmp_path / "a"), "eval/loss") == ([50.0, 100.0], [2.8, 2.5])
   with pytest.raises(SystemExit):
     plot.main([str(tmp_path / "missing"), f"--out={out}"])

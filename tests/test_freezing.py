@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reparam_jax.reparam import Reparam
 from reparam_jax import train
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
@@ -96,7 +97,7 @@ def _initial_params(args):
   """The params `train.main` starts from: same config, seed and (jitted, sharded) init."""
   config, _ = config_load.load(args)
   task = make_task(config, None)
-  model = steps.ReparamHooks(config.reparam).wrap(task.model())
+  model = Reparam.from_config(config.reparam).wrap(task.model())
   mesh = sharding.make_mesh(config.mesh)
   state, _, _ = steps.create_train_state(
       steps.init_variables_fn(model, task.init_args()),

@@ -72,12 +72,12 @@ def test_the_earlier_pure_python_tokenizer_files_still_load(minilm, sst2_train, 
     assert old.encode(text).tolist() == new.encode(text).tolist(), text
 
   trainer = tokenizers.ByteLevelBPETokenizer()
-  steps.train_from_iterator(sst2_train[:2000], vocab_size=500,
+  trainer.train_from_iterator(sst2_train[:2000], vocab_size=500,
                               special_tokens=["<|endoftext|>"])
   bpe_dir = tmp_path / "bpe_hf"
   bpe_dir.mkdir()
-  steps.save_model(str(bpe_dir))
-  model = json.loads(steps.to_str())["model"]
+  trainer.save_model(str(bpe_dir))
+  model = json.loads(trainer.to_str())["model"]
   merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
   legacy = tmp_path / "bpe_old"
   legacy.mkdir()

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from reparam_jax import train
+from reparam_jax.training import devices
 from reparam_jax.errors import UserError
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from tests.helpers import REPO, run_train_subprocess, tiny_args
 
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)
@@ -28,7 +28,7 @@ GLOBAL_DEVICES = 4
 
 
 def _losses(workdir: str) -> dict[int, float]:
-  return {r["step"]: r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return {r["step"]: r["train/loss"] for r in rundir.read_metrics(workdir)
           if "train/loss" in r}
 
 
@@ -125,8 +125,8 @@ def test_slurm_one_process_per_node(single_process, tmp_path, raw_data_dir, tfds
 
 
 def test_local_device_ids_from_environment():
-  assert train.local_device_ids({}) is None
-  assert train.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": "0,1,2,3"}) == [0, 1, 2, 3]
+  assert devices.local_device_ids({}) is None
+  assert devices.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": "0,1,2,3"}) == [0, 1, 2, 3]
   for bad in ("0,,1", "a,b", "0,0", "-1"):
     with pytest.raises(UserError, match="REPARAM_LOCAL_DEVICE_IDS"):
-      train.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": bad})
+      devices.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": bad})

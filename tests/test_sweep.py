@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reparam_jax import sweep
+from reparam_jax.errors import UserError
+from reparam_jax.sweeps import launchers, points
 from reparam_jax.sweeps import hyper as h
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,19 +101,19 @@ def test_combinators_counts() -> None:
 
 
 def test_point_names_are_stable_and_safe() -> None:
-  assert sweep.point_name({"seed": 1, "reparam.rank": 16}) == "reparam.rank=16,seed=1"
-  assert sweep.point_name({"reparam.rank": 16, "seed": 1}) == "reparam.rank=16,seed=1"
-  assert sweep.point_name({}) == "base"
-  assert sweep.point_name({"data.dir": "/a b/c"}) == "data.dir=_a_b_c"
-  assert sweep.point_name({"lr": 1e-5, "flag": True}) == "flag=True,lr=1e-05"
-  assert sweep.point_name({"x": 1}, "configs/lm/shakespeare_char_lowrank.py:fast") == (
+  assert points.point_name({"seed": 1, "reparam.rank": 16}) == "reparam.rank=16,seed=1"
+  assert points.point_name({"reparam.rank": 16, "seed": 1}) == "reparam.rank=16,seed=1"
+  assert points.point_name({}) == "base"
+  assert points.point_name({"data.dir": "/a b/c"}) == "data.dir=_a_b_c"
+  assert points.point_name({"lr": 1e-5, "flag": True}) == "flag=True,lr=1e-05"
+  assert points.point_name({"x": 1}, "configs/lm/shakespeare_char_lowrank.py:fast") == (
       "config=lm.shakespeare_char_lowrank@fast,x=1")
-  long = sweep.point_name({f"k{i}": "v" * 20 for i in range(20)})
-  assert len(long) <= 200 and long == sweep.point_name({f"k{i}": "v" * 20 for i in range(20)})
+  long = points.point_name({f"k{i}": "v" * 20 for i in range(20)})
+  assert len(long) <= 200 and long == points.point_name({f"k{i}": "v" * 20 for i in range(20)})
 
 
 def test_config_sweep_expansion(env: Path) -> None:
-  pts = sweep.make_points(sweep.get_sweep(str(env / "cfg.py")), str(env / "cfg.py"), env / "root")
+  pts = points.make_points(points.get_sweep(str(env / "cfg.py")), str(env / "cfg.py"), env / "root")
   assert [p.name for p in pts] == ["reparam.rank=4,seed=0", "reparam.rank=4,seed=1",
                                    "reparam.rank=16,seed=0", "reparam.rank=16,seed=1"]
   assert pts[2].train_args() == [f"--config={env / 'cfg.py'}",
@@ -121,10 +122,10 @@ def test_config_sweep_expansion(env: Path) -> None:
 
 
 def test_identical_points_merge_and_clashes_fail(tmp_path: Path) -> None:
-  pts = sweep.make_points([{"a": 1}, {"a": 1}], "c.py", tmp_path)
+  pts = points.make_points([{"a": 1}, {"a": 1}], "c.py", tmp_path)
   assert len(pts) == 1
-  with pytest.raises(sweep.UserError, match="share the directory name"):
-    sweep.make_points([{"a": "x/y"}, {"a": "x y"}], "c.py", tmp_path)
+  with pytest.raises(UserError, match="share the directory name"):
+    points.make_points([{"a": "x/y"}, {"a": "x y"}], "c.py", tmp_path)
 
 
 # --------------------------------------------------------------------------- running
@@ -200,14 +201,14 @@ def test_missing_config_and_bad_key_are_one_line_errors(env: Path) -> None:
 
 def test_seeds_flag_and_no_sweep_config(env: Path) -> None:
   (env / "plain.py").write_text(CONFIG.split("def get_sweep")[0])
-  pts = sweep.make_points(h.with_seeds(sweep.get_sweep(str(env / "plain.py")), 3), "p.py", env)
+  pts = points.make_points(h.with_seeds(points.get_sweep(str(env / "plain.py")), 3), "p.py", env)
   assert [p.name for p in pts] == ["seed=0", "seed=1", "seed=2"]
-  assert [p.name for p in sweep.make_points(sweep.get_sweep(str(env / "plain.py")), "p", env)] == [
+  assert [p.name for p in points.make_points(points.get_sweep(str(env / "plain.py")), "p", env)] == [
       "base"]
 
 
 def test_gpu_slots() -> None:
-  assert sweep._gpu_slots("0,1,2,3", 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+  assert launchers._gpu_slots("0,1,2,3", 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
                                             {"CUDA_VISIBLE_DEVICES": "2,3"}]
-  with pytest.raises(sweep.UserError):
-    sweep._gpu_slots("0", 2)
+  with pytest.raises(UserError):
+    launchers._gpu_slots("0", 2)

@@ -19,13 +19,13 @@ from reparam_jax import train
 from reparam_jax.config import load as config_load
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from reparam_jax.training import optim, sharding, steps
 from tests.helpers import REPO, run_train_subprocess, tensorboard_scalars, tiny_args
 
 
 def _losses(workdir):
-  return {r["step"]: r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return {r["step"]: r["train/loss"] for r in rundir.read_metrics(workdir)
           if "train/loss" in r}
 
 
@@ -40,7 +40,7 @@ def reference_run(tmp_path_factory, raw_data_dir, tfds_dir):
 
 def test_run_writes_metrics_tensorboard_checkpoints_and_done(reference_run):
   workdir, final = reference_run
-  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  records = rundir.read_metrics(workdir)
   train_records = [r for r in records if "train/loss" in r]
   eval_records = [r for r in records if "eval/loss" in r]
   assert [r["step"] for r in train_records] == list(range(1, 13))

@@ -1,24 +1,29 @@
 """Value checks of a loaded config, before any device is touched.
 
-`config_lib` already rejects unknown keys and overrides of the wrong type;
+`config/load.py` already rejects unknown keys and overrides of the wrong type;
 this module rejects values no run could use: a negative rank, a dropout of
 1.5, a NaN learning rate, a mesh with two inferred axes, a reparam spec
 that does not parse.  Checks that need the devices (mesh vs. device count,
-batch vs. data-parallel size) live in `train.validate`.
+batch vs. data-parallel size) are `validate_for_mesh`.
 
 Every problem is reported, one line each, as a single `UserError` (exit 2).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Iterator
 
+import jax
 import ml_collections
 
 from reparam_jax.config.base import base_config
 from reparam_jax.errors import UserError
+from reparam_jax.models.presets import PRESETS
+from reparam_jax.reparam.compose import stages
+from reparam_jax.reparam.rules import Plan
+from reparam_jax.training import sharding
+from reparam_jax.training.sharding import MESH_AXES
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -88,7 +93,7 @@ CHECKS: tuple[_Check, ...] = (
     ("perf.cpu_devices", _non_negative, "0 (JAX's default) or a number of CPU devices"),
 )
 
-# Checked wherever they occur (task sections, reparam values), by key name.
+# Checked wherever they occur in the config's sections (e.g. every `*dropout`), by key name.
 _BY_NAME: tuple[tuple[Callable[[str], bool], Callable[[Any], bool], str], ...] = (
     (lambda k: k.endswith("dropout") or k.endswith("sparsity"), _probability,
      "a number in [0, 1)"),
@@ -160,7 +165,6 @@ def _model_problems(config: ConfigDict) -> Iterator[str]:
   model = config.get("model")
   if not isinstance(model, ConfigDict) or model.get("preset"):
     if isinstance(model, ConfigDict) and model.get("preset"):
-      from reparam_jax.models.presets import PRESETS  # noqa: PLC0415
       if model.preset not in PRESETS:
         yield (f"config.model.preset={model.preset!r}: unknown; known: "
                f"{', '.join(sorted(PRESETS))}")
@@ -186,7 +190,6 @@ def _mesh_problems(config: ConfigDict) -> Iterator[str]:
 
 
 def _axis_rule_problems(config: ConfigDict) -> Iterator[str]:
-  from reparam_jax.training.sharding import MESH_AXES  # noqa: PLC0415
   rules = config.get("axis_rules")
   if rules is None:
     return
@@ -205,16 +208,16 @@ def _axis_rule_problems(config: ConfigDict) -> Iterator[str]:
 
 
 def _reparam_problems(config: ConfigDict) -> Iterator[str]:
-  """Parses the reparam rules (the reparam engine's own checks), then checks stage values.
+  """Parses the reparam rules (the reparam engine's own checks), then each stage's arguments.
 
-  `reparam_jax.reparam` checks a rank against the matrix it is applied to
-  when the model is built; here, before that, values that are wrong for any
-  matrix (rank ≤ 0, sparsity outside [0, 1)) are caught.
+  A rank is checked against the matrix it is applied to when the model is
+  built; here, before that, each transform reports the arguments that are
+  wrong for any weight (`Transform.arg_problems`: rank ≤ 0, sparsity outside
+  [0, 1)).
   """
   cfg = config.get("reparam")
   if not isinstance(cfg, ConfigDict) or not cfg.get("rules"):
     return
-  from reparam_jax.reparam.rules import Plan  # noqa: PLC0415 (heavy; only when used)
   try:
     plan = Plan.from_config(cfg)
   except UserError as e:
@@ -224,21 +227,24 @@ def _reparam_problems(config: ConfigDict) -> Iterator[str]:
     yield f"config.reparam.rules: {e}"
     return
   for rule in plan.rules:
-    for stage in _stages(rule.node):
-      for field in dataclasses.fields(stage):
-        value = getattr(stage, field.name)
-        for applies, ok, expected in _BY_NAME:
-          if applies(field.name) and not _safe(ok, value):
-            yield (f"config.reparam.rules: {rule.spec!r} (for {rule.pattern!r}) has "
-                   f"{field.name}={value!r}; expected {expected}")
+    for stage in stages(rule.node):
+      for problem in stage.arg_problems():
+        yield f"config.reparam.rules: {rule.spec!r} (for {rule.pattern!r}) has {problem}"
 
 
-def _stages(node: Any) -> Iterator[Any]:
-  """The transforms of a composed node (`Wrapped`/`SlotMapped` hold `inner`/`outer`)."""
-  children = [getattr(node, a) for a in ("inner", "outer") if hasattr(node, a)]
-  if not children:
-    if dataclasses.is_dataclass(node):
-      yield node
-    return
-  for child in children:
-    yield from _stages(child)
+def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Checks that need the mesh; all before any compute."""
+  dp = sharding.data_parallel_size(mesh, config.axis_rules)
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if value <= 0 or value % dp or value % jax.process_count():
+      raise UserError(f"{name}={value} must be a positive multiple of the data-parallel size "
+                      f"{dp} and of the {jax.process_count()} processes")
+  if config.batch_size % config.optimizer.grad_accum_steps or (
+      (config.batch_size // config.optimizer.grad_accum_steps) % dp):
+    raise UserError(f"batch_size={config.batch_size} must split into "
+                    f"grad_accum_steps={config.optimizer.grad_accum_steps} micro-batches, "
+                    f"each a multiple of the data-parallel size {dp}")
+  for name in ("num_steps", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+    if config[name] <= 0:
+      raise UserError(f"{name} must be positive, got {config[name]}")

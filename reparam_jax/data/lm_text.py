@@ -10,8 +10,12 @@ import numpy as np
 
 from reparam_jax.data import tfds_builders
 from reparam_jax.data.pipeline import host_slice, prepare_once
-from reparam_jax.data.tokenizers import (CharTokenizer, SentencePieceTokenizer, Tokenizer,
-                                         load_tokenizer)
+from reparam_jax.data.tokenizers import (
+  CharTokenizer,
+  SentencePieceTokenizer,
+  Tokenizer,
+  load_tokenizer,
+)
 from reparam_jax.errors import UserError
 
 

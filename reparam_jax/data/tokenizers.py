@@ -13,9 +13,11 @@ import os
 from typing import Iterable, Protocol
 
 import numpy as np
+import sentencepiece as spm
 
 from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
+from reparam_jax.rundir.files import atomic_write
 
 
 class Tokenizer(Protocol):
@@ -26,14 +28,6 @@ class Tokenizer(Protocol):
   def decode(self, ids: Iterable[int]) -> str: ...
 
   def save(self, directory: str) -> None: ...
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  """A kill mid-write leaves no half-written tokenizer for the next start to trip on."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 class CharTokenizer:
@@ -60,7 +54,7 @@ class CharTokenizer:
     return "".join(self.chars[int(i)] for i in ids)
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, self.FILENAME),
+    atomic_write(os.path.join(directory, self.FILENAME),
                   json.dumps({"type": "char", "chars": self.chars}).encode("utf-8"))
 
 
@@ -70,7 +64,6 @@ class SentencePieceTokenizer:
   FILENAME = "tokenizer.model"
 
   def __init__(self, model_proto: bytes):
-    import sentencepiece as spm
     self.model_proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self._sp.get_piece_size()
@@ -78,7 +71,6 @@ class SentencePieceTokenizer:
   @classmethod
   def fit(cls, lines: Iterable[str], vocab_size: int, model_type: str = "unigram",
           user_symbols: tuple[str, ...] = ()) -> "SentencePieceTokenizer":
-    import sentencepiece as spm
     if vocab_size <= 0:
       raise UserError("sentencepiece needs --config.data.vocab_size > 0")
     model = io.BytesIO()
@@ -99,7 +91,7 @@ class SentencePieceTokenizer:
     return self._sp.decode([int(i) for i in ids])
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, self.FILENAME), self.model_proto)
+    atomic_write(os.path.join(directory, self.FILENAME), self.model_proto)
 
 
 def load_tokenizer(directory: str) -> Tokenizer:

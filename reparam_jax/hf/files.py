@@ -12,6 +12,9 @@ import os
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.flax
+import safetensors.numpy
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf.torch_pickle import load_torch_state_dict
@@ -60,13 +63,10 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  import safetensors  # noqa: PLC0415
-  import safetensors.numpy  # noqa: PLC0415
   try:
     return safetensors.numpy.load_file(path)
   except KeyError:
     # numpy has no bfloat16: read such files through JAX's dtype instead.
-    import safetensors.flax  # noqa: PLC0415
     return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
   except (safetensors.SafetensorError, OSError) as e:
     raise UserError(f"{path} is not a readable safetensors file ({e})") from None

@@ -6,7 +6,7 @@ Convention (PaLM, Chowdhery et al. 2022, appendix B), per *trained* token:
 
 * N — parameters that take part in a per-token matmul, counted as
   executed: a factored kernel `U Vᵀ` contributes `r·(d_in + d_out)`, not
-  `d_in·d_out` (from `reparam_jax.reparam.report_rows`, which asks each
+  `d_in·d_out` (from `Reparam.report_rows`, which asks each
   transform).  N includes the output projection onto the vocabulary (the
   tied embedding table used as `x @ Eᵀ`, or an untied `lm_head`) and excludes
   embedding lookups (gathers), biases, norms and the BERT pooler (it sees one
@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any
 
 from reparam_jax.models.transformer import TransformerConfig
+from reparam_jax.reparam import Reparam
 
 PyTree = Any
 
@@ -61,8 +62,8 @@ def analytic_matmul_params(cfg: TransformerConfig) -> int:
 
 def matmul_params_from_tree(params: PyTree, reparam_cfg: Any, cfg: TransformerConfig) -> int:
   """N counted from the (θ) params tree, factored kernels as executed."""
-  from reparam_jax.reparam.stats import report_rows  # noqa: PLC0415
-  total = report_rows(params, reparam_cfg if reparam_cfg is not None else {"rules": ()})[-1]
+  rp = Reparam.from_config(reparam_cfg if reparam_cfg is not None else {"rules": ()})
+  total = rp.report_rows(params)[-1]
   # report_rows counts matmul FLOPs per token (2·MACs) of every 2-D
   # non-embedding weight; the pooler is one of them but runs once per sequence.
   pooler = 2 * cfg.embed_dim * cfg.embed_dim if cfg.pooler else 0

@@ -39,7 +39,7 @@ from flax.core import meta
 from reparam_jax.errors import UserError
 from reparam_jax.regularizers import norms
 from reparam_jax.regularizers.spec import PENALTIES, TARGETS, Term, fill, parse_spec
-from reparam_jax.reparam.base import materialize
+from reparam_jax.reparam.kernels import materialize
 from reparam_jax.reparam.rules import Plan, Rule, map_theta, parse_rule_pairs
 
 __all__ = ["PENALTIES", "Regularizer", "Term", "norms", "parse_spec", "weights"]
@@ -48,7 +48,8 @@ PyTree = Any
 _MATRIX = {"nuclear", "orthogonal"}  # penalties defined on a 2-D weight
 
 
-def weights(params: PyTree, reparam_cfg: Any = None) -> list[tuple[str, Rule | None, Any]]:
+def weights(params: PyTree, reparam_plan: Plan | None = None
+            ) -> list[tuple[str, Rule | None, Any]]:
   """(path, reparam rule or None, θ) of every weight: plain leaves and whole θ subtrees."""
   out: list[tuple[str, Rule | None, Any]] = []
 
@@ -56,7 +57,7 @@ def weights(params: PyTree, reparam_cfg: Any = None) -> list[tuple[str, Rule | N
     out.append((path, rule, theta))
     return theta
 
-  map_theta(Plan.from_config(reparam_cfg), meta.unbox(params), visit)
+  map_theta(reparam_plan or Plan(()), meta.unbox(params), visit)
   return out
 
 
@@ -82,10 +83,10 @@ class Regularizer:
   so `penalty/l1` in the metrics is exactly what L1 added to the loss.
   """
 
-  def __init__(self, reg_cfg: Any, reparam_cfg: Any = None):
+  def __init__(self, reg_cfg: Any, reparam_plan: Plan | None = None):
     reg_cfg = reg_cfg if reg_cfg is not None else {}
     get = reg_cfg.get
-    self.reparam_cfg = reparam_cfg
+    self.reparam_plan = reparam_plan
     self.target = get("target", "effective")
     if self.target not in TARGETS:
       raise UserError(f"config.reg.target must be one of {', '.join(TARGETS)}, "
@@ -114,7 +115,7 @@ class Regularizer:
     terms: dict[str, jax.Array] = {}
     used: set[int] = set()
     paths = []
-    for path, rule, theta in weights(params, self.reparam_cfg):
+    for path, rule, theta in weights(params, self.reparam_plan):
       paths.append(path)
       if rule is not None and not any(True for _ in _trainable_leaves(rule, theta)):
         continue  # frozen: a constant penalty with no gradient

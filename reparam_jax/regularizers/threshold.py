@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.rundir import checkpoint
 
 PyTree = Any
 
@@ -61,7 +62,6 @@ def format_rows(rows: list[dict[str, Any]], per_layer: bool = True) -> str:
 
 @exit_on_user_error
 def main(argv: Sequence[str]) -> list[dict[str, Any]]:
-  from reparam_jax.rundir import checkpoint  # noqa: PLC0415
   flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
   if "workdir" not in flags:
     raise UserError("missing --workdir=RUN (a training workdir or params checkpoint)")

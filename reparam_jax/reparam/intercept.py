@@ -37,9 +37,10 @@ from flax.core.lift import pack
 from flax.core.scope import subtract_filters
 from flax.linen.transforms import lift_transform
 
-from reparam_jax.reparam.base import materialize
-from reparam_jax.reparam.rules import Plan, dense_leaves, map_theta, path_key
-from reparam_jax.reparam.transforms.mask import AUX_COLLECTION, has_aux, init_aux, join_aux
+from reparam_jax.pytree.paths import dict_leaves, set_path, subtree
+from reparam_jax.reparam.kernels import materialize
+from reparam_jax.reparam.rules import Plan, map_theta, path_key
+from reparam_jax.reparam.state import AUX_COLLECTION, has_state, init_state, join_state
 
 PyTree = Any
 
@@ -55,14 +56,6 @@ def _names(leaf: Any, ndim: int) -> tuple:
   return tuple(leaf.names) if isinstance(leaf, nn.Partitioned) else (None,) * ndim
 
 
-def _set_path(tree: dict, path: str, value: Any) -> None:
-  *heads, last = path.split("/")
-  node = tree
-  for h in heads:
-    node = node[h]
-  node[last] = value
-
-
 def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, Any, Any], Any],
                    ) -> PyTree:
   """θ tree from a dense (boxed or plain) params tree; `make_theta(path, node, w, key)`.
@@ -72,7 +65,7 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
   """
   out = unfreeze(dense)  # a copy of the dict structure; leaves are shared
   used, paths = set(), []
-  for path, leaf in dense_leaves(dense):
+  for path, leaf in dict_leaves(dense):
     paths.append(path)
     rule = plan.match(path)
     if rule is None:
@@ -84,17 +77,9 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
     # Integer leaves (e.g. int8 storage) keep their dtype.
     theta = jax.tree.map(
         lambda a, dt=w.dtype: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, theta)
-    _set_path(out, path, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
+    set_path(out, path, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
   plan.check_all_used(used, paths)
   return out
-
-
-def _subtree(tree: Any, path: str) -> Any:
-  for k in path.split("/"):
-    if not isinstance(tree, dict) or k not in tree:
-      return None
-    tree = tree[k]
-  return tree
 
 
 def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool,
@@ -109,7 +94,7 @@ def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: boo
       return theta
     theta = meta.unbox(theta)
     if aux:
-      theta = join_aux(rule.node, theta, meta.unbox(_subtree(aux, path)))
+      theta = join_state(rule.node, theta, meta.unbox(subtree(aux, path)))
     w = rule.node.apply(theta, None if rng is None else path_key(rng, path))
     return w if structured else materialize(w)
   return map_theta(plan, params, fn)
@@ -123,20 +108,13 @@ def init_aux_tree(plan: Plan, params: PyTree) -> dict:
     return leaf.replace(value=value) if isinstance(leaf, nn.Partitioned) else value
 
   def fn(path, rule, theta):
-    if rule is not None and has_aux(rule.node):
-      aux = init_aux(rule.node, theta, box_like)
+    if rule is not None and has_state(rule.node):
+      aux = init_state(rule.node, theta, box_like)
       if aux:
-        _set_path_create(out, path, aux)
+        set_path(out, path, aux, create=True)
     return theta
   map_theta(plan, params, fn)
   return out
-
-
-def _set_path_create(tree: dict, path: str, value: Any) -> None:
-  *heads, last = path.split("/")
-  for h in heads:
-    tree = tree.setdefault(h, {})
-  tree[last] = value
 
 
 def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
@@ -185,22 +163,24 @@ def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
 _reparam_lift.__name__ = "reparam"
 
 
-def accepts_structured(module: nn.Module) -> bool:
-  """'auto': structured kernels for the project's models, dense arrays otherwise."""
-  return type(module).__module__.startswith("reparam_jax.")
+def structured_for(plan: Plan, module: nn.Module) -> bool:
+  """Whether `module` gets structured kernels: `config.reparam.structured`, where 'auto'
+  means yes for the project's models (whose `Dense` accepts them), no for any other."""
+  if plan.structured == "auto":
+    return type(module).__module__.startswith("reparam_jax.")
+  return bool(plan.structured)
 
 
-def wrap(module: nn.Module, reparam_cfg: Any) -> nn.Module:
+def wrap(module: nn.Module, plan: Plan) -> nn.Module:
   """`module` computing with reparameterized weights; same call signature.
 
   `wrapped.init(...)` returns boxed θ in place of each matched weight;
   `wrapped.apply(..., rngs={'reparam': key})` samples stochastic transforms.
   With no rules, returns `module` itself.
   """
-  plan = Plan.from_config(reparam_cfg)
   if not plan.rules:
     return module
-  structured = accepts_structured(module) if plan.structured == "auto" else bool(plan.structured)
+  structured = structured_for(plan, module)
   cls = lift_transform(_reparam_lift, type(module), plan, structured)
   attrs = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
            if f.init and f.name != "parent"}

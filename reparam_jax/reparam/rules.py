@@ -29,16 +29,13 @@ import ast
 import dataclasses
 import re
 import zlib
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.transforms import mask, quant  # noqa: F401,E402  (sparsity, quantization)
-from reparam_jax.reparam.base import TRANSFORMS, compose
-
-# Importing registers the built-in transforms.
-from reparam_jax.reparam.transforms import lora, lowrank, spherical, variational  # noqa: F401,E402
+from reparam_jax.reparam.base import TRANSFORMS
+from reparam_jax.reparam.compose import compose
 
 
 def parse_stage(text: str) -> Any:
@@ -167,20 +164,6 @@ class Plan:
 def path_key(key: jax.Array, path: str) -> jax.Array:
   """A per-parameter key that does not depend on tree order."""
   return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
-
-
-def _is_box(x: Any) -> bool:
-  from flax.core import meta  # noqa: PLC0415
-  return isinstance(x, meta.AxisMetadata)
-
-
-def dense_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-  """(path, leaf) for a plain params tree; boxes count as leaves."""
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      yield from dense_leaves(v, f"{prefix}/{k}" if prefix else str(k))
-  else:
-    yield prefix, tree
 
 
 def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: str = "") -> Any:

@@ -52,7 +52,7 @@ def weight_stats(node: Any, theta: Any, path: str = "", structured: bool = True)
               compression=dense / max(stored, 1))
 
 
-def report_rows(params: PyTree, reparam_cfg: Any, tokens_per_seq: int | None = None,
+def report_rows(params: PyTree, plan: Plan, tokens_per_seq: int | None = None,
                 structured: bool = True) -> list[dict[str, Any]]:
   """One row per reparameterized weight, then a `total` row over all parameters.
 
@@ -63,7 +63,6 @@ def report_rows(params: PyTree, reparam_cfg: Any, tokens_per_seq: int | None = N
   bits per effective entry), compression (dense/stored); with
   `tokens_per_seq`, also flops_per_seq.
   """
-  plan = Plan.from_config(reparam_cfg)
   rows: list[dict[str, Any]] = []
   total = dict(path="total", spec="", shape=(), dense=0, stored=0, trainable=0, flops_dense=0,
                flops=0, bits=0)

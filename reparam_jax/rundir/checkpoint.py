@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from reparam_jax.errors import CheckpointError, UserError
 
@@ -245,13 +246,11 @@ def array_metadata(path: epath.Path) -> Any:
 def _all_processes_ok(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # noqa: PLC0415
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
     multihost_utils.sync_global_devices(name)
 
 

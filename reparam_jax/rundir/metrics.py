@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
+from reparam_jax.rundir import workdir as rundir
 
 
 def _plain(v: Any) -> Any:
@@ -36,9 +38,8 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # no TensorFlow needed
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+      self._jsonl = open(rundir.path(workdir, rundir.METRICS), "a", encoding="utf-8")
+      self._tb = SummaryWriter(rundir.path(workdir, rundir.TENSORBOARD),
                                purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,17 +57,3 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """All records of a `metrics.jsonl`; a torn last line (crash mid-write) is skipped."""
-  records = []
-  if not os.path.exists(path):
-    return records
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return records

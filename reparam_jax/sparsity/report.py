@@ -9,6 +9,7 @@ counts the entries a mask removes (0 where there is no mask).
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Any, Sequence
@@ -17,29 +18,22 @@ import jax
 import numpy as np
 from flax.core import meta
 
-from reparam_jax.reparam.base import materialize
-from reparam_jax.reparam.intercept import effective
-from reparam_jax.reparam.rules import Plan, dense_leaves
+from reparam_jax.errors import exit_on_user_error
+from reparam_jax.pytree.paths import dict_leaves
+from reparam_jax.reparam import Reparam
+from reparam_jax.rundir.workdir import load_run
 
 PyTree = Any
 DEFAULT_REGEX = r".*/kernel"
 
 
-def effective_dense(params: PyTree, reparam_cfg: Any, masks: PyTree | None = None) -> PyTree:
-  """Dense effective weights (masks applied, deterministic)."""
-  plan = Plan.from_config(reparam_cfg)
-  view = effective(plan, meta.unbox(params), None, structured=False,
-                   aux=meta.unbox(masks) if masks else None)
-  return jax.tree.map(materialize, view, is_leaf=lambda x: hasattr(x, "dense"))
-
-
-def sparsity_rows(params: PyTree, reparam_cfg: Any = None, masks: PyTree | None = None,
+def sparsity_rows(params: PyTree, rp: Reparam, masks: PyTree | None = None,
                   regex: str = DEFAULT_REGEX) -> list[dict[str, Any]]:
   """One row per weight matching `regex` (path, size, zeros, sparsity), then 'global'."""
-  dense = effective_dense(params, reparam_cfg, masks)
+  dense = rp.to_dense(meta.unbox(params), masks)
   pattern = re.compile(regex)
   rows = []
-  for path, w in dense_leaves(dense):
+  for path, w in dict_leaves(dense):
     if not pattern.fullmatch(path):
       continue
     w = np.asarray(jax.device_get(w))
@@ -63,16 +57,16 @@ def format_sparsity(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def threshold_sweep(params: PyTree, thresholds: Sequence[float], reparam_cfg: Any = None,
+def threshold_sweep(params: PyTree, thresholds: Sequence[float], rp: Reparam,
                     masks: PyTree | None = None, regex: str = DEFAULT_REGEX
                     ) -> list[dict[str, Any]]:
   """L1-induced sparsification: the sparsity reached by zeroing |w| ≤ τ, for each τ.
 
   Rows: threshold, zeros, size, sparsity (global over the weights matching `regex`).
   """
-  dense = effective_dense(params, reparam_cfg, masks)
+  dense = rp.to_dense(meta.unbox(params), masks)
   pattern = re.compile(regex)
-  ws = [np.abs(np.asarray(jax.device_get(w))).ravel() for p, w in dense_leaves(dense)
+  ws = [np.abs(np.asarray(jax.device_get(w))).ravel() for p, w in dict_leaves(dense)
         if pattern.fullmatch(p)]
   flat = np.concatenate(ws) if ws else np.zeros((0,))
   rows = []
@@ -83,11 +77,8 @@ def threshold_sweep(params: PyTree, thresholds: Sequence[float], reparam_cfg: An
   return rows
 
 
+@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> str:
-  import argparse  # noqa: PLC0415
-
-  from reparam_jax.training.evaluate import load_run  # noqa: PLC0415
-
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.report")
   parser.add_argument("--workdir", required=True, help="training workdir or compress output")
   parser.add_argument("--regex", default=DEFAULT_REGEX)
@@ -95,10 +86,11 @@ def main(argv: Sequence[str] | None = None) -> str:
                       help="comma-separated τ: also report the sparsity of zeroing |w| ≤ τ")
   args = parser.parse_args(argv)
   run = load_run(args.workdir)
-  text = format_sparsity(sparsity_rows(run.params, run.config.reparam, run.masks, args.regex))
+  rp = Reparam.from_config(run.config.reparam)
+  text = format_sparsity(sparsity_rows(run.params, rp, run.masks, args.regex))
   if args.thresholds:
     taus = [float(t) for t in args.thresholds.split(",")]
-    sweep = threshold_sweep(run.params, taus, run.config.reparam, run.masks, args.regex)
+    sweep = threshold_sweep(run.params, taus, rp, run.masks, args.regex)
     text += "\n\nthreshold  zeros / size  sparsity\n" + "\n".join(
         f"{r['threshold']:<9g}  {r['zeros']:,} / {r['size']:,}  {r['sparsity']:.4f}" for r in sweep)
   print(text)
@@ -106,5 +98,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-  from reparam_jax.errors import exit_on_user_error  # noqa: PLC0415
-  exit_on_user_error(main)(sys.argv[1:])
+  main(sys.argv[1:])

@@ -19,6 +19,7 @@ Masks keep their shapes, so the jitted eval step compiles once.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -28,9 +29,15 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from reparam_jax.errors import UserError
+from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.reparam.transforms.mask_update import Entry, _expand_groups, collect, write_back
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import workdir as rundir
+from reparam_jax.rundir.workdir import load_run
+from reparam_jax.sparsity.report import format_sparsity, sparsity_rows
+from reparam_jax.training.evaluate import Evaluator
 
 PyTree = Any
 
@@ -86,8 +93,7 @@ def sensitivity_prune(params: PyTree, masks: PyTree, rules: tuple, metric: Calla
                       target: float, max_drop: float = float("inf"), per_round: int = 1,
                       log: Callable[[str], None] = print) -> tuple[PyTree, list[dict]]:
   """Greedy sensitivity pruning; returns (masks, history rows)."""
-  cfg = {"rules": rules}
-  entries = collect(Plan.from_config(cfg), params, masks)
+  entries = collect(Plan.from_config({"rules": rules}), params, masks)
   if not entries:
     raise UserError("sensitivity pruning needs mask(pattern='group') rules")
   all_units = units(entries)
@@ -122,15 +128,8 @@ def sensitivity_prune(params: PyTree, masks: PyTree, rules: tuple, metric: Calla
   return current, history
 
 
+@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> dict:
-  import argparse  # noqa: PLC0415
-
-  from reparam_jax.convert import dense_to_reparam  # noqa: PLC0415
-  from reparam_jax.reparam.intercept import init_aux_tree  # noqa: PLC0415
-  from reparam_jax.rundir import checkpoint  # noqa: PLC0415
-  from reparam_jax.sparsity.report import format_sparsity, sparsity_rows  # noqa: PLC0415
-  from reparam_jax.training.evaluate import Evaluator, load_run  # noqa: PLC0415
-
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.sparsity.sensitivity")
   parser.add_argument("--workdir", required=True, help="a trained dense run")
   parser.add_argument("--out", required=True)
@@ -146,23 +145,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     raise UserError("sensitivity pruning starts from a dense run (config.reparam.rules is set)")
   rules = group_rules(args.granularity, run.config.model.num_heads, run.config.model.mlp_dim,
                       args.neuron_block)
-  theta = dense_to_reparam(run.params, {"rules": rules})
-  masks = init_aux_tree(Plan.from_config({"rules": rules}), theta)
+  rp = Reparam.from_config({"rules": rules})
+  theta = rp.from_dense(run.params)
+  masks = rp.init_state(theta)
   evaluator = Evaluator(run.config, run.workdir)
   metric = lambda m: evaluator(theta, rules, m, args.max_batches)["loss"]  # noqa: E731
   masks, history = sensitivity_prune(theta, masks, rules, metric, args.target, args.max_drop,
                                      args.per_round)
   full = evaluator(theta, rules, masks)
   os.makedirs(args.out, exist_ok=True)
-  checkpoint.save_params(os.path.join(args.out, "masks"), jax.device_get(masks))
+  checkpoint.save_params(rundir.path(args.out, rundir.MASKS), jax.device_get(masks))
   result = dict(history=history, final=full, rules=rules)
   with open(os.path.join(args.out, "sensitivity.json"), "w") as f:
     json.dump(result, f, indent=2, default=str)
-  print(format_sparsity(sparsity_rows(theta, {"rules": rules}, masks)))
+  print(format_sparsity(sparsity_rows(theta, rp, masks)))
   print(f"full validation split: {full}")
   return result
 
 
 if __name__ == "__main__":
-  from reparam_jax.errors import exit_on_user_error  # noqa: PLC0415
-  exit_on_user_error(main)(sys.argv[1:])
+  main(sys.argv[1:])

@@ -19,17 +19,16 @@ from typing import Any
 import ml_collections
 
 from reparam_jax.errors import UserError
+from reparam_jax.tasks import classify, distill, lm, mlm, text_vae
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
-  from reparam_jax.tasks import lm  # noqa: PLC0415 (tasks import lazily: some need extra data)
-  registry = {"lm": lm.LanguageModelTask}
-  from reparam_jax.tasks import text_vae  # noqa: PLC0415
-  registry["text_vae"] = text_vae.TextVAETask  # sentence VAE on line-level text
-  # Encoder tasks (MLM pre-training, fine-tuning, distillation); see tasks/encoder.py.
-  from reparam_jax.tasks import classify, distill, mlm  # noqa: PLC0415
-  registry.update(mlm=mlm.MaskedLanguageModelTask, classify=classify.ClassificationTask,
-                  distill=distill.DistillationTask)
+  """The task `config.task` names, built from the config (and the run folder, for some)."""
+  registry = {"lm": lm.LanguageModelTask,
+              "text_vae": text_vae.TextVAETask,  # sentence VAE on line-level text
+              # Encoder tasks (MLM pre-training, fine-tuning, distillation); tasks/encoder.py.
+              "mlm": mlm.MaskedLanguageModelTask, "classify": classify.ClassificationTask,
+              "distill": distill.DistillationTask}
   if config.task not in registry:
     raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(registry))}")
   return registry[config.task](config, workdir)

@@ -26,14 +26,26 @@ import numpy as np
 
 from reparam_jax.data.buckets import bucketed_loader
 from reparam_jax.data.pipeline import prepare_once, train_loader
-from reparam_jax.data.sst2 import (LABEL_NAMES, ClassificationSource, encode_all,
-                                   encoder_tokenizer, load_sst2, padded_eval_batches, specials)
+from reparam_jax.data.sst2 import (
+  LABEL_NAMES,
+  ClassificationSource,
+  encode_all,
+  encoder_tokenizer,
+  load_sst2,
+  padded_eval_batches,
+  specials,
+)
 from reparam_jax.errors import UserError
 from reparam_jax.objectives.classification import classification_loss, confusion_counts
 from reparam_jax.objectives.contrastive import info_nce
 from reparam_jax.tasks import classify_report
-from reparam_jax.tasks.encoder import (buckets_for, classifier_init_args, encoder_model, section,
-                                       two_views)
+from reparam_jax.tasks.encoder import (
+  buckets_for,
+  classifier_init_args,
+  encoder_model,
+  section,
+  two_views,
+)
 
 Batch = dict[str, Any]
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def per_class(cm_CxC: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,9 +65,6 @@ def format_report(cm_CxC: np.ndarray, names: Sequence[str], digits: int = 4) -> 
 
 
 def plot_confusion(cm_CxC: np.ndarray, names: Sequence[str], path: str, title: str = "") -> None:
-  import matplotlib  # noqa: PLC0415 (only runs that write plots need it)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
   cm = np.asarray(cm_CxC)
   fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(names), 2.8 + 0.4 * len(names)))
   ax.imshow(cm, cmap="Blues")

@@ -35,10 +35,11 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from reparam_jax.errors import UserError
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 
 PyTree = Any
 
@@ -81,7 +82,7 @@ class EarlyStopping:
     return self.stop_step > 0
 
   def best_dir(self, step: int | None = None) -> str:
-    return os.path.join(self.workdir, "best", str(self.best_step if step is None else step))
+    return os.path.join(self.workdir, rundir.BEST, str(self.best_step if step is None else step))
 
   # -- the decision -----------------------------------------------------------
 
@@ -117,7 +118,7 @@ class EarlyStopping:
     if not self.active:
       return
     if jax.process_index() == 0:
-      for record in read_jsonl(os.path.join(self.workdir, "metrics.jsonl")):
+      for record in rundir.read_metrics(self.workdir):
         if self.stopped or record.get("step", 0) > start_step or self.metric not in record:
           continue
         self.update(record["step"], record)
@@ -125,7 +126,6 @@ class EarlyStopping:
       self._broadcast()
 
   def _broadcast(self) -> None:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
     head = np.array([np.nan if self.best is None else self.best, self.best_step,
                      self.bad_evals, self.stop_step, len(self.improvements)], np.float64)
     head = multihost_utils.broadcast_one_to_all(head)
@@ -184,8 +184,8 @@ class EarlyStopping:
     of every completed train checkpoint, and every one newer than the newest checkpoint."""
     if jax.process_index() != 0:
       return
-    root = os.path.join(self.workdir, "best")
-    ckpt_dir = os.path.join(self.workdir, "checkpoints")
+    root = rundir.path(self.workdir, rundir.BEST)
+    ckpt_dir = rundir.path(self.workdir, rundir.CHECKPOINTS)
     ckpts = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) \
         if os.path.isdir(ckpt_dir) else []
     keep = {self.best_step}

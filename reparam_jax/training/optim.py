@@ -36,8 +36,17 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
   chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
                            eps=opt.eps, weight_decay=opt.weight_decay,
                            mask=decay_mask_fn(opt.get("decay_rules", ()))))
-  tx = optax.chain(*chain)
-  if trainable is not None:
-    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
-    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
-  return tx
+  return freeze(optax.chain(*chain), trainable)
+
+
+def freeze(tx: optax.GradientTransformation, trainable: Any
+           ) -> optax.GradientTransformation:
+  """`tx` on the True leaves of `trainable`; the others get zero updates and no state.
+
+  `trainable` is a bool pytree (a reparameterization's or fine-tuning's mask;
+  `freezing.combine` ANDs them), or None for everything trainable.
+  """
+  if trainable is None:
+    return tx
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)

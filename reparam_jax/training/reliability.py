@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from reparam_jax.errors import TrainingDiverged, UserError
 
@@ -87,7 +88,6 @@ class PreemptionWatcher:
       return self.requested_here
     if step % self.sync_every:
       return False
-    from jax.experimental import multihost_utils  # noqa: PLC0415
     flags = multihost_utils.process_allgather(np.asarray(self.requested_here, np.int32))
     return bool(np.any(flags))
 
@@ -162,16 +162,6 @@ def finite_mean(values: Sequence[float], nonfinite: Sequence[float]) -> float:
 
 
 # --- disk ---------------------------------------------------------------------
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `path` so that a crash leaves either the old file or the new one."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def tree_bytes(tree: PyTree) -> int:

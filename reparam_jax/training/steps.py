@@ -1,9 +1,10 @@
-"""The pieces `train.py` puts together: train state, sharded init, steps.
+"""The train state, its sharded creation, and the train and eval steps.
 
 Everything here is a pure function of its arguments, jitted once by the
-caller.  Reparameterization enters only through `reparam_hooks`: the model
-is wrapped before it gets here, its penalty is added to the loss, and its
-`post_update` (e.g. projection back to the sphere) runs after the optimizer.
+caller (training/loop.py).  Reparameterization enters only through the
+`Reparam` object: the model is wrapped before it gets here, its penalty is
+added to the loss, its `post_update` (e.g. projection back to the sphere)
+runs after the optimizer and its state update (sparsity masks) after that.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from reparam_jax.reparam import Reparam
 from reparam_jax.training import reliability
 from reparam_jax.training import sharding as shd
 
@@ -30,38 +31,6 @@ class TrainState:
   params: PyTree
   opt_state: PyTree
   extra: PyTree  # non-trainable variable collections (e.g. sparsity masks)
-
-
-class ReparamHooks:
-  """Calls into `reparam_jax.reparam` when the config selects transforms."""
-
-  def __init__(self, reparam_cfg: ml_collections.ConfigDict):
-    self.cfg = reparam_cfg
-    self.active = bool(reparam_cfg.get("rules"))
-    if self.active:
-      from reparam_jax import reparam  # noqa: PLC0415
-      self.lib = reparam
-
-  def wrap(self, model: nn.Module) -> nn.Module:
-    return self.lib.wrap(model, self.cfg) if self.active else model
-
-  def penalty(self, params: PyTree, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if not self.active:
-      return jnp.zeros((), jnp.float32), {}
-    return self.lib.penalty(params, self.cfg, step)
-
-  def post_update(self, params: PyTree) -> PyTree:
-    return self.lib.post_update(params, self.cfg) if self.active else params
-
-  def trainable_mask(self, params: PyTree) -> PyTree | None:
-    return self.lib.trainable_mask(params, self.cfg) if self.active else None
-
-  def update_extra(self, params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array
-                   ) -> tuple[PyTree, dict[str, jax.Array]]:
-    """Non-param collections after this step (sparsity masks), and their metrics."""
-    if not (self.active and self.lib.has_aux_state(self.cfg)):
-      return extra, {}
-    return self.lib.update_extra(params, grads, extra, step, self.cfg)
 
 
 def init_variables_fn(model: nn.Module, init_args: tuple[Any, ...]) -> Callable[[jax.Array], Any]:
@@ -115,7 +84,7 @@ def abstract_like(state: TrainState, shardings: TrainState) -> TrainState:
 LossFn = Callable[[PyTree, PyTree, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
-def make_loss_fn(model: nn.Module, task: Any, hooks: ReparamHooks, nan_at_step: int = 0,
+def make_loss_fn(model: nn.Module, task: Any, rp: Reparam, nan_at_step: int = 0,
                  penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None) -> LossFn:
   """What a train step differentiates: `loss_fn(params, extra, batch, rng, step)`.
 
@@ -136,7 +105,7 @@ def make_loss_fn(model: nn.Module, task: Any, hooks: ReparamHooks, nan_at_step: 
     loss, metrics = task.loss(apply_fn, batch, train=True)
     if nan_at_step:
       loss = loss * reliability.nan_factor(step, nan_at_step)
-    penalty, terms = hooks.penalty(params, step)
+    penalty, terms = rp.penalty(params, step)
     if penalties is not None:
       reg_penalty, reg_terms = penalties(params)
       penalty, terms = penalty + reg_penalty, {**terms, **reg_terms}
@@ -147,7 +116,7 @@ def make_loss_fn(model: nn.Module, task: Any, hooks: ReparamHooks, nan_at_step: 
 
 
 def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
-                    hooks: ReparamHooks, schedule: optax.Schedule, grad_accum_steps: int,
+                    rp: Reparam, schedule: optax.Schedule, grad_accum_steps: int,
                     base_rng: jax.Array, nan_at_step: int = 0,
                     penalties: Callable[[PyTree], tuple[jax.Array, dict]] | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -158,7 +127,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
   reports `nonfinite=1`; the host decides whether that stops the run.
   `nan_at_step` and `penalties`: see `make_loss_fn`.
   """
-  grad_fn = jax.value_and_grad(make_loss_fn(model, task, hooks, nan_at_step, penalties),
+  grad_fn = jax.value_and_grad(make_loss_fn(model, task, rp, nan_at_step, penalties),
                                has_aux=True)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -184,9 +153,9 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       total, metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps,
                                            (total, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = hooks.post_update(optax.apply_updates(state.params, updates))
+    params = rp.post_update(optax.apply_updates(state.params, updates))
     # Scheduled sparsity-mask / movement-score updates see this step's θ and gradient.
-    extra, extra_metrics = hooks.update_extra(state.params, grads, state.extra, state.step)
+    extra, extra_metrics = rp.update_state(state.params, grads, state.extra, state.step)
     grad_norm = optax.tree.norm(grads)
     # Decided on device so a bad step costs no host round-trip.
     ok = reliability.all_finite(total, grad_norm, params)

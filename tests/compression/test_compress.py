@@ -11,7 +11,8 @@ import pytest
 
 from reparam_jax import compress, train
 from reparam_jax.errors import UserError
-from reparam_jax.training.evaluate import Evaluator, load_run
+from reparam_jax.rundir.workdir import load_run
+from reparam_jax.training.evaluate import Evaluator
 from tests.helpers import tiny_args
 
 

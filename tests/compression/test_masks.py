@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from reparam_jax import reparam
+from reparam_jax.reparam import Reparam
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.reparam.transforms import mask_schedule as schedule
 from reparam_jax.reparam.transforms.mask_update import collect, prune_now, update_extra
-from reparam_jax.sparsity.report import sparsity_rows
+from reparam_jax.sparsity.report import sparsity_rows, threshold_sweep
 
 KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
 CFG = TransformerConfig(vocab_size=32, num_layers=2, num_heads=4, embed_dim=16, mlp_dim=40,
@@ -41,7 +42,7 @@ def _masks_by_path(params, masks, rc):
 def test_layer_scope_prunes_exactly_the_target_in_every_weight(sparsity):
   rc = _rc((KERNELS, f"mask(sparsity={sparsity})"))
   _, params, masks = _init(rc)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   got = _masks_by_path(params, masks, rc)
   assert len(got) == 12
   for (path, _), m in got.items():
@@ -63,7 +64,7 @@ def test_global_scope_hits_the_total_exactly_with_unequal_layers():
   # Make one layer's weights much larger: global ranking must spare it.
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x * 10 if "fc_in" in jax.tree_util.keystr(p) else x, params)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   got = _masks_by_path(params, masks, rc)
   total = sum(m.size for m in got.values())
   pruned = sum(m.size - m.sum() for m in got.values())
@@ -71,14 +72,14 @@ def test_global_scope_hits_the_total_exactly_with_unequal_layers():
   per = {p: 1 - m.mean() for (p, _), m in got.items()}
   assert per["block_0/mlp/fc_in/kernel"] < 0.1 < 0.6 < per["block_0/mlp/fc_out/kernel"]
   # the report counts the same zeros in the effective weights
-  rows = sparsity_rows(params, rc, masks, regex=KERNELS)
+  rows = sparsity_rows(params, Reparam.from_config(rc), masks, regex=KERNELS)
   assert rows[-1]["zeros"] >= pruned and rows[-1]["size"] == total
 
 
 def test_two_four_pattern_is_exact():
   rc = _rc((KERNELS, "mask(pattern='2:4')"))
   _, params, masks = _init(rc)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   for (path, _), m in _masks_by_path(params, masks, rc).items():
     groups = m.reshape(m.shape[0] // 4, 4, m.shape[1])
     assert (groups.sum(axis=1) == 2).all(), path
@@ -99,7 +100,7 @@ def test_heads_pruned_as_units_across_qkv_and_out():
             "mask(pattern=group, groups=4, axis=1, sparsity=0.5)"),
            (r"block_\d+/attn/out/kernel", "mask(pattern=group, groups=4, axis=0, sparsity=0.5)"))
   _, params, masks = _init(rc)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   got = _masks_by_path(params, masks, rc)
   for layer in (0, 1):
     pre = f"block_{layer}/attn/"
@@ -118,7 +119,7 @@ def test_neurons_global_structured_count_exact():
            (r"block_\d+/mlp/fc_out/kernel",
             "mask(pattern=group, groups=40, axis=0, sparsity=0.25, scope='global')"))
   _, params, masks = _init(rc)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   got = _masks_by_path(params, masks, rc)
   kept = [got[(f"block_{i}/mlp/fc_out/kernel", ())].all(axis=1) for i in (0, 1)]
   assert sum(int((~k).sum()) for k in kept) == 20
@@ -147,7 +148,7 @@ def test_gradual_pruning_inside_jit_follows_schedule_exactly():
   _, params, masks = _init(rc)
   stage = reparam.parse_spec(spec)
   grads = jax.tree.map(jnp.zeros_like, params)
-  step_fn = jax.jit(lambda p, e, t: update_extra(p, grads, e, t, rc))
+  step_fn = jax.jit(lambda p, e, t: update_extra(p, grads, e, t, Plan.from_config(rc)))
   extra = {"masks": masks}
   n = sum(int(np.size(x)) for x in jax.tree.leaves(masks))
   sizes = [m.size for m in _masks_by_path(params, masks, rc).values()]
@@ -172,13 +173,13 @@ def test_movement_scores_are_minus_sum_w_times_g():
     k = jax.random.key(t)
     p_t = jax.tree.map(lambda x, i=t: x + 0.01 * i, params)
     g_t = jax.tree.map(lambda x: jax.random.normal(k, x.shape), params)
-    extra, _ = update_extra(p_t, g_t, extra, jnp.asarray(t), rc)
+    extra, _ = update_extra(p_t, g_t, extra, jnp.asarray(t), Plan.from_config(rc))
     term = -p_t["block_1"]["mlp"]["fc_in"]["kernel"]["w"] * g_t["block_1"]["mlp"]["fc_in"]["kernel"]["w"]
     want = term if want is None else want + term
   got = extra["masks"]["block_1"]["mlp"]["fc_in"]["kernel"]["scores"]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
   # at the update step the lowest half of the scores is pruned
-  extra, _ = update_extra(params, jax.tree.map(jnp.zeros_like, params), extra, jnp.asarray(100), rc)
+  extra, _ = update_extra(params, jax.tree.map(jnp.zeros_like, params), extra, jnp.asarray(100), Plan.from_config(rc))
   m = np.asarray(extra["masks"]["block_1"]["mlp"]["fc_in"]["kernel"]["mask"])
   s = np.asarray(got)
   assert m.sum() == m.size // 2 and s[~m].max() <= s[m].min()
@@ -189,8 +190,8 @@ def test_soft_movement_shrinks_scores_and_thresholds():
   _, params, masks = _init(rc)
   zeros = jax.tree.map(jnp.zeros_like, params)
   grads = jax.tree.map(lambda x: -jnp.sign(x), params)  # scores += |w|
-  extra, _ = update_extra(params, grads, {"masks": masks}, jnp.asarray(0), rc)
-  extra, _ = update_extra(params, zeros, extra, jnp.asarray(1), rc)
+  extra, _ = update_extra(params, grads, {"masks": masks}, jnp.asarray(0), Plan.from_config(rc))
+  extra, _ = update_extra(params, zeros, extra, jnp.asarray(1), Plan.from_config(rc))
   w = np.abs(np.asarray(params["block_0"]["attn"]["query"]["kernel"]["w"]))
   node = extra["masks"]["block_0"]["attn"]["query"]["kernel"]
   np.testing.assert_allclose(np.asarray(node["scores"]), np.maximum(w - 0.02, 0.0), atol=1e-6)
@@ -203,7 +204,7 @@ def test_masked_model_equals_the_model_with_pruned_entries_zeroed():
   rc = _rc((r"block_\d+/mlp/\w+/kernel", "lowrank(rank=4)|mask(sparsity=0.5)"),
            (r"block_\d+/attn/\w+/kernel", "quant(bits=8)|mask(sparsity=0.5)"))
   wrapped, params, masks = _init(rc)
-  masks = prune_now(params, masks, rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
   out = wrapped.apply({"params": params, "masks": masks}, IDS)["logits"]
   folded = jax.tree.map(lambda x: x, params)
   for e in collect(Plan.from_config(rc), params, masks):
@@ -218,14 +219,14 @@ def test_masked_model_equals_the_model_with_pruned_entries_zeroed():
 
 
 def test_mask_then_quant_stack_is_mask_times_quantized_weight():
-  from reparam_jax.reparam.transforms.mask import join_aux
+  from reparam_jax.reparam.state import join_state
   from reparam_jax.reparam.transforms.quant import fake_quant, max_scale
   node = reparam.parse_spec("mask|quant(bits=4)")
   w = jax.random.normal(jax.random.key(0), (8, 6))
   theta = node.from_dense(w)
   assert node.matches(theta) and set(theta) == {"w"} and set(theta["w"]) == {"w"}
   m = jax.random.bernoulli(jax.random.key(1), 0.5, w.shape)
-  got = node.apply(join_aux(node, theta, {"mask": m}))
+  got = node.apply(join_state(node, theta, {"mask": m}))
   want = jnp.where(m, fake_quant(w, max_scale(w, 4), 4), 0.0)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
@@ -247,10 +248,9 @@ def test_masks_shard_like_their_weight():
 
 
 def test_threshold_sweep_counts_exactly():
-  from reparam_jax.sparsity.report import threshold_sweep
   params = {"block_0": {"mlp": {"fc_in": {"kernel": jnp.array([[0.1, -0.2], [0.3, 0.0]])}}},
             "embed": {"embedding": jnp.ones((2, 2))}}
-  rows = threshold_sweep(params, [0.0, 0.1, 0.25, 1.0])
+  rows = threshold_sweep(params, [0.0, 0.1, 0.25, 1.0], Reparam.from_config(None))
   assert [r["zeros"] for r in rows] == [1, 2, 3, 4] and rows[1]["sparsity"] == 0.5
 
 

@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
-from reparam_jax.convert import dense_to_reparam
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam.transforms.quant import (
   dequantize,
@@ -79,14 +79,14 @@ def test_qweight_stores_int8_and_is_not_trainable():
   ids = jnp.zeros((1, 8), jnp.int32)
   dense = model.init(jax.random.key(0), ids)["params"]
   rc = ml_collections.ConfigDict(dict(rules=((r"block_\d+/(attn|mlp)/\w+/kernel", "qweight"),)))
-  theta = nn.meta.unbox(dense_to_reparam(dense, rc))
+  theta = nn.meta.unbox(Reparam.from_config(rc).from_dense(dense))
   node = theta["block_0"]["mlp"]["fc_in"]["kernel"]
   assert node["q"].dtype == jnp.int8 and node["scale"].dtype == jnp.float32
   out = reparam.wrap(model, rc).apply({"params": theta}, ids)["logits"]
   ref = model.apply({"params": dense}, ids)["logits"]
   assert float(jnp.abs(out - ref).max()) < 0.05 * float(jnp.abs(ref).max()) + 1e-3
-  assert not any(jax.tree.leaves(reparam.trainable_mask(theta, rc)["block_0"]["mlp"]["fc_in"]["kernel"]))
-  rows = reparam.report_rows(theta, rc)
+  assert not any(jax.tree.leaves(Reparam.from_config(rc).trainable_mask(theta)["block_0"]["mlp"]["fc_in"]["kernel"]))
+  rows = Reparam.from_config(rc).report_rows(theta)
   assert rows[0]["bits_per_weight"] == pytest.approx(8 + 32 / rows[0]["shape"][0])
 
 

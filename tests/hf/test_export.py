@@ -17,6 +17,7 @@ import hf_refs  # noqa: E402
 from test_import import BERT_SIZES, GPT2_SIZES  # noqa: E402
 
 from reparam_jax import convert_hf, export_hf  # noqa: E402
+from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
 from reparam_jax.hf.common import flatten  # noqa: E402
 
@@ -47,8 +48,8 @@ def test_export_loads_in_transformers_and_round_trips(tmp_path, cls_name, size):
     assert torch.equal(want[name], got[name]), name
   assert loaded.config.to_dict()["architectures"] == [cls_name]
 
-  first, _, _, _ = convert_hf.import_folder(str(tmp_path / "hf"))
-  again, _, _, _ = convert_hf.import_folder(str(tmp_path / "out"))
+  first, _, _, _ = importer.import_folder(str(tmp_path / "hf"))
+  again, _, _, _ = importer.import_folder(str(tmp_path / "out"))
   a, b = flatten(first), flatten(again)
   assert set(a) == set(b)
   for path in a:

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 import hf_refs  # noqa: E402
 
-from reparam_jax import convert_hf  # noqa: E402
+from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
 
 TOL = 1e-4
@@ -37,7 +37,7 @@ BERT_SIZES = {
 
 
 def _gpt2_logits(params, cfg, heads, ids):
-  out = convert_hf.build_model(cfg, heads).apply({"params": params}, jnp.asarray(ids, jnp.int32))
+  out = importer.build_model(cfg, heads).apply({"params": params}, jnp.asarray(ids, jnp.int32))
   return np.asarray(out["logits"])
 
 
@@ -47,7 +47,7 @@ def test_gpt2_logits_match_pytorch(tmp_path, size, safetensors):
   sizes = GPT2_SIZES[size]
   model = hf_refs.gpt2(**sizes)
   folder = hf_refs.save_model(model, str(tmp_path / "hf"), safetensors)
-  params, cfg, heads, _ = convert_hf.import_folder(folder)
+  params, cfg, heads, _ = importer.import_folder(folder)
   assert cfg.tie_embeddings == sizes.get("tie_word_embeddings", True)
   ids = hf_refs.random_ids(sizes["vocab_size"], 3, sizes["n_positions"])
   with torch.no_grad():
@@ -74,14 +74,14 @@ def test_bert_outputs_match_pytorch(tmp_path, size, cls_name, safetensors):
   sizes = BERT_SIZES[size]
   model = hf_refs.bert(cls_name, **sizes)
   folder = hf_refs.save_model(model, str(tmp_path / "hf"), safetensors)
-  params, cfg, heads, _ = convert_hf.import_folder(folder)
+  params, cfg, heads, _ = importer.import_folder(folder)
   L = sizes["max_position_embeddings"]
   ids, mask, types = _bert_inputs(sizes["vocab_size"], L, sizes.get("type_vocab_size", 2))
   with torch.no_grad():
     ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask),
                 token_type_ids=torch.tensor(types))
   positions = np.broadcast_to(np.arange(L), ids.shape)
-  out = convert_hf.build_model(cfg, heads).apply(
+  out = importer.build_model(cfg, heads).apply(
       {"params": params}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool),
       jnp.asarray(types, jnp.int32), jnp.asarray(positions, jnp.int32))
   pairs = {
@@ -125,19 +125,19 @@ def test_bad_folders_are_user_errors(tmp_path, changes, message):
   folder = _tiny_gpt2_folder(tmp_path)
   _edit_config(folder, **changes)
   with pytest.raises(UserError, match=message):
-    convert_hf.import_folder(folder)
+    importer.import_folder(folder)
 
 
 def test_missing_files_are_user_errors(tmp_path):
   with pytest.raises(UserError, match="is not a directory"):
-    convert_hf.import_folder(str(tmp_path / "nope"))
+    importer.import_folder(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="has no config.json"):
-    convert_hf.import_folder(str(tmp_path / "empty"))
+    importer.import_folder(str(tmp_path / "empty"))
   folder = _tiny_gpt2_folder(tmp_path)
   os.remove(os.path.join(folder, "model.safetensors"))
   with pytest.raises(UserError, match="has no model.safetensors or pytorch_model.bin"):
-    convert_hf.import_folder(folder)
+    importer.import_folder(folder)
 
 
 def test_old_gamma_beta_names_and_prefixless_keys(tmp_path):
@@ -150,7 +150,7 @@ def test_old_gamma_beta_names_and_prefixless_keys(tmp_path):
   folder.mkdir()
   model.config.to_json_file(str(folder / "config.json"))
   torch.save(state, str(folder / "pytorch_model.bin"), _use_new_zipfile_serialization=False)
-  params, cfg, heads, _ = convert_hf.import_folder(str(folder))
+  params, cfg, heads, _ = importer.import_folder(str(folder))
   np.testing.assert_array_equal(params["embed"]["ln"]["scale"],
                                 model.embeddings.LayerNorm.weight.detach().numpy())
   assert heads == {} and cfg.pooler

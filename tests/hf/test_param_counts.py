@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from reparam_jax import convert_hf  # noqa: E402
+from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.models import PRESETS, TransformerConfig  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def test_full_size_counts(name, expected):
     config, cls = transformers.BertConfig(), transformers.BertModel
   with torch.device("meta"):
     model = cls(config)
-  params, cfg, heads = convert_hf.import_tensors(config.to_dict(), _shape_only_state(model),
+  params, cfg, heads = importer.import_tensors(config.to_dict(), _shape_only_state(model),
                                                  name)
   assert heads == {}
   n = sum(int(np.prod(x.shape)) for x in _leaves(params))

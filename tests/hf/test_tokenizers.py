@@ -48,9 +48,9 @@ def corpus(raw_data_dir):
 def bpe_folder(tmp_path_factory, corpus):
   folder = str(tmp_path_factory.mktemp("bpe"))
   trainer = tokenizers.ByteLevelBPETokenizer()
-  steps.train_from_iterator(corpus * 3, vocab_size=600, min_frequency=2,
+  trainer.train_from_iterator(corpus * 3, vocab_size=600, min_frequency=2,
                               special_tokens=["<|endoftext|>"])
-  steps.save_model(folder)
+  trainer.save_model(folder)
   return folder
 
 
@@ -58,8 +58,8 @@ def bpe_folder(tmp_path_factory, corpus):
 def wordpiece_folder(tmp_path_factory, corpus):
   folder = str(tmp_path_factory.mktemp("wordpiece"))
   trainer = tokenizers.BertWordPieceTokenizer(lowercase=True)
-  steps.train_from_iterator(corpus * 3, vocab_size=800, min_frequency=2)
-  steps.save_model(folder)
+  trainer.train_from_iterator(corpus * 3, vocab_size=800, min_frequency=2)
+  trainer.save_model(folder)
   return folder
 
 

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Fresh interpreters: the device count is fixed once JAX's backend starts.
 SCRIPT = """
 import sys, jax
-from reparam_jax.train import configure_cpu_devices
+from reparam_jax.training.devices import configure_cpu_devices
 configure_cpu_devices(2)
 print("devices", jax.local_device_count())
 configure_cpu_devices(3)  # too late: JAX has started; a warning, not a crash

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from reparam_jax.reparam import Reparam
 from reparam_jax import train
 from reparam_jax.config import load as config_load
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from reparam_jax.tasks import make_task
 from reparam_jax.training import optim, sharding, steps
 from reparam_jax.training.early_stopping import EarlyStopping
@@ -26,7 +27,7 @@ ES_RUN = dict(num_steps=40, eval_every=2, checkpoint_every=3, optimizer__lr=0.3,
 
 
 def _evals(workdir):
-  return [(r["step"], r["eval/loss"]) for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return [(r["step"], r["eval/loss"]) for r in rundir.read_metrics(workdir)
           if "eval/loss" in r]
 
 
@@ -39,7 +40,7 @@ def es_run(tmp_path_factory, raw_data_dir, tfds_dir):
 
 def test_each_penalty_is_logged_and_added_to_the_loss(es_run):
   workdir, _ = es_run
-  records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r]
+  records = [r for r in rundir.read_metrics(workdir) if "train/loss" in r]
   assert records
   for r in records:  # log_every=1: one step per record, so the sum is exact up to rounding
     terms = [r[f"train/penalty/{k}"] for k in PENALTIES]
@@ -134,7 +135,7 @@ def test_dropout_is_active_in_training_only(which, tmp_path, raw_data_dir, tfds_
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_tuple(config.axis_rules)
   task = make_task(config, str(tmp_path))
-  hooks = steps.ReparamHooks(config.reparam)
+  hooks = Reparam.from_config(config.reparam)
   model = task.model()
   state, _, tx = steps.create_train_state(
       steps.init_variables_fn(model, task.init_args()),

@@ -10,7 +10,7 @@ import pytest
 
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from tests.helpers import tiny_args
 
 
@@ -29,7 +29,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
   assert err[-1].startswith("error: training diverged: non-finite loss or gradient at step 5;")
   assert "last good checkpoint (step 4)" in err[-1]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
-  losses = [r["train/loss"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+  losses = [r["train/loss"] for r in rundir.read_metrics(tmp_path)]
   assert len(losses) == 4 and all(math.isfinite(x) for x in losses)  # nothing past step 4
 
 
@@ -51,7 +51,7 @@ def test_skip_mode_drops_the_update_counts_it_and_continues(tmp_path, raw_data_d
                reliability__nan_at_step=3, reliability__on_nonfinite="skip")
   assert final["step"] == 6 and math.isfinite(final["eval/loss"])
   assert "warning: skipped step 3" in capsys.readouterr().err
-  records = {r["step"]: r for r in read_jsonl(str(tmp_path / "metrics.jsonl"))
+  records = {r["step"]: r for r in rundir.read_metrics(tmp_path)
              if "train/loss" in r}
   assert [records[s]["train/skipped_steps"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
   # Step 3's update was dropped: its params equal step 2's (the step counter moved on).

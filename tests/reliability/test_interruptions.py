@@ -17,7 +17,7 @@ import pytest
 
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from tests.helpers import REPO, tiny_args
 
 STEPS = 16
@@ -36,7 +36,7 @@ def _start(args, devices=8, extra=()) -> subprocess.Popen:
 
 
 def _train_records(workdir) -> list[dict]:
-  return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r]
+  return [r for r in rundir.read_metrics(workdir) if "train/loss" in r]
 
 
 def _last_logged(workdir) -> int:

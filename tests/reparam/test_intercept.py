@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
+from reparam_jax.training import optim
+from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
-from reparam_jax.convert import dense_to_reparam, reparam_to_dense
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam.rules import Plan, parse_spec
@@ -62,7 +63,7 @@ def test_transformer_runs_and_matches_dense_equivalent(spec):
   wrapped = reparam.wrap(model, rc)
   params = wrapped.init(jax.random.key(0), IDS)["params"]
   y = wrapped.apply({"params": params}, IDS)["logits"]
-  dense = reparam_to_dense(nn.meta.unbox(params), rc)
+  dense = Reparam.from_config(rc).to_dense(nn.meta.unbox(params))
   y_ref = model.apply({"params": dense}, IDS)["logits"]
   np.testing.assert_allclose(y, y_ref, atol=2e-5)
 
@@ -75,7 +76,7 @@ def test_stock_flax_model_gets_dense_arrays():
   assert set(params["hidden"]["kernel"]) == {"u", "v"}
   assert set(params["out"]["kernel"]) == {"base", "lora_a", "lora_b"}
   y = wrapped.apply({"params": params}, x)
-  y_ref = MLP().apply({"params": reparam_to_dense(params, rc)}, x)
+  y_ref = MLP().apply({"params": Reparam.from_config(rc).to_dense(params)}, x)
   np.testing.assert_allclose(y, y_ref, atol=1e-6)
   jax.grad(lambda p: wrapped.apply({"params": p}, x).sum())(params)  # differentiable
 
@@ -90,7 +91,7 @@ def test_variational_samples_only_with_reparam_rng():
   s1 = wrapped.apply(v, IDS, rngs={"reparam": jax.random.key(1)})["logits"]
   s2 = wrapped.apply(v, IDS, rngs={"reparam": jax.random.key(2)})["logits"]
   assert not np.allclose(s1, s2) and not np.allclose(s1, mean1)
-  total, terms = reparam.penalty(nn.meta.unbox(v["params"]), rc, 0)
+  total, terms = Reparam.from_config(rc).penalty(nn.meta.unbox(v["params"]), 0)
   assert set(terms) == {"variational/kl"} and float(total) == float(terms["variational/kl"]) > 0
 
 
@@ -128,12 +129,12 @@ def test_trainable_mask_freeze_optimizer_and_post_update():
   rc = rcfg((KERNELS, "lora(rank=2)"), (r"block_0/mlp/fc_in/bias", "identity"), (".*", "frozen"))
   wrapped = reparam.wrap(Transformer(CFG), rc)
   params = nn.meta.unbox(wrapped.init(jax.random.key(0), IDS)["params"])
-  mask = reparam.trainable_mask(params, rc)
+  mask = Reparam.from_config(rc).trainable_mask(params)
   k = mask["block_0"]["attn"]["query"]["kernel"]
   assert k == {"base": False, "lora_a": True, "lora_b": True}
   assert mask["block_0"]["mlp"]["fc_in"]["bias"] is True
   assert mask["embed"]["token"]["embedding"] is False
-  tx = reparam.freeze_optimizer(optax.adam(1e-2), params, rc)
+  tx = optim.freeze(optax.adam(1e-2), Reparam.from_config(rc).trainable_mask(params))
   state = tx.init(params)
   grads = jax.grad(lambda p: wrapped.apply({"params": p}, IDS)["logits"].std())(params)
   updates, _ = tx.update(grads, state, params)
@@ -145,7 +146,7 @@ def test_trainable_mask_freeze_optimizer_and_post_update():
   rc = rcfg((KERNELS, "hypersphere"))
   boxed = reparam.wrap(Transformer(CFG), rc).init(jax.random.key(0), IDS)["params"]
   moved = jax.tree.map(lambda x: x * 3.0, boxed)
-  out = reparam.post_update(moved, rc)
+  out = Reparam.from_config(rc).post_update(moved)
   d = out["block_1"]["mlp"]["fc_out"]["kernel"]["direction"]
   assert isinstance(d, nn.Partitioned)  # boxes kept
   np.testing.assert_allclose(jnp.linalg.norm(d.value, axis=0), 1.0, rtol=1e-5)
@@ -157,7 +158,7 @@ def test_adapter_save_load_and_convert_round_trip(tmp_path):
   rc = rcfg((KERNELS, "lora(rank=2, alpha=4)"))
   model = Transformer(CFG)
   dense = nn.meta.unbox(model.init(jax.random.key(0), IDS)["params"])
-  params = dense_to_reparam(dense, rc)
+  params = Reparam.from_config(rc).from_dense(dense)
   wrapped = reparam.wrap(model, rc)
   y0 = model.apply({"params": dense}, IDS)["logits"]
   np.testing.assert_allclose(wrapped.apply({"params": params}, IDS)["logits"], y0, atol=1e-6)
@@ -167,21 +168,21 @@ def test_adapter_save_load_and_convert_round_trip(tmp_path):
     kb = tuned[blk]["mlp"]["fc_in"]["kernel"]
     kb["lora_b"] = jax.random.normal(jax.random.key(1), kb["lora_b"].shape) * 0.1
   path = str(tmp_path / "adapter.npz")
-  reparam.save_adapter(path, tuned, rc)
-  adapter = reparam.extract_adapter(tuned, rc)
+  reparam.save_adapter(path, tuned, Reparam.from_config(Reparam.from_config(rc)))
+  adapter = reparam.extract_adapter(tuned, Reparam.from_config(Reparam.from_config(rc)))
   assert all(p.endswith(("lora_a", "lora_b")) for p in adapter) and len(adapter) == 24
-  restored = reparam.load_adapter(path, dense_to_reparam(dense, rc))
+  restored = reparam.load_adapter(path, Reparam.from_config(rc).from_dense(dense))
   y_tuned = wrapped.apply({"params": tuned}, IDS)["logits"]
   np.testing.assert_allclose(wrapped.apply({"params": restored}, IDS)["logits"], y_tuned,
                              atol=1e-6)
-  merged = reparam_to_dense(tuned, rc)
+  merged = Reparam.from_config(rc).to_dense(tuned)
   np.testing.assert_allclose(model.apply({"params": merged}, IDS)["logits"], y_tuned, atol=1e-5)
 
 
 def test_dense_to_reparam_keeps_boxes_and_derives_names():
   rc = rcfg((KERNELS, "lowrank(rank=3)"))
   boxed = Transformer(CFG).init(jax.random.key(0), IDS)["params"]
-  theta = dense_to_reparam(boxed, rc)
+  theta = Reparam.from_config(rc).from_dense(boxed)
   specs = nn.get_partition_spec(theta)
   assert specs["block_0"]["attn"]["out"]["kernel"]["u"] == jax.sharding.PartitionSpec("heads", None)
   assert specs["block_0"]["attn"]["out"]["kernel"]["v"] == jax.sharding.PartitionSpec("embed", None)

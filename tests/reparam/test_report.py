@@ -7,7 +7,8 @@ import textwrap
 import ml_collections
 import pytest
 
-from reparam_jax.report import main, model_rows
+from reparam_jax.perf.reparam_report import model_rows
+from reparam_jax.report import main
 
 MODEL = dict(vocab_size=32, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
 

@@ -9,6 +9,8 @@ import ml_collections
 import optax
 import pytest
 
+from reparam_jax.training import optim
+from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
 
@@ -22,18 +24,18 @@ class MLP(nn.Module):
 def _train(model, rc, batch_fn, loss_fn, steps, lr, x0):
   wrapped = reparam.wrap(model, rc)
   params = nn.meta.unbox(wrapped.init(jax.random.key(0), x0)["params"])
-  tx = reparam.freeze_optimizer(optax.adam(lr), params, rc)
+  tx = optim.freeze(optax.adam(lr), Reparam.from_config(rc).trainable_mask(params))
   opt = tx.init(params)
 
   def total(p, batch, k, step):
     out = wrapped.apply({"params": p}, batch[0], rngs={"reparam": k})
-    return loss_fn(out, batch) + reparam.penalty(p, rc, step)[0]
+    return loss_fn(out, batch) + Reparam.from_config(rc).penalty(p, step)[0]
 
   @jax.jit
   def step(params, opt, batch, k, i):
     loss, g = jax.value_and_grad(total)(params, batch, k, i)
     upd, opt = tx.update(g, opt, params)
-    return reparam.post_update(optax.apply_updates(params, upd), rc), opt, loss
+    return Reparam.from_config(rc).post_update(optax.apply_updates(params, upd)), opt, loss
 
   losses = []
   for i in range(steps):

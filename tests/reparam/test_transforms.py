@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from reparam_jax.reparam import materialize
-from reparam_jax.reparam.base import SlotMapped, Wrapped
+from reparam_jax.reparam.compose import SlotMapped, Wrapped
 from reparam_jax.reparam.rules import parse_spec
 from reparam_jax.reparam.transforms.lora import LoRA, merge, unmerge
 from reparam_jax.reparam.transforms.lowrank import LowRank, als_factors, svd_factors

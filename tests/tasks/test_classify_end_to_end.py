@@ -8,7 +8,7 @@ import pytest
 
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from tests.helpers import REPO
 
 TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 16, "model.mlp_dim": 32,
@@ -28,7 +28,7 @@ def _args(config, workdir, raw, tfds, **extra):
 def test_pretrain_finetune_distill(tmp_path, raw_data_dir, tfds_dir, capsys):
   mlm, clf, dst = (str(tmp_path / n) for n in ("mlm", "clf", "dst"))
   train.main(_args("pretrain_mlm.py", mlm, raw_data_dir, tfds_dir))
-  assert any("train/mlm_loss" in r for r in read_jsonl(os.path.join(mlm, "metrics.jsonl")))
+  assert any("train/mlm_loss" in r for r in rundir.read_metrics(mlm))
 
   capsys.readouterr()
   final = train.main(_args("finetune.py", clf, raw_data_dir, tfds_dir, init_from=mlm))
@@ -52,7 +52,7 @@ def test_pretrain_finetune_distill(tmp_path, raw_data_dir, tfds_dir, capsys):
   final = train.main(_args("distill.py", dst, raw_data_dir, tfds_dir, **{
       "distill.teacher": clf, "model.embed_dim": 8, "distill.gamma": 0.1,
       "distill.hidden_weight": 1.0}))
-  records = read_jsonl(os.path.join(dst, "metrics.jsonl"))
+  records = rundir.read_metrics(dst)
   keys = set().union(*records)
   assert {"train/task_loss", "train/kd_loss", "train/contrastive_loss",
           "train/hidden_loss"} <= keys

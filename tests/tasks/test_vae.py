@@ -7,12 +7,13 @@ import optax
 import pytest
 
 from reparam_jax import sample_vae, train
+from reparam_jax.generation import vae as generation_vae
 from reparam_jax.data import lines
 from reparam_jax.data.tokenizers import CharTokenizer
 from reparam_jax.models import TransformerConfig
 from reparam_jax.models.text_vae import TextVAE
 from reparam_jax.objectives import vae
-from reparam_jax.rundir.metrics import read_jsonl
+from reparam_jax.rundir import workdir as rundir
 from tests.helpers import REPO
 
 
@@ -132,7 +133,7 @@ def test_decoding_from_z_gives_text():
   ids = jnp.zeros((1, 8), jnp.int32)
   params = model.init({"params": jax.random.key(0)}, ids, ids == 0, ids)["params"]
   z = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
-  out = sample_vae.decode_batch(model, params, z, 8, temperature=1.0, rng=jax.random.key(0))
+  out = generation_vae.decode_batch(model, params, z, 8, temperature=1.0, rng=jax.random.key(0))
   assert out.shape == (2, 8)
   texts = [lines.decode_ids(tok, row) for row in out]
   assert all(set(t) <= set("abc de") for t in texts)
@@ -156,7 +157,7 @@ def vae_run(tmp_path_factory, raw_data_dir, tfds_dir):
 @pytest.mark.slow  # the real trainer and CLI: over 3 min on the shared 2-core CPU
 def test_trainer_reduces_the_elbo_loss(vae_run):
   workdir, final = vae_run
-  records = [r for r in read_jsonl(f"{workdir}/metrics.jsonl") if "train/nelbo" in r]
+  records = [r for r in rundir.read_metrics(workdir) if "train/nelbo" in r]
   first, last = records[0], records[-1]
   assert last["train/nelbo"] < first["train/nelbo"] - 10  # nats per sentence
   assert first["train/beta"] < last["train/beta"] == 1.0  # linear warm-up over 10 steps

@@ -24,14 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import (
-  Array,
-  LoRAKernel,
-  WrapperTransform,
-  materialize,
-  need_2d,
-  register,
-)
+from reparam_jax.reparam.base import Array, WrapperTransform, positive_int, register
+from reparam_jax.reparam.kernels import LoRAKernel, materialize
+from reparam_jax.reparam.numerics import need_2d
 
 
 @register
@@ -40,6 +35,7 @@ class LoRA(WrapperTransform):
   """θ = {base: θ of the previous stage (W₀ alone), lora_a: [d_in, r], lora_b: [r, d_out]}."""
 
   name: ClassVar[str] = "lora"
+  examples: ClassVar[tuple[str, ...]] = ("lora(rank=2)", "lora(rank=2, alpha=4)")
   keys: ClassVar[tuple[str, ...]] = ("lora_a", "lora_b")
   # No slots: reparameterizing A, B (e.g. Bayesian adapters) would need the
   # slot machinery to see through the wrapper's `base`; not supported yet.
@@ -47,6 +43,9 @@ class LoRA(WrapperTransform):
   alpha: float = 8.0
 
   @property
+  def arg_problems(self):
+    return positive_int("rank", self.rank)
+
   def scale(self) -> float:
     return float(self.alpha) / self.rank
 

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, LowRankKernel, Transform, need_2d, register
+from reparam_jax.reparam.base import Array, Transform, positive_int, register
+from reparam_jax.reparam.kernels import LowRankKernel
+from reparam_jax.reparam.numerics import need_2d
 
 
 def svd_factors(w_MxN: Array, rank: int) -> tuple[Array, Array]:
@@ -61,11 +63,15 @@ class LowRank(Transform):
   """θ = {u: [d_in, r], v: [d_out, r]}; apply gives a structured `(x u) vᵀ` kernel."""
 
   name: ClassVar[str] = "lowrank"
+  examples: ClassVar[tuple[str, ...]] = ("lowrank(rank=2)", "lowrank(rank=2, method=als)")
   keys: ClassVar[tuple[str, ...]] = ("u", "v")
   slots: ClassVar[tuple[str, ...]] = ("u", "v")
   rank: int = 8
   method: str = "svd"  # from_dense: "svd" or "als"
   als_iters: int = 100
+
+  def arg_problems(self):
+    return positive_int("rank", self.rank)
 
   def check(self, shape):
     need_2d("lowrank", shape)

@@ -4,8 +4,8 @@
 live in the variable collection `'masks'` at the same path and key structure,
 boxed with the weight's logical names so they shard like it.  The split keeps
 everything the optimizer sees in `params` (no optimizer state, no weight
-decay and no gradient for M), while `intercept.py` joins the two trees
-before `apply` (`join_aux`), so a mask composes like any other stage:
+decay and no gradient for M), while the interceptor joins the two trees
+before `apply` (`state.join_state`), so a mask composes like any other stage:
 
   mask(...)               W = M ⊙ w
   lowrank(rank=r)|mask    both factors masked: W = (M_u ⊙ u)(M_v ⊙ v)ᵀ
@@ -13,12 +13,12 @@ before `apply` (`join_aux`), so a mask composes like any other stage:
   quant(bits=8)|mask      W = Q(M ⊙ w)
   mask|lora               frozen masked base plus a dense adapter
 
-Stages with non-parameter state declare `aux_keys`; the generic helpers at the
-bottom find them inside composed nodes.  Without the aux entries (a params-only
+The mask declares its state as `aux_keys` / `aux_init` (reparam/state.py
+finds such stages inside composed nodes).  Without the state (a params-only
 tree, e.g. in `penalty` or a report) `apply` uses no mask.
 
 When and how M changes is set by the spec's fields and done by
-`reparam_jax.reparam.transforms.mask_update` inside the jitted train step (see
+`transforms/mask_update.py` inside the jitted train step (see
 docs/compression.md): one-shot, gradual (Zhu & Gupta's cubic schedule),
 magnitude / movement / soft movement / threshold scores, unstructured, N:M or
 groups (attention heads, MLP neurons), per layer or global.
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import SlotMapped, Transform, Wrapped, register, shape_of
+from reparam_jax.reparam.base import Transform, rate, register
+from reparam_jax.reparam.numerics import shape_of
 
-AUX_COLLECTION = "masks"
 METHODS = ("magnitude", "movement", "soft_movement", "threshold", "fixed")
 SCOPES = ("layer", "global")
 
@@ -59,6 +59,9 @@ class Mask(Transform):
   """θ = {w}; aux (collection 'masks') = {mask: bool like w[, scores: f32 like w]}."""
 
   name: ClassVar[str] = "mask"
+  examples: ClassVar[tuple[str, ...]] = (
+      "mask(sparsity=0.5)",
+      "mask(method=movement, sparsity=0.5, begin_step=1, end_step=3, every=1)")
   keys: ClassVar[tuple[str, ...]] = ("w",)
   slots: ClassVar[tuple[str, ...]] = ("w",)
   method: str = "magnitude"      # how the kept entries are scored (METHODS)
@@ -75,6 +78,9 @@ class Mask(Transform):
   l1: float = 0.0                # method='soft_movement': L1 shrinkage of the scores per step
 
   @property
+  def arg_problems(self):
+    return rate("sparsity", self.sparsity) + rate("initial_sparsity", self.initial_sparsity)
+
   def aux_keys(self) -> tuple[str, ...]:
     return ("mask", "scores") if self.method in ("movement", "soft_movement") else ("mask",)
 
@@ -132,90 +138,3 @@ class Mask(Transform):
     if "scores" in self.aux_keys:
       out["scores"] = jnp.zeros(w.shape, jnp.float32)
     return out
-
-
-# ---------------------------------------------------------------------------
-# Generic walking of composed nodes for stages with aux state.
-
-
-def aux_stages(node: Any, theta: Any, prefix: tuple = ()) -> list[tuple[Any, tuple]]:
-  """(stage, key path inside θ) for every stage of `node` that has `aux_keys`."""
-  if isinstance(node, SlotMapped):
-    out = aux_stages(node.inner, theta, prefix)
-    for s in node.inner.slots:
-      out += aux_stages(node.outer, theta[s], prefix + (s,))
-    return out
-  if isinstance(node, Wrapped):
-    return aux_stages(node.inner, theta["base"], prefix + ("base",))
-  return [(node, prefix)] if getattr(node, "aux_keys", ()) else []
-
-
-def has_aux(node: Any) -> bool:
-  if isinstance(node, SlotMapped):
-    return has_aux(node.inner) or has_aux(node.outer)
-  if isinstance(node, Wrapped):
-    return has_aux(node.inner)
-  return bool(getattr(node, "aux_keys", ()))
-
-
-def get_in(tree: Any, kp: tuple) -> Any:
-  for k in kp:
-    tree = tree[k]
-  return tree
-
-
-def set_in(tree: Any, kp: tuple, value: Any) -> Any:
-  """A copy of nested dict `tree` with `value` at key path `kp` (creating dicts)."""
-  if not kp:
-    return value
-  out = dict(tree) if isinstance(tree, Mapping) else {}
-  out[kp[0]] = set_in(out.get(kp[0], {}), kp[1:], value)
-  return out
-
-
-def weight_leaf(stage_theta: Any) -> Any:
-  """The array a mask acts on: its `w`, seen through stages that keep a `w` (quant)."""
-  w = stage_theta["w"]
-  while isinstance(w, Mapping):
-    if "w" not in w:
-      raise UserError("a mask must act on a weight-shaped entry; it cannot be followed by a "
-                      "stage without a 'w' entry (write e.g. lowrank|mask instead of mask|lowrank)")
-    w = w["w"]
-  return w
-
-
-def init_aux(node: Any, theta: Any, box_like: Any = None) -> dict:
-  """The aux tree of one weight (e.g. {'mask': M} or {'u': {'mask': ..}, 'v': {..}}).
-
-  `box_like(leaf_of_theta, value)` boxes each aux entry like the weight it
-  masks (same logical names, so the mask shards like the weight).
-  """
-  out: dict = {}
-  for stage, kp in aux_stages(node, theta):
-    w = weight_leaf(get_in(theta, kp))
-    raw = w.unbox() if hasattr(w, "unbox") else w
-    aux = stage.aux_init(raw)
-    if box_like is not None:
-      aux = {k: box_like(w, v) for k, v in aux.items()}
-    out = set_in(out, kp, {**get_in(out, kp), **aux} if kp and _has(out, kp) else aux)
-  return out
-
-
-def _has(tree: Any, kp: tuple) -> bool:
-  try:
-    get_in(tree, kp)
-    return True
-  except (KeyError, TypeError):
-    return False
-
-
-def join_aux(node: Any, theta: Any, aux: Any) -> Any:
-  """θ with each aux-bearing stage's entries merged in (what `apply` consumes)."""
-  if not aux:
-    return theta
-  for stage, kp in aux_stages(node, theta):
-    if not _has(aux, kp):
-      continue
-    extra = {k: v for k, v in get_in(aux, kp).items() if k in stage.aux_keys}
-    theta = set_in(theta, kp, {**get_in(theta, kp), **extra})
-  return theta

@@ -33,17 +33,17 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
+from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam.rules import Plan, map_theta
-from reparam_jax.reparam.transforms.mask import (
+from reparam_jax.reparam.state import (
   AUX_COLLECTION,
-  Mask,
-  aux_stages,
   get_in,
-  has_aux,
-  parse_nm,
+  has_state,
   set_in,
+  state_stages,
   weight_leaf,
 )
+from reparam_jax.reparam.transforms.mask import Mask, parse_nm
 from reparam_jax.reparam.transforms.mask_schedule import is_update_step, target_sparsity
 
 PyTree = Any
@@ -65,14 +65,6 @@ class Entry:
     return "/".join([self.path.rsplit("/", 2)[0], *self.kp])
 
 
-def subtree(tree: Any, path: str) -> Any:
-  for k in path.split("/"):
-    if not isinstance(tree, dict) or k not in tree:
-      return None
-    tree = tree[k]
-  return tree
-
-
 def collect(plan: Plan, params: PyTree, masks: PyTree, grads: PyTree | None = None
             ) -> list[Entry]:
   """Every mask stage with its weight, aux state and (optionally) gradient."""
@@ -80,11 +72,11 @@ def collect(plan: Plan, params: PyTree, masks: PyTree, grads: PyTree | None = No
   params, masks = meta.unbox(params), meta.unbox(masks)
 
   def visit(path, rule, theta):
-    if rule is None or not has_aux(rule.node):
+    if rule is None or not has_state(rule.node):
       return theta
     aux_w = subtree(masks, path)
     g_w = subtree(grads, path) if grads is not None else None
-    for stage, kp in aux_stages(rule.node, theta):
+    for stage, kp in state_stages(rule.node, theta):
       if aux_w is None:
         continue
       entries.append(Entry(path, kp, stage, weight_leaf(get_in(theta, kp)),
@@ -234,9 +226,8 @@ def sparsity_metrics(entries: list[Entry]) -> dict[str, jax.Array]:
 
 
 def update_extra(params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array,
-                 reparam_cfg: Any) -> tuple[PyTree, dict[str, jax.Array]]:
+                 plan: Plan) -> tuple[PyTree, dict[str, jax.Array]]:
   """The trainer hook: (extra with updated masks/scores, {'sparsity': …})."""
-  plan = Plan.from_config(reparam_cfg)
   masks = extra.get(AUX_COLLECTION) if extra else None
   if not masks:
     return extra, {}
@@ -250,10 +241,9 @@ def update_extra(params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array,
   return {**extra, AUX_COLLECTION: write_back(masks, entries)}, sparsity_metrics(entries)
 
 
-def prune_now(params: PyTree, masks: PyTree, reparam_cfg: Any, step: int | None = None
+def prune_now(params: PyTree, masks: PyTree, plan: Plan, step: int | None = None
               ) -> PyTree:
   """Host-side one-shot: every mask set to its spec's target (at `step`, default end_step)."""
-  plan = Plan.from_config(reparam_cfg)
   entries = collect(plan, params, masks)
   if step is None:
     step = max([e.stage.end_step for e in entries], default=0)

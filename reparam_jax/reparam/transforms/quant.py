@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, Transform, materialize, matmul, register, shape_of
+from reparam_jax.reparam.base import Array, Transform, register
+from reparam_jax.reparam.kernels import materialize, matmul
+from reparam_jax.reparam.numerics import shape_of
 
 
 def qmax(bits: int) -> int:
@@ -104,6 +106,7 @@ class Quant(Transform):
   """θ = {w} ('max') or {w, scale} ('learned'); W = fake-quantized w."""
 
   name: ClassVar[str] = "quant"
+  examples: ClassVar[tuple[str, ...]] = ("quant(bits=8)", "quant(bits=4, scale=learned)")
   slots: ClassVar[tuple[str, ...]] = ("w",)
   bits: int = 8
   scale: str = "max"  # 'max' (per-channel statistic) or 'learned' (LSQ)
@@ -162,6 +165,7 @@ class QWeight(Transform):
   """θ = {q: int8, scale: f32 per channel}; the stored form of a post-training quantization."""
 
   name: ClassVar[str] = "qweight"
+  examples: ClassVar[tuple[str, ...]] = ("qweight(bits=8)",)
   keys: ClassVar[tuple[str, ...]] = ("q", "scale")
   bits: int = 8
   axis: int = 0

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, Transform, register, safe_norm
+from reparam_jax.reparam.base import Array, Transform, register
+from reparam_jax.reparam.numerics import safe_norm
 
 
 def _drop(names: tuple, axis: int) -> tuple:
@@ -96,6 +97,7 @@ class Spherical(_Vectorwise):
   """
 
   name: ClassVar[str] = "spherical"
+  examples: ClassVar[tuple[str, ...]] = ("spherical", "spherical(axis=1)")
   keys: ClassVar[tuple[str, ...]] = ("radius", "angles")
 
   def check(self, shape):
@@ -128,6 +130,7 @@ class WeightNorm(_Vectorwise):
   """W = g · v/‖v‖ per vector (Salimans & Kingma 2016); θ = {g, v}."""
 
   name: ClassVar[str] = "weightnorm"
+  examples: ClassVar[tuple[str, ...]] = ("weightnorm",)
   keys: ClassVar[tuple[str, ...]] = ("g", "v")
   slots: ClassVar[tuple[str, ...]] = ("v",)
 
@@ -162,6 +165,7 @@ class Hypersphere(_Vectorwise):
   """
 
   name: ClassVar[str] = "hypersphere"
+  examples: ClassVar[tuple[str, ...]] = ("hypersphere", "hypersphere(learn_scale=True)")
   keys: ClassVar[tuple[str, ...]] = ("direction", "scale")
   learn_scale: bool = False
 

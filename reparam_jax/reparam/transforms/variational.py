@@ -29,15 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import (
-  Array,
-  LatentKernel,
-  Transform,
-  need_2d,
-  register,
-  rms,
-  softplus_inv,
-)
+from reparam_jax.reparam.base import Array, Transform, register
+from reparam_jax.reparam.kernels import LatentKernel
+from reparam_jax.reparam.numerics import need_2d, rms, softplus_inv
 
 
 def gaussian_kl(mu: Array, sigma: Array, prior_std: float) -> Array:
@@ -82,6 +76,7 @@ class Variational(_KL):
   """θ = {mu, rho}, both shaped and sharded like the weight."""
 
   name: ClassVar[str] = "variational"
+  examples: ClassVar[tuple[str, ...]] = ("variational", "variational(kl_weight=1e-4)")
   keys: ClassVar[tuple[str, ...]] = ("mu", "rho")
 
   def init(self, key, shape, dtype, std):
@@ -124,6 +119,8 @@ class Latent(_KL):
   """
 
   name: ClassVar[str] = "latent"
+  examples: ClassVar[tuple[str, ...]] = (
+      "latent(dim=2)", "latent(dim=2, decoder=fixed, offset=True)")
   dim: int = 8  # k_in
   dim_out: int = 0  # k_out; 0 = dim
   decoder: str = "learned"  # or "fixed"

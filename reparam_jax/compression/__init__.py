@@ -1,0 +1,1 @@
+"""Compression pipelines over trained checkpoints (SVD → prune → quantize → fine-tune)."""

@@ -1,0 +1,439 @@
+"""The compression pipeline behind `python -m reparam_jax.compress`: recipe, steps, report.
+
+See that command (and docs/compression.md) for the recipe language.  The
+state is a float model (dense or low-rank kernels, pruned entries stored as
+zeros) plus optionally a quantization applied on top for storage; every
+step's checkpoint is self-contained.  Fine-tuning runs the real training
+loop (`training.loop.train_and_evaluate`) on the float weights with the
+pruned entries held at zero and, when quantized, fake-quantized.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax.core import meta
+
+from reparam_jax.errors import UserError
+from reparam_jax.pytree.paths import subtree
+from reparam_jax.reparam import Reparam
+from reparam_jax.reparam.rules import Plan, map_theta
+from reparam_jax.reparam.state import get_in, set_in, state_stages
+from reparam_jax.reparam.transforms.mask_update import prune_now
+from reparam_jax.reparam.transforms.quant import quantize as int_quantize
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import workdir as rundir
+from reparam_jax.rundir.workdir import load_run
+from reparam_jax.sparsity import sensitivity
+from reparam_jax.training.evaluate import Evaluator
+from reparam_jax.training.loop import train_and_evaluate
+
+PyTree = Any
+KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
+
+
+# ---------------------------------------------------------------------------
+# Recipe parsing: "svd(rank=32),prune(magnitude,0.5),quantize(int8)".
+
+
+@dataclasses.dataclass
+class Step:
+  name: str
+  args: tuple
+  kwargs: dict
+
+  def text(self) -> str:
+    parts = [repr(a) if isinstance(a, str) and not a.isidentifier() else str(a) for a in self.args]
+    parts += [f"{k}={v}" for k, v in self.kwargs.items()]
+    return f"{self.name}({', '.join(parts)})"
+
+
+def _literal(node: ast.AST) -> Any:
+  if isinstance(node, ast.Name):
+    return node.id
+  try:
+    return ast.literal_eval(node)
+  except ValueError:
+    raise UserError(f"recipe: {ast.unparse(node)!r} is not a literal") from None
+
+
+def parse_recipe(text: str) -> list[Step]:
+  try:
+    tree = ast.parse(f"[{text}]", mode="eval").body
+  except SyntaxError:
+    raise UserError(f"cannot parse recipe {text!r}; expected e.g. "
+                    "svd(rank=32),prune(magnitude,0.5),quantize(int8)") from None
+  steps = []
+  for node in tree.elts:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+      raise UserError(f"recipe item {ast.unparse(node)!r}: expected name(args)")
+    step = Step(node.func.id, tuple(_literal(a) for a in node.args),
+                {k.arg: _literal(k.value) for k in node.keywords})
+    if step.name not in ("svd", "prune", "quantize"):
+      raise UserError(f"unknown recipe step {step.name!r}; known: svd, prune, quantize")
+    steps.append(step)
+  if not steps:
+    raise UserError("empty recipe")
+  return steps
+
+
+# ---------------------------------------------------------------------------
+# Pipeline state: a float model (dense or low-rank kernels, pruned entries
+# stored as zeros) and optionally a quantization applied on top for storage.
+
+
+@dataclasses.dataclass
+class State:
+  theta: PyTree            # float θ under `base_rules`
+  rank: int = 0            # 0: dense kernels; > 0: lowrank(rank)
+  bits: int = 0            # 0: float storage; else qweight(bits)
+  sparse: bool = False     # some entries were pruned (stored zeros)
+  kernels: str = KERNELS
+
+  def base_rules(self) -> tuple:
+    return ((self.kernels, f"lowrank(rank={self.rank})"),) if self.rank else ()
+
+  def storage_rules(self) -> tuple:
+    if not self.bits:
+      return self.base_rules()
+    q = f"qweight(bits={self.bits})"
+    return ((self.kernels, f"lowrank(rank={self.rank})|{q}" if self.rank else q),)
+
+  def storage_params(self) -> PyTree:
+    if not self.bits:
+      return self.theta
+    return quantize_leaves(self.theta, self.base_rules(), self.kernels, self.bits)
+
+  def train_rules(self) -> tuple:
+    """Rules to fine-tune this state: zeros held by a threshold-0 mask, quant as fake-quant."""
+    keep = "mask(method=threshold, threshold=0.0, begin_step=0, end_step=0)"
+    stages = [f"lowrank(rank={self.rank})"] if self.rank else []
+    if self.bits and not self.rank:
+      stages.append(f"quant(bits={self.bits})")
+    if self.sparse:
+      stages.append(keep)
+    return ((self.kernels, "|".join(stages)),) if stages else ()
+
+  def train_params(self) -> PyTree:
+    """`theta` in the structure of `train_rules` (each added stage wraps its slot as {'w': …})."""
+    n_wraps = sum([bool(self.bits and not self.rank), self.sparse])
+    if not n_wraps:
+      return self.theta
+
+    def wrap(x):
+      for _ in range(n_wraps):
+        x = {"w": x}
+      return x
+    return map_kernel_slots(self.theta, self.base_rules(), self.kernels, wrap)
+
+
+def map_kernel_slots(theta: PyTree, base_rules: tuple, kernels: str, fn) -> PyTree:
+  """Applies `fn` to each weight-like array of the kernels (W, or the factors u and v)."""
+  if base_rules:
+    return map_theta(Plan.from_config({"rules": base_rules}), theta,
+                     lambda p, r, t: t if r is None else {k: fn(v) for k, v in t.items()})
+  pattern = re.compile(kernels)
+
+  def rec(tree, path):
+    if isinstance(tree, dict):
+      return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
+    return fn(tree) if pattern.fullmatch(path) else tree
+  return rec(theta, "")
+
+
+def quantize_leaves(theta: PyTree, base_rules: tuple, kernels: str, bits: int) -> PyTree:
+  def q(w):
+    values, scale = int_quantize(jnp.asarray(w), bits)
+    return {"q": values, "scale": scale}
+  return map_kernel_slots(theta, base_rules, kernels, q)
+
+
+def fold_masks(theta: PyTree, masks: PyTree, rules: tuple) -> PyTree:
+  """Masked θ (mask stages wrapping each slot as {'w': …}) → base θ with zeros stored."""
+  def fn(path, rule, t):
+    if rule is None:
+      return t
+    aux = subtree(masks, path)
+    out = t
+    for _, kp in state_stages(rule.node, t):
+      slot = get_in(t, kp)
+      out = set_in(out, kp, jnp.where(get_in(aux, kp)["mask"], slot["w"], 0.0))
+    return out
+  return map_theta(Plan.from_config({"rules": rules}), theta, fn)
+
+
+# ---------------------------------------------------------------------------
+# Steps.
+
+
+def step_svd(state: State, step: Step, **_) -> State:
+  if state.rank or state.bits:
+    raise UserError("svd must come before prune/quantize and only once in a recipe")
+  rank = int(step.kwargs.get("rank", step.args[0] if step.args else 0))
+  method = step.kwargs.get("method", "svd")
+  rules = ((state.kernels, f"lowrank(rank={rank}, method={method!r})"),)
+  theta = Reparam.from_config({"rules": rules}).from_dense(state.theta)
+  return dataclasses.replace(state, theta=theta, rank=rank, sparse=False)
+
+
+def _mask_rules(state: State, step: Step, config: ml_collections.ConfigDict,
+                sparsity: float) -> tuple:
+  kw = dict(step.kwargs)
+  pattern = kw.pop("pattern", "unstructured")
+  scope = kw.pop("scope", "layer")
+  if pattern in ("heads", "neurons"):
+    if state.rank:
+      raise UserError("structured (heads/neurons) pruning needs dense kernels, not low-rank")
+    groups = {"heads": config.model.num_heads, "neurons": config.model.mlp_dim}[pattern]
+    extra = f"sparsity={sparsity}, scope={scope!r}"
+    return sensitivity.group_rules(pattern, config.model.num_heads, config.model.mlp_dim,
+                                   1 if pattern == "neurons" else config.model.mlp_dim,
+                                   method="magnitude", extra=extra) if groups else ()
+  spec = f"mask(sparsity={sparsity}, scope={scope!r}, pattern={pattern!r})"
+  base = f"lowrank(rank={state.rank})|" if state.rank else ""
+  return ((state.kernels, base + spec),)
+
+
+def _masked_theta(state: State, rules: tuple) -> PyTree:
+  """θ of `state` under mask `rules` (each masked kernel slot wrapped as {'w': …})."""
+  if not state.rank:
+    return Reparam.from_config({"rules": rules}).from_dense(state.theta)  # {'w': w} per weight
+  return map_kernel_slots(state.theta, state.base_rules(), state.kernels, lambda x: {"w": x})
+
+
+def _prune_to(state: State, step: Step, config, sparsity: float) -> tuple[State, dict]:
+  rules = _mask_rules(state, step, config, sparsity)
+  theta = _masked_theta(state, rules)
+  rp = Reparam.from_config({"rules": rules})
+  masks = prune_now(theta, rp.init_state(theta), rp.plan)
+  folded = fold_masks(theta, masks, rules)
+  return dataclasses.replace(state, theta=folded, sparse=True), {}
+
+
+def step_prune(state: State, step: Step, config, evaluator, finetune, log, **_) -> State:
+  if state.bits:
+    raise UserError("prune must come before quantize")
+  if not step.args:
+    raise UserError("prune needs a method: prune(magnitude, 0.5), prune(threshold, 1e-3), "
+                    "prune(sensitivity, 0.25)")
+  method = step.args[0]
+  value = float(step.args[1]) if len(step.args) > 1 else float(step.kwargs.pop("sparsity", 0.5))
+  if method == "magnitude":
+    rounds = int(step.kwargs.pop("rounds", 1))
+    for r in range(1, rounds + 1):
+      s_r = 1.0 - (1.0 - value) ** (r / rounds)
+      state, _ = _prune_to(state, step, config, s_r)
+      if rounds > 1:
+        log(f"  round {r}/{rounds}: sparsity {s_r:.4f}")
+        if r < rounds and finetune is not None:
+          state = finetune(state, f"round{r}")
+    return state
+  if method == "threshold":
+    def zero_small(w):
+      return jnp.where(jnp.abs(w) > value, w, 0.0)
+    theta = map_kernel_slots(state.theta, state.base_rules(), state.kernels, zero_small)
+    return dataclasses.replace(state, theta=theta, sparse=True)
+  if method == "sensitivity":
+    if state.rank:
+      raise UserError("sensitivity pruning works on dense kernels (put it before svd)")
+    kw = step.kwargs
+    rules = sensitivity.group_rules(kw.get("granularity", "heads"), config.model.num_heads,
+                                    config.model.mlp_dim, int(kw.get("neuron_block", 32)))
+    theta = _masked_theta(state, rules)
+    masks = Reparam.from_config({"rules": rules}).init_state(theta)
+    batches = int(kw.get("batches", 4))
+    metric = lambda m: evaluator(theta, rules, m, batches)["loss"]  # noqa: E731
+    masks, _ = sensitivity.sensitivity_prune(
+        theta, masks, rules, metric, value, float(kw.get("max_drop", float("inf"))),
+        int(kw.get("per_round", 1)), log=lambda s: log("  " + s))
+    return dataclasses.replace(state, theta=fold_masks(theta, masks, rules), sparse=True)
+  raise UserError(f"prune method {method!r}: use magnitude, threshold or sensitivity "
+                  "(movement pruning trains: see configs/lm/shakespeare_char_prune.py)")
+
+
+def step_quantize(state: State, step: Step, **_) -> State:
+  kind = step.args[0] if step.args else step.kwargs.get("dtype", "int8")
+  bits = {"int8": 8, "int4": 4}.get(kind)
+  if bits is None:
+    raise UserError(f"quantize({kind!r}): use int8 or int4")
+  return dataclasses.replace(state, bits=bits)
+
+
+STEPS = {"svd": step_svd, "prune": step_prune, "quantize": step_quantize}
+
+
+# ---------------------------------------------------------------------------
+# Measuring and saving.
+
+
+def dir_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def kernel_bits(state: State) -> float:
+  """Bits per effective kernel entry as deployed: `bits` per stored value plus f32
+  per-channel scales (int4 is counted at 4 bits although the checkpoint holds
+  it in int8 containers); zeros are stored densely, so they are not free."""
+  sizes: list[tuple[int, int]] = []
+
+  def visit(w):
+    sizes.append((int(np.size(w)), int(np.shape(w)[-1])))
+    return w
+  map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
+  stored = sum(n for n, _ in sizes)
+  bits = sum(state.bits * n + 32 * c for n, c in sizes) if state.bits else 32 * stored
+  rows = Reparam.from_config({"rules": state.base_rules()}).report_rows(state.theta)
+  dense = sum(r["dense"] for r in rows[:-1]) if state.rank else stored
+  return bits / max(dense, 1)
+
+
+def measure(state: State, evaluator: Evaluator, where: str, label: str) -> dict[str, Any]:
+  params = state.storage_params()
+  rules = state.storage_rules()
+  checkpoint.save_params(where, jax.device_get(params))
+  metrics = evaluator(params, rules)
+  counts: list[tuple[int, int]] = []  # (entries, zeros) of each stored kernel array (W, U or V)
+
+  def visit(w):
+    w = np.asarray(jax.device_get(w))
+    counts.append((w.size, int(w.size - np.count_nonzero(w))))
+    return w
+  map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
+  sp = dict(size=sum(n for n, _ in counts), zeros=sum(z for _, z in counts))
+  sp["sparsity"] = sp["zeros"] / max(sp["size"], 1)
+  return dict(step=label, rules=[list(r) for r in rules],
+              stored_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+              kernel_entries=sp["size"], kernel_zeros=sp["zeros"],
+              kernel_sparsity=sp["sparsity"], bytes_on_disk=dir_bytes(where),
+              kernel_bits=kernel_bits(state), **{f"eval_{k}": v for k, v in metrics.items()})
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  head = ("| step | stored params | kernel sparsity | kernel bits/w | bytes on disk | "
+          "val loss | Δ loss | val ppl |")
+  lines = [head, "|" + "---|" * 8]
+  base = rows[0]["eval_loss"]
+  for r in rows:
+    lines.append(f"| {r['step']} | {r['stored_params']:,} | {r['kernel_sparsity']:.3f} | "
+                 f"{r['kernel_bits']:.2f} | {r['bytes_on_disk']:,} | {r['eval_loss']:.4f} | "
+                 f"{r['eval_loss'] - base:+.4f} | {r['eval_perplexity']:.3f} |")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning with the real trainer.
+
+
+def make_finetuner(config, out: str, steps: int, lr: float, log):
+  """`finetune(state, name)`: the real training loop on the state's float weights."""
+
+  def finetune(state: State, name: str) -> State:
+    folder = os.path.join(out, "finetune", name)
+    os.makedirs(folder, exist_ok=True)
+    init = os.path.join(folder, "init_params")
+    checkpoint.save_params(init, jax.device_get(state.train_params()))
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.reparam.rules = state.train_rules()
+    cfg.init_from = init
+    cfg.num_steps = steps
+    cfg.optimizer.lr = lr
+    cfg.optimizer.end_lr = lr / 10
+    cfg.optimizer.warmup_steps = min(10, steps)
+    cfg.eval_every = cfg.checkpoint_every = steps
+    cfg.log_every = min(cfg.log_every, steps)
+    workdir = os.path.join(folder, "run")
+    log(f"  fine-tuning {steps} steps in {workdir} (its config.json holds the config)")
+    final = train_and_evaluate(cfg, workdir)
+    log(f"  fine-tuned: eval/loss {final.get('eval/loss', float('nan')):.4f}")
+    tuned = checkpoint.load_params(workdir)
+    theta = unwrap_train_params(tuned, state)
+    if state.sparse:  # hold the pruned entries at exactly zero (the mask kept them out)
+      theta = jax.tree.map(lambda new, old: jnp.where(old != 0, new, 0.0), theta, state.theta)
+    return dataclasses.replace(state, theta=theta)
+
+  return finetune
+
+
+def unwrap_train_params(tuned: PyTree, state: State) -> PyTree:
+  n_wraps = sum([bool(state.bits and not state.rank), state.sparse])
+
+  def unwrap(x):
+    for _ in range(n_wraps):
+      x = x["w"]
+    return x
+  if not n_wraps:
+    return tuned
+  pattern = re.compile(state.kernels)
+  if state.rank:
+    plan = Plan.from_config({"rules": state.train_rules()})
+    return map_theta(plan, tuned, lambda p, r, t: t if r is None else
+                     {k: unwrap(v) for k, v in t.items()})
+
+  def rec(tree, path):
+    if isinstance(tree, dict) and not pattern.fullmatch(path):
+      return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
+    return unwrap(tree) if pattern.fullmatch(path) else tree
+  return rec(tuned, "")
+
+
+# ---------------------------------------------------------------------------
+
+
+def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
+             finetune_lr: float = 3e-4, kernels: str = KERNELS, log=print) -> dict[str, Any]:
+  """Runs the recipe; returns the report (also written to `out`)."""
+  steps = parse_recipe(recipe)
+  run = load_run(workdir)
+  config = run.config
+  params = meta.unbox(run.params)
+  if config.reparam.get("rules"):
+    # Start from the effective dense model (masks of a pruned run applied).
+    params = Reparam.from_config(config.reparam).to_dense(params, run.masks)
+  with config.unlocked():
+    config.reparam = ml_collections.ConfigDict({"rules": ()})
+  os.makedirs(out, exist_ok=True)
+  evaluator = Evaluator(config, workdir)
+  finetune = make_finetuner(config, out, finetune_steps, finetune_lr, log) \
+      if finetune_steps > 0 else None
+  state = State(theta=params, kernels=kernels)
+  rows = [measure(state, evaluator, os.path.join(out, "steps", "0_original"), "original")]
+  log(f"original: eval loss {rows[0]['eval_loss']:.4f}, {rows[0]['bytes_on_disk']:,} bytes")
+  for i, step in enumerate(steps, 1):
+    state = STEPS[step.name](state, Step(step.name, step.args, dict(step.kwargs)), config=config,
+                             evaluator=evaluator, finetune=finetune, log=log)
+    rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{i}_{step.name}"),
+                        step.text()))
+    log(f"{step.text()}: eval loss {rows[-1]['eval_loss']:.4f}, "
+        f"sparsity {rows[-1]['kernel_sparsity']:.3f}, {rows[-1]['bytes_on_disk']:,} bytes")
+  if finetune is not None:
+    state = finetune(state, "final")
+    rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{len(steps) + 1}_finetune"),
+                        f"finetune({finetune_steps} steps)"))
+    log(f"finetuned: eval loss {rows[-1]['eval_loss']:.4f}")
+  final_dir = rundir.path(out, rundir.PARAMS)
+  if os.path.exists(final_dir):
+    shutil.rmtree(final_dir)
+  checkpoint.save_params(final_dir, jax.device_get(state.storage_params()))
+  with config.unlocked():
+    config.reparam.rules = state.storage_rules()
+  rundir.write_config(out, config)
+  report = dict(workdir=workdir, recipe=recipe, finetune_steps=finetune_steps, rows=rows,
+                final=dict(rows[-1], bytes_on_disk=dir_bytes(final_dir)))
+  with open(os.path.join(out, "report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  table = format_table(rows)
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(f"# compress {workdir}\n\nrecipe: `{recipe}`, fine-tuning steps: {finetune_steps}\n\n"
+            f"{table}\n")
+  log(table)
+  return report

@@ -1,0 +1,136 @@
+"""Exporting a project checkpoint as a Hugging Face model folder.
+
+The library half of `python -m reparam_jax.export_hf`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from reparam_jax.data import hf_tokenizers
+from reparam_jax.errors import UserError
+from reparam_jax.hf import family
+from reparam_jax.hf.common import check_shapes, flatten
+from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, build_model, expected_shapes
+from reparam_jax.models import TransformerConfig, transformer_config
+from reparam_jax.reparam import Reparam
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import workdir as rundir
+
+_HEAD_KEYS = ("mlm_head", "nsp_head", "classifier")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _source_of(folder: str) -> dict[str, Any]:
+  path = os.path.join(folder, SOURCE_FILE) if folder else ""
+  return _read_json(path) if path and os.path.exists(path) else {}
+
+
+def _run_model(run_config: dict[str, Any], flat: dict[str, np.ndarray]) -> TransformerConfig:
+  """The model a training run built: its `model` section, sizes the trainer
+  fills in at run time (vocabulary, length) read off the parameters."""
+  section = dict(run_config.get("model") or {})
+  section["vocab_size"] = section.get("vocab_size") or flat["embed/token/embedding"].shape[0]
+  if "embed/position/embedding" in flat:
+    section["max_len"] = section.get("max_len") or flat["embed/position/embedding"].shape[0]
+  else:
+    section["max_len"] = section.get("max_len") or run_config.get("seq_len")
+  if run_config.get("task") == "lm":
+    section["causal"] = True
+  else:
+    section.setdefault("causal", False)
+  section["layer_dims"] = tuple(section.get("layer_dims") or ())
+  return transformer_config(section)
+
+
+def _check_representable(cfg: TransformerConfig) -> str:
+  """The Hugging Face family `cfg` fits in; UserError naming the field that does not."""
+  unsupported = {"rope": False, "use_bias": True, "embed_proj_dim": 0, "share_layers": False,
+                 "layer_dims": ()}
+  for name, ok in unsupported.items():
+    if getattr(cfg, name) != ok:
+      raise UserError(f"model.{name}={getattr(cfg, name)} has no GPT-2/BERT counterpart; "
+                      "this model cannot be exported to the Hugging Face format")
+  if cfg.causal:
+    want = {"pre_norm": True, "type_vocab_size": 0, "embed_norm": False, "pooler": False}
+    kind = "gpt2"
+  else:
+    want = {"pre_norm": False, "embed_norm": True}
+    kind = "bert"
+  for name, ok in want.items():
+    if getattr(cfg, name) != ok:
+      raise UserError(f"model.{name}={getattr(cfg, name)}: a {'causal' if cfg.causal else 'bi'}"
+                      f"directional model exports as {kind}, which needs {name}={ok}")
+  return kind
+
+
+def _heads(flat: dict[str, np.ndarray], source_heads: dict[str, Any]) -> dict[str, Any]:
+  heads: dict[str, Any] = {}
+  if "mlm_head/bias" in flat:
+    heads["mlm"] = True
+  if "nsp_head/out/kernel" in flat:
+    heads["nsp"] = True
+  if "classifier/out/kernel" in flat:
+    dropout = (source_heads.get("classifier") or {}).get("dropout", 0.1)
+    heads["classifier"] = {"num_classes": int(flat["classifier/out/kernel"].shape[1]),
+                           "dropout": dropout}
+  return heads
+
+
+def load_for_export(workdir: str) -> tuple[dict[str, np.ndarray], TransformerConfig,
+                                           dict[str, Any], dict[str, Any]]:
+  """(flat dense params, model config, heads, convert_hf source info) of a run or import."""
+
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir} is not a directory")
+  model_json = os.path.join(workdir, MODEL_FILE)
+  run_json = rundir.path(workdir, rundir.CONFIG)
+  if os.path.exists(model_json):
+    flat = flatten(checkpoint.load_params(workdir))
+    section = _read_json(model_json)
+    section["layer_dims"] = tuple(section.get("layer_dims") or ())
+    cfg, source = TransformerConfig(**section), _source_of(workdir)
+  elif os.path.exists(run_json) and os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS)):
+    run_config = _read_json(run_json)
+    params = checkpoint.load_params(workdir)
+    rules = (run_config.get("reparam") or {}).get("rules")
+    if rules:
+      params = Reparam.from_config(run_config["reparam"]).to_dense(params)
+    flat = flatten(params)
+    cfg, source = _run_model(run_config, flat), _source_of(run_config.get("init_from") or "")
+  else:
+    raise UserError(f"{workdir} is neither a training workdir (config.json + checkpoints/) "
+                    "nor a convert_hf output (hf_model.json + params/)")
+  return flat, cfg, _heads(flat, source.get("heads") or {}), source
+
+
+def export(workdir: str, out_dir: str) -> dict[str, Any]:
+  """Writes `out_dir`/{config.json, model.safetensors, tokenizer files}."""
+  flat, cfg, heads, source = load_for_export(workdir)
+  fam = family(_check_representable(cfg), workdir)
+  check_shapes(flat, expected_shapes(build_model(cfg, heads)), {}, workdir, "the model config")
+  tensors = {k: np.ascontiguousarray(v, np.float32)
+             for k, v in fam.export_params(flat, cfg).items()}
+  hf_config = fam.hf_config(cfg, heads, source.get("hf_config"))
+  hf_config["torch_dtype"] = "float32"
+  os.makedirs(out_dir, exist_ok=True)
+  safetensors.numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"),
+                              metadata={"format": "pt"})
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf_config, f, indent=2)
+  tokenizer = hf_tokenizers.load(workdir)
+  if tokenizer is not None:
+    tokenizer.save(out_dir)
+  return {"tensors": len(tensors), "values": sum(v.size for v in tensors.values()),
+          "architecture": hf_config["architectures"][0], "tokenizer": tokenizer,
+          "config": dataclasses.asdict(cfg)}

@@ -1,0 +1,132 @@
+"""Importing a Hugging Face GPT-2 or BERT model folder as a project checkpoint.
+
+The library half of `python -m reparam_jax.convert_hf` (see that command for
+the folder it writes).  Mapping tables: hf/gpt2.py, hf/bert.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reparam_jax.config.base import base_config
+from reparam_jax.data import hf_tokenizers
+from reparam_jax.errors import UserError
+from reparam_jax.hf import family
+from reparam_jax.hf.common import check_shapes, unflatten
+from reparam_jax.hf.files import read_config, read_weights, weights_file
+from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.models.heads import EncoderWithHeads
+from reparam_jax.rundir import checkpoint
+
+MODEL_FILE = "hf_model.json"
+SOURCE_FILE = "hf_source.json"
+
+
+def build_model(cfg: TransformerConfig, heads: dict[str, Any]) -> nn.Module:
+  """The Flax model whose parameter tree an imported checkpoint has."""
+  if cfg.causal:
+    return Transformer(cfg)
+  names = tuple(h for h in ("mlm", "nsp", "classifier") if heads.get(h))
+  classifier = heads.get("classifier") or {}
+  return EncoderWithHeads(cfg, heads=names, num_classes=int(classifier.get("num_classes", 2)),
+                          classifier_dropout=float(classifier.get("dropout", 0.0)),
+                          pooling="cls", classifier_norm=False)
+
+
+def init_inputs(model: nn.Module, length: int = 4) -> tuple[jax.Array, ...]:
+  ids = jnp.zeros((1, length), jnp.int32)
+  if isinstance(model, EncoderWithHeads):
+    ones = jnp.ones((1, length), bool)
+    return ids, ones, jnp.zeros_like(ids), jnp.zeros((1, 1), jnp.int32)
+  return (ids,)
+
+
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+  """Flat `path -> shape` of the model's parameters, without allocating them."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(model)))
+  tree = nn.meta.unbox(shapes["params"])
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any],
+                                        dict[str, Any]]:
+  """(params, config, heads, source info) of a Hugging Face model folder."""
+  hf = read_config(folder)
+  where_cfg = os.path.join(folder, "config.json")
+  fam = family(hf.get("model_type"), where_cfg)
+  archs = hf.get("architectures") or []
+  unknown = [a for a in archs if a not in fam.ARCHITECTURES]
+  if unknown:
+    raise UserError(f"{where_cfg}: architecture {unknown[0]} is not supported; supported: "
+                    f"{', '.join(fam.ARCHITECTURES)}")
+  path = weights_file(folder)
+  params, cfg, heads = import_tensors(hf, read_weights(path), path)
+  source = {"family": fam.MODEL_TYPE, "architecture": archs[0] if archs else None,
+            "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
+            "weights": os.path.basename(path)}
+  return params, cfg, heads, source
+
+
+def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
+                   ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
+  """(params, config, heads) from a config.json dict and its state dict."""
+  fam = family(hf.get("model_type"), where)
+  fields = fam.model_fields(hf)
+  heads = fam.heads_of(tensors, hf)
+  if "pooler" in heads:
+    fields["pooler"] = heads.pop("pooler")
+  cfg = TransformerConfig(**fields)
+  flat, src = fam.import_params(tensors, hf, cfg, heads, where)
+  unused = src.unused()
+  if unused:
+    raise UserError(f"{where}: parameter {unused[0]} has no place in a {fam.MODEL_TYPE} model "
+                    f"({len(unused)} such in all); is config.json the right one?")
+  check_shapes(flat, expected_shapes(build_model(cfg, heads)), src.origin, where)
+  params = unflatten({k: v if v.dtype == np.float32 else v.astype(np.float32)
+                      for k, v in flat.items()})
+  return params, cfg, heads
+
+
+def model_section(cfg: TransformerConfig) -> dict[str, Any]:
+  """`cfg` as a config `model` section (JSON-friendly)."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def overrides(cfg: TransformerConfig) -> tuple[list[str], list[str]]:
+  """`--config.model.*` flags for the sizes and every field off its default:
+  (those `base_config()` has, those only some configs define)."""
+  known = set(base_config().model.keys())
+  sizes = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len")
+  flags: tuple[list[str], list[str]] = ([], [])
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if f.name != "causal" and (f.name in sizes or value != f.default):  # the task sets causal
+      flags[f.name not in known].append(f"--config.model.{f.name}={value}")
+  return flags
+
+
+def convert(folder: str, workdir: str) -> dict[str, Any]:
+  """Imports `folder` into `workdir`; returns what was written."""
+
+  params, cfg, heads, source = import_folder(folder)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.save_params(os.path.join(workdir, "params"), params)
+  with open(os.path.join(workdir, MODEL_FILE), "w", encoding="utf-8") as f:
+    json.dump(model_section(cfg), f, indent=2)
+  tokenizer = hf_tokenizers.load(folder)
+  if tokenizer is not None:
+    tokenizer.save(workdir)
+    source["tokenizer"] = tokenizer.kind
+  with open(os.path.join(workdir, SOURCE_FILE), "w", encoding="utf-8") as f:
+    json.dump(source, f, indent=2)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  return {"params": n, "config": cfg, "heads": heads, "tokenizer": tokenizer}

@@ -1,0 +1,1 @@
+"""Pytree utilities shared by every room: parameter paths."""

@@ -1,0 +1,175 @@
+"""`Reparam`: a config's reparameterization, parsed once, with everything the trainer and tools need.
+
+  rp = Reparam.from_config(config.reparam)   # parses and checks the rules once
+  model = rp.wrap(model)                     # θ in place of the matched weights
+  loss += rp.penalty(params, step)[0]        # e.g. variational KL terms
+  params = rp.post_update(params)            # e.g. re-projection to a sphere
+  mask = rp.trainable_mask(params)           # for the optimizer (None: all trainable)
+  extra, metrics = rp.update_state(params, grads, extra, step)   # sparsity masks
+  dense = rp.to_dense(params)                # effective weights, no sampling
+  theta = rp.from_dense(dense, key)          # a dense checkpoint in θ form
+
+Everything is a pure function of the params tree (`'params'` collection,
+boxed or unboxed, concrete or abstract).  With no rules every method is the
+identity (or reports nothing), so the trainer calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+from reparam_jax.pytree.paths import subtree
+from reparam_jax.reparam import intercept, stats
+from reparam_jax.reparam.kernels import materialize
+from reparam_jax.reparam.rules import Plan, map_theta, path_key
+from reparam_jax.reparam.state import has_state, join_state
+from reparam_jax.reparam.transforms import mask_update
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Reparam:
+  """The parsed `config.reparam` (see rules.py for the config format)."""
+
+  plan: Plan
+
+  @classmethod
+  def from_config(cls, reparam_cfg: Any) -> "Reparam":
+    """From a `config.reparam` section (a ConfigDict or a plain dict with `rules`)."""
+    return cls(Plan.from_config(reparam_cfg))
+
+  @property
+  def active(self) -> bool:
+    return bool(self.plan.rules)
+
+  @property
+  def has_state(self) -> bool:
+    """Whether any rule has a stage with non-trainable state (a sparsity mask)."""
+    return any(has_state(r.node) for r in self.plan.rules)
+
+  def wrap(self, module: nn.Module) -> nn.Module:
+    """`module` computing with the reparameterized weights (`module` itself without rules)."""
+    return intercept.wrap(module, self.plan)
+
+  def penalty(self, params: PyTree, step: jax.Array | int
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum of the transforms' penalties (weighted and annealed), and each term by name.
+
+    Terms are summed over all weights of a transform, e.g. `{'variational/kl': ...}`.
+    """
+    terms: dict[str, jax.Array] = {}
+    if not self.active:
+      return jnp.zeros((), jnp.float32), terms
+
+    def visit(path, rule, theta):
+      if rule is not None:
+        for k, v in rule.node.penalty(meta.unbox(theta), step).items():
+          terms[k] = terms[k] + v if k in terms else v
+      return theta
+
+    map_theta(self.plan, params, visit)
+    return sum(terms.values(), jnp.zeros((), jnp.float32)), terms
+
+  def post_update(self, params: PyTree) -> PyTree:
+    """Params after each transform's post-optimizer-step hook (e.g. re-projection to a sphere)."""
+    if not self.active:
+      return params
+
+    def visit(path, rule, theta):
+      if rule is None:
+        return theta
+      return _rebox(theta, rule.node.post_update(meta.unbox(theta)))
+
+    return map_theta(self.plan, params, visit)
+
+  def trainable_mask(self, params: PyTree) -> PyTree | None:
+    """True where the optimizer updates the leaf (boxes count as leaves); None without rules.
+
+    Unmatched parameters are trainable; add a `('.*', 'frozen')` rule last to
+    freeze everything no earlier rule adapts (the usual LoRA fine-tune).
+    """
+    if not self.active:
+      return None
+
+    def visit(path, rule, theta):
+      if rule is None:
+        return True
+      return _bool_tree(theta, rule.node.trainable(meta.unbox(theta)))
+
+    return map_theta(self.plan, params, visit)
+
+  def update_state(self, params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array
+                   ) -> tuple[PyTree, dict[str, jax.Array]]:
+    """Scheduled mask/score updates inside the train step (transforms/mask_update.py).
+
+    `params` and `grads` are the step's (pre-update) θ and its gradient;
+    returns the new non-param collections and metrics (`sparsity`).
+    """
+    if not self.has_state:
+      return extra, {}
+    return mask_update.update_extra(params, grads, extra, step, self.plan)
+
+  def to_dense(self, params: PyTree, state: PyTree | None = None) -> PyTree:
+    """Dense params: each θ replaced by its effective weight (deterministic: no sampling).
+
+    `state` is the `'masks'` collection of a run with stateful stages; without
+    it a mask stage computes as if nothing were pruned.
+    """
+    state = meta.unbox(state) if state else None
+
+    def fn(path, rule, theta):
+      if rule is None:
+        return theta
+      theta = meta.unbox(theta)
+      if state:
+        theta = join_state(rule.node, theta, meta.unbox(subtree(state, path)))
+      return materialize(rule.node.apply(theta, None))
+
+    return map_theta(self.plan, params, fn, require_all=True)
+
+  def from_dense(self, dense_params: PyTree, key: jax.Array | None = None) -> PyTree:
+    """θ params representing (or best approximating) `dense_params`.
+
+    Boxed leaves give boxed θ (names derived from the weight's); plain leaves
+    give plain θ.  `key` seeds randomized conversions (ALS start, LoRA's A).
+    """
+    key = jax.random.key(0) if key is None else key
+    return intercept.dense_to_theta(
+        self.plan, dense_params, lambda path, node, w: node.from_dense(w, path_key(key, path)))
+
+  def init_state(self, params: PyTree) -> dict:
+    """The `'masks'` collection for θ `params` (all-ones masks, zero scores)."""
+    return intercept.init_aux_tree(self.plan, params)
+
+  def report_rows(self, params: PyTree, tokens_per_seq: int | None = None,
+                  structured: bool = True) -> list[dict[str, Any]]:
+    """Per-weight size/FLOPs rows (`stats.report_rows`)."""
+    return stats.report_rows(params, self.plan, tokens_per_seq, structured)
+
+
+def wrap(module: nn.Module, reparam_cfg: Any) -> nn.Module:
+  """`Reparam.from_config(reparam_cfg).wrap(module)`, for one-off use."""
+  return Reparam.from_config(reparam_cfg).wrap(module)
+
+
+def _rebox(orig: Any, new: Any) -> Any:
+  """`new` (unboxed arrays) in the boxes of `orig` (which may be unboxed)."""
+  return jax.tree.map(lambda o, n: o.replace_boxed(n) if isinstance(o, meta.AxisMetadata) else n,
+                      orig, new, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
+def _bool_tree(theta: Any, mask: Any) -> Any:
+  """`mask` shaped like `theta`; a single bool covers a whole subtree."""
+  if isinstance(mask, (bool, np.bool_)):
+    if isinstance(theta, Mapping):
+      return {k: _bool_tree(v, mask) for k, v in theta.items()}
+    return bool(mask)
+  return {k: _bool_tree(theta[k], mask[k]) for k in theta}

@@ -1,0 +1,80 @@
+"""Structured kernels: what a transform's `apply` may hand the project `Dense` instead of W.
+
+The project `Dense` (models/layers.py) multiplies by anything with a
+`left_matmul(x)` method and materializes anything with a `dense()` method, so a
+factored weight stays factored through the forward and backward pass
+(`(x U) Vᵀ` in r(m+n) instead of mn FLOPs).  The layer knows only that
+protocol, not which reparameterization produced the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+
+from reparam_jax.models.layers import materialize
+
+Array = jax.Array
+
+__all__ = ["LatentKernel", "LoRAKernel", "LowRankKernel", "materialize", "matmul"]
+
+
+def matmul(x: Array, kernel: Any) -> Array:
+  """`x @ kernel` for an array or any object with `left_matmul`.
+
+  The plain product used inside kernels (a LoRA base, a factor): the model's
+  own `layers.matmul` adds the bias fold and row flattening of its hot path.
+  """
+  if hasattr(kernel, "left_matmul"):
+    return kernel.left_matmul(x)
+  return x @ kernel
+
+
+@flax.struct.dataclass
+class LowRankKernel:
+  """`W = u_MxR @ v_NxRᵀ`; multiplies `(x u) vᵀ` in r(m+n) instead of mn FLOPs."""
+
+  u: Array
+  v: Array
+
+  def left_matmul(self, x: Array) -> Array:
+    return (x @ self.u) @ self.v.T
+
+  def dense(self) -> Array:
+    return self.u @ self.v.T
+
+
+@flax.struct.dataclass
+class LoRAKernel:
+  """`W = base + scale · a_MxR @ b_RxN`, kept unmerged so the base may stay structured."""
+
+  base: Any
+  a: Array
+  b: Array
+  scale: float = flax.struct.field(pytree_node=False)
+
+  def left_matmul(self, x: Array) -> Array:
+    return matmul(x, self.base) + self.scale * ((x @ self.a) @ self.b)
+
+  def dense(self) -> Array:
+    return materialize(self.base) + self.scale * (self.a @ self.b)
+
+
+@flax.struct.dataclass
+class LatentKernel:
+  """`W = offset + dec_in_MxK1 @ z_K1xK2 @ dec_out_K2xN` (offset may be None)."""
+
+  dec_in: Array
+  z: Array
+  dec_out: Array
+  offset: Array | None = None
+
+  def left_matmul(self, x: Array) -> Array:
+    y = ((x @ self.dec_in) @ self.z) @ self.dec_out
+    return y if self.offset is None else y + x @ self.offset
+
+  def dense(self) -> Array:
+    w = self.dec_in @ self.z @ self.dec_out
+    return w if self.offset is None else w + self.offset
