@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reparam_jax.reparam import Reparam
 from reparam_jax import train
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 from reparam_jax.tasks import make_task
 from reparam_jax.training import freezing, optim, sharding, steps

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from reparam_jax.training import devices
 from reparam_jax.errors import UserError
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
+from reparam_jax.training import devices
 from tests.helpers import REPO, run_train_subprocess, tiny_args
 
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)

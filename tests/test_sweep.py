@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from reparam_jax.errors import UserError
-from reparam_jax.sweeps import launchers, points
 from reparam_jax.sweeps import hyper as h
+from reparam_jax.sweeps import launchers, points
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from reparam_jax import reparam
-from reparam_jax.reparam import Reparam
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.reparam.transforms import mask_schedule as schedule
 from reparam_jax.reparam.transforms.mask_update import collect, prune_now, update_extra

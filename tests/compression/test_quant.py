@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.transforms.quant import (
   dequantize,
   fake_quant,

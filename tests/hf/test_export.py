@@ -17,8 +17,8 @@ import hf_refs  # noqa: E402
 from test_import import BERT_SIZES, GPT2_SIZES  # noqa: E402
 
 from reparam_jax import convert_hf, export_hf  # noqa: E402
-from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
+from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.hf.common import flatten  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 import hf_refs  # noqa: E402
 
-from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
+from reparam_jax.hf import importer  # noqa: E402
 
 TOL = 1e-4
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

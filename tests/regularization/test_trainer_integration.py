@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from reparam_jax.reparam import Reparam
 from reparam_jax import train
 from reparam_jax.config import load as config_load
+from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.tasks import make_task

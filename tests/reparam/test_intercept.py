@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from reparam_jax.training import optim
-from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan, parse_spec
+from reparam_jax.training import optim
 
 CFG = TransformerConfig(vocab_size=32, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
                         max_len=8, residual_dropout=0.1)
@@ -168,8 +168,8 @@ def test_adapter_save_load_and_convert_round_trip(tmp_path):
     kb = tuned[blk]["mlp"]["fc_in"]["kernel"]
     kb["lora_b"] = jax.random.normal(jax.random.key(1), kb["lora_b"].shape) * 0.1
   path = str(tmp_path / "adapter.npz")
-  reparam.save_adapter(path, tuned, Reparam.from_config(Reparam.from_config(rc)))
-  adapter = reparam.extract_adapter(tuned, Reparam.from_config(Reparam.from_config(rc)))
+  reparam.save_adapter(path, tuned, Reparam.from_config(rc))
+  adapter = reparam.extract_adapter(tuned, Reparam.from_config(rc))
   assert all(p.endswith(("lora_a", "lora_b")) for p in adapter) and len(adapter) == 24
   restored = reparam.load_adapter(path, Reparam.from_config(rc).from_dense(dense))
   y_tuned = wrapped.apply({"params": tuned}, IDS)["logits"]

@@ -17,8 +17,9 @@ def check_shardings() -> None:
   import flax.linen as nn  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
-  from jax.sharding import Mesh, PartitionSpec as P  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
+  from jax.sharding import Mesh  # noqa: PLC0415
+  from jax.sharding import PartitionSpec as P
 
   from reparam_jax import reparam  # noqa: PLC0415
   from reparam_jax.models import Transformer, TransformerConfig  # noqa: PLC0415

@@ -9,10 +9,10 @@ import ml_collections
 import optax
 import pytest
 
-from reparam_jax.training import optim
-from reparam_jax.reparam import Reparam
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.reparam import Reparam
+from reparam_jax.training import optim
 
 
 class MLP(nn.Module):

@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from reparam_jax import sample_vae, train
-from reparam_jax.generation import vae as generation_vae
 from reparam_jax.data import lines
 from reparam_jax.data.tokenizers import CharTokenizer
+from reparam_jax.generation import vae as generation_vae
 from reparam_jax.models import TransformerConfig
 from reparam_jax.models.text_vae import TextVAE
 from reparam_jax.objectives import vae
