@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from reparam_jax import compress, train
+from reparam_jax import train
+from reparam_jax.compression import recipe
 from reparam_jax.errors import UserError
 from reparam_jax.rundir.workdir import load_run
 from reparam_jax.training.evaluate import Evaluator
@@ -17,14 +18,14 @@ from tests.helpers import tiny_args
 
 
 def test_recipe_parsing():
-  steps = compress.parse_recipe("svd(rank=32),prune(magnitude,0.5, scope='global'),quantize(int8)")
+  steps = recipe.parse_recipe("svd(rank=32),prune(magnitude,0.5, scope='global'),quantize(int8)")
   assert [s.name for s in steps] == ["svd", "prune", "quantize"]
   assert steps[1].args == ("magnitude", 0.5) and steps[1].kwargs == {"scope": "global"}
   assert steps[2].args == ("int8",)
   with pytest.raises(UserError, match="unknown recipe step"):
-    compress.parse_recipe("distill(x=1)")
+    recipe.parse_recipe("distill(x=1)")
   with pytest.raises(UserError, match="cannot parse"):
-    compress.parse_recipe("svd(rank=")
+    recipe.parse_recipe("svd(rank=")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def trained(tmp_path_factory, raw_data_dir, tfds_dir):
 @pytest.mark.slow
 def test_int8_pipeline_is_smaller_on_disk_and_restores_to_the_reported_metric(trained, tmp_path):
   out = str(tmp_path / "out")
-  report = compress.compress(trained, "prune(magnitude,0.5),quantize(int8)", out)
+  report = recipe.compress(trained, "prune(magnitude,0.5),quantize(int8)", out)
   rows = report["rows"]
   assert [r["step"] for r in rows] == ["original", "prune(magnitude, 0.5)", "quantize(int8)"]
   assert rows[1]["kernel_sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -59,7 +60,7 @@ def test_int8_pipeline_is_smaller_on_disk_and_restores_to_the_reported_metric(tr
 @pytest.mark.slow
 def test_svd_sensitivity_and_finetune(trained, tmp_path):
   out = str(tmp_path / "out")
-  report = compress.compress(trained, "prune(sensitivity, 0.5, granularity=heads),svd(rank=4)",
+  report = recipe.compress(trained, "prune(sensitivity, 0.5, granularity=heads),svd(rank=4)",
                              out, finetune_steps=3)
   rows = report["rows"]
   assert rows[1]["kernel_sparsity"] > 0.1  # one of the two heads' q/k/v columns and out rows

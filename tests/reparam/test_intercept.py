@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES
 from reparam_jax import reparam
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
@@ -54,8 +55,7 @@ def test_no_rules_returns_module_unchanged():
   assert reparam.wrap(model, rcfg()) is model
 
 
-@pytest.mark.parametrize("spec", ["lowrank(rank=4)", "spherical", "lora(rank=2)", "variational",
-                                  "latent(dim=4)", "hypersphere", "weightnorm"])
+@pytest.mark.parametrize("spec", EXAMPLES + COMPOSITIONS)
 def test_transformer_runs_and_matches_dense_equivalent(spec):
   """Wrapped model == bare model on the materialized effective weights."""
   model = Transformer(CFG)

@@ -9,6 +9,10 @@ import sys
 import jax
 import pytest
 
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES  # noqa: E402
+
+# Hand-derived shardings for some; every registered example is also checked
+# against the axes its transform declares (`leaf_axes`).
 SPECS = ["lowrank(rank=4)", "spherical", "lora(rank=2)", "variational", "latent(dim=4)",
          "hypersphere", "spherical|lora(rank=2)"]
 
@@ -23,6 +27,7 @@ def check_shardings() -> None:
 
   from reparam_jax import reparam  # noqa: PLC0415
   from reparam_jax.models import Transformer, TransformerConfig  # noqa: PLC0415
+  from reparam_jax.reparam.rules import parse_spec  # noqa: PLC0415
 
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("fsdp", "tensor"))
   rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
@@ -41,7 +46,7 @@ def check_shardings() -> None:
       "spherical|lora(rank=2)": {"base": {"radius": P("tensor"), "angles": P(None, "tensor")},
                                  "lora_a": P("fsdp", None), "lora_b": P(None, "tensor")},
   }
-  for spec in SPECS:
+  for spec in dict.fromkeys(SPECS + EXAMPLES + COMPOSITIONS):
     rc = ml_collections.ConfigDict(dict(rules=((r"block_\d+/mlp/fc_in/kernel", spec),)))
     wrapped = reparam.wrap(Transformer(cfg), rc)
     init = lambda k: wrapped.init(k, ids)  # noqa: E731
@@ -51,7 +56,11 @@ def check_shardings() -> None:
     theta = params["block_0"]["mlp"]["fc_in"]["kernel"]
     got = jax.tree.map(lambda b: b.value.sharding.spec, theta,
                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    want = jax.tree.map(lambda s: s, expected[spec], is_leaf=lambda x: isinstance(x, P))
+    node = parse_spec(spec)
+    declared = node.box(jax.tree.map(lambda b: b.value, theta,
+                                     is_leaf=lambda x: isinstance(x, nn.Partitioned)),
+                        ("embed", "mlp"), lambda v, names: nn.logical_to_mesh_axes(names, rules))
+    want = jax.tree.map(lambda s: s, expected.get(spec, declared), is_leaf=lambda x: isinstance(x, P))
     flat_got = jax.tree_util.tree_flatten_with_path(got, is_leaf=lambda x: isinstance(x, P))[0]
     flat_want = dict(jax.tree_util.tree_flatten_with_path(want, is_leaf=lambda x: isinstance(x, P))[0])
     assert len(flat_got) == len(flat_want), spec

@@ -9,6 +9,7 @@ import ml_collections
 import optax
 import pytest
 
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, trainable
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam import Reparam
@@ -44,11 +45,7 @@ def _train(model, rc, batch_fn, loss_fn, steps, lr, x0):
   return losses
 
 
-SPECS = ["identity", "lowrank(rank=2)", "lowrank(rank=2, method=als)", "spherical",
-         "weightnorm", "hypersphere(learn_scale=True)", "lora(rank=2)",
-         "variational(kl_weight=1e-4)", "latent(dim=2, kl_weight=1e-4)",
-         "latent(dim=2, decoder=fixed, offset=True)", "spherical|lora(rank=2)",
-         "lowrank(rank=2)|variational(kl_weight=1e-4)"]
+SPECS = trainable(EXAMPLES + COMPOSITIONS)  # every registered transform (tests/reparam/specs.py)
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, smooth
+from reparam_jax.reparam import TRANSFORMS
 from reparam_jax.reparam import materialize
 from reparam_jax.reparam.compose import SlotMapped, Wrapped
-from reparam_jax.reparam.rules import parse_spec
+from reparam_jax.reparam.rules import parse_spec, parse_stage
 from reparam_jax.reparam.transforms.lora import LoRA, merge, unmerge
 from reparam_jax.reparam.transforms.lowrank import LowRank, als_factors, svd_factors
 from reparam_jax.reparam.transforms.spherical import (
@@ -191,11 +193,14 @@ def test_latent(kw):
 
 # --- gradients (float64, numerical) --------------------------------------------------
 
-SPECS = ["identity", "lowrank(rank=2)", "spherical", "spherical(axis=1)", "weightnorm",
-         "hypersphere(learn_scale=True)", "lora(rank=2)", "variational", "latent(dim=2)",
-         "latent(dim=2, decoder=fixed, offset=True)", "spherical|lora(rank=2)",
-         "lowrank(rank=2)|spherical", "lowrank(rank=2)|variational", "lowrank(rank=2)|lora(rank=1)",
-         "weightnorm|lowrank(rank=2)"]
+SPECS = smooth(EXAMPLES + COMPOSITIONS)  # every registered transform (tests/reparam/specs.py)
+
+
+def test_every_registered_transform_has_example_specs():
+  for name, cls in TRANSFORMS.items():
+    assert cls.examples, f"transform {name!r} lists no examples: the generic tests skip it"
+    for spec in cls.examples:
+      assert parse_stage(spec).name == name
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -1,0 +1,35 @@
+"""The spec strings the reparameterization tests run: taken from the registry.
+
+Every registered transform lists `examples`; a new transform is tested by
+every generic test below without editing any list.  Compositions are the
+stacking rules of `compose.py`, which no single transform owns.
+"""
+
+from reparam_jax.reparam import TRANSFORMS
+
+EXAMPLES = [spec for cls in TRANSFORMS.values() for spec in cls.examples]
+
+COMPOSITIONS = [
+    "spherical|lora(rank=2)", "lowrank(rank=2)|spherical", "lowrank(rank=2)|variational",
+    "lowrank(rank=2)|lora(rank=1)", "weightnorm|lowrank(rank=2)",
+    "lowrank(rank=2)|variational(kl_weight=1e-4)", "lowrank(rank=2)|mask(sparsity=0.5)",
+    "quant(bits=8)|mask(sparsity=0.5)",
+]
+
+# Transforms whose gradient is not the derivative of a smooth function by design
+# (straight-through estimators, data-dependent masks; their own tests check the
+# gradients they promise), or that train nothing.
+NOT_SMOOTH = {"quant", "qweight", "mask", "frozen"}
+NOT_TRAINABLE = {"qweight", "frozen"}
+
+
+def name_of(spec: str) -> str:
+  return spec.split("(")[0].split("|")[0]
+
+
+def smooth(specs: list[str]) -> list[str]:
+  return [s for s in specs if not {name_of(p) for p in s.split("|")} & NOT_SMOOTH]
+
+
+def trainable(specs: list[str]) -> list[str]:
+  return [s for s in specs if not {name_of(p) for p in s.split("|")} & NOT_TRAINABLE]
