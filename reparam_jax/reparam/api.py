@@ -25,11 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import intercept, stats
-from reparam_jax.reparam.kernels import materialize
 from reparam_jax.reparam.rules import Plan, map_theta, path_key
-from reparam_jax.reparam.state import has_state, join_state
+from reparam_jax.reparam.state import has_state
 from reparam_jax.reparam.transforms import mask_update
 
 PyTree = Any
@@ -123,17 +121,8 @@ class Reparam:
     `state` is the `'masks'` collection of a run with stateful stages; without
     it a mask stage computes as if nothing were pruned.
     """
-    state = meta.unbox(state) if state else None
-
-    def fn(path, rule, theta):
-      if rule is None:
-        return theta
-      theta = meta.unbox(theta)
-      if state:
-        theta = join_state(rule.node, theta, meta.unbox(subtree(state, path)))
-      return materialize(rule.node.apply(theta, None))
-
-    return map_theta(self.plan, params, fn, require_all=True)
+    return intercept.effective(self.plan, params, None, structured=False,
+                               aux=meta.unbox(state) if state else None, require_all=True)
 
   def from_dense(self, dense_params: PyTree, key: jax.Array | None = None) -> PyTree:
     """θ params representing (or best approximating) `dense_params`.

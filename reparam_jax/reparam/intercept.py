@@ -83,11 +83,12 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
 
 
 def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool,
-              aux: PyTree | None = None) -> PyTree:
+              aux: PyTree | None = None, require_all: bool = False) -> PyTree:
   """The view the model sees: effective weights (possibly structured) at θ's paths.
 
   `aux` is the `'masks'` collection (non-trainable per-weight state such as
   sparsity masks); its entries are joined into θ before `apply`.
+  `require_all`: a rule that matches no θ is an error (conversions, reports).
   """
   def fn(path, rule, theta):
     if rule is None:
@@ -97,7 +98,7 @@ def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: boo
       theta = join_state(rule.node, theta, meta.unbox(subtree(aux, path)))
     w = rule.node.apply(theta, None if rng is None else path_key(rng, path))
     return w if structured else materialize(w)
-  return map_theta(plan, params, fn)
+  return map_theta(plan, params, fn, require_all=require_all)
 
 
 def init_aux_tree(plan: Plan, params: PyTree) -> dict:
