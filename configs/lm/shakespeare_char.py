@@ -1,33 +1,20 @@
-r"""Quick start: a character-level GPT on Tiny Shakespeare.
+r"""Quick start: a character-level GPT trained from scratch on Tiny Shakespeare.
 
-4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps; AdamW
-(lr 1e-3 → 1e-4 cosine, 100 warm-up steps, β2 0.99, weight decay 0.1,
-clip 1.0), no dropout — the "baby GPT" CPU setting of nanoGPT.
+4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps; AdamW (lr 1e-3 →
+1e-4 cosine, 100 warm-up steps, β2 0.99, weight decay 0.1, clip 1.0), no dropout:
+the "baby GPT" CPU setting of nanoGPT.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char.py --workdir=workdirs/shakespeare_char
 
 Hardware: 1 CPU host (2 cores, 24 GiB), run as 2 CPU devices
 (`perf.cpu_devices`, below): data parallel over the two cores.
-Expected: validation loss ≤ 1.90 at step 2000 (nanoGPT's PyTorch run of this
-exact setup reaches 1.886 on the same machine).
-
-Measured (2026-11-22, 2-core CPU shared with other jobs, load average 2–8):
-  seed 0: eval/loss 1.8982 (perplexity 6.67) at step 2000; 5 min 44 s wall,
-          median train step 97.5 ms under that load.
-  seed 1: eval/loss 1.8905 (perplexity 6.62) at step 2000.
-  seed 0 again after the flattened-dot Dense change: bit-identical losses
-          (1.8982); 4 min 45 s wall at load ~3.
-  seed 0 on 2 CPU devices (this config; quiet machine, load ~1.3):
-          eval/loss 1.89819956 at step 2000 (one device: 1.89819956);
-          2 min 17 s wall including compilation and evaluations; median
-          train step 49 ms as logged (one device: 63 ms).  The step alone:
-          ~49 vs ~57 ms (docs/performance.md).
-  seed 0 after the hand-written LayerNorm VJP (quiet machine): eval/loss
-          1.89819928 at step 2000; 2 min 27 s wall, logged median step 52 ms.
-eval/loss is the exact per-character loss over the whole validation split
-(111,540 characters), not an estimate from random batches.
+Runtime: 2 min 27 s on a quiet machine, compilation and evaluations included
+(experiments/results/quickstart/README.md).
+Expected: validation loss ≤ 1.90 at step 2000 (`eval/loss`, exact over the whole
+validation split); measured 1.898 (experiments/results/lowrank_rank_sweep/table.md,
+row "dense").
 """
 
 from reparam_jax.config.base import base_config

@@ -6,15 +6,15 @@ become the final checkpoint and done.json's metrics; `stop_reason` says why
 it stopped).  The cosine schedule spans the 6000-step budget.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char_early_stopping.py \
       --workdir=workdirs/shakespeare_char_early_stopping
 
-Hardware: 1 CPU host (2 cores, 24 GiB); ~0.1 s/step unloaded, so at most
-~10 min plus evaluations.
-Measured: not run yet (the shared machine was at load ~20, >1 s/step).  Whether
-the patience/min_delta pair stops this model before 6000 steps is therefore
-unverified; the mechanism itself is tested in tests/regularization/.
+Hardware: 1 CPU host (2 cores, 24 GiB), 2 CPU devices as in the quick start.
+Runtime: not measured (at most 3× the quick start's 2000 steps, plus an
+evaluation every 100 steps).
+Expected: not measured yet; whether this patience/min_delta pair stops the model
+before step 6000 is unverified (the mechanism is tested in tests/regularization/).
 """
 
 from configs.lm import shakespeare_char

@@ -3,16 +3,15 @@ r"""Quick-start LM with every block matrix reparameterized: `lora(rank={lora_ran
 LoRA fine-tuning: frozen W₀ plus (α/r)·B A with B = 0 at init; everything
 else is frozen too (the `.*` → frozen rule), so only the adapters train.
 Start from a trained dense run: `--config.init_from=workdirs/shakespeare_char`.
+Same data, model, optimizer and 2000 steps as configs/lm/shakespeare_char.py.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char_lora.py --workdir=workdirs/shakespeare_char_lora
 
-Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
-configs/lm/shakespeare_char.py.
-Measured so far: a 20-step smoke run only (train loss 4.13 at step 10 to 3.84 at step 20, on a
-heavily loaded machine). The 2000-step validation loss comes from
-`python -m reparam_jax.ablate experiments/reparam_comparison.py`, not yet run.
+Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
+Runtime: not measured.
+Expected: not measured yet.
 """
 
 from configs.lm import shakespeare_char

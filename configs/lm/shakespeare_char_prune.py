@@ -10,14 +10,16 @@ The schedule's steps are `config.reparam.prune_begin` / `prune_end` (10% and
 experiments/reparam_comparison.py does for its 1000 steps.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char_prune.py --workdir=workdirs/shakespeare_char_prune
 
-Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
-configs/lm/shakespeare_char.py.
-Measured (2026-11-22, seed 0, 2-core CPU shared with other jobs, ~0.5 s/step under
-that load, 35 min wall): eval/loss 1.9528 (perplexity 7.05) at step 2000, sparsity of
-the block kernels exactly 0.7500 (589,824 of 786,432 entries); dense quick start 1.8982.
+Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
+Runtime: not measured on a quiet machine (median train step 69.6 ms vs dense
+63.4 ms, experiments/results/reparam_comparison/table.md); 35 min on the same
+machine shared with other jobs (experiments/results/reparam_comparison/README.md).
+Expected: validation loss 1.953 at step 2000 (dense 1.898), the block kernels
+exactly 75% zeros (experiments/results/reparam_comparison/README.md); 2.162 at
+1000 steps vs dense 2.104 (experiments/results/reparam_comparison/table.md).
 """
 
 from configs.lm import shakespeare_char

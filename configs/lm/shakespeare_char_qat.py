@@ -5,16 +5,19 @@ Every attention and MLP kernel is `quant(bits={bits}, act_bits={act_bits})`
 with a straight-through estimator, and per-token fake quantization of each
 layer's input inside the project Dense (`left_matmul`).  `--config.reparam.bits=4`
 trains for int4 weights; `--config.reparam.act_bits=0` quantizes weights only.
+Same data, model, optimizer and 2000 steps as configs/lm/shakespeare_char.py.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char_qat.py --workdir=workdirs/shakespeare_char_qat
 
-Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
-configs/lm/shakespeare_char.py.
-Measured (2026-11-22, seed 0, 2-core CPU shared with other jobs, ~0.5 s/step under
-that load, 28 min wall): eval/loss 1.9047 (perplexity 6.72) at step 2000 with W8A8
-fake quantization in the eval too; dense quick start 1.8982.
+Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
+Runtime: not measured on a quiet machine (median train step 96.6 ms vs dense
+63.4 ms, experiments/results/reparam_comparison/table.md); 28 min on the same
+machine shared with other jobs (experiments/results/reparam_comparison/README.md).
+Expected: validation loss 1.905 at step 2000 with W8A8 fake quantization in the
+eval too (dense 1.898; experiments/results/reparam_comparison/README.md); 2.103
+at 1000 steps vs dense 2.104 (experiments/results/reparam_comparison/table.md).
 """
 
 from configs.lm import shakespeare_char

@@ -1,18 +1,19 @@
 r"""Quick-start LM with every block matrix reparameterized: `spherical`.
 
 Each column (one output unit's weight vector) is a radius and n−1 hyperspherical
-angles; see docs/reparam.md.
+angles; see docs/reparam.md.  Same data, model, optimizer and 2000 steps as
+configs/lm/shakespeare_char.py.
 
 Command:
-  REPARAM_DATA_DIR=../shared/data python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/lm/shakespeare_char_spherical.py --workdir=workdirs/shakespeare_char_spherical
 
-Hardware: 1 CPU host (2 cores).  Same data, model, optimizer and 2000 steps as
-configs/lm/shakespeare_char.py.
-Measured (2026-11-22, seed 0, quiet 2-core CPU, experiments/reparam_comparison.py at
-1000 steps, commit f9bdb42): val loss 2.283 vs dense 2.104, median step 122 ms vs
-dense 63 ms; table in experiments/results/reparam_comparison/.
-The full 2000 steps (one run, loaded machine): val loss 2.134.
+Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
+Runtime: not measured (median train step 122 ms vs dense 63 ms,
+experiments/results/reparam_comparison/table.md).
+Expected: validation loss 2.134 at step 2000 (one run; dense 1.898;
+experiments/results/reparam_comparison/README.md); 2.283 at 1000 steps vs dense
+2.104 (experiments/results/reparam_comparison/table.md).
 """
 
 from configs.lm import shakespeare_char

@@ -2,19 +2,19 @@ r"""SST-2 step 3: distil the fine-tuned encoder into a student with half the lay
 
   loss = α·CE(labels) + β·T²·KL(teacher ‖ student at T) [+ γ·InfoNCE + δ·hidden MSE]
 
-Command (after configs/sst2/finetune.py wrote workdirs/sst2_finetune):
-  REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
+Run after configs/sst2/finetune.py wrote workdirs/sst2_finetune (the teacher).
+
+Command:
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/sst2/distill.py --workdir=workdirs/sst2_distill \
       --config.distill.teacher=workdirs/sst2_finetune
 
-Hardware: 1 CPU host, 2 cores, shared with other jobs (load average 9-20).
-Measured (seed 0) with the from-scratch teacher workdirs/sst2_encoder (80.5%):
-student 566,594 stored parameters (40% of the teacher's 1,429,762; the teacher's
-weights sit in the state's `extra`, not counted), dev accuracy 81.4% = 101% of
-the teacher's, 144 s CPU time (user+sys), 8 min wall on the loaded machine.
-With the documented teacher workdirs/sst2_finetune (the lr 3e-4 run, 79.6%):
-student 79.7% = 100% of the teacher's, 139 s CPU, 8 min wall.
-Expected: the student within ~1-2% of its teacher's accuracy, often level.
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not measured on a quiet machine; 8 min (139 s CPU time) on the same
+machine shared with other jobs (experiments/results/sst2/README.md).
+Expected: the student within ~1-2% of its teacher's accuracy, often level:
+dev accuracy 79.7% taught by workdirs/sst2_finetune (79.6%), 566,594 stored
+parameters (experiments/results/sst2/README.md; docs/tasks.md).
 """
 
 from configs.sst2 import encoder

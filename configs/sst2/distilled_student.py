@@ -8,8 +8,15 @@ teacher is a one-line error).  Override the teacher with
 the workdir of its own "encoder" run (same seed).
 
 Command:
-  REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/sst2/distilled_student.py --workdir=workdirs/sst2_distilled_student
+
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not measured for one run; the three runs of experiments/sst2.py took
+5 min 17 s together on a quiet machine (experiments/results/sst2/README.md).
+Expected: dev accuracy ≈ 80%, level with the teacher: 0.804 taught by the
+ablation's "encoder" run (0.802), 567K stored parameters
+(experiments/results/sst2/table.md).
 """
 
 from configs.sst2 import distill

@@ -1,17 +1,18 @@
 r"""SST-2 step 1: masked-LM pre-training of a small BERT-style encoder on the SST-2 training sentences.
 
+NSP is off: SST-2 rows are unordered phrases (see docs/tasks.md for NSP on
+Tiny Shakespeare).
+
 Command:
-  REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/sst2/pretrain_mlm.py --workdir=workdirs/sst2_mlm
 
-Hardware: 1 CPU host, 2 cores, shared with other jobs (load average 9-20).
-Measured (seed 0): 600 steps, 1,454,016 stored parameters (2 layers, width 128,
-8,000-piece sentencepiece vocabulary, MLM head tied to the embeddings);
-307 s CPU time (user+sys), 33 min wall on the loaded machine; dev MLM loss
-6.30, MLM accuracy 9.8% (dev masks fixed by seed and index).
-Expected: dev MLM accuracy ≈ 10% at step 600 (pre-training is deliberately
-short: it must fit, with fine-tuning, in ~20 CPU-minutes).  NSP is off: SST-2
-rows are unordered phrases (see docs/tasks.md for NSP on Tiny Shakespeare).
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not measured on a quiet machine; 33 min (307 s CPU time) on the same
+machine shared with other jobs (experiments/results/sst2/README.md).
+Expected: dev MLM accuracy ≈ 10% at step 600 (measured 9.8%; pre-training is
+deliberately short: it must fit, with fine-tuning, in ~20 CPU-minutes)
+(experiments/results/sst2/README.md; docs/tasks.md).
 """
 
 from reparam_jax.config.base import base_config

@@ -1,38 +1,25 @@
 r"""A sentence VAE on Tiny Shakespeare lines (character level).
 
 Encoder: 2-layer non-causal Transformer, masked mean → μ, log σ² (16 latent
-dims).  Decoder: 2-layer causal Transformer with z added to every input
+dims); decoder: 2-layer causal Transformer with z added to every input
 embedding.  ELBO with cyclical KL annealing (4 cycles, ramp over half of
 each; Fu et al. 2019) and 0.25 nats of free bits per dimension (Kingma et
 al. 2016).  Width 64, 4 heads, lines padded to 64 characters, batch 32,
-1000 steps: small enough for a shared 2-core CPU.
+1000 steps.  The two sample_vae commands sample from the prior and interpolate.
 
 Command:
-  REPARAM_DATA_DIR=/work/shared/data TFDS_DATA_DIR=/tmp/tfds python -m reparam_jax.train \
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/vae/text_vae_shakespeare.py --workdir=workdirs/text_vae_shakespeare
   python -m reparam_jax.sample_vae --workdir=workdirs/text_vae_shakespeare --prior=5
   python -m reparam_jax.sample_vae --workdir=workdirs/text_vae_shakespeare \
       --interpolate="To be, or not to be|My lord, I will" --steps=5
 
-Hardware: 1 CPU host, 2 cores shared with other engineers' jobs (load 15-24).
-Measured (one run, seed 0; 220,256 parameters): 0.4-0.6 s/step in steady
-state, about 30 min wall clock for the 1000 steps on that loaded machine
-(stopped at step 82 and resumed, with eval_every changed from 500 to 250).
-Eval on the 3,536 validation lines (nats per sentence, fixed ε):
-
-  step    −ELBO    rec     KL    active units   bound/char
-   250    81.46   77.79   3.67   16/16          2.60
-   500    76.02   72.31   3.71   16/16          2.43
-   750    73.28   69.52   3.76   16/16          2.34
-  1000    72.08   68.44   3.63   16/16          2.30
-
-Expected: −ELBO ≈ 72 nats/sentence, KL ≈ 3.6 nats, 16/16 active units.  The
-KL sits near the free-bits floor (16 × 0.25 = 4 nats; each dimension ≈ 0.23):
-no unit collapsed, but z carries little, and greedy samples from the prior
-are repetitive ("And the the there the …").  Interpolating between the
-speaker lines "KING RICHARD III:" and "First Citizen:" decodes "CORIO:",
-"ANGENIUS:", then "And he my my merere …" (the second end does not
-reconstruct): at this size z encodes line type and length more than content.
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not measured on a quiet machine; about 30 min (0.4-0.6 s/step) on the
+same machine shared with other jobs (experiments/results/quickstart/README.md).
+Expected: −ELBO ≈ 72 nats/sentence, KL ≈ 3.6 nats, 16/16 active units at step
+1000 on the validation lines (experiments/results/quickstart/README.md;
+docs/tasks.md, "Text VAE").
 """
 
 from reparam_jax.config.base import base_config
