@@ -43,11 +43,11 @@ class LoRA(WrapperTransform):
   alpha: float = 8.0
 
   @property
-  def arg_problems(self):
-    return positive_int("rank", self.rank)
-
   def scale(self) -> float:
     return float(self.alpha) / self.rank
+
+  def arg_problems(self):
+    return positive_int("rank", self.rank)
 
   def check(self, shape):
     need_2d("lora", shape)

@@ -78,11 +78,11 @@ class Mask(Transform):
   l1: float = 0.0                # method='soft_movement': L1 shrinkage of the scores per step
 
   @property
-  def arg_problems(self):
-    return rate("sparsity", self.sparsity) + rate("initial_sparsity", self.initial_sparsity)
-
   def aux_keys(self) -> tuple[str, ...]:
     return ("mask", "scores") if self.method in ("movement", "soft_movement") else ("mask",)
+
+  def arg_problems(self):
+    return rate("sparsity", self.sparsity) + rate("initial_sparsity", self.initial_sparsity)
 
   def check(self, shape):
     if self.method not in METHODS:
