@@ -15,6 +15,7 @@ from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.regularizers import Regularizer, norms, parse_spec
 from reparam_jax.regularizers.decay import decay_mask_fn
 from reparam_jax.regularizers.spec import Term
+from reparam_jax.reparam.rules import Plan
 from reparam_jax.training import optim
 
 MODEL = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, vocab_size=11, max_len=8,
@@ -96,8 +97,8 @@ def test_effective_vs_theta_on_a_lowrank_weight():
   theta = p["block_0"]["mlp"]["fc_in"]["kernel"]
   w = theta["u"] @ theta["v"].T
   rules = ((r"block_0/mlp/fc_in/kernel", "l1(1)|l2(1)|nuclear(1)|orthogonal(1)"),)
-  _, eff = Regularizer(_cfg(rules=rules), rc).penalty(p)
-  _, th = Regularizer(_cfg(rules=rules, target="theta"), rc).penalty(p)
+  _, eff = Regularizer(_cfg(rules=rules), Plan.from_config(rc)).penalty(p)
+  _, th = Regularizer(_cfg(rules=rules, target="theta"), Plan.from_config(rc)).penalty(p)
   assert float(eff["l1"]) == pytest.approx(float(norms.l1(w)), rel=1e-5)
   assert float(th["l1"]) == pytest.approx(float(norms.l1(theta["u"]) + norms.l1(theta["v"])),
                                           rel=1e-5)
@@ -107,11 +108,11 @@ def test_effective_vs_theta_on_a_lowrank_weight():
   bound = float(norms.nuclear_factored(theta["u"], theta["v"]))
   assert float(eff["nuclear"]) == pytest.approx(bound, rel=1e-5)
   assert float(th["nuclear"]) == pytest.approx(bound, rel=1e-5)
-  _, ex = Regularizer(_cfg(rules=((r".*fc_in/kernel", "nuclear(1, exact=True)"),)), rc).penalty(p)
+  _, ex = Regularizer(_cfg(rules=((r".*fc_in/kernel", "nuclear(1, exact=True)"),)), Plan.from_config(rc)).penalty(p)
   assert float(ex["nuclear"]) == pytest.approx(float(norms.nuclear_exact(w)), rel=1e-4)
   assert float(ex["nuclear"]) <= bound + 1e-5
   # The gradient reaches θ.
-  g = jax.grad(lambda q: Regularizer(_cfg(rules=rules), rc).penalty(q)[0])(p)
+  g = jax.grad(lambda q: Regularizer(_cfg(rules=rules), Plan.from_config(rc)).penalty(q)[0])(p)
   assert float(jnp.abs(g["block_0"]["mlp"]["fc_in"]["kernel"]["u"]).sum()) > 0
 
 
@@ -120,10 +121,10 @@ def test_lora_theta_target_skips_frozen_base_and_frozen_weights_are_skipped():
   p = _params(rc)
   q = p["block_0"]["attn"]["query"]["kernel"]
   # B = 0 at init, so only A contributes on θ; the base and every frozen weight do not.
-  _, th = Regularizer(_cfg(l1=1.0, target="theta"), rc).penalty(p)
+  _, th = Regularizer(_cfg(l1=1.0, target="theta"), Plan.from_config(rc)).penalty(p)
   assert float(th["l1"]) == pytest.approx(float(norms.l1(q["lora_a"]) + norms.l1(q["lora_b"])),
                                           rel=1e-5)
-  _, eff = Regularizer(_cfg(l1=1.0), rc).penalty(p)
+  _, eff = Regularizer(_cfg(l1=1.0), Plan.from_config(rc)).penalty(p)
   assert float(eff["l1"]) == pytest.approx(float(norms.l1(q["base"])), rel=1e-5)  # W = W₀ + 0
 
 

@@ -12,7 +12,7 @@ EXAMPLES = [spec for cls in TRANSFORMS.values() for spec in cls.examples]
 COMPOSITIONS = [
     "spherical|lora(rank=2)", "lowrank(rank=2)|spherical", "lowrank(rank=2)|variational",
     "lowrank(rank=2)|lora(rank=1)", "weightnorm|lowrank(rank=2)",
-    "lowrank(rank=2)|variational(kl_weight=1e-4)", "lowrank(rank=2)|mask(sparsity=0.5)",
+    "lowrank(rank=2)|mask(sparsity=0.5)",
     "quant(bits=8)|mask(sparsity=0.5)",
 ]
 
@@ -21,6 +21,8 @@ COMPOSITIONS = [
 # gradients they promise), or that train nothing.
 NOT_SMOOTH = {"quant", "qweight", "mask", "frozen"}
 NOT_TRAINABLE = {"qweight", "frozen"}
+# Storage forms a model cannot be initialized in (only converted into: `from_dense`).
+CONVERT_ONLY = {"qweight"}
 
 
 def name_of(spec: str) -> str:
@@ -29,6 +31,10 @@ def name_of(spec: str) -> str:
 
 def smooth(specs: list[str]) -> list[str]:
   return [s for s in specs if not {name_of(p) for p in s.split("|")} & NOT_SMOOTH]
+
+
+def initializable(specs: list[str]) -> list[str]:
+  return [s for s in specs if not {name_of(p) for p in s.split("|")} & CONVERT_ONLY]
 
 
 def trainable(specs: list[str]) -> list[str]:

@@ -10,13 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-from tests.reparam.specs import COMPOSITIONS, EXAMPLES
 from reparam_jax import reparam
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan, parse_spec
 from reparam_jax.training import optim
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, initializable
 
 CFG = TransformerConfig(vocab_size=32, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
                         max_len=8, residual_dropout=0.1)
@@ -55,7 +55,7 @@ def test_no_rules_returns_module_unchanged():
   assert reparam.wrap(model, rcfg()) is model
 
 
-@pytest.mark.parametrize("spec", EXAMPLES + COMPOSITIONS)
+@pytest.mark.parametrize("spec", initializable(EXAMPLES + COMPOSITIONS))
 def test_transformer_runs_and_matches_dense_equivalent(spec):
   """Wrapped model == bare model on the materialized effective weights."""
   model = Transformer(CFG)

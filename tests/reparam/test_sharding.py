@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from tests.reparam.specs import COMPOSITIONS, EXAMPLES  # noqa: E402
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, initializable  # noqa: E402
 
 # Hand-derived shardings for some; every registered example is also checked
 # against the axes its transform declares (`leaf_axes`).
@@ -46,7 +46,7 @@ def check_shardings() -> None:
       "spherical|lora(rank=2)": {"base": {"radius": P("tensor"), "angles": P(None, "tensor")},
                                  "lora_a": P("fsdp", None), "lora_b": P(None, "tensor")},
   }
-  for spec in dict.fromkeys(SPECS + EXAMPLES + COMPOSITIONS):
+  for spec in dict.fromkeys(SPECS + initializable(EXAMPLES + COMPOSITIONS)):
     rc = ml_collections.ConfigDict(dict(rules=((r"block_\d+/mlp/fc_in/kernel", spec),)))
     wrapped = reparam.wrap(Transformer(cfg), rc)
     init = lambda k: wrapped.init(k, ids)  # noqa: E731

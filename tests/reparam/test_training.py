@@ -9,11 +9,11 @@ import ml_collections
 import optax
 import pytest
 
-from tests.reparam.specs import COMPOSITIONS, EXAMPLES, trainable
 from reparam_jax import reparam
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam import Reparam
 from reparam_jax.training import optim
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, trainable
 
 
 class MLP(nn.Module):

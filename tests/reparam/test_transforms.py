@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from tests.reparam.specs import COMPOSITIONS, EXAMPLES, smooth
-from reparam_jax.reparam import TRANSFORMS
-from reparam_jax.reparam import materialize
+from reparam_jax.reparam import TRANSFORMS, materialize
 from reparam_jax.reparam.compose import SlotMapped, Wrapped
 from reparam_jax.reparam.rules import parse_spec, parse_stage
 from reparam_jax.reparam.transforms.lora import LoRA, merge, unmerge
@@ -23,6 +21,7 @@ from reparam_jax.reparam.transforms.spherical import (
   to_spherical,
 )
 from reparam_jax.reparam.transforms.variational import Latent, Variational, gaussian_kl
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, smooth
 
 KEY = jax.random.key(0)
 

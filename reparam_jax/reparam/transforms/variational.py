@@ -76,7 +76,7 @@ class Variational(_KL):
   """θ = {mu, rho}, both shaped and sharded like the weight."""
 
   name: ClassVar[str] = "variational"
-  examples: ClassVar[tuple[str, ...]] = ("variational", "variational(kl_weight=1e-4)")
+  examples: ClassVar[tuple[str, ...]] = ("variational", "variational(anneal_steps=10)")
   keys: ClassVar[tuple[str, ...]] = ("mu", "rho")
 
   def init(self, key, shape, dtype, std):
