@@ -9,7 +9,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from reparam_jax.training.sharding import DEFAULT_AXIS_RULES
+# The mesh axes, and the logical-axis → mesh-axis rules table: the one place
+# parallelism is decided (MaxText keeps it in its base config too).  Model code
+# names dimensions logically; training/sharding.py applies the table.
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis, mesh axis or axes or None).  Data parallelism over `data`
+# and `fsdp`; parameters sharded over `fsdp` along `embed` (ZeRO-3 style);
+# Megatron tensor parallelism over `tensor` for heads, MLP and vocabulary.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+)
 
 
 def base_config() -> ml_collections.ConfigDict:

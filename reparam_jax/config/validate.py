@@ -4,7 +4,7 @@
 this module rejects values no run could use: a negative rank, a dropout of
 1.5, a NaN learning rate, a mesh with two inferred axes, a reparam spec
 that does not parse.  Checks that need the devices (mesh vs. device count,
-batch vs. data-parallel size) are `validate_for_mesh`.
+batch vs. data-parallel size) are `training.sharding.validate_for_mesh`.
 
 Every problem is reported, one line each, as a single `UserError` (exit 2).
 """
@@ -14,16 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterator
 
-import jax
 import ml_collections
 
-from reparam_jax.config.base import base_config
+from reparam_jax.config.base import MESH_AXES, base_config
 from reparam_jax.errors import UserError
 from reparam_jax.models.presets import PRESETS
 from reparam_jax.reparam.compose import stages
 from reparam_jax.reparam.rules import Plan
-from reparam_jax.training import sharding
-from reparam_jax.training.sharding import MESH_AXES
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -230,21 +227,3 @@ def _reparam_problems(config: ConfigDict) -> Iterator[str]:
     for stage in stages(rule.node):
       for problem in stage.arg_problems():
         yield f"config.reparam.rules: {rule.spec!r} (for {rule.pattern!r}) has {problem}"
-
-
-def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Checks that need the mesh; all before any compute."""
-  dp = sharding.data_parallel_size(mesh, config.axis_rules)
-  for name in ("batch_size", "eval_batch_size"):
-    value = config[name]
-    if value <= 0 or value % dp or value % jax.process_count():
-      raise UserError(f"{name}={value} must be a positive multiple of the data-parallel size "
-                      f"{dp} and of the {jax.process_count()} processes")
-  if config.batch_size % config.optimizer.grad_accum_steps or (
-      (config.batch_size // config.optimizer.grad_accum_steps) % dp):
-    raise UserError(f"batch_size={config.batch_size} must split into "
-                    f"grad_accum_steps={config.optimizer.grad_accum_steps} micro-batches, "
-                    f"each a multiple of the data-parallel size {dp}")
-  for name in ("num_steps", "seq_len", "log_every", "eval_every", "checkpoint_every"):
-    if config[name] <= 0:
-      raise UserError(f"{name} must be positive, got {config[name]}")

@@ -53,7 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rundir.prepare(workdir, jax.process_index())
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
-  config_validate.validate_for_mesh(config, mesh)
+  sharding.validate_for_mesh(config, mesh)
   rules = sharding.rules_tuple(config.axis_rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   if is_main:

@@ -1,4 +1,4 @@
-"""Device mesh and the logical-axis → mesh-axis rules table.
+"""Device mesh and the logical-axis → mesh-axis rules (the table is `config/base.py`'s).
 
 Model code names every parameter and activation dimension logically
 (`batch`, `length`, `embed`, `mlp`, `heads`, `kv`, `vocab`); a config's
@@ -19,22 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from reparam_jax.config.base import DEFAULT_AXIS_RULES, MESH_AXES  # noqa: F401 (re-exported)
 from reparam_jax.errors import UserError
-
-MESH_AXES = ("data", "fsdp", "tensor")
-
-# (logical axis, mesh axis or axes or None).  Data parallelism over `data`
-# and `fsdp`; parameters sharded over `fsdp` along `embed` (ZeRO-3 style);
-# Megatron tensor parallelism over `tensor` for heads, MLP and vocabulary.
-DEFAULT_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-)
 
 
 def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -132,3 +118,21 @@ def data_parallel_size(mesh: Mesh, rules: Any) -> int:
     return 1
   axes = (axes,) if isinstance(axes, str) else axes
   return math.prod(mesh.shape[a] for a in axes)
+
+
+def validate_for_mesh(config: Any, mesh: Mesh) -> None:
+  """Checks that need the mesh; all before any compute."""
+  dp = data_parallel_size(mesh, config.axis_rules)
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if value <= 0 or value % dp or value % jax.process_count():
+      raise UserError(f"{name}={value} must be a positive multiple of the data-parallel size "
+                      f"{dp} and of the {jax.process_count()} processes")
+  if config.batch_size % config.optimizer.grad_accum_steps or (
+      (config.batch_size // config.optimizer.grad_accum_steps) % dp):
+    raise UserError(f"batch_size={config.batch_size} must split into "
+                    f"grad_accum_steps={config.optimizer.grad_accum_steps} micro-batches, "
+                    f"each a multiple of the data-parallel size {dp}")
+  for name in ("num_steps", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+    if config[name] <= 0:
+      raise UserError(f"{name} must be positive, got {config[name]}")
