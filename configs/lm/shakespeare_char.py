@@ -10,8 +10,8 @@ Command:
 
 Hardware: 1 CPU host (2 cores, 24 GiB), run as 2 CPU devices
 (`perf.cpu_devices`, below): data parallel over the two cores.
-Runtime: 2 min 27 s on a quiet machine, compilation and evaluations included
-(experiments/results/quickstart/README.md).
+Runtime: about 2 min on a quiet machine (1 min 50 s on jax 0.12), compilation
+and evaluations included (experiments/results/quickstart/README.md).
 Expected: validation loss ≤ 1.90 at step 2000 (`eval/loss`, exact over the whole
 validation split); measured 1.898 (experiments/results/lowrank_rank_sweep/table.md,
 row "dense").
