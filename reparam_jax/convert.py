@@ -14,6 +14,7 @@ any model without `config.reparam` loads.  The library calls are
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -23,6 +24,7 @@ from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import workdir as rundir
 
 
 @exit_on_user_error
@@ -41,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   params = checkpoint.load_params(args.src)
   if args.direction == "to_reparam":
     out = rp.from_dense(params, jax.random.key(args.seed))
-  else:
-    out = rp.to_dense(params)
+  else:  # a pruned run's masks apply, as they did in training
+    out = rp.to_dense(params, rundir.load_masks(args.src) if os.path.isdir(args.src) else None)
   checkpoint.save_params(args.dst, jax.device_get(out))
   n_in = sum(x.size for x in jax.tree.leaves(params))
   n_out = sum(x.size for x in jax.tree.leaves(out))

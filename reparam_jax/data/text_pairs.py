@@ -1,8 +1,9 @@
 """Fixed-length encoder inputs: `[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]`, plus NSP pairs.
 
 Next-sentence prediction pairs (Devlin et al. 2019): for segment A, half the
-time B is the segment that follows A in its document (label 1), half the
-time a segment drawn uniformly from a *different* document (label 0).  Only
+time B is the segment that follows A in its document (label 0, IsNext, as in
+BERT and `transformers`), half the time a segment drawn uniformly from a
+*different* document (label 1, NotNext).  Only
 segments that have a successor are used as A, so the true-next share is
 exactly the coin's 50%.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from reparam_jax.objectives.nsp import IS_NEXT, IS_RANDOM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +71,8 @@ class NspPairs:
   def pair(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
     i = int(self.firsts[k])
     if rng.random() < 0.5:
-      return self.segments[i], self.segments[i + 1], 1
+      return self.segments[i], self.segments[i + 1], IS_NEXT
     while True:  # rejection: a segment of another document (cheap: documents are many)
       j = int(rng.integers(len(self.segments)))
       if self.doc_of[j] != self.doc_of[i]:
-        return self.segments[i], self.segments[j], 0
+        return self.segments[i], self.segments[j], IS_RANDOM

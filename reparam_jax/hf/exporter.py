@@ -104,8 +104,9 @@ def load_for_export(workdir: str) -> tuple[dict[str, np.ndarray], TransformerCon
     run_config = _read_json(run_json)
     params = checkpoint.load_params(workdir)
     rules = (run_config.get("reparam") or {}).get("rules")
-    if rules:
-      params = Reparam.from_config(run_config["reparam"]).to_dense(params)
+    if rules:  # the weights the run computes with: adapters merged, its masks applied
+      params = Reparam.from_config(run_config["reparam"]).to_dense(
+          params, rundir.load_masks(workdir))
     flat = flatten(params)
     cfg, source = _run_model(run_config, flat), _source_of(run_config.get("init_from") or "")
   else:

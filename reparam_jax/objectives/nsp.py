@@ -1,8 +1,10 @@
 """Next-sentence prediction (Devlin et al. 2019): is segment B the true successor of A?
 
-Label 1 = B follows A in the corpus, 0 = B is a random segment (the pair
-construction lives in `reparam_jax/data/text_pairs.py`).  Rows with weight 0
-(padding rows of an eval batch) do not count.
+Labels follow BERT and Hugging Face's `BertForPreTraining`: 0 (`IS_NEXT`) =
+B follows A in the corpus, 1 (`IS_RANDOM`) = B is a random segment, so an
+imported or exported `cls.seq_relationship` head means the same thing here and
+in `transformers` (the pair construction lives in `reparam_jax/data/text_pairs.py`).
+Rows with weight 0 (padding rows of an eval batch) do not count.
 """
 
 from __future__ import annotations
@@ -10,6 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+IS_NEXT, IS_RANDOM = 0, 1  # BERT's (and transformers') NSP label convention
+
+
+def is_next_probability(logits_Bx2: jax.Array) -> jax.Array:
+  """P(B follows A) from an NSP head's two logits."""
+  return jax.nn.softmax(logits_Bx2.astype(jnp.float32), axis=-1)[..., IS_NEXT]
 
 
 def nsp_loss(logits_Bx2: jax.Array, labels_B: jax.Array,

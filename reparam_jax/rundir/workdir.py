@@ -145,11 +145,20 @@ def load_run(workdir: str) -> Run:
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
   params = checkpoint.load_params(workdir)
-  extra = _latest_extra(workdir) or {}
-  masks = extra.get(AUX_COLLECTION)
+  return Run(config, params, load_masks(workdir), workdir)
+
+
+def load_masks(workdir: str) -> PyTree | None:
+  """The sparsity masks (`'masks'` collection) of a run's latest checkpoint, or of a
+  `compress` output's `masks/`; None for a run without them (or a bare params folder).
+
+  Every tool that materializes a run's weights applies these, as training did.
+  """
+  workdir = os.path.abspath(workdir)
+  masks = (_latest_extra(workdir) or {}).get(AUX_COLLECTION)
   if masks is None and os.path.isdir(path(workdir, MASKS)):
     masks = checkpoint.load_params(path(workdir, MASKS))
-  return Run(config, params, masks, workdir)
+  return masks
 
 
 def _latest_extra(workdir: str) -> PyTree | None:

@@ -270,3 +270,31 @@ def test_masked_training_through_the_trainer_step():
   with jax.set_mesh(runner.mesh):
     _, metrics = runner.step_fn(state, runner.batches[0])
   assert float(metrics["sparsity"]) == pytest.approx(0.5)
+
+
+def test_a_pruned_run_converts_and_exports_with_its_masks(tmp_path, raw_data_dir, tfds_dir):
+  """convert --direction=to_dense and export_hf materialize the weights training computed
+  with: the pruned entries are zero (they were stale values before the masks were applied)."""
+  import safetensors.numpy
+
+  from reparam_jax import convert, export_hf, train
+  from reparam_jax.rundir import checkpoint
+  from tests.helpers import tiny_args
+  workdir = str(tmp_path / "run")
+  spec = "mask(sparsity=0.75, begin_step=0, end_step=0)"  # one-shot at the first step
+  train.main(tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=3, eval_every=3,
+                       checkpoint_every=3) + [f"--config.reparam.rules=((r'{KERNELS}', '{spec}'),)"])
+  cfg = str(tmp_path / "cfg.py")
+  with open(cfg, "w") as f:
+    f.write("from configs.lm.shakespeare_char import get_config as base\n"
+            "def get_config():\n  c = base()\n"
+            f"  c.reparam.rules = ((r'{KERNELS}', '{spec}'),)\n  return c\n")
+  dense_dir = str(tmp_path / "dense")
+  convert.main([f"--config={cfg}", "--direction=to_dense", f"--src={workdir}",
+                f"--dst={dense_dir}"])
+  fc_in = np.asarray(checkpoint.load_params(dense_dir)["block_0"]["mlp"]["fc_in"]["kernel"])
+  assert np.mean(fc_in == 0) == pytest.approx(0.75, abs=1e-3)
+  export_hf.main([f"--workdir={workdir}", f"--to={tmp_path / 'hf'}"])
+  tensors = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
+  exported = tensors["transformer.h.0.mlp.c_fc.weight"]  # GPT-2's Conv1D: [d_in, d_out]
+  np.testing.assert_array_equal(exported, fc_in)

@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 import hf_refs  # noqa: E402
 
 from reparam_jax.errors import UserError  # noqa: E402
-from reparam_jax.hf import importer  # noqa: E402
+from reparam_jax.hf import importer
+from reparam_jax.objectives.nsp import is_next_probability  # noqa: E402
 
 TOL = 1e-4
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,6 +96,12 @@ def test_bert_outputs_match_pytorch(tmp_path, size, cls_name, safetensors):
     theirs = getattr(ref, name).numpy()
     assert out[ours].shape == theirs.shape, ours
     assert np.abs(np.asarray(out[ours]) - theirs).max() <= TOL, ours
+  if cls_name == "BertForPreTraining":
+    # The meaning, not only the logits: P(B follows A) as this project reads the
+    # head equals transformers' (its label 0 is IsNext; docs of BertForPreTraining).
+    theirs = torch.softmax(ref.seq_relationship_logits, -1)[:, 0].numpy()
+    np.testing.assert_allclose(np.asarray(is_next_probability(out["nsp_logits"])), theirs,
+                               atol=1e-5)
 
 
 def _tiny_gpt2_folder(tmp_path, safetensors=True):

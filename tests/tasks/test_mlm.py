@@ -82,10 +82,11 @@ def test_nsp_pairs_half_true_next_and_negatives_from_other_documents():
   for k in range(len(pairs)):
     for _ in range(40):
       a, b, label = pairs.pair(k, rng)
-      if label:
+      # BERT's and transformers' convention: 0 = IsNext, 1 = NotNext (random).
+      if label == 0:
         assert b[0] == a[0] + 1  # the next segment of the same document
       else:
-        assert b[0] // 100 != a[0] // 100  # from another document
+        assert label == 1 and b[0] // 100 != a[0] // 100  # from another document
       labels.append(label)
   assert np.mean(labels) == pytest.approx(0.5, abs=0.02)
 
