@@ -41,6 +41,7 @@ from reparam_jax.regularizers import norms
 from reparam_jax.regularizers.spec import PENALTIES, TARGETS, Term, fill, parse_spec
 from reparam_jax.reparam.kernels import materialize
 from reparam_jax.reparam.rules import Plan, Rule, map_theta, parse_rule_pairs
+from reparam_jax.reparam.transforms.lowrank import LowRank
 
 __all__ = ["PENALTIES", "Regularizer", "Term", "norms", "parse_spec", "weights"]
 
@@ -72,8 +73,11 @@ def _trainable_leaves(rule: Rule, theta: Any) -> Iterator[jax.Array]:
 
 
 def _is_lowrank(rule: Rule | None, theta: Any) -> bool:
-  return (rule is not None and getattr(rule.node, "name", "") == "lowrank"
-          and isinstance(theta, Mapping) and set(theta) == {"u", "v"})
+  """A plain `lowrank` θ {u, v} of arrays: not a stack whose factors are themselves
+  reparameterized (`lowrank|spherical` names itself lowrank but holds θ per factor)."""
+  return (rule is not None and isinstance(rule.node, LowRank)
+          and isinstance(theta, Mapping) and set(theta) == {"u", "v"}
+          and not any(isinstance(theta[k], Mapping) for k in theta))
 
 
 class Regularizer:

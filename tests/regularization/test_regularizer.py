@@ -15,6 +15,7 @@ from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.regularizers import Regularizer, norms, parse_spec
 from reparam_jax.regularizers.decay import decay_mask_fn
 from reparam_jax.regularizers.spec import Term
+from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.training import optim
 
@@ -114,6 +115,18 @@ def test_effective_vs_theta_on_a_lowrank_weight():
   # The gradient reaches θ.
   g = jax.grad(lambda q: Regularizer(_cfg(rules=rules), Plan.from_config(rc)).penalty(q)[0])(p)
   assert float(jnp.abs(g["block_0"]["mlp"]["fc_in"]["kernel"]["u"]).sum()) > 0
+
+
+@pytest.mark.parametrize("stack", ["lowrank(rank=3)|spherical", "lowrank(rank=3)|variational"])
+def test_nuclear_on_a_stack_over_low_rank_factors_is_the_exact_norm_of_w(stack):
+  """A stack over the factors has no factored bound: the norm of its effective W
+  (these raised AttributeError: the θ of each factor was taken for an array)."""
+  rc = _rcfg((r"block_0/mlp/fc_in/kernel", stack))
+  p = _params(rc)
+  w = Reparam.from_config(rc).to_dense(p)["block_0"]["mlp"]["fc_in"]["kernel"]
+  rules = ((r"block_0/mlp/fc_in/kernel", "nuclear(1)"),)
+  _, terms = Regularizer(_cfg(rules=rules), Plan.from_config(rc)).penalty(p)
+  assert float(terms["nuclear"]) == pytest.approx(float(norms.nuclear_exact(w)), rel=1e-4)
 
 
 def test_lora_theta_target_skips_frozen_base_and_frozen_weights_are_skipped():
