@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from reparam_jax.errors import UserError
 from reparam_jax.reparam import TRANSFORMS, materialize
 from reparam_jax.reparam.compose import SlotMapped, Wrapped
 from reparam_jax.reparam.rules import parse_spec, parse_stage
@@ -263,3 +264,9 @@ def test_lora_rank_outside_the_matrix_is_a_user_error(rank):
   from reparam_jax.reparam.transforms.lora import LoRA
   with pytest.raises(UserError, match="lora: rank must be in"):
     LoRA(rank=rank).check((8, 16))
+
+
+def test_a_stage_after_lora_is_a_clear_error():
+  """Bayesian adapters are not supported (docs/reparam.md, composition): say so."""
+  with pytest.raises(UserError, match="'variational' cannot follow"):
+    parse_spec("lora(rank=2)|variational")
