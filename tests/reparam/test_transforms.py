@@ -68,6 +68,18 @@ def test_als_reaches_svd_error():
   assert float(jnp.linalg.norm(w - materialize(t.apply(theta)))) / svd_err - 1 < 1e-3
 
 
+@pytest.mark.parametrize("iters", [1, 2, 3])
+def test_als_ends_with_the_least_squares_solve_for_v(iters):
+  """After the sweeps, V is the exact LS solve given U's column space: ‖W − Q Qᵀ W‖
+  (Q an orthonormal basis of U), the best any V can do for that U."""
+  w = jax.random.normal(jax.random.key(5), (24, 20))
+  u, v = als_factors(w, 4, iters=iters, key=jax.random.key(6))
+  q, _ = jnp.linalg.qr(u)
+  best = float(jnp.linalg.norm(w - q @ (q.T @ w)))
+  assert float(jnp.linalg.norm(w - u @ v.T)) == pytest.approx(best, rel=1e-5)
+  np.testing.assert_allclose(float(jnp.linalg.norm(u)), float(jnp.linalg.norm(v)), rtol=1e-4)
+
+
 def test_lowrank_structured_matmul_and_init_scale():
   t = LowRank(rank=3)
   theta = t.from_dense(_w((8, 6)))

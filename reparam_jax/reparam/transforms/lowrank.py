@@ -47,13 +47,16 @@ def als_factors(w_MxN: Array, rank: int, iters: int, key: Array) -> tuple[Array,
 
   q_v = jax.lax.fori_loop(0, iters, sweep, q_v)
   q_u, _ = jnp.linalg.qr(w @ q_v)
-  # Final LS solve for V given U = q_u, then balance via the SVD of the small
-  # r×r core (same product, equal factor norms as in `svd_factors`).
-  core = q_u.T @ w @ q_v  # W ≈ q_u core q_vᵀ
-  a, s, bt = jnp.linalg.svd(core)
+  # Final LS solve for V given U = q_u: min_V ‖W − q_u Vᵀ‖ is Vᵀ = q_uᵀ W (q_u is
+  # orthonormal), i.e. W ≈ q_u q_uᵀ W.  (Projecting on both sides, q_uᵀ W q_v,
+  # would also restrict the row space to q_v's and fit worse after few sweeps.)
+  # Then balance via the SVD of the small r×n core: same product, equal factor
+  # norms as in `svd_factors`.
+  core = q_u.T @ w  # [r, n]
+  a, s, bt = jnp.linalg.svd(core, full_matrices=False)
   root = jnp.sqrt(s)
   u = (q_u @ a) * root
-  v = (q_v @ bt.T) * root
+  v = bt.T * root
   return u.astype(w_MxN.dtype), v.astype(w_MxN.dtype)
 
 
