@@ -118,6 +118,17 @@ def test_spherical_poles_and_edge_cases():
   np.testing.assert_allclose(a2, [[-np.pi / 2]], atol=1e-6)
 
 
+@pytest.mark.parametrize("x", [[1.0, 1e-30, 0.0, 0.0], [1.0, 1e-20, 1e-25, 0.0],
+                               [1e-30, 0.0, 0.0, 0.0], [0.0, 1e-30, 0.0, -1e-30]])
+def test_spherical_gradient_is_finite_just_off_a_pole(x):
+  """x_k² underflows to 0 in float32 next to a pole; the angles' gradient must not be NaN."""
+  x = jnp.asarray(x, jnp.float32)
+  g_angles = jax.grad(lambda x: jnp.sum(to_spherical(x)[1]))(x)
+  assert np.isfinite(np.asarray(g_angles)).all(), g_angles
+  g = jax.grad(lambda x: jnp.sum(from_spherical(*to_spherical(x)) ** 2))(x)
+  np.testing.assert_allclose(g, 2 * x, atol=1e-6)
+
+
 def test_spherical_high_dim_round_trip():
   w = _w((1024, 3))
   t = Spherical()
