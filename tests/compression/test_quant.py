@@ -61,6 +61,15 @@ def test_lsq_scale_gradient():
 
 
 @pytest.mark.parametrize("bits", [8, 4])
+def test_lsq_step_size_starts_at_the_papers_value(bits):
+  """Esser et al. 2020: s₀ = 2⟨|w|⟩/√Q_P (per output channel here)."""
+  w = jax.random.normal(jax.random.key(7), (32, 5)) * jnp.arange(1.0, 6.0)
+  theta = reparam.parse_spec(f"quant(bits={bits}, scale=learned)").from_dense(w)
+  want = 2 * np.abs(np.asarray(w)).mean(0) / np.sqrt(qmax(bits))
+  np.testing.assert_allclose(np.asarray(theta["scale"]), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 def test_round_trip_error_is_at_most_half_a_step(bits):
   w = jax.random.normal(jax.random.key(2), (64, 16)) * jnp.linspace(0.01, 3.0, 16)
   q, s = quantize(w, bits)

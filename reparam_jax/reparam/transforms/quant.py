@@ -9,9 +9,9 @@ exact, which keeps pruned zeros zero).
   with a straight-through estimator: ∂W/∂w = 1 inside the clip range, 0
   outside.  `scale='max'` sets s = max_i |w_ij| / q each step (nothing is
   clipped; s is a statistic, so no gradient flows into it).  `scale='learned'`
-  is LSQ (Esser et al. 2020): s is a parameter initialised at max/q whose
-  gradient is round(w/s) − w/s inside the range and ±q outside, scaled by
-  1/√(N·q).  With `act_bits > 0` the kernel reaching the project `Dense` also
+  is LSQ (Esser et al. 2020): s is a parameter initialised at the paper's
+  2⟨|w|⟩/√q (per channel: the mean over the reduced axis), whose gradient is
+  round(w/s) − w/s inside the range and ±q outside, scaled by 1/√(N·q).  With `act_bits > 0` the kernel reaching the project `Dense` also
   fake-quantizes its input x per token (dynamic max scale, STE) inside
   `left_matmul`, so activation quantization needs no model change.
 * `qweight(bits=8)`: θ = {q: int8 [d_in, d_out], scale: f32 [d_out]}, the
@@ -44,6 +44,12 @@ def max_scale(w: Array, bits: int, axis: int = 0) -> Array:
   s = jnp.max(jnp.abs(jax.lax.stop_gradient(w)), axis=axis) / qmax(bits)  # a statistic
   # One ulp up: q·s must not round below max|w|, or the largest entry would be clipped.
   s = jnp.nextafter(s, jnp.full_like(s, jnp.inf))
+  return jnp.where(s > 0, s, jnp.ones_like(s))
+
+
+def lsq_init_scale(w: Array, bits: int, axis: int = 0) -> Array:
+  """LSQ's initial step size (Esser et al. 2020, §2.1): 2⟨|w|⟩/√q, per channel; never 0."""
+  s = 2.0 * jnp.mean(jnp.abs(w.astype(jnp.float32)), axis=axis) / jnp.sqrt(float(qmax(bits)))
   return jnp.where(s > 0, s, jnp.ones_like(s))
 
 
@@ -128,7 +134,7 @@ class Quant(Transform):
 
   def from_dense(self, w, key=None):
     if self.scale == "learned":
-      return {"w": w, "scale": max_scale(w, self.bits, self.axis).astype(w.dtype)}
+      return {"w": w, "scale": lsq_init_scale(w, self.bits, self.axis).astype(w.dtype)}
     return {"w": w}
 
   def init_from(self, key, w_init):
