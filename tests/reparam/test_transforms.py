@@ -210,8 +210,36 @@ def test_latent(kw):
     s = jnp.linalg.svd(w, compute_uv=False)
     np.testing.assert_allclose(jnp.linalg.norm(w - k.dense()), jnp.linalg.norm(s[2:]), rtol=1e-4)
   assert set(t.penalty(theta, 0)) == {"latent/kl"}
-  fresh = t.init(KEY, (64, 48), jnp.float32, 0.02)
-  assert 0.01 < float(jnp.std(t.apply(fresh, None).dense())) < 0.04
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(decoder="fixed"), dict(offset=True),
+                                dict(offset=True, decoder="fixed")])
+@pytest.mark.parametrize("start", ["init", "from_dense"])
+def test_latent_noise_on_w_is_sigma_ratio_of_its_rms(kw, start):
+  """`sigma_ratio` means one thing: the RMS of W's sampling noise over W's RMS, whether
+  the latent starts fresh or from a weight (fresh offset runs had 1/√(mn/k²) of it)."""
+  t = Latent(dim=4, sigma_ratio=0.1, **kw)
+  std = 0.02
+  theta = (t.init(KEY, (64, 48), jnp.float32, std) if start == "init"
+           else t.from_dense(std * jax.random.normal(jax.random.key(9), (64, 48))))
+  mean = t.apply(theta, None).dense()
+  samples = jnp.stack([t.apply(theta, jax.random.key(i)).dense() for i in range(64)])
+  noise_rms = float(jnp.sqrt(jnp.mean(jnp.square(samples - mean))))
+  w_rms = float(jnp.sqrt(jnp.mean(jnp.square(mean))))
+  assert noise_rms / w_rms == pytest.approx(0.1, rel=0.2)
+  if start == "init":  # the sampled weight has the dense init's scale
+    assert float(jnp.sqrt(jnp.mean(jnp.square(samples[0])))) == pytest.approx(std, rel=0.15)
+
+
+def test_latent_learned_conversion_of_a_latent_wider_than_the_matrix():
+  """k1 ≤ d_in and k2 ≤ d_out pass the shape check; min(d_in, d_out) < k used to crash."""
+  w = _w((8, 6))
+  t = Latent(dim=7, dim_out=5)
+  theta = t.from_dense(w)
+  assert theta["dec_in"].shape == (8, 7) and theta["dec_out"].shape == (5, 6)
+  s = jnp.linalg.svd(w, compute_uv=False)  # the best rank-5 fit
+  np.testing.assert_allclose(jnp.linalg.norm(w - t.apply(theta).dense()),
+                             jnp.linalg.norm(s[5:]), rtol=1e-4)
 
 
 # --- gradients (float64, numerical) --------------------------------------------------

@@ -57,7 +57,7 @@ def _sample(mu: Array, rho: Array, rng: Array | None) -> Array:
 @dataclasses.dataclass(frozen=True)
 class _KL(Transform):
   prior_std: float = 0.1
-  sigma_ratio: float = 0.1  # initial σ as a fraction of the weight's RMS
+  sigma_ratio: float = 0.1  # initial noise on W: its RMS as a fraction of W's RMS
   kl_weight: float = 1e-6
   anneal_steps: int = 0
 
@@ -156,7 +156,10 @@ class Latent(_KL):
     theta = {"dec_in": dec_in, "dec_out": dec_out}
     if self.offset:
       theta["offset"] = std * jax.random.normal(ko, shape, dtype)
-      z_std = self.sigma_ratio * std  # start at the offset; z explores around it
+      # Start at the offset; z explores around it.  Orthonormal decoders shrink
+      # z's noise by √(k1·k2/(m·n)) on W, so this puts sigma_ratio·std of noise on W,
+      # as converting a weight of RMS std does (`from_dense`).
+      z_std = self.sigma_ratio * std * (m * n / (k1 * k2)) ** 0.5
       theta["z_mu"] = jnp.zeros((k1, k2), dtype)
     else:
       # Orthonormal decoders: Var[W_ij] = Var[z]·k1·k2/(m·n); match std².
@@ -183,9 +186,11 @@ class Latent(_KL):
       z_mu = dec_in.T @ w @ dec_out.T
       extra, z_scale = {}, rms(z_mu)
     else:
-      # Learned decoders: the truncated SVD is the best rank-min(k) fit.
-      u, s, vt = jnp.linalg.svd(w.astype(jnp.float32), full_matrices=False)
-      k = min(k1, k2)
+      # Learned decoders: the truncated SVD is the best rank-min(k) fit.  A latent
+      # wider than min(m, n) (allowed: k1 ≤ m, k2 ≤ n) takes the full bases, its
+      # extra directions starting at z = 0.
+      u, s, vt = jnp.linalg.svd(w.astype(jnp.float32), full_matrices=max(k1, k2) > min(m, n))
+      k = min(k1, k2, s.shape[0])
       dec_in, dec_out = u[:, :k1].astype(w.dtype), vt[:k2].astype(w.dtype)
       z_mu = jnp.zeros((k1, k2), w.dtype).at[jnp.arange(k), jnp.arange(k)].set(
           s[:k].astype(w.dtype))
