@@ -40,23 +40,28 @@ class MfuMeter:
   peak_source: str
 
   @classmethod
-  def for_run(cls, config: ml_collections.ConfigDict, task_model: nn.Module,
+  def for_run(cls, config: ml_collections.ConfigDict, task: Any,
               params: PyTree) -> "MfuMeter | None":
-    """None when the task's model has no Transformer backbone to count."""
-    cfg = find_transformer_config(task_model)
+    """None when the task's model has no Transformer backbone to count.
+
+    A task whose model runs an MLM head on P positions per sequence says so in
+    `task.mlm_positions`.
+    """
+    cfg = find_transformer_config(task.model())
     if cfg is None:
       return None
     perf = config.get("perf") or ml_collections.ConfigDict()
     count = flops_lib.model_flops(cfg, config.seq_len, nn.meta.unbox(params),
                                   config.get("reparam"),
-                                  causal_halved=bool(perf.get("causal_attention_halved", False)))
+                                  causal_halved=bool(perf.get("causal_attention_halved", False)),
+                                  mlm_positions=int(getattr(task, "mlm_positions", 0) or 0))
     peak, source = peaks.device_peak_flops(float(perf.get("peak_flops", 0.0)),
                                            dtype=jnp.dtype(cfg.dtype))
     return cls(count, peak, source)
 
   def describe(self) -> str:
     attn = "6·L·H·Q·T (causal halved)" if self.count.causal_halved else "12·L·H·Q·T"
-    return (f"model FLOPs/token {self.count.per_token:,} = 6·N (N={self.count.matmul_params:,}) "
+    return (f"model FLOPs/token {self.count.per_token:,} = 6·N (N={self.count.matmul_params:,.0f}) "
             f"+ {attn} ({self.count.attention_flops:,}); peak "
             f"{self.peak_flops / 1e12:.3g} TFLOP/s per device ({self.peak_source})")
 

@@ -52,6 +52,24 @@ def weight_stats(node: Any, theta: Any, path: str = "", structured: bool = True)
               compression=dense / max(stored, 1))
 
 
+def matmul_flops_by_path(params: PyTree, plan: Plan, structured: bool = True
+                         ) -> dict[str, int]:
+  """Forward matmul FLOPs per use (2·MACs) of every weight: plain 2-D weights and whole
+  reparameterized θ (as executed: a factored kernel counts its factors)."""
+  out: dict[str, int] = {}
+
+  def visit(path, rule, theta):
+    if rule is None:
+      x = meta.unbox(theta)
+      out[path] = 2 * _size(x) if _is_matmul(path, tuple(x.shape)) else 0
+    else:
+      out[path] = weight_stats(rule.node, theta, path, structured)["flops"]
+    return theta
+
+  map_theta(plan, params, visit)
+  return out
+
+
 def report_rows(params: PyTree, plan: Plan, tokens_per_seq: int | None = None,
                 structured: bool = True) -> list[dict[str, Any]]:
   """One row per reparameterized weight, then a `total` row over all parameters.

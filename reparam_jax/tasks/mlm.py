@@ -43,6 +43,7 @@ class MaskedLanguageModelTask:
                            nsp=self.cfg.nsp, rate=self.cfg.mask_rate)
         for split, documents in docs.items()}
     self.heads = ("mlm", "nsp") if self.cfg.nsp else ("mlm",)
+    self.mlm_positions = self.examples["train"].max_predictions  # P: where the MLM head runs
 
   def model(self) -> nn.Module:
     return encoder_model(self.config.model, self.config.encoder, self.tokenizer.vocab_size,

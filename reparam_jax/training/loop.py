@@ -85,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   n_params = steps.count_params(state.params)
   if is_main:
     _describe(config, workdir, mesh, rp, state.params, n_params)
-  mfu_meter = MfuMeter.for_run(config, task.model(), state.params)
+  mfu_meter = MfuMeter.for_run(config, task, state.params)
   if is_main and mfu_meter is not None:
     print(mfu_meter.describe(), flush=True)
 

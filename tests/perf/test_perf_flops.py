@@ -85,3 +85,33 @@ def test_cpu_peak_is_measured_or_overridden():
   assert (value, source) == (123.0, "config.perf.peak_flops")
   measured = peaks.measure_matmul_flops(n=128, repeats=2)
   assert 1e7 < measured < 1e14  # some real number of FLOP/s, not a placeholder
+
+
+def test_shared_block_counts_once_per_layer_it_runs_in():
+  # One `block_shared` runs L = 2 times: the same matmuls as two separate blocks.
+  cfg = TransformerConfig(**{**CFG.__dict__, "share_layers": True})
+  params = abstract_params(Transformer(cfg))
+  assert "block_shared" in params
+  assert flops.model_flops(cfg, T, params).matmul_params == 1112
+
+
+def test_layer_dims_attention_uses_each_layers_width():
+  # Widths 8 and 4 (2 heads of 4 and of 2): 12·T·(8 + 4) = 12·5·12 = 720, not 12·L·8·T = 960.
+  cfg = TransformerConfig(**{**CFG.__dict__, "layer_dims": (8, 4)})
+  assert flops.model_flops(cfg, T, abstract_params(Transformer(cfg))).attention_flops == 720
+
+
+def test_mlm_head_counts_its_transform_and_tied_decoder_on_masked_positions():
+  # Encoder N = 1024 (no causal output layer).  The MLM head runs on P = 2 of T = 5
+  # positions: its 8×8 transform and the tied 8×11 decoder, (64 + 88)·2/5 = 60.8.
+  # The NSP and classifier heads see one pooled token per sequence: not per-token FLOPs.
+  from reparam_jax.models.heads import EncoderWithHeads
+  cfg = TransformerConfig(**{**CFG.__dict__, "causal": False})
+  model = EncoderWithHeads(cfg, heads=("mlm", "nsp", "classifier"))
+  ids = jnp.zeros((1, T), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, jnp.ones((1, T), bool),
+                                             jnp.zeros((1, T), jnp.int32),
+                                             jnp.zeros((1, 2), jnp.int32)))["params"]
+  count = flops.model_flops(cfg, T, params, mlm_positions=2)
+  assert count.matmul_params == pytest.approx(1024 + 60.8)
+  assert count.per_token == round(6 * 1084.8) + 960
