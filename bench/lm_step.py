@@ -63,7 +63,8 @@ class StepRunner:
       self.state, self.state_shardings, tx = steps.create_train_state(
           steps.init_variables_fn(self.model, self.task.init_args()),
           lambda p: optim.make_optimizer(config.optimizer, config.num_steps,
-                                         self.reparam.trainable_mask(p)),
+                                         self.reparam.trainable_mask(p),
+                                         default_decay=self.reparam.decay_mask),
           self.mesh, self.rules, rng)
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_steps)
     self.step_fn = jax.jit(

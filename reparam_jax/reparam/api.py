@@ -104,6 +104,28 @@ class Reparam:
 
     return map_theta(self.plan, params, visit)
 
+  def decay_mask(self, params: PyTree) -> PyTree:
+    """True where decoupled weight decay acts: plain matrices (ndim ≥ 2, as without
+    rules) and the weight-like θ entries each transform names (`decayable`), never
+    angles, ρ, radii or step sizes.  `config.optimizer.decay_rules` override it.
+
+    `params` may hold optax's `MaskedNode`s (a frozen leaf inside `multi_transform`);
+    they stay as they are.
+    """
+    def plain(x):
+      return jax.tree.map(lambda p: p.ndim >= 2, x)
+
+    if not self.active:
+      return plain(params)
+
+    def visit(path, rule, theta):
+      if rule is None:
+        return plain(theta)
+      flags = _bool_tree(theta, rule.node.decayable(meta.unbox(theta)))
+      return jax.tree.map(lambda f, sub: jax.tree.map(lambda _: f, sub), flags, theta)
+
+    return map_theta(self.plan, params, visit)
+
   def update_state(self, params: PyTree, grads: PyTree, extra: PyTree, step: jax.Array
                    ) -> tuple[PyTree, dict[str, jax.Array]]:
     """Scheduled mask/score updates inside the train step (transforms/mask_update.py).

@@ -13,6 +13,7 @@ dataclass whose fields are the keyword arguments of its spec string
   penalty(θ, step) -> {term: scalar}      optional, e.g. a KL
   post_update(θ) -> θ                     optional, e.g. projection to a sphere
   trainable(θ) -> {key: bool}             optional, False freezes a leaf
+  decayable(θ) -> {key: bool}             which leaves weight decay acts on (`decayed`)
   flops(θ) -> matmul FLOPs per token      for 2-D weights used as `x @ W`
   check(shape)                            optional: UserError if W's shape is unusable
   arg_problems() -> [message]             optional: arguments wrong for any weight
@@ -53,6 +54,9 @@ class Transform:
   wraps: ClassVar[bool] = False
   aux_keys: ClassVar[tuple[str, ...]] = ()  # non-trainable per-weight state (state.py)
   examples: ClassVar[tuple[str, ...]] = ()  # spec strings the test suite runs
+  # θ entries decoupled weight decay acts on (weight-like values: factors, means,
+  # directions); None = the slots.  Never angles, log-scales, radii, step sizes.
+  decayed: ClassVar[tuple[str, ...] | None] = None
 
   # --- to implement -------------------------------------------------------
   def from_dense(self, w: Array, key: Array | None = None) -> Theta:
@@ -88,6 +92,11 @@ class Transform:
 
   def trainable(self, theta: Theta) -> dict[str, bool]:
     return {k: True for k in theta}
+
+  def decayable(self, theta: Theta) -> dict[str, bool]:
+    """Which θ entries weight decay may shrink (`decayed`, default the slots)."""
+    keep = self.slots if self.decayed is None else self.decayed
+    return {k: k in keep for k in theta}
 
   def flops(self, theta: Theta) -> int:
     shape = self.dense_shape(theta)

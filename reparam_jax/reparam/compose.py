@@ -88,6 +88,10 @@ class Wrapped:
     own = {k: v for k, v in theta.items() if k != "base"}
     return {"base": self.inner.post_update(theta["base"]), **self.outer.post_update(own)}
 
+  def decayable(self, theta):
+    own = {k: v for k, v in theta.items() if k != "base"}
+    return {"base": self.inner.decayable(theta["base"]), **self.outer.decayable(own)}
+
   def trainable(self, theta):
     base = self.inner.trainable(theta["base"])
     if self.outer.freezes_base:
@@ -177,6 +181,16 @@ class SlotMapped:
 
   def post_update(self, theta):
     return self._map_slots(theta, lambda s, i, t: self.outer.post_update(t))
+
+  def decayable(self, theta):
+    # A slot is decayed where the stage over it says so, and only if the slot
+    # itself was a decayed entry of the inner stage.
+    inner = self.inner.decayable(theta)
+    out = {k: inner[k] for k in theta if k not in self.inner.slots}
+    for s in self.inner.slots:
+      sub = self.outer.decayable(theta[s])
+      out[s] = jax.tree.map(lambda t, on=bool(inner[s]): bool(t) and on, sub)
+    return out
 
   def trainable(self, theta):
     inner = self.inner.trainable(theta)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from flax.core import meta
 
+from reparam_jax.pytree.paths import flatten_with_paths
 from reparam_jax.reparam.rules import Plan, map_theta
 
 PyTree = Any
@@ -45,7 +46,10 @@ def weight_stats(node: Any, theta: Any, path: str = "", structured: bool = True)
   matmul = _is_matmul(path, shape)
   flops_dense = 2 * dense if matmul else 0
   flops = (node.flops(raw) if structured else flops_dense) if matmul else 0
-  return dict(shape=shape, dense=dense, stored=stored,
+  decay = node.decayable(raw)
+  decayed = [p for p, on in flatten_with_paths(decay) if on] if isinstance(decay, dict) else (
+      ["(all)"] if decay else [])
+  return dict(shape=shape, dense=dense, stored=stored, decayed=",".join(decayed) or "-",
               trainable=sum(_size(x) for x, t in zip(leaves, flags) if t),
               flops_dense=flops_dense, flops=flops,
               bits_per_weight=sum(_bits(x) for x in leaves) / max(dense, 1),
@@ -119,7 +123,8 @@ def format_report(rows: list[dict[str, Any]]) -> str:
   """A fixed-width table of `report_rows`."""
   cols = [("path", "path"), ("spec", "transform"), ("shape", "shape"), ("dense", "dense params"),
           ("stored", "stored"), ("trainable", "trainable"), ("flops_dense", "dense FLOPs/tok"),
-          ("flops", "FLOPs/tok"), ("bits_per_weight", "bits/w"), ("compression", "ratio")]
+          ("flops", "FLOPs/tok"), ("bits_per_weight", "bits/w"), ("compression", "ratio"),
+          ("decayed", "weight decay on")]
   if rows and "flops_per_seq" in rows[0]:
     cols.append(("flops_per_seq", "FLOPs/seq"))
 

@@ -72,7 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, state_shardings, tx = steps.create_train_state(
       steps.init_variables_fn(model, task.init_args()),
       lambda p: optim.make_optimizer(config.optimizer, config.num_steps, freezing.combine(
-          rp.trainable_mask(p), freezing.trainable_mask(p, config.get("finetune")))),
+          rp.trainable_mask(p), freezing.trainable_mask(p, config.get("finetune"))),
+          default_decay=rp.decay_mask),
       mesh, rules, rng)
   if config.init_from:
     # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -19,23 +19,18 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> op
       decay_steps=max(num_steps, warmup + 1), end_value=opt.end_lr)
 
 
-def default_decay_mask(params: Any) -> Any:
-  """Weight decay on matrices and embeddings only; never on biases or norms.
-
-  `config.optimizer.decay_rules` overrides it per path (regularizers/decay.py).
-  """
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
-                   trainable: Any = None) -> optax.GradientTransformation:
-  """AdamW with clipping.  `trainable` (a bool pytree) freezes the False leaves."""
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable: Any = None,
+                   default_decay: Callable[[Any], Any] | None = None
+                   ) -> optax.GradientTransformation:
+  """AdamW with clipping.  `trainable` (a bool pytree) freezes the False leaves;
+  `default_decay(params)` is the decay mask where no `decay_rules` applies
+  (`Reparam.decay_mask`; None: every ndim ≥ 2 leaf)."""
   chain = []
   if opt.clip_norm:
     chain.append(optax.clip_by_global_norm(opt.clip_norm))
   chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2,
                            eps=opt.eps, weight_decay=opt.weight_decay,
-                           mask=decay_mask_fn(opt.get("decay_rules", ()))))
+                           mask=decay_mask_fn(opt.get("decay_rules", ()), default_decay)))
   return freeze(optax.chain(*chain), trainable)
 
 

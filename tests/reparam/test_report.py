@@ -8,6 +8,7 @@ import ml_collections
 import pytest
 
 from reparam_jax.perf.reparam_report import model_rows
+from reparam_jax.reparam import format_report
 from reparam_jax.report import main
 
 MODEL = dict(vocab_size=32, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
@@ -66,3 +67,14 @@ def test_report_cli_with_override(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     main([f"--config={cfg}", "--config.reparam.rules=(('nope', 'lowrank(rank=2)'),)"])
   assert e.value.code == 2
+
+
+def test_report_names_the_leaves_weight_decay_acts_on():
+  rules = ((r"block_0/mlp/fc_in/kernel", "spherical"),
+           (r"block_0/mlp/fc_out/kernel", "variational"),
+           (r"block_0/attn/query/kernel", "lowrank(rank=2)|variational"))
+  rows = {r["path"]: r for r in model_rows(_config(rules), tokens_per_seq=8)}
+  assert rows["block_0/mlp/fc_in/kernel"]["decayed"] == "-"
+  assert rows["block_0/mlp/fc_out/kernel"]["decayed"] == "mu"
+  assert rows["block_0/attn/query/kernel"]["decayed"] == "u/mu,v/mu"
+  assert "weight decay on" in format_report(list(rows.values()))

@@ -40,6 +40,11 @@ class Identity(Transform):
   def trainable(self, theta):
     return True
 
+  def decayable(self, theta):
+    # As for a plain parameter: matrices, not biases or scales.  (Inside optax's
+    # multi_transform a frozen leaf is a shapeless MaskedNode: nothing to decay.)
+    return len(getattr(theta, "shape", ())) >= 2
+
   def matches(self, theta):
     return not isinstance(theta, Mapping)
 

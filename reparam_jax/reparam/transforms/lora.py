@@ -37,6 +37,7 @@ class LoRA(WrapperTransform):
   name: ClassVar[str] = "lora"
   examples: ClassVar[tuple[str, ...]] = ("lora(rank=2)", "lora(rank=2, alpha=4)")
   keys: ClassVar[tuple[str, ...]] = ("lora_a", "lora_b")
+  decayed: ClassVar[tuple[str, ...] | None] = ("lora_a", "lora_b")
   # No slots: reparameterizing A, B (e.g. Bayesian adapters) would need the
   # slot machinery to see through the wrapper's `base`; not supported yet.
   rank: int = 8

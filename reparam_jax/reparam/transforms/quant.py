@@ -114,6 +114,7 @@ class Quant(Transform):
   name: ClassVar[str] = "quant"
   examples: ClassVar[tuple[str, ...]] = ("quant(bits=8)", "quant(bits=4, scale=learned)")
   slots: ClassVar[tuple[str, ...]] = ("w",)
+  decayed: ClassVar[tuple[str, ...] | None] = ("w",)  # not the LSQ step size
   bits: int = 8
   scale: str = "max"  # 'max' (per-channel statistic) or 'learned' (LSQ)
   act_bits: int = 0   # > 0: also fake-quantize the layer input (2-D kernels in the project Dense)
@@ -173,6 +174,7 @@ class QWeight(Transform):
   name: ClassVar[str] = "qweight"
   examples: ClassVar[tuple[str, ...]] = ("qweight(bits=8)",)
   keys: ClassVar[tuple[str, ...]] = ("q", "scale")
+  decayed: ClassVar[tuple[str, ...] | None] = ()  # integer storage, not trained
   bits: int = 8
   axis: int = 0
 

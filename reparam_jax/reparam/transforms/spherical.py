@@ -119,6 +119,8 @@ class Spherical(_Vectorwise):
   name: ClassVar[str] = "spherical"
   examples: ClassVar[tuple[str, ...]] = ("spherical", "spherical(axis=1)")
   keys: ClassVar[tuple[str, ...]] = ("radius", "angles")
+  # Angles are not weights, and the radius carries the norm: neither is decayed.
+  decayed: ClassVar[tuple[str, ...] | None] = ()
 
   def check(self, shape):
     super().check(shape)
@@ -152,6 +154,7 @@ class WeightNorm(_Vectorwise):
   name: ClassVar[str] = "weightnorm"
   examples: ClassVar[tuple[str, ...]] = ("weightnorm",)
   keys: ClassVar[tuple[str, ...]] = ("g", "v")
+  decayed: ClassVar[tuple[str, ...] | None] = ("v",)  # the direction, not the norm g
   slots: ClassVar[tuple[str, ...]] = ("v",)
 
   def from_dense(self, w, key=None):
@@ -187,6 +190,7 @@ class Hypersphere(_Vectorwise):
   name: ClassVar[str] = "hypersphere"
   examples: ClassVar[tuple[str, ...]] = ("hypersphere", "hypersphere(learn_scale=True)")
   keys: ClassVar[tuple[str, ...]] = ("direction", "scale")
+  decayed: ClassVar[tuple[str, ...] | None] = ("direction",)
   learn_scale: bool = False
 
   def from_dense(self, w, key=None):

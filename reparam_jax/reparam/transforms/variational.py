@@ -78,6 +78,8 @@ class Variational(_KL):
   name: ClassVar[str] = "variational"
   examples: ClassVar[tuple[str, ...]] = ("variational", "variational(anneal_steps=10)")
   keys: ClassVar[tuple[str, ...]] = ("mu", "rho")
+  # Never ρ: decay pulls it to 0, i.e. σ = softplus(ρ) up towards softplus(0) = 0.69.
+  decayed: ClassVar[tuple[str, ...] | None] = ("mu",)
 
   def init(self, key, shape, dtype, std):
     # Var[W] = Var[μ] + σ₀² = std²: shrink μ's init so the sampled weight has the dense scale.
@@ -121,6 +123,7 @@ class Latent(_KL):
   name: ClassVar[str] = "latent"
   examples: ClassVar[tuple[str, ...]] = (
       "latent(dim=2)", "latent(dim=2, decoder=fixed, offset=True)")
+  decayed: ClassVar[tuple[str, ...] | None] = ("z_mu", "dec_in", "dec_out")  # not z_ρ
   dim: int = 8  # k_in
   dim_out: int = 0  # k_out; 0 = dim
   decoder: str = "learned"  # or "fixed"
