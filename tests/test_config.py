@@ -1,10 +1,12 @@
 """Config loading and overrides: typed, locked, one-line errors with exit code 2."""
 
+import os
+
 import pytest
 
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
-from tests.helpers import QUICKSTART, run_train_subprocess
+from tests.helpers import QUICKSTART, REPO, run_train_subprocess
 
 
 def test_overrides_are_typed():
@@ -57,3 +59,32 @@ def test_unwritable_workdir_is_a_user_error(tmp_path):
   blocker.write_text("not a directory")
   result = run_train_subprocess([f"--config={QUICKSTART}", f"--workdir={blocker / 'sub'}"])
   assert result.returncode == 2 and "not writable" in result.stderr
+
+
+def test_the_hypersphere_config_is_ngpts():
+  """Every block matrix normalized along its embedding dimension, with a learned scale
+  (the shipped config once normalized columns of every kernel with the scale frozen)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from reparam_jax.models import Transformer
+  from reparam_jax.models import transformer_config
+  from reparam_jax.reparam import Reparam
+  config = config_load.load_config_file(os.path.join(REPO, "configs", "lm",
+                                                     "shakespeare_char_hypersphere.py"))
+  model_cfg = dict(config.model, vocab_size=65, max_len=config.seq_len)
+  rp = Reparam.from_config(config.reparam)
+  boxed = jax.eval_shape(lambda: rp.wrap(Transformer(transformer_config(model_cfg))).init(
+      jax.random.key(0), jnp.zeros((1, config.seq_len), jnp.int32)))["params"]
+  kernels = 0
+  for block in (k for k in boxed if k.startswith("block_")):
+    for group in (boxed[block]["attn"], boxed[block]["mlp"]):
+      for layer in group.values():
+        theta = layer["kernel"]
+        direction, scale = theta["direction"], theta["scale"]
+        assert "embed" in direction.names and "embed" not in scale.names, (block, scale.names)
+        kernels += 1
+  assert kernels == 6 * config.model.num_layers
+  params = nn.meta.unbox(boxed)
+  assert all(jax.tree.leaves(rp.trainable_mask(params)["block_0"]["mlp"]["fc_out"]["kernel"]))

@@ -1,8 +1,11 @@
 r"""Quick-start LM with every block matrix reparameterized: `hypersphere`.
 
-nGPT-style: each output unit's weight vector is projected back to the sphere
-after every optimizer step, with a learned per-unit scale.  Same data, model,
-optimizer and 2000 steps as configs/lm/shakespeare_char.py.
+nGPT-style (Loshchilov et al. 2024): every block matrix is normalized along
+its embedding dimension and projected back to the unit sphere after every
+optimizer step, with a learned per-vector scale.  The q, k, v and fc_in
+kernels ([embed, ·]) normalize each column over the embedding axis (axis 0);
+the attention out and fc_out kernels ([·, embed]) each row (axis 1).  Same
+data, model, optimizer and 2000 steps as configs/lm/shakespeare_char.py.
 
 Command:
   REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
@@ -21,5 +24,11 @@ from configs.lm import shakespeare_char
 def get_config(arg=None):
   del arg
   c = shakespeare_char.get_config()
-  c.reparam.rules = ((shakespeare_char.BLOCK_KERNELS, "hypersphere"),)
+  # The embedding dimension is axis 0 of what reads the residual stream and
+  # axis 1 of what writes back to it.
+  c.reparam.rules = (
+      (r"block_\d+/(attn/(query|key|value)|mlp/fc_in)/kernel",
+       "hypersphere(axis=0, learn_scale=True)"),
+      (r"block_\d+/(attn/out|mlp/fc_out)/kernel", "hypersphere(axis=1, learn_scale=True)"),
+  )
   return c
