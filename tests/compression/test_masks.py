@@ -174,7 +174,9 @@ def test_movement_scores_are_minus_sum_w_times_g():
     p_t = jax.tree.map(lambda x, i=t: x + 0.01 * i, params)
     g_t = jax.tree.map(lambda x: jax.random.normal(k, x.shape), params)
     extra, _ = update_extra(p_t, g_t, extra, jnp.asarray(t), Plan.from_config(rc))
-    term = -p_t["block_1"]["mlp"]["fc_in"]["kernel"]["w"] * g_t["block_1"]["mlp"]["fc_in"]["kernel"]["w"]
+    # The score reads the probe's gradient, ∂L/∂W′ (the masked weight's).
+    term = (-p_t["block_1"]["mlp"]["fc_in"]["kernel"]["w"]
+            * g_t["block_1"]["mlp"]["fc_in"]["kernel"]["probe"])
     want = term if want is None else want + term
   got = extra["masks"]["block_1"]["mlp"]["fc_in"]["kernel"]["scores"]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
@@ -185,11 +187,47 @@ def test_movement_scores_are_minus_sum_w_times_g():
   assert m.sum() == m.size // 2 and s[~m].max() <= s[m].min()
 
 
+def test_movement_scores_of_pruned_entries_use_the_masked_weights_gradient():
+  """Sanh et al.'s straight-through scores: a pruned entry (mask 0) still gets
+  S −= w·∂L/∂W′, with ∂L/∂W′ the gradient w.r.t. the masked weight; from the stored
+  weight's gradient (0 there) its score would freeze and it could never return."""
+  spec = "mask(method=movement, sparsity=0.5, begin_step=0, end_step=0)"
+  rc = _rc((KERNELS, spec))
+  wrapped, params, masks = _init(rc)
+  masks = prune_now(params, masks, Plan.from_config(rc))
+  masks = jax.tree.map(lambda x: jnp.zeros_like(x) if x.dtype != jnp.bool_ else x, masks)
+
+  def loss(p):
+    logits = wrapped.apply({"params": p, "masks": masks}, IDS)["logits"]
+    return jnp.mean(jnp.square(logits))
+
+  grads = jax.grad(loss)(params)
+  extra, _ = update_extra(params, grads, {"masks": masks}, jnp.asarray(1), Plan.from_config(rc))
+  # ∂L/∂W′ by hand: the bare model on the masked dense weights, differentiated there.
+  dense = Reparam.from_config(rc).to_dense(params, masks)
+  bare = Transformer(CFG)
+  g_dense = jax.grad(lambda d: jnp.mean(jnp.square(bare.apply({"params": d}, IDS)["logits"])))(
+      dense)
+  w = params["block_0"]["mlp"]["fc_in"]["kernel"]["w"]
+  m = np.asarray(masks["block_0"]["mlp"]["fc_in"]["kernel"]["mask"])
+  want = -np.asarray(w) * np.asarray(g_dense["block_0"]["mlp"]["fc_in"]["kernel"])
+  got = np.asarray(extra["masks"]["block_0"]["mlp"]["fc_in"]["kernel"]["scores"])
+  assert (~m).sum() > 0 and np.abs(want[~m]).max() > 0
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+  # The weight itself still gets M ⊙ ∂L/∂W′ (the probe gets the rest).
+  g_w = np.asarray(grads["block_0"]["mlp"]["fc_in"]["kernel"]["w"])
+  assert not g_w[~m].any()
+
+
 def test_soft_movement_shrinks_scores_and_thresholds():
   rc = _rc((KERNELS, "mask(method=soft_movement, threshold=0.0, l1=0.01, every=1)"))
   _, params, masks = _init(rc)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  grads = jax.tree.map(lambda x: -jnp.sign(x), params)  # scores += |w|
+  grads = jax.tree.map(lambda x: -jnp.sign(x), params)
+  for block in ("block_0", "block_1"):  # ∂L/∂W′ = −sign(w): scores += |w|
+    for group in ("attn", "mlp"):
+      for k, node in grads[block][group].items():
+        node["kernel"]["probe"] = -jnp.sign(params[block][group][k]["kernel"]["w"])
   extra, _ = update_extra(params, grads, {"masks": masks}, jnp.asarray(0), Plan.from_config(rc))
   extra, _ = update_extra(params, zeros, extra, jnp.asarray(1), Plan.from_config(rc))
   w = np.abs(np.asarray(params["block_0"]["attn"]["query"]["kernel"]["w"]))

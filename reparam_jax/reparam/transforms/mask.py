@@ -56,14 +56,23 @@ def parse_nm(pattern: str) -> tuple[int, int] | None:
 @register
 @dataclasses.dataclass(frozen=True)
 class Mask(Transform):
-  """θ = {w}; aux (collection 'masks') = {mask: bool like w[, scores: f32 like w]}."""
+  """θ = {w[, probe]}; aux (collection 'masks') = {mask: bool like w[, scores: f32 like w]}.
+
+  Movement pruning (Sanh et al. 2020) scores an entry by −W·∂L/∂W′, the gradient
+  with respect to the *masked* weight W′ = M ⊙ W (their straight-through
+  estimator through the top-k mask), so pruned entries keep receiving signal
+  and can come back.  The stored weight's gradient is M ⊙ ∂L/∂W′, zero where
+  pruned; the movement methods therefore add `probe`, a frozen array of zeros,
+  to W′ (no change to the value): its gradient is ∂L/∂W′ itself, which the
+  score update reads.  The weight itself still gets M ⊙ ∂L/∂W′, as in the paper.
+  """
 
   name: ClassVar[str] = "mask"
   examples: ClassVar[tuple[str, ...]] = (
       "mask(sparsity=0.5)",
       "mask(method=movement, sparsity=0.5, begin_step=1, end_step=3, every=1)")
-  keys: ClassVar[tuple[str, ...]] = ("w",)
   slots: ClassVar[tuple[str, ...]] = ("w",)
+  decayed: ClassVar[tuple[str, ...] | None] = ("w",)
   method: str = "magnitude"      # how the kept entries are scored (METHODS)
   sparsity: float = 0.5          # final target s_f (fraction of entries, or of groups, pruned)
   initial_sparsity: float = 0.0  # s_i at begin_step
@@ -78,8 +87,16 @@ class Mask(Transform):
   l1: float = 0.0                # method='soft_movement': L1 shrinkage of the scores per step
 
   @property
+  def movement(self) -> bool:
+    return self.method in ("movement", "soft_movement")
+
+  @property
+  def keys(self) -> tuple[str, ...]:  # type: ignore[override]
+    return ("w", "probe") if self.movement else ("w",)
+
+  @property
   def aux_keys(self) -> tuple[str, ...]:
-    return ("mask", "scores") if self.method in ("movement", "soft_movement") else ("mask",)
+    return ("mask", "scores") if self.movement else ("mask",)
 
   def arg_problems(self):
     return rate("sparsity", self.sparsity) + rate("initial_sparsity", self.initial_sparsity)
@@ -108,29 +125,36 @@ class Mask(Transform):
     elif self.pattern != "unstructured":
       raise UserError(f"mask(pattern={self.pattern!r}): use 'unstructured', 'N:M' or 'group'")
 
+  def _with_probe(self, w: Any) -> dict[str, Any]:
+    return {"w": w, "probe": jnp.zeros(shape_of(w), w.dtype)} if self.movement else {"w": w}
+
   def init_from(self, key, w_init):
-    return {"w": w_init}  # a mask starts all-ones: the wrapped model equals the bare one
+    return self._with_probe(w_init)  # a mask starts all-ones: the wrapped model equals the bare one
 
   def init(self, key, shape, dtype, std):
-    return {"w": std * jax.random.normal(key, shape, dtype)}
+    return self._with_probe(std * jax.random.normal(key, shape, dtype))
 
   def from_dense(self, w, key=None):
-    return {"w": w}
+    return self._with_probe(w)
 
   def apply(self, theta, rng=None):
     w = theta["w"]
-    if "mask" not in theta:
-      return w
-    return jnp.where(theta["mask"], w, jnp.zeros((), jnp.result_type(w)))
+    if "mask" in theta:
+      w = jnp.where(theta["mask"], w, jnp.zeros((), jnp.result_type(w)))
+    return w + theta["probe"] if "probe" in theta else w
+
+  def trainable(self, theta):
+    return {k: k == "w" for k in theta}  # the probe stays zero
 
   def leaf_axes(self, names):
-    return {"w": names}
+    return {k: names for k in self.keys}
 
   def dense_shape(self, theta):
     return shape_of(theta["w"])
 
   def matches(self, theta):
-    return isinstance(theta, Mapping) and set(theta) == {"w"} and not isinstance(theta["w"], Mapping)
+    return (isinstance(theta, Mapping) and set(theta) == set(self.keys)
+            and not isinstance(theta["w"], Mapping))
 
   # --- aux state -------------------------------------------------------------
   def aux_init(self, w: Any) -> dict[str, jax.Array]:

@@ -1,10 +1,11 @@
 """Mask updates: scores → exact top-k masks, inside the jitted train step.
 
-`update_extra(params, grads, extra, step, reparam_cfg)` is the trainer's hook
+`update_extra(params, grads, extra, step, plan)` is the train step's hook
 (called after the gradients, before the optimizer's result is kept).  For
 every `mask` stage it
 
-1. accumulates movement scores, S ← S − w ⊙ ∂L/∂w (Sanh et al. 2020; `soft_movement`
+1. accumulates movement scores, S ← S − W ⊙ ∂L/∂W′ with W′ = M ⊙ W the masked
+   weight (Sanh et al. 2020, their straight-through estimator; `soft_movement`
    also shrinks them, S ← sign(S)·max(|S| − λ, 0), the proximal step of an L1
    penalty λ‖S‖₁ on the scores);
 2. on the schedule's update steps (`jax.lax.cond`, so other steps pay nothing),
@@ -79,9 +80,12 @@ def collect(plan: Plan, params: PyTree, masks: PyTree, grads: PyTree | None = No
     for stage, kp in state_stages(rule.node, theta):
       if aux_w is None:
         continue
+      g = None
+      if g_w is not None:  # movement scores need ∂L/∂W′, which the probe's gradient is
+        g_stage = get_in(g_w, kp)
+        g = g_stage["probe"] if "probe" in g_stage else weight_leaf(g_stage)
       entries.append(Entry(path, kp, stage, weight_leaf(get_in(theta, kp)),
-                           dict(get_in(aux_w, kp)),
-                           None if g_w is None else weight_leaf(get_in(g_w, kp))))
+                           dict(get_in(aux_w, kp)), g))
     return theta
 
   map_theta(plan, params, visit)
@@ -200,6 +204,8 @@ def new_masks(entries: list[Entry], step: jax.Array, force: bool = False) -> lis
 
 
 def _accumulate_scores(e: Entry) -> None:
+  """S ← S − W ⊙ ∂L/∂W′ (Sanh et al. 2020): `e.g` is the gradient w.r.t. the masked
+  weight W′, nonzero at pruned entries too, so they keep moving and can return."""
   if "scores" not in e.aux or e.g is None:
     return
   s = e.aux["scores"] - e.w.astype(jnp.float32) * e.g.astype(jnp.float32)
