@@ -12,6 +12,7 @@ import pytest
 from reparam_jax import train
 from reparam_jax.compression import recipe
 from reparam_jax.errors import UserError
+from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir.workdir import load_run
 from reparam_jax.training.evaluate import Evaluator
 from tests.helpers import tiny_args
@@ -69,4 +70,8 @@ def test_svd_sensitivity_and_finetune(trained, tmp_path):
   assert "u" in run.params["block_0"]["mlp"]["fc_in"]["kernel"]
   got = Evaluator(run.config, trained)(run.params, run.config.reparam.rules)
   assert got["loss"] == pytest.approx(report["final"]["eval_loss"], rel=1e-6)
-  assert jax.tree.leaves(run.params)
+  # Fine-tuning moved the compressed weights (the step before it is saved as steps/2_svd).
+  before = jax.tree.leaves(checkpoint.load_params(os.path.join(out, "steps", "2_svd")))
+  after = jax.tree.leaves(run.params)
+  assert len(before) == len(after)
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after))
