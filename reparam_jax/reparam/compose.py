@@ -182,23 +182,21 @@ class SlotMapped:
   def post_update(self, theta):
     return self._map_slots(theta, lambda s, i, t: self.outer.post_update(t))
 
-  def decayable(self, theta):
-    # A slot is decayed where the stage over it says so, and only if the slot
-    # itself was a decayed entry of the inner stage.
-    inner = self.inner.decayable(theta)
+  def _slot_flags(self, theta, flags_of):
+    """Per-leaf flags (trainable, decayable): a slot's leaf is on where the stage over
+    it says so, and only if the slot itself was on in the inner stage."""
+    inner = flags_of(self.inner, theta)
     out = {k: inner[k] for k in theta if k not in self.inner.slots}
     for s in self.inner.slots:
-      sub = self.outer.decayable(theta[s])
+      sub = flags_of(self.outer, theta[s])
       out[s] = jax.tree.map(lambda t, on=bool(inner[s]): bool(t) and on, sub)
     return out
 
+  def decayable(self, theta):
+    return self._slot_flags(theta, lambda node, t: node.decayable(t))
+
   def trainable(self, theta):
-    inner = self.inner.trainable(theta)
-    out = {k: inner[k] for k in theta if k not in self.inner.slots}
-    for s in self.inner.slots:
-      sub = self.outer.trainable(theta[s])
-      out[s] = jax.tree.map(lambda t, on=bool(inner[s]): bool(t) and on, sub)
-    return out
+    return self._slot_flags(theta, lambda node, t: node.trainable(t))
 
   def flops(self, theta):
     shapes = self._map_slots(theta, lambda s, i, t: jax.ShapeDtypeStruct(
