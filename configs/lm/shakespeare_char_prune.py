@@ -14,8 +14,8 @@ Command:
       --config=configs/lm/shakespeare_char_prune.py --workdir=workdirs/shakespeare_char_prune
 
 Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
-Runtime: not measured on a quiet machine (median train step 69.6 ms vs dense
-63.4 ms, experiments/results/reparam_comparison/table.md); 35 min on the same
+Runtime: not measured on a quiet machine (median train step 45 ms vs dense
+51 ms at 1000 steps, experiments/results/reparam_comparison/table.md); 35 min on the same
 machine shared with other jobs (experiments/results/reparam_comparison/README.md).
 Expected: validation loss 1.953 at step 2000 (dense 1.898), the block kernels
 exactly 75% zeros (experiments/results/reparam_comparison/README.md); 2.162 at

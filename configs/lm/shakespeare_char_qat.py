@@ -12,11 +12,11 @@ Command:
       --config=configs/lm/shakespeare_char_qat.py --workdir=workdirs/shakespeare_char_qat
 
 Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
-Runtime: not measured on a quiet machine (median train step 96.6 ms vs dense
-63.4 ms, experiments/results/reparam_comparison/table.md); 28 min on the same
+Runtime: not measured on a quiet machine at 2000 steps (median train step 39 ms vs
+dense 51 ms at 1000 steps, experiments/results/reparam_comparison/table.md); 28 min on the same
 machine shared with other jobs (experiments/results/reparam_comparison/README.md).
 Expected: validation loss 1.905 at step 2000 with W8A8 fake quantization in the
-eval too (dense 1.898; experiments/results/reparam_comparison/README.md); 2.103
+eval too (dense 1.898; experiments/results/reparam_comparison/README.md); 2.104
 at 1000 steps vs dense 2.104 (experiments/results/reparam_comparison/table.md).
 """
 

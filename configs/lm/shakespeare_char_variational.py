@@ -10,10 +10,10 @@ Command:
       --config=configs/lm/shakespeare_char_variational.py --workdir=workdirs/shakespeare_char_variational
 
 Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
-Runtime: not measured (median train step 89.4 ms vs dense 63.4 ms,
+Runtime: not measured (median train step 87 ms vs dense 51 ms,
 experiments/results/reparam_comparison/table.md).
 Expected: not measured at 2000 steps; at 1000 steps (experiments/reparam_comparison.py)
-validation loss 2.102 vs dense 2.104 (experiments/results/reparam_comparison/table.md).
+validation loss 2.101 vs dense 2.104 (experiments/results/reparam_comparison/table.md).
 """
 
 from configs.lm import shakespeare_char

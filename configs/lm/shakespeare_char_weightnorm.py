@@ -8,7 +8,7 @@ Command:
       --config=configs/lm/shakespeare_char_weightnorm.py --workdir=workdirs/shakespeare_char_weightnorm
 
 Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
-Runtime: not measured (median train step 64.9 ms vs dense 63.4 ms,
+Runtime: not measured (median train step 45 ms vs dense 51 ms,
 experiments/results/reparam_comparison/table.md).
 Expected: not measured at 2000 steps; at 1000 steps (experiments/reparam_comparison.py)
 validation loss 2.145 vs dense 2.104 (experiments/results/reparam_comparison/table.md).
