@@ -44,12 +44,17 @@ class SyntheticLMTask(LanguageModelTask):
 
 
 class StepRunner:
-  """Holds a sharded train state; `run(i)` does one synchronous train step."""
+  """Holds a sharded train state; `run(i)` does one synchronous train step.
 
-  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, n_batches: int = 4,
-               devices: list[Any] | None = None):
+  The task is the synthetic LM (`vocab_size`) unless `task` is given, with its
+  own host `batches` (e.g. real SST-2 batches of the classification task).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int = 0, n_batches: int = 4,
+               devices: list[Any] | None = None, task: Any = None,
+               batches: list[dict[str, np.ndarray]] | None = None):
     self.config = config
-    self.task = SyntheticLMTask(config, vocab_size)
+    self.task = task if task is not None else SyntheticLMTask(config, vocab_size)
     self.reparam = Reparam.from_config(config.reparam)
     self.model = self.reparam.wrap(self.task.model())
     self.mesh = sharding.make_mesh(config.mesh, devices)
@@ -73,7 +78,8 @@ class StepRunner:
         in_shardings=(self.state_shardings, batch_sharding),
         out_shardings=(self.state_shardings, None), donate_argnums=(0,))
     # A few fixed batches already on device: the timed region is the step only.
-    self.batches = [jax.device_put(self.task.batch(i), batch_sharding) for i in range(n_batches)]
+    host = batches if batches is not None else [self.task.batch(i) for i in range(n_batches)]
+    self.batches = [jax.device_put(b, batch_sharding) for b in host]
 
   def run(self, i: int) -> float:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):

@@ -29,10 +29,10 @@ DEFAULT_TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(PEER)), ".ve
 
 
 class TorchPeer:
-  """bench/torch_peer.py in a child process."""
+  """A peer script (default bench/torch_peer.py) in a child process."""
 
-  def __init__(self, python: str):
-    self.proc = subprocess.Popen([python, PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+  def __init__(self, python: str, script: str = PEER):
+    self.proc = subprocess.Popen([python, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True)
 
   def call(self, **msg: Any) -> dict[str, Any]:

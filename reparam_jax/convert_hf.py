@@ -14,7 +14,9 @@ without PyTorch) and writes into the `--to` folder:
   tokenizer.json   the folder's tokenizer (GPT-2 BPE or BERT WordPiece), in
                    the form `load_tokenizer` reads, when the folder has one
 
-and prints the `--config.model.*` overrides that rebuild the architecture.
+A run started with `--config.init_from=/ckpt/gpt2` (or with the Hugging Face
+folder itself) takes the architecture and tokenizer from it
+(reparam_jax/hf/pretrained.py).
 Heads live next to the Transformer's own parameters under `mlm_head/`,
 `nsp_head/` and `classifier/` (see reparam_jax/models/heads.py); GPT-2's
 LM head is the tied output layer.  Mapping tables: reparam_jax/hf/gpt2.py,
@@ -29,7 +31,7 @@ import sys
 from typing import Any, Sequence
 
 from reparam_jax.errors import exit_on_user_error
-from reparam_jax.hf.importer import MODEL_FILE, convert, overrides
+from reparam_jax.hf.importer import MODEL_FILE, convert
 
 
 @exit_on_user_error
@@ -46,13 +48,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if out["tokenizer"] is not None:
     tok = out["tokenizer"]
     print(f"tokenizer: {tok.kind}, {tok.vocab_size:,} tokens -> {dst}/tokenizer.json")
-  common, special = overrides(out["config"])
-  print(f"model section: {dst}/{MODEL_FILE}; start a run from this checkpoint with")
-  print(f"  --config.init_from={dst} " + " ".join(common + special))
-  if special:
-    print("  (the model.* fields after the sizes and dropouts exist in encoder configs, "
-          "reparam_jax.tasks.encoder.encoder_defaults; elsewhere set them in the config file, "
-          f"e.g. c.model.update(json.load(open('{dst}/{MODEL_FILE}'))))")
+  print(f"model section: {dst}/{MODEL_FILE}; start a run from this checkpoint with "
+        f"--config.init_from={dst} (its architecture and tokenizer come with it; "
+        "docs/pretrained.md)")
   return out
 
 

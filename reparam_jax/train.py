@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from reparam_jax.config import load as config_load
 from reparam_jax.config import validate as config_validate
 from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.hf import pretrained
 from reparam_jax.training import devices
 from reparam_jax.training.loop import train_and_evaluate
 
@@ -37,6 +38,7 @@ def parse_flags(argv: Sequence[str]) -> dict[str, str]:
 @exit_on_user_error
 def main(argv: Sequence[str]) -> dict[str, Any]:
   config, rest = config_load.load(argv)
+  config = pretrained.resolve(config)  # a pretrained init_from supplies the architecture
   config_validate.validate_config(config)  # before any device is touched
   flags = parse_flags(rest)
   if "workdir" not in flags:

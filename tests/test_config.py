@@ -68,8 +68,7 @@ def test_the_hypersphere_config_is_ngpts():
   import jax
   import jax.numpy as jnp
 
-  from reparam_jax.models import Transformer
-  from reparam_jax.models import transformer_config
+  from reparam_jax.models import Transformer, transformer_config
   from reparam_jax.reparam import Reparam
   config = config_load.load_config_file(os.path.join(REPO, "configs", "lm",
                                                      "shakespeare_char_hypersphere.py"))

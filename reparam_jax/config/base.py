@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3
-  c.optimizer.end_lr = 1e-4  # cosine decay target at num_steps
+  c.optimizer.end_lr = 1e-4  # decay target at num_steps
+  c.optimizer.schedule = "cosine"  # after the linear warm-up: "cosine" or "linear" decay
   c.optimizer.warmup_steps = 100
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.99

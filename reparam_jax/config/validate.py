@@ -80,6 +80,7 @@ CHECKS: tuple[_Check, ...] = (
     ("optimizer.weight_decay", _non_negative, "a non-negative number"),
     ("optimizer.clip_norm", _non_negative, "0 (off) or a positive number"),
     ("optimizer.grad_accum_steps", _positive, "a positive integer"),
+    ("optimizer.schedule", lambda v: v in ("cosine", "linear"), "'cosine' or 'linear'"),
     ("reliability.preemption_sync_every", _positive, "a positive integer"),
     ("reliability.preemption_grace_s", _non_negative, "0 (off) or a positive number of seconds"),
     ("reliability.on_nonfinite", lambda v: v in ("stop", "skip"), "'stop' or 'skip'"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import ml_collections
@@ -14,6 +13,7 @@ from reparam_jax.data.tokenizers import (
   CharTokenizer,
   SentencePieceTokenizer,
   Tokenizer,
+  has_tokenizer,
   load_tokenizer,
 )
 from reparam_jax.errors import UserError
@@ -81,11 +81,16 @@ def _text(value: bytes | str) -> str:
 
 
 def make_tokenizer(data: ml_collections.ConfigDict, splits: dict[str, str],
-                   workdir: str | None) -> Tokenizer:
-  """The run's tokenizer: reloaded from the workdir if it exists, else fitted."""
-  if workdir and any(os.path.exists(os.path.join(workdir, f))
-                     for f in (CharTokenizer.FILENAME, SentencePieceTokenizer.FILENAME)):
+                   workdir: str | None, inherit_from: str = "") -> Tokenizer:
+  """The run's tokenizer: reloaded from the workdir if it exists; else `inherit_from`'s
+  (a pretrained model's, saved into the workdir); else fitted."""
+  if workdir and has_tokenizer(workdir):
     return load_tokenizer(workdir)
+  if has_tokenizer(inherit_from):
+    tok = load_tokenizer(inherit_from)
+    if workdir:
+      tok.save(workdir)
+    return tok
   if data.tokenizer == "char":
     tok = CharTokenizer.fit(splits.values())
   elif data.tokenizer == "sentencepiece":

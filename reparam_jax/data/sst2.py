@@ -1,25 +1,26 @@
 """SST-2 and other encoder inputs: sentences, the encoder tokenizer, batches.
 
 The tokenizer is a sentencepiece model trained on the training sentences
-with the encoder's special pieces `[CLS]`, `[SEP]`, `[MASK]`.  It is saved
-into the run's workdir, and a run that starts from another workdir (fine-
-tuning from pre-training, distillation from a teacher) reuses that run's
-tokenizer so token ids mean the same thing in both.
+with the encoder's special pieces `[CLS]`, `[SEP]`, `[MASK]`, or a
+pretrained model's own (BERT's WordPiece, `data/hf_tokenizers.py`).  It is
+saved into the run's workdir, and a run that starts from another workdir or
+model (fine-tuning from pre-training or from a pretrained BERT, distillation
+from a teacher) reuses that one's tokenizer so token ids mean the same thing
+in both.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Callable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
 
 from reparam_jax.data import tfds_builders
+from reparam_jax.data.hf_tokenizers import HfTokenizer
 from reparam_jax.data.pipeline import host_slice, prepare_once
 from reparam_jax.data.text_pairs import Specials, pack
-from reparam_jax.data.tokenizers import SentencePieceTokenizer, load_tokenizer
+from reparam_jax.data.tokenizers import SentencePieceTokenizer, has_tokenizer, load_tokenizer
 from reparam_jax.errors import UserError
 
 SPECIAL_PIECES = ("[CLS]", "[SEP]", "[MASK]")
@@ -48,18 +49,21 @@ def _text(value: bytes | str) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+EncoderTokenizer = SentencePieceTokenizer | HfTokenizer
+
+
 def encoder_tokenizer(data: ml_collections.ConfigDict, train_lines: Sequence[str],
                       workdir: str | None, inherit_from: Sequence[str] = ()
-                      ) -> SentencePieceTokenizer:
-  """The workdir's tokenizer; else the first of `inherit_from`'s (copied over); else a new one."""
-  name = SentencePieceTokenizer.FILENAME
-  if workdir and os.path.exists(os.path.join(workdir, name)):
+                      ) -> EncoderTokenizer:
+  """The workdir's tokenizer; else the first of `inherit_from`'s (saved into the workdir);
+  else a new sentencepiece model fitted on `train_lines`."""
+  if workdir and has_tokenizer(workdir):
     return _checked(load_tokenizer(workdir), workdir)
   for other in inherit_from:
-    if other and os.path.exists(os.path.join(other, name)):
+    if has_tokenizer(other):
       tok = _checked(load_tokenizer(other), other)
       if workdir:
-        shutil.copy(os.path.join(other, name), os.path.join(workdir, name))
+        tok.save(workdir)
       return tok
   if data.tokenizer != "sentencepiece":
     raise UserError(f"encoder tasks need data.tokenizer='sentencepiece', got {data.tokenizer!r}")
@@ -69,21 +73,31 @@ def encoder_tokenizer(data: ml_collections.ConfigDict, train_lines: Sequence[str
   return tok
 
 
-def _checked(tok, where: str) -> SentencePieceTokenizer:
-  if not isinstance(tok, SentencePieceTokenizer) or tok.piece_id("[MASK]") in (0, 1):
-    raise UserError(f"the tokenizer in {where} has no [CLS]/[SEP]/[MASK] pieces; it was not "
-                    "written by an encoder task")
+def _checked(tok, where: str) -> EncoderTokenizer:
+  if isinstance(tok, HfTokenizer):
+    ok = None not in (tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id)
+  else:
+    ok = isinstance(tok, SentencePieceTokenizer) and tok.piece_id("[MASK]") not in (0, 1)
+  if not ok:
+    raise UserError(f"the tokenizer in {where} has no [CLS]/[SEP]/[MASK]/[PAD] tokens; encoder "
+                    "tasks need a BERT-style vocabulary (an encoder run's or a BERT model's)")
   return tok
 
 
-def specials(tok: SentencePieceTokenizer) -> Specials:
+def specials(tok: EncoderTokenizer) -> Specials:
+  if isinstance(tok, HfTokenizer):
+    special_ids = tuple(sorted(tok.backend.token_to_id(t) for t in tok.special_tokens))
+    return Specials(pad=tok.pad_id, cls=tok.cls_id, sep=tok.sep_id, mask=tok.mask_id,
+                    never_mask=special_ids, vocab_size=tok.vocab_size)
   ids = {p: tok.piece_id(p) for p in SPECIAL_PIECES}
   # sentencepiece's control ids: 0 pad, 1 unk, 2 bos, 3 eos (see tokenizers.py).
   return Specials(pad=0, cls=ids["[CLS]"], sep=ids["[SEP]"], mask=ids["[MASK]"],
                   never_mask=(0, 1, 2, 3, *ids.values()), vocab_size=tok.vocab_size)
 
 
-def encode_all(tok: SentencePieceTokenizer, lines: Sequence[str]) -> list[np.ndarray]:
+def encode_all(tok: EncoderTokenizer, lines: Sequence[str]) -> list[np.ndarray]:
+  if isinstance(tok, HfTokenizer):
+    return tok.encode_batch(lines)  # the Rust tokenizer's threads
   return [tok.encode(line) for line in lines]
 
 

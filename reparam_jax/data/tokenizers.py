@@ -94,6 +94,15 @@ class SentencePieceTokenizer:
     atomic_write(os.path.join(directory, self.FILENAME), self.model_proto)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def has_tokenizer(directory: str) -> bool:
+  """Whether `directory` holds a tokenizer `load_tokenizer` can read (a run's or a model's)."""
+  return bool(directory) and any(os.path.exists(os.path.join(directory, f))
+                                 for f in TOKENIZER_FILES)
+
+
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer a run saved into its workdir, or a Hugging Face folder's.
 

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reparam_jax.config.base import base_config
 from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
 from reparam_jax.hf import family
@@ -76,15 +75,22 @@ def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[
   return params, cfg, heads, source
 
 
-def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
-                   ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
-  """(params, config, heads) from a config.json dict and its state dict."""
+def architecture(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
+                 ) -> tuple[TransformerConfig, dict[str, Any]]:
+  """(config, heads) of a config.json dict and its state dict; touches no device."""
   fam = family(hf.get("model_type"), where)
   fields = fam.model_fields(hf)
   heads = fam.heads_of(tensors, hf)
   if "pooler" in heads:
     fields["pooler"] = heads.pop("pooler")
-  cfg = TransformerConfig(**fields)
+  return TransformerConfig(**fields), heads
+
+
+def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
+                   ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
+  """(params, config, heads) from a config.json dict and its state dict."""
+  fam = family(hf.get("model_type"), where)
+  cfg, heads = architecture(hf, tensors, where)
   flat, src = fam.import_params(tensors, hf, cfg, heads, where)
   unused = src.unused()
   if unused:
@@ -99,19 +105,6 @@ def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: st
 def model_section(cfg: TransformerConfig) -> dict[str, Any]:
   """`cfg` as a config `model` section (JSON-friendly)."""
   return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def overrides(cfg: TransformerConfig) -> tuple[list[str], list[str]]:
-  """`--config.model.*` flags for the sizes and every field off its default:
-  (those `base_config()` has, those only some configs define)."""
-  known = set(base_config().model.keys())
-  sizes = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len")
-  flags: tuple[list[str], list[str]] = ([], [])
-  for f in dataclasses.fields(cfg):
-    value = getattr(cfg, f.name)
-    if f.name != "causal" and (f.name in sizes or value != f.default):  # the task sets causal
-      flags[f.name not in known].append(f"--config.model.{f.name}={value}")
-  return flags
 
 
 def convert(folder: str, workdir: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
+from reparam_jax.pytree.paths import set_path, subtree
 from reparam_jax.reparam import intercept, stats
 from reparam_jax.reparam.rules import Plan, map_theta, path_key
 from reparam_jax.reparam.state import has_state
@@ -155,6 +156,29 @@ class Reparam:
     key = jax.random.key(0) if key is None else key
     return intercept.dense_to_theta(
         self.plan, dense_params, lambda path, node, w: node.from_dense(w, path_key(key, path)))
+
+  def adopt_dense(self, checkpoint_params: PyTree, model_params: PyTree,
+                  key: jax.Array | None = None) -> PyTree:
+    """`checkpoint_params` with every dense weight the model holds as θ turned into θ.
+
+    Starting a LoRA, low-rank or pruning run from a dense pretrained checkpoint
+    needs no separate `convert` step: each weight a rule reparameterizes is
+    converted with its transform's `from_dense` (LoRA: W₀ = the weight, B = 0;
+    low-rank: truncated SVD).  θ the checkpoint already holds (a reparameterized
+    run's) and weights no rule selects are left as they are.
+    """
+    key = jax.random.key(0) if key is None else key
+    out = jax.tree.map(lambda x: x, dict(checkpoint_params))  # a copy of the structure
+
+    def visit(path, rule, theta):
+      if rule is not None:
+        w = subtree(checkpoint_params, path)
+        if w is not None and not isinstance(w, Mapping):
+          rule.node.check(tuple(np.shape(w)))
+          set_path(out, path, rule.node.from_dense(jnp.asarray(w), path_key(key, path)))
+      return theta
+    map_theta(self.plan, meta.unbox(model_params), visit)
+    return out
 
   def init_state(self, params: PyTree) -> dict:
     """The `'masks'` collection for θ `params` (all-ones masks, zero scores)."""

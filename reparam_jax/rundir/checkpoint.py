@@ -346,8 +346,8 @@ def _select(params: Any, abstract: Any) -> Any:
   return params
 
 
-def load_matching_params(path: str, abstract_params: Any, fresh_params: Any
-                         ) -> tuple[Any, str]:
+def load_matching_params(path: str, abstract_params: Any, fresh_params: Any,
+                         loaded_params: Any | None = None) -> tuple[Any, str]:
   """`fresh_params` with every parameter the checkpoint at `path` also has loaded from it.
 
   For fine-tuning: a pre-training checkpoint supplies the backbone, the new
@@ -355,9 +355,10 @@ def load_matching_params(path: str, abstract_params: Any, fresh_params: Any
   lacks (the pre-training heads) are ignored.  A shared parameter whose
   shape differs, or no shared parameter at all, is a `UserError`.  Returns
   the params (on the shardings of `abstract_params`) and a one-line summary
-  by top-level key.
+  by top-level key.  `loaded_params`: the checkpoint's tree if the caller
+  already read it (e.g. imported from a Hugging Face folder).
   """
-  got = dict(_flatten(load_params(path)))
+  got = dict(_flatten(load_params(path) if loaded_params is None else loaded_params))
   want = _flatten(abstract_params)
   loaded = set()
   for name, w in want:

@@ -4,9 +4,11 @@ Model: the encoder, pooled (`encoder.pooling`), then the seeds' head
 LayerNorm → Dropout → Linear; loss: cross-entropy (optionally label-smoothed)
 plus `classify.contrastive_weight` · InfoNCE between two dropout views.
 
-Start from a pre-training run with `--config.init_from=<mlm workdir>`: the
-backbone comes from its checkpoint, the classifier head is fresh, and the
-tokenizer is that run's (copied into this workdir).
+Start from a pre-training run (`--config.init_from=<mlm workdir>`), a
+`convert_hf` output or a Hugging Face BERT folder: the backbone comes from
+its checkpoint, the classifier head is fresh, and the tokenizer is that
+run's or model's (saved into this workdir).  A pretrained model also gives
+the architecture (hf/pretrained.py; configs/sst2/minilm_*.py).
 
 Eval: the confusion matrix summed over the dev split gives exact accuracy
 and per-class precision/recall/F1 (`eval/accuracy`, `eval/f1_macro`,
@@ -43,6 +45,7 @@ from reparam_jax.tasks.encoder import (
   buckets_for,
   classifier_init_args,
   encoder_model,
+  init_from_tokenizer,
   section,
   two_views,
 )
@@ -70,11 +73,7 @@ class ClassificationTask:
 
   def tokenizer_sources(self) -> tuple[str, ...]:
     """Runs whose tokenizer this one must reuse (their token ids are in the weights)."""
-    init_from = self.config.init_from
-    if init_from and not os.path.exists(os.path.join(init_from, "tokenizer.model")):
-      raise UserError(f"init_from={init_from} has no tokenizer.model; fine-tuning must use the "
-                      "pre-training run's tokenizer (pass its workdir)")
-    return (init_from,) if init_from else ()
+    return init_from_tokenizer(self.config)
 
   def model(self) -> nn.Module:
     return encoder_model(self.config.model, self.config.encoder, self.tokenizer.vocab_size,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from reparam_jax.data.tokenizers import has_tokenizer
 from reparam_jax.errors import UserError
 from reparam_jax.models import transformer_config
 from reparam_jax.models.heads import EncoderWithHeads
@@ -39,6 +40,9 @@ def encoder_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.layer_norm_eps = 1e-12
   c.encoder = ml_collections.ConfigDict(dict(
       pooling="cls", classifier_dropout=0.1, num_classes=2,
+      # The seeds' head is LayerNorm → Dropout → Linear; False: Dropout → Linear
+      # (BertForSequenceClassification's).
+      classifier_norm=True,
       # > 0: a linear projection of the pooled features to this width before
       # the classifier (the seeds' feature-projection fine-tuning head).
       feature_proj_dim=0,
@@ -78,6 +82,7 @@ def encoder_model(model_cfg: Any, encoder_cfg: Any, vocab_size: int, seq_len: in
                           num_classes=int(encoder_cfg["num_classes"]),
                           classifier_dropout=float(encoder_cfg["classifier_dropout"]),
                           classifier_feature_proj_dim=int(encoder_cfg.get("feature_proj_dim", 0)),
+                          classifier_norm=bool(encoder_cfg.get("classifier_norm", True)),
                           pooling=pooling)
 
 
@@ -89,6 +94,21 @@ def buckets_for(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   if min(wanted) < 4:
     raise UserError(f"encoder.length_buckets={wanted}: lengths must be ≥ 4")
   return tuple(sorted({b for b in wanted if b < config.seq_len} | {config.seq_len}))
+
+
+def init_from_tokenizer(config: ml_collections.ConfigDict, required: bool = True
+                        ) -> tuple[str, ...]:
+  """`(init_from,)` if the run starts from a checkpoint with a tokenizer (a pre-training
+  run, a `convert_hf` output, a Hugging Face folder): its token ids are in the weights.
+  `required`: a checkpoint without one is an error (else the run fits its own)."""
+  init_from = config.get("init_from", "")
+  if not init_from or not (required or has_tokenizer(init_from)):
+    return ()
+  if not has_tokenizer(init_from):
+    raise UserError(f"init_from={init_from} has no tokenizer (tokenizer.model, tokenizer.json "
+                    "or vocab.txt); start from a pre-training workdir, a convert_hf output or "
+                    "a Hugging Face model folder, which carry theirs")
+  return (init_from,)
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:

@@ -41,7 +41,8 @@ class LanguageModelTask:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.splits = lm_text.load_splits(config.data)
-    self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir)
+    self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
+                                  config.get("init_from", ""))
     self.tokens = {k: self.tokenizer.encode(v) for k, v in self.splits.items()}
 
   def model(self) -> nn.Module:

@@ -25,7 +25,13 @@ from reparam_jax.data.sst2 import encode_all, encoder_tokenizer, padded_eval_bat
 from reparam_jax.objectives.contrastive import info_nce
 from reparam_jax.objectives.mlm import mlm_loss, mlm_sums
 from reparam_jax.objectives.nsp import nsp_loss
-from reparam_jax.tasks.encoder import buckets_for, encoder_model, section, two_views
+from reparam_jax.tasks.encoder import (
+  buckets_for,
+  encoder_model,
+  init_from_tokenizer,
+  section,
+  two_views,
+)
 
 Batch = dict[str, Any]
 
@@ -36,7 +42,8 @@ class MaskedLanguageModelTask:
     self.cfg = section(config, "mlm")
     docs = load_documents(config.data)
     self.tokenizer = prepare_once(encoder_tokenizer, config.data,
-                                  [s for d in docs["train"] for s in d], workdir)
+                                  [s for d in docs["train"] for s in d], workdir,
+                                  init_from_tokenizer(config, required=False))
     sp = specials(self.tokenizer)
     self.examples = {
         split: MlmExamples([encode_all(self.tokenizer, d) for d in documents], config.seq_len, sp,

@@ -23,6 +23,7 @@ import tqdm
 from reparam_jax import regularizers
 from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
+from reparam_jax.hf import pretrained
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
 from reparam_jax.rundir import checkpoint
@@ -48,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   unwritable workdir) is a `UserError` raised before any compute.
   """
   # --- Config, devices, mesh, workdir ------------------------------------------------------
+  config = pretrained.resolve(config)  # a pretrained init_from supplies the architecture
   config_validate.validate_config(config)
   devices.configure_cpu_devices(config.perf.cpu_devices)
   rundir.prepare(workdir, jax.process_index())
@@ -79,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.
     params, init_summary = checkpoint.load_matching_params(
         config.init_from, steps.abstract_like(state.params, state_shardings.params),
-        state.params)
+        state.params, rp.adopt_dense(pretrained.load_params(config.init_from), state.params))
     state = state.replace(params=params)
     if is_main:
       print(init_summary, flush=True)

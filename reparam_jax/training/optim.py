@@ -8,12 +8,21 @@ import jax
 import ml_collections
 import optax
 
+from reparam_jax.errors import UserError
 from reparam_jax.regularizers.decay import decay_mask_fn
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to `lr`, then cosine decay to `end_lr` at `num_steps`."""
+  """Linear warm-up from 0 to `lr`, then decay to `end_lr` at `num_steps`: cosine, or
+  linear (`optimizer.schedule='linear'`, BERT's and `transformers`' fine-tuning default)."""
   warmup = min(opt.warmup_steps, num_steps)
+  kind = opt.get("schedule", "cosine")
+  if kind == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, opt.lr, warmup),
+         optax.linear_schedule(opt.lr, opt.end_lr, max(num_steps - warmup, 1))], [warmup])
+  if kind != "cosine":
+    raise UserError(f"optimizer.schedule={kind!r}: use 'cosine' or 'linear'")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
       decay_steps=max(num_steps, warmup + 1), end_value=opt.end_lr)

@@ -14,8 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 import hf_refs  # noqa: E402
 
+from reparam_jax.data import hf_tokenizers  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
-from reparam_jax.hf import importer
+from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.objectives.nsp import is_next_probability  # noqa: E402
 
 TOL = 1e-4
@@ -170,7 +171,7 @@ def test_cli_writes_checkpoint_and_model_section(tmp_path):
                            f"--to={out}"], capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert result.returncode == 0, result.stderr
-  assert "--config.model.num_layers=2" in result.stdout
+  assert f"--config.init_from={out}" in result.stdout
   assert (out / "params").is_dir()
   section = json.loads((out / "hf_model.json").read_text())
   assert section["embed_dim"] == 32 and section["gelu_approximate"] is True
@@ -181,3 +182,34 @@ def test_cli_writes_checkpoint_and_model_section(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert bad.returncode == 2
   assert bad.stderr.strip().count("\n") == 0 and "model_type 't5'" in bad.stderr
+
+
+def test_real_minilm_hidden_states_and_pooled_output_match_transformers(raw_data_dir):
+  """The real pretrained folder, on real sentences: tokenization equal to transformers'
+  tokenizer and hidden states / pooled output within 1e-4 of its BertModel."""
+  folder = os.path.join(raw_data_dir, "models", "all-MiniLM-L6-v2")
+  with open(os.path.join(raw_data_dir, "sst2", "dev.tsv"), encoding="utf-8") as f:
+    sentences = [row.split("\t")[0] for row in f.read().split("\n")[1:] if row.strip()][:24]
+  theirs_tok = transformers.AutoTokenizer.from_pretrained(folder)
+  batch = theirs_tok(sentences, padding=True, return_tensors="np")
+  ours_tok = hf_tokenizers.load(folder)
+  ids = np.zeros_like(batch["input_ids"])
+  for i, ids_i in enumerate(ours_tok.encode_batch(sentences)):
+    row = ours_tok.build_inputs(ids_i)[0]
+    ids[i, :len(row)] = row
+  np.testing.assert_array_equal(ids, batch["input_ids"])
+  mask = ids != ours_tok.pad_id
+  np.testing.assert_array_equal(mask, batch["attention_mask"].astype(bool))
+
+  params, cfg, heads, _ = importer.import_folder(folder)
+  L = ids.shape[1]
+  out = importer.build_model(cfg, heads).apply(
+      {"params": params}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask),
+      jnp.zeros(ids.shape, jnp.int32), jnp.asarray(np.broadcast_to(np.arange(L), ids.shape)))
+  ref_model = transformers.BertModel.from_pretrained(folder).eval()
+  with torch.no_grad():
+    ref = ref_model(torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)))
+  real = mask[..., None]  # padded positions are undefined in both
+  hidden, want = np.asarray(out["hidden"]), ref.last_hidden_state.numpy()
+  assert np.abs(np.where(real, hidden - want, 0)).max() <= TOL
+  assert np.abs(np.asarray(out["pooled"]) - ref.pooler_output.numpy()).max() <= TOL

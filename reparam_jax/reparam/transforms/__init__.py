@@ -7,6 +7,7 @@ example specs, from the registry this fills.
 """
 
 from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register)
+    delta,
     identity,
     lora,
     lowrank,

@@ -1,0 +1,22 @@
+r"""SST-2 by full fine-tuning of the pretrained all-MiniLM-L6-v2 (every weight trains).
+
+The standard recipe (configs/sst2/minilm.py): AdamW lr 1e-4, 6% warm-up, linear
+decay, batch 32, dynamic padding to ≤ 64 tokens, 600 steps (≈ 0.29 epoch);
+`--config.num_steps=2105 --config.optimizer.warmup_steps=126` is one epoch.
+
+Command:
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
+      --config=configs/sst2/minilm_finetune.py --workdir=workdirs/sst2_minilm_finetune
+
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not yet measured.
+Expected: not yet measured (goal ≥ 87.5% dev accuracy at 600 steps; the PyTorch
+peer, transformers' BertForSequenceClassification with the same recipe, reached
+86.4%).
+"""
+
+from configs.sst2 import minilm
+
+
+def get_config(arg=None):
+  return minilm.get_config(arg)

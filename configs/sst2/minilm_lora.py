@@ -1,0 +1,26 @@
+r"""SST-2 with LoRA on MiniLM's attention query and value (r = 8, α = 16), base frozen.
+
+Hu et al. (2021)'s GLUE setting: adapters on W_q and W_v of every layer, the
+classifier head trained, everything else frozen (`finetune.freeze='lora'`).
+The dense pretrained weights become LoRA's frozen W₀ when the run starts
+(`Reparam.adopt_dense`); B = 0, so step 0 is the pretrained model. LoRA
+trains with a larger learning rate than full fine-tuning (1e-3).
+
+Command:
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
+      --config=configs/sst2/minilm_lora.py --workdir=workdirs/sst2_minilm_lora
+
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not yet measured.
+Expected: not yet measured (goal: within 1.5 points of minilm_finetune.py with ≤ 1% of the parameters trained).
+"""
+
+from configs.sst2 import minilm
+
+
+def get_config(arg=None):
+  c = minilm.get_config(arg)
+  c.reparam.rules = ((r"block_\d+/attn/(query|value)/kernel", "lora(rank=8, alpha=16)"),)
+  c.finetune.freeze = "lora"
+  c.optimizer.lr = 1e-3
+  return c

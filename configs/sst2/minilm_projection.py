@@ -1,0 +1,24 @@
+r"""SST-2 with the seeds' feature-projection head, encoder unfrozen.
+
+The head of minilm_projection_frozen.py (mean pooling → Linear to 128 →
+LayerNorm → Dropout → Linear) with every weight of the encoder trained too, at
+the full fine-tuning learning rate.
+
+Command:
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
+      --config=configs/sst2/minilm_projection.py --workdir=workdirs/sst2_minilm_projection
+
+Hardware: 1 CPU host (2 cores, 24 GiB).
+Runtime: not yet measured.
+Expected: not yet measured.
+"""
+
+from configs.sst2 import minilm
+
+
+def get_config(arg=None):
+  c = minilm.get_config(arg)
+  c.encoder.pooling = "mean"
+  c.encoder.feature_proj_dim = 128
+  c.encoder.classifier_norm = True
+  return c
