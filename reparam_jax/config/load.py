@@ -91,6 +91,9 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
   def fail(expected: str) -> UserError:
     return UserError(f"--config.{key}={text}: expected {expected}, got {text!r}")
 
+  if text.strip() == "None" and not isinstance(current, ConfigDict):
+    return None  # unset (e.g. a model field that a pretrained init_from then fills)
+
   if isinstance(current, bool):
     low = text.strip().lower()
     if low in ("true", "1", "yes"):

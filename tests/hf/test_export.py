@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -82,11 +81,13 @@ def _run(module, *args, env=None):
 
 @pytest.mark.slow
 def test_pretrained_gpt2_lora_finetune_and_export(tmp_path, raw_data_dir, tfds_dir):
-  """HF folder → convert_hf → LoRA (convert to_reparam) → train from it → export_hf → HF.
+  """HF folder → convert_hf → train with LoRA from it → export_hf → HF.
 
-  The learning rate is ~0, so the exported model must be the imported one
-  (LoRA's B starts at zero): the whole chain carries the weights through,
-  and the run used the folder's BPE tokenizer (its vocabulary sizes the model).
+  The run names only the converted folder: its architecture fills the model
+  fields the command line unsets, its BPE tokenizer is the run's (its
+  vocabulary sizes the model), and its dense weights become LoRA's W₀ at the
+  start.  The learning rate is ~0, so the exported model must be the imported
+  one (LoRA's B starts at zero): the whole chain carries the weights through.
   """
   with open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
     text = f.read()
@@ -99,18 +100,16 @@ def test_pretrained_gpt2_lora_finetune_and_export(tmp_path, raw_data_dir, tfds_d
   model = hf_refs.gpt2(**sizes)
   hf_refs.save_model(model, str(hf), safetensors=False)
 
-  ckpt, lora, run, out = (str(tmp_path / n) for n in ("ckpt", "lora", "run", "out"))
+  ckpt, run, out = (str(tmp_path / n) for n in ("ckpt", "run", "out"))
   printed = _run("reparam_jax.convert_hf", f"--from={hf}", f"--to={ckpt}")
-  flags = printed.split("--config.init_from=")[1].split("\n")[0].split()[1:]
+  assert f"--config.init_from={ckpt}" in printed
   rules = ("--config.reparam.rules=((r'block_\\d+/attn/(query|value)/kernel', "
            "'lora(rank=2, alpha=4)'), (r'.*', 'frozen'))")
   config = f"--config={os.path.join(REPO, 'configs', 'lm', 'shakespeare_char.py')}"
-  _run("reparam_jax.convert", config, rules, "--direction=to_reparam", f"--src={ckpt}",
-       f"--dst={lora}")
-  os.makedirs(run)
-  shutil.copy(os.path.join(ckpt, "tokenizer.json"), run)
-  _run("reparam_jax.train", config, f"--workdir={run}", f"--config.init_from={lora}", rules,
-       *[f for f in flags if "vocab_size" not in f], "--config.seq_len=16",
+  unset = [f"--config.model.{k}=None" for k in ("num_layers", "num_heads", "embed_dim",
+                                                 "mlp_dim")]
+  _run("reparam_jax.train", config, f"--workdir={run}", f"--config.init_from={ckpt}", rules,
+       *unset, "--config.seq_len=16",
        "--config.batch_size=4", "--config.eval_batch_size=64", "--config.num_steps=2",
        "--config.optimizer.lr=1e-30", "--config.optimizer.end_lr=1e-30",
        "--config.optimizer.warmup_steps=1", f"--config.data.raw_dir={raw_data_dir}",

@@ -1,0 +1,26 @@
+"""Every config under configs/ loads, resolves (a pretrained init_from gives the
+architecture) and passes validation: a config that cannot start is a defect."""
+
+import os
+
+import pytest
+
+from reparam_jax.config.load import load_config_file
+from reparam_jax.config.validate import validate_config
+from reparam_jax.hf import pretrained
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(os.path.join(root, f), REPO)
+                 for root, _, files in os.walk(os.path.join(REPO, "configs"))
+                 for f in files if f.endswith(".py") and f != "__init__.py")
+
+
+def test_there_are_configs():
+  assert len(CONFIGS) > 20 and "configs/sst2/minilm_finetune.py" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_loads_and_validates(path, raw_data_dir, monkeypatch):
+  monkeypatch.setenv("REPARAM_DATA_DIR", raw_data_dir)
+  config = load_config_file(os.path.join(REPO, path))
+  validate_config(pretrained.resolve(config))
