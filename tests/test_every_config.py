@@ -7,6 +7,7 @@ import pytest
 
 from reparam_jax.config.load import load_config_file
 from reparam_jax.config.validate import validate_config
+from reparam_jax.errors import UserError
 from reparam_jax.hf import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,4 +24,10 @@ def test_there_are_configs():
 def test_config_loads_and_validates(path, raw_data_dir, monkeypatch):
   monkeypatch.setenv("REPARAM_DATA_DIR", raw_data_dir)
   config = load_config_file(os.path.join(REPO, path))
+  if config.init_from.startswith("workdirs/") and not os.path.exists(config.init_from):
+    # Starts from an earlier experiment's run (fine-tuned teacher, pre-training run).
+    if any(config.model[k] is None for k in pretrained.ARCHITECTURE_FIELDS if k in config.model):
+      with pytest.raises(UserError, match=f"init_from={config.init_from} does not exist"):
+        pretrained.resolve(config)
+      return
   validate_config(pretrained.resolve(config))

@@ -90,7 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.async_checkpointing = True
-  c.init_from = ""  # params checkpoint to start from (e.g. a converted pretrained model)
+  c.init_from = ""  # a checkpoint, training run or (converted) Hugging Face model to start from
+  # init_from: block i of the model starts from block init_layers[i] of the checkpoint
+  # (DistilBERT's student: every other teacher layer, (0, 2, 4)); () = block i from block i.
+  c.init_layers = ()
 
   # Preemption, divergence and checkpoint failures; see docs/reliability.md.
   c.reliability = ml_collections.ConfigDict()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -92,6 +92,18 @@ def load_params(path: str) -> Any:
   return checkpoint.load_params(path)
 
 
+def select_layers(params: Any, layers: Sequence[int], where: str) -> Any:
+  """`params` whose block i is the checkpoint's block `layers[i]` (the rest dropped)."""
+  found = {k for k in params if k.startswith("block_")}
+  missing = [i for i in layers if f"block_{i}" not in found]
+  if missing:
+    raise UserError(f"init_layers={tuple(layers)}: {where} has no block_{missing[0]} "
+                    f"(it has {len(found)} blocks)")
+  out = {k: v for k, v in params.items() if k not in found}
+  out.update({f"block_{i}": params[f"block_{j}"] for i, j in enumerate(layers)})
+  return out
+
+
 def architecture_from_checkpoint(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Unsets `c.model`'s architecture fields (and dropouts) so `resolve` fills them from
   `init_from`.  A `--config.model.X=...` override still sets (and is checked against) X."""
@@ -118,12 +130,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                if k in config.model and config.model[k] is None]
     return _fill_from_run(config, path, missing) if missing else config
   if not kind(path):
+    if unset and path and not os.path.exists(path):
+      raise UserError(f"init_from={path} does not exist; run the experiment that writes it "
+                      "first (see the config's docstring) or pass --config.init_from=...")
     if unset:
       raise UserError(f"config.model.{unset[0]} is unset, to come from a pretrained model, but "
                       f"init_from={path!r} is not one; pass --config.init_from=<a convert_hf "
                       "output or a Hugging Face model folder>")
     return config
-  ckpt = checkpoint_model(path)
+  ckpt = _with_layers(checkpoint_model(path), config, path)
   where = f"init_from={path}"
   if config.model.get("preset"):
     raise UserError(f"config.model.preset={config.model.preset!r} conflicts with {where}: "
@@ -154,11 +169,24 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return resolved
 
 
+def _with_layers(model: dict[str, Any], config: ml_collections.ConfigDict, path: str
+                 ) -> dict[str, Any]:
+  """The checkpoint's model section as `init_layers` cuts it (fewer blocks)."""
+  layers = tuple(config.get("init_layers", ()))
+  if not layers:
+    return model
+  bad = [i for i in layers if not 0 <= i < model["num_layers"]]
+  if bad:
+    raise UserError(f"init_layers={layers}: init_from={path} has {model['num_layers']} "
+                    f"blocks (0..{model['num_layers'] - 1}), not block {bad[0]}")
+  return dict(model, num_layers=len(layers))
+
+
 def _fill_from_run(config: ml_collections.ConfigDict, path: str, unset: list[str]
                    ) -> ml_collections.ConfigDict:
   """The unset model fields from a training run's config.json (its shapes are then checked
   parameter by parameter when its checkpoint loads)."""
-  theirs = checkpoint_model(path)
+  theirs = _with_layers(checkpoint_model(path), config, path)
   resolved = ml_collections.ConfigDict(config.to_dict())
   for name in unset:
     value = theirs.get(name)

@@ -79,9 +79,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       mesh, rules, rng)
   if config.init_from:
     # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.
+    loaded = pretrained.load_params(config.init_from)
+    if config.get("init_layers"):
+      loaded = pretrained.select_layers(loaded, config.init_layers, config.init_from)
     params, init_summary = checkpoint.load_matching_params(
         config.init_from, steps.abstract_like(state.params, state_shardings.params),
-        state.params, rp.adopt_dense(pretrained.load_params(config.init_from), state.params))
+        state.params, rp.adopt_dense(loaded, state.params))
     state = state.replace(params=params)
     if is_main:
       print(init_summary, flush=True)

@@ -137,3 +137,15 @@ def test_a_few_fine_tuning_steps_from_the_minilm_folder(raw_data_dir, tfds_dir, 
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert any("eval/accuracy" in r for r in records)
+
+
+def test_init_layers_cut_the_checkpoint_for_a_shallower_student(tmp_path):
+  c = _config(_converted(tmp_path))
+  c.init_layers = (0, 2)
+  assert pretrained.resolve(c).model.num_layers == 2  # DistilBERT: every other layer
+  c.init_layers = (0, 3)
+  with pytest.raises(UserError, match=r"init_layers=\(0, 3\): init_from=\S+ has 3 blocks"):
+    pretrained.resolve(c)
+  params = {"embed": {"w": 1}, "block_0": {"w": 10}, "block_1": {"w": 11}, "block_2": {"w": 12}}
+  assert pretrained.select_layers(params, (0, 2), "ckpt") == {
+      "embed": {"w": 1}, "block_0": {"w": 10}, "block_1": {"w": 12}}
