@@ -119,6 +119,23 @@ def combine(a: PyTree | None, b: PyTree | None) -> PyTree | None:
     return jax.tree.map(lambda y, sub: jax.tree.map(lambda x: bool(x) and bool(y), sub), b, a)
 
 
+def count_trainable(params: PyTree, mask: PyTree | None) -> int:
+  """Entries of `params` the optimizer updates under `mask` (a `combine`d mask; None = all)."""
+  if mask is None:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+  total = 0
+  for trains, sub in zip(jax.tree.leaves(mask), _prefix_subtrees(mask, params)):
+    if trains:
+      total += int(sum(x.size for x in jax.tree.leaves(sub)))
+  return total
+
+
+def _prefix_subtrees(mask: PyTree, params: PyTree) -> list[PyTree]:
+  """The subtree of `params` under each leaf of `mask` (a prefix of `params`)."""
+  return jax.tree.leaves(jax.tree.map(lambda _, sub: [sub], mask, params),
+                         is_leaf=lambda x: isinstance(x, list))
+
+
 def finetune_section() -> ml_collections.ConfigDict:
   """The `config.finetune` defaults (also in `config_base.base_config`)."""
   c = ml_collections.ConfigDict()

@@ -89,6 +89,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
       print(init_summary, flush=True)
   n_params = steps.count_params(state.params)
+  n_trainable = freezing.count_trainable(state.params, freezing.combine(
+      rp.trainable_mask(state.params), freezing.trainable_mask(state.params,
+                                                               config.get("finetune"))))
+  param_bytes = int(sum(x.nbytes for x in jax.tree.leaves(state.params)))
   if is_main:
     _describe(config, workdir, mesh, rp, state.params, n_params)
   mfu_meter = MfuMeter.for_run(config, task, state.params)
@@ -208,6 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.close()
 
   final = {"step": config.num_steps, **last_eval, "params/stored": n_params,
+           "params/trainable": n_trainable, "params/bytes": param_bytes,
            **early.done_fields(config.num_steps)}
   if is_main:
     print(f"stopped at step {final['step']}: {final['stop_reason']}", flush=True)

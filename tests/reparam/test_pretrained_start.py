@@ -74,3 +74,14 @@ def test_delta_with_l2_on_theta_is_l2sp():
   # Only Δ trains and decays: W₀ is frozen.
   mask = rp.trainable_mask(moved)["block_0"]["mlp"]["fc_in"]["kernel"]
   assert mask["delta"] is True and mask["base"] is False
+
+
+def test_trainable_count_of_a_lora_run_is_the_adapters():
+  from reparam_jax.training import freezing
+
+  rules = ((QV, "lora(rank=2, alpha=4)"), (r".*", "frozen"))
+  rp = Reparam.from_config(ml_collections.ConfigDict(dict(rules=rules)))
+  params = _params(rules)
+  n = freezing.count_trainable(params, rp.trainable_mask(params))
+  assert n == 2 * 2 * (16 * 2 + 2 * 16)  # 2 blocks × (query, value) × (A + B)
+  assert freezing.count_trainable(params, None) == sum(x.size for x in jax.tree.leaves(params))
