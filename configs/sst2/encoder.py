@@ -13,8 +13,8 @@ Command:
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
 Runtime: not measured for one run; the three runs of experiments/sst2.py took
-5 min 17 s together on a quiet machine (experiments/results/sst2/README.md).
-Expected: dev accuracy ≈ 80% (±1.3%): measured 0.802, 1.43M stored parameters
+3 min 36 s together on a quiet machine (experiments/results/sst2/README.md).
+Expected: dev accuracy ≈ 80% (±1.3%): measured 0.795, 1.43M stored parameters
 (experiments/results/sst2/table.md).
 """
 
