@@ -70,3 +70,22 @@ def test_bench_smoke_writes_every_section(tmp_path):
   else:
     assert "vs_torch" not in res
     assert any(n.startswith("vs_torch skipped") for n in res["notes"])
+
+
+@pytest.mark.slow
+def test_minilm_bench_times_the_same_model_on_the_same_batches(raw_data_dir, tfds_dir):
+  """bench/minilm_vs_torch.py: the pretrained MiniLM's fine-tuning step here and in
+  transformers (where torch is: the Python 3.11 test environment)."""
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("the transformers peer needs torch (the Python 3.11 test environment)")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=REPO, REPARAM_DATA_DIR=raw_data_dir, TFDS_DATA_DIR=tfds_dir)
+  proc = subprocess.run([sys.executable, "-m", "bench.minilm_vs_torch", "--batches=2",
+                         "--rounds=2", "--chunk=1", f"--torch_python={sys.executable}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["params"] == 22_713_986  # MiniLM (22,713,216) + a 2-class linear head
+  assert out["steps_each"] == 2 and out["jax_ms"] > 0 and out["torch_ms"] > 0
+  assert out["ratio"] == pytest.approx(out["jax_ms"] / out["torch_ms"])
+  assert set(out["jax_compile_s"]) == set(map(str, out["padded_lengths"]))
