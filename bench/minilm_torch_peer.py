@@ -18,13 +18,10 @@ Protocol (one JSON object per line):
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-
 import numpy as np
 import torch
 import transformers
+from torch_peer import serve  # bench/ is this script's directory: the shared protocol loop
 
 
 class Peer:
@@ -34,6 +31,7 @@ class Peer:
     self.model = transformers.BertForSequenceClassification.from_pretrained(
         folder, num_labels=2).train()
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+    self.versions = {"transformers": transformers.__version__}
     data = np.load(batches)
     n = len([k for k in data.files if k.startswith("ids_")])
     self.batches = [(torch.from_numpy(data[f"ids_{i}"]).long(),
@@ -50,27 +48,5 @@ class Peer:
     return loss.item()  # a synchronous step, like the JAX side's float()
 
 
-def main() -> None:
-  peer = None
-  for line in sys.stdin:
-    msg = json.loads(line)
-    if msg["cmd"] == "init":
-      peer = Peer(msg["folder"], msg["batches"], msg["threads"], msg["seed"])
-      out = {"params": sum(p.numel() for p in peer.model.parameters()),
-             "torch": torch.__version__, "transformers": transformers.__version__,
-             "threads": torch.get_num_threads()}
-    elif msg["cmd"] == "steps":
-      wall, cpu, loss = [], [], float("nan")
-      for i in range(msg["start"], msg["start"] + int(msg["n"])):
-        c0, t0 = time.process_time(), time.perf_counter()
-        loss = peer.step(i)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-      out = {"wall_s": wall, "cpu_s": cpu, "loss": loss}
-    else:
-      return
-    print(json.dumps(out), flush=True)
-
-
 if __name__ == "__main__":
-  main()
+  serve(lambda msg: Peer(msg["folder"], msg["batches"], msg["threads"], msg["seed"]))

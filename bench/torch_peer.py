@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -90,11 +91,9 @@ class Peer:
     g = torch.Generator().manual_seed(seed)
     # A few fixed batches, as the JAX side uses: the timed region is the step only.
     self.batches = [torch.randint(0, vocab, (batch, seq + 1), generator=g) for _ in range(4)]
-    self.i = 0
 
-  def step(self) -> float:
-    tokens = self.batches[self.i % len(self.batches)]
-    self.i += 1
+  def step(self, i: int) -> float:
+    tokens = self.batches[i % len(self.batches)]
     loss = self.model(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -103,23 +102,26 @@ class Peer:
     return loss.item()  # the host value: a synchronous step, like the JAX side's float()
 
 
-def main() -> None:
-  peer = None
+def serve(make_peer: Callable[[dict[str, Any]], Any]) -> None:
+  """The stdin/stdout loop: `init` builds the peer with `make_peer(msg)`; `steps` times
+  `peer.step(i)` for consecutive i (from `start`, else continuing)."""
+  peer, i = None, 0
   for line in sys.stdin:
     msg = json.loads(line)
     if msg["cmd"] == "init":
-      args = {k: msg[k] for k in ("layers", "heads", "width", "seq", "batch", "vocab",
-                                  "threads", "seed")}
-      peer = Peer(**args)
+      peer = make_peer(msg)
       out = {"params": sum(p.numel() for p in peer.model.parameters()),
-             "torch": torch.__version__, "threads": torch.get_num_threads()}
+             "torch": torch.__version__, "threads": torch.get_num_threads(),
+             **getattr(peer, "versions", {})}
     elif msg["cmd"] == "steps":
+      i = msg.get("start", i)
       wall, cpu, loss = [], [], float("nan")
       for _ in range(int(msg["n"])):
         c0, t0 = time.process_time(), time.perf_counter()
-        loss = peer.step()
+        loss = peer.step(i)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        i += 1
       out = {"wall_s": wall, "cpu_s": cpu, "loss": loss}
     else:
       return
@@ -127,4 +129,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  serve(lambda msg: Peer(**{k: msg[k] for k in ("layers", "heads", "width", "seq", "batch",
+                                                  "vocab", "threads", "seed")}))
