@@ -9,9 +9,9 @@ seed) as its teacher and initial weights, so it runs after it.
 
   python -m reparam_jax.ablate experiments/sst2_pretrained.py --workdir=runs/ablate/sst2_pretrained
 
-Not yet run (issue 18): the compression rows (low-rank MLP, magnitude pruning to
-50%, int8 post-training quantization, the compress pipeline) are still to be
-added.
+Not yet run (issue 18).  Still to add: the rows that are not training runs
+(int8 post-training quantization and the `compress` pipeline, which the
+ablation runner cannot run yet).
 """
 
 from reparam_jax.sweeps.experiment import Experiment, Metric, Plot
@@ -38,6 +38,10 @@ def get_experiment() -> Experiment:
           "distilled 3-layer student": {"config": "configs/sst2/minilm_distill.py",
                                         "init_from": f"{{variant:{FULL}}}",
                                         "distill.teacher": f"{{variant:{FULL}}}"},
+          "MLP rank 64 (SVD) + fine-tuning": {"config": "configs/sst2/minilm_lowrank.py",
+                                              "init_from": f"{{variant:{FULL}}}"},
+          "50% magnitude pruning + fine-tuning": {"config": "configs/sst2/minilm_prune.py",
+                                                  "init_from": f"{{variant:{FULL}}}"},
       },
       seeds=1,  # 3 seeds (--seeds=3) take about 3× as long
       metrics=[
