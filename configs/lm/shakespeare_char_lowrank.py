@@ -9,8 +9,8 @@ Command:
       --config=configs/lm/shakespeare_char_lowrank.py --workdir=workdirs/shakespeare_char_lowrank
 
 Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
-Runtime: not measured for one run (median train step 77.8 ms at rank 32 vs
-dense 63.6 ms; the six runs of the rank sweep took 22 min 24 s together,
+Runtime: not measured for one run (median train step 28.3 ms at rank 32 vs
+dense 43.5 ms; the six runs of the rank sweep took 9 min 23 s together,
 experiments/results/lowrank_rank_sweep/README.md).
 Expected: validation loss 2.003 at step 2000 at rank 32 (318K stored parameters;
 dense 1.898 with 810K); every rank in experiments/results/lowrank_rank_sweep/table.md.
