@@ -18,6 +18,7 @@ from typing import Sequence
 
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import exit_on_user_error
+from reparam_jax.hf import pretrained
 from reparam_jax.perf.reparam_report import model_rows
 from reparam_jax.reparam import format_report
 
@@ -26,6 +27,7 @@ from reparam_jax.reparam import format_report
 def main(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   config, rest = config_load.load(argv)
+  config = pretrained.resolve(config)  # a pretrained init_from supplies the architecture
   parser = argparse.ArgumentParser(prog="python -m reparam_jax.report", allow_abbrev=False)
   parser.add_argument("--vocab_size", type=int, default=0,
                       help="vocabulary size when config.model.vocab_size is 0")
