@@ -103,7 +103,6 @@ def test_minilm_configs_resolve_from_the_hugging_face_folder(raw_data_dir, monke
           c.model.vocab_size) == (6, 384, 12, 1536, 30522)
 
 
-@pytest.mark.slow
 def test_a_few_fine_tuning_steps_from_the_minilm_folder(raw_data_dir, tfds_dir, tmp_path):
   """From the HF folder itself: its weights load, its tokenizer is saved, training moves."""
   from helpers import run_train_subprocess
