@@ -8,11 +8,11 @@ Command:
   REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/sst2/minilm_finetune.py --workdir=workdirs/sst2_minilm_finetune
 
-Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not yet measured.
-Expected: not yet measured (goal ≥ 87.5% dev accuracy at 600 steps; the PyTorch
-peer, transformers' BertForSequenceClassification with the same recipe, reached
-86.4%).
+Hardware: 1 CPU host (2 cores, 24 GiB), 1 CPU device.
+Runtime: 5 min 51 s (one run, quiet machine, 2026-11-25, commit 4851faa; three
+evaluations and four compiled batch lengths included).
+Expected: dev accuracy 0.877 at step 600 (one seed; ±1.1 points is one standard
+error on 872 sentences; 0.827 at step 200, 0.880 at step 400).
 """
 
 from configs.sst2 import minilm

@@ -10,9 +10,11 @@ Command:
   REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
       --config=configs/sst2/minilm_lora.py --workdir=workdirs/sst2_minilm_lora
 
-Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not yet measured.
-Expected: not yet measured (goal: within 1.5 points of minilm_finetune.py with ≤ 1% of the parameters trained).
+Hardware: 1 CPU host (2 cores, 24 GiB), 1 CPU device.
+Runtime: 4 min 57 s (one run, quiet machine, 2026-11-25, commit 4851faa).
+Expected: dev accuracy 0.852 at step 600 with 74,498 trainable parameters (0.33%;
+one seed, ±1.2 points one standard error), vs 0.877 for minilm_finetune.py: 2.5
+points behind, so the issue's goal (within 1.5) is not met at this budget and lr.
 """
 
 from configs.sst2 import minilm
