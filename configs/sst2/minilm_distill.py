@@ -14,9 +14,10 @@ Command:
       --config=configs/sst2/minilm_distill.py --workdir=workdirs/sst2_minilm_distill
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not yet measured.
-Expected: not yet measured (goal: forward ≥ 2× faster than the teacher's, dev
-accuracy within 3.0 points of it).
+Runtime: about 5 min (one row of experiments/sst2_pretrained.py, whose 12 runs took
+60 min; experiments/results/sst2_pretrained/README.md).
+Expected: dev accuracy 0.861 from a teacher at 0.877; 69.6M of the teacher's 90.9M param bytes (one seed, commit e6bae1d;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm

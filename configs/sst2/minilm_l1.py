@@ -9,8 +9,10 @@ Command:
       --config=configs/sst2/minilm_l1.py --workdir=workdirs/sst2_minilm_l1
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not yet measured.
-Expected: not yet measured.
+Runtime: about 5 min (one row of experiments/sst2_pretrained.py, whose 12 runs took
+60 min; experiments/results/sst2_pretrained/README.md).
+Expected: dev accuracy 0.876 (full fine-tuning 0.877) (one seed, commit e6bae1d;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm

@@ -8,8 +8,10 @@ Command:
       --config=configs/sst2/minilm_lora_all.py --workdir=workdirs/sst2_minilm_lora_all
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not yet measured.
-Expected: not yet measured (goal: within 1.5 points of minilm_finetune.py).
+Runtime: about 5 min (one row of experiments/sst2_pretrained.py, whose 12 runs took
+60 min; experiments/results/sst2_pretrained/README.md).
+Expected: dev accuracy 0.865 with 333K trainable parameters (1.47 %), 1.3 points below full fine-tuning (one seed, commit e6bae1d;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm
