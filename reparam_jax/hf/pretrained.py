@@ -26,6 +26,7 @@ then filled from that run's `config.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -80,8 +81,18 @@ def checkpoint_model(path: str) -> dict[str, Any]:
     run = _json(os.path.join(path, "config.json"))
     return dict(run["model"], causal=run["task"] == "lm")
   weights = weights_file(path)
-  cfg, _ = architecture(read_config(path), read_weights(weights), weights)
-  return model_section(cfg)
+  return dict(_hf_model_section(weights, os.path.getmtime(weights)))
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_model_section(weights: str, mtime: float) -> tuple[tuple[str, Any], ...]:
+  """An HF folder's section, read once per process: `train` resolves the config before
+  the devices start and the loop resolves it again, and the heads are only visible in
+  the weights file (which may be gigabytes)."""
+  del mtime  # part of the cache key: a rewritten file is read again
+  folder = os.path.dirname(weights)
+  cfg, _ = architecture(read_config(folder), read_weights(weights), weights)
+  return tuple(model_section(cfg).items())
 
 
 def load_params(path: str) -> Any:
