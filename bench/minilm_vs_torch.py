@@ -39,8 +39,12 @@ CONFIG = os.path.join(REPO, "configs", "sst2", "minilm_finetune.py")
 PEER = os.path.join(REPO, "bench", "minilm_torch_peer.py")
 
 
-def compare(n_batches: int, rounds: int, chunk: int, python: str) -> dict[str, Any]:
+def compare(n_batches: int, rounds: int, chunk: int, python: str,
+            cpu_devices: int | None = None) -> dict[str, Any]:
   config = pretrained.resolve(load_config_file(CONFIG))
+  if cpu_devices is not None:
+    with config.unlocked():
+      config.perf.cpu_devices = cpu_devices
   configure_cpu_devices(config.perf.cpu_devices)
   task = ClassificationTask(config, workdir=None)
   stream = task.train_iterator()
@@ -90,7 +94,8 @@ def compare(n_batches: int, rounds: int, chunk: int, python: str) -> dict[str, A
           "steps_each": sum(len(wall["jax"][i]) for i in both), "rounds": rounds,
           "padded_lengths": sorted(set(lengths)), "jax_compile_s": compile_s,
           "torch": info["torch"], "transformers": info["transformers"],
-          "params": info["params"], "threads": info["threads"]}
+          "params": info["params"], "threads": info["threads"],
+          "jax_devices": config.perf.cpu_devices or 1}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -99,15 +104,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--chunk", type=int, default=4, help="steps per side per round")
   parser.add_argument("--torch_python", default=None)
+  parser.add_argument("--cpu_devices", type=int, default=None,
+                      help="perf.cpu_devices for the JAX side (default: the config's)")
   args = parser.parse_args(argv)
   python = vs_torch.torch_python(args.torch_python)
   if python is None:
     parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
                  "or pass --torch_python")
-  out = compare(args.batches, args.rounds, args.chunk, python)
+  out = compare(args.batches, args.rounds, args.chunk, python, args.cpu_devices)
   print(f"MiniLM SST-2 fine-tuning step (batch 32, lengths {out['padded_lengths']}), median over "
         f"{out['steps_each']} steps each:")
-  print(f"  reparam_jax {out['jax_ms']:.1f} ms   transformers {out['torch_ms']:.1f} ms "
+  print(f"  reparam_jax {out['jax_ms']:.1f} ms on {out['jax_devices']} CPU device(s)   transformers {out['torch_ms']:.1f} ms "
         f"(torch {out['torch']}, {out['threads']} threads)   ratio {out['ratio']:.3f}")
   print("  JAX compile per padded length (s): "
         + ", ".join(f"{k}: {v:.1f}" for k, v in sorted(out["jax_compile_s"].items())))

@@ -9,10 +9,16 @@ seed) as its teacher and initial weights, so it runs after it.
 
   python -m reparam_jax.ablate experiments/sst2_pretrained.py --workdir=runs/ablate/sst2_pretrained
 
-Results: experiments/results/sst2_pretrained/ (60 min on the 2-core CPU, one
-seed).  Still to add: the rows that are not training runs (int8 post-training
-quantization and the `compress` pipeline, which the ablation runner cannot run
-yet).
+Two rows are not training runs: int8 post-training quantization and the
+`compress` pipeline are configs with `compress.recipe`, which `train` runs as
+the compression of their `init_from` (reparam_jax/compression/from_config.py);
+their done.json carries the same metrics.  "bytes on disk" is the params
+checkpoint as orbax wrote it (compressed): the compressed rows' file and, for
+reference, the fine-tuned model's (in those rows' done.json,
+compress/original_disk_bytes).
+
+Results: experiments/results/sst2_pretrained/ (its README: commits, wall
+times; one seed).
 """
 
 from reparam_jax.sweeps.experiment import Experiment, Metric, Plot
@@ -43,12 +49,21 @@ def get_experiment() -> Experiment:
                                               "init_from": f"{{variant:{FULL}}}"},
           "50% magnitude pruning + fine-tuning": {"config": "configs/sst2/minilm_prune.py",
                                                   "init_from": f"{{variant:{FULL}}}"},
+          # Rows added at a later commit (the README says which rows ran where).
+          "full fine-tuning, 1 epoch": {"config": "configs/sst2/minilm_finetune.py",
+                                        "num_steps": 2105, "optimizer.warmup_steps": 126},
+          "LoRA all r=4": {"config": "configs/sst2/minilm_lora_all_r4.py"},
+          "int8 post-training quantization": {"config": "configs/sst2/minilm_int8.py",
+                                              "init_from": f"{{variant:{FULL}}}"},
+          "compress: prune 50% + int8 + fine-tuning": {"config": "configs/sst2/minilm_compress.py",
+                                                       "init_from": f"{{variant:{FULL}}}"},
       },
       seeds=1,  # 3 seeds (--seeds=3) take about 3× as long
       metrics=[
           Metric("eval/accuracy", "dev accuracy", fmt=".3f", goal="max"),
           Metric("params/trainable", "trainable params", fmt="si"),
           Metric("params/bytes", "param bytes", fmt="si"),
+          Metric("params/disk_bytes", "bytes on disk", fmt="si"),
           Metric("train/step_time_ms", "step time (ms)", fmt=".0f"),
       ],
       plots=[Plot(x="params/bytes", y="eval/accuracy", logx=True)],

@@ -6,7 +6,9 @@ r"""Trains a (reparameterized) Transformer.
 Multi-host: `--distributed` calls `jax.distributed.initialize()`, which reads
 the SLURM / TPU environment; `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` set it by hand (CPU processes use gloo).
-The loop itself is `reparam_jax.training.loop.train_and_evaluate`.
+The loop itself is `reparam_jax.training.loop.train_and_evaluate`; a config with
+`compress.recipe` set compresses its `init_from` run instead
+(`reparam_jax.compression.from_config`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from reparam_jax.compression.from_config import compress_run
 from reparam_jax.config import load as config_load
 from reparam_jax.config import validate as config_validate
 from reparam_jax.errors import UserError, exit_on_user_error
@@ -45,6 +48,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     raise UserError("missing --workdir=DIR (where checkpoints and metrics go)")
   devices.configure_cpu_devices(config.perf.cpu_devices)  # before JAX starts its backend
   devices.init_distributed(flags)
+  if config.compress.recipe:  # the config compresses a trained run (configs/sst2/minilm_int8.py)
+    return compress_run(config, os.path.abspath(flags["workdir"]))
   return train_and_evaluate(config, os.path.abspath(flags["workdir"]))
 
 

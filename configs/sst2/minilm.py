@@ -19,6 +19,10 @@ from reparam_jax.tasks.encoder import encoder_defaults
 MODEL = "$REPARAM_DATA_DIR/models/all-MiniLM-L6-v2"
 # Every matrix of the six blocks (the path rules' usual selection).
 BLOCK_KERNELS = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|out))/kernel"
+# Every matrix of the model: the blocks', the word and position embedding tables and the
+# pooler (what int8 storage must cover to reach a quarter of the bytes: half of MiniLM is
+# its 30,522 × 384 word embedding).
+ALL_MATRICES = BLOCK_KERNELS + r"|embed/(token|position)/embedding|pooler/kernel"
 
 
 def get_config(arg=None):

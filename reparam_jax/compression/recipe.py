@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 from flax.core import meta
 
+from reparam_jax.config.base import COMPRESS_KERNELS
+from reparam_jax.data import tokenizers
 from reparam_jax.errors import UserError
 from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import Reparam
@@ -39,7 +41,7 @@ from reparam_jax.training.evaluate import Evaluator
 from reparam_jax.training.loop import train_and_evaluate
 
 PyTree = Any
-KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
+KERNELS = COMPRESS_KERNELS
 
 
 # ---------------------------------------------------------------------------
@@ -311,22 +313,28 @@ def measure(state: State, evaluator: Evaluator, where: str, label: str) -> dict[
   map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
   sp = dict(size=sum(n for n, _ in counts), zeros=sum(z for _, z in counts))
   sp["sparsity"] = sp["zeros"] / max(sp["size"], 1)
+  leaves = jax.tree.leaves(params)
   return dict(step=label, rules=[list(r) for r in rules],
-              stored_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+              stored_params=int(sum(np.size(x) for x in leaves)),
+              stored_bytes=int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves)),
               kernel_entries=sp["size"], kernel_zeros=sp["zeros"],
               kernel_sparsity=sp["sparsity"], bytes_on_disk=dir_bytes(where),
               kernel_bits=kernel_bits(state), **{f"eval_{k}": v for k, v in metrics.items()})
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  head = ("| step | stored params | kernel sparsity | kernel bits/w | bytes on disk | "
-          "val loss | Δ loss | val ppl |")
-  lines = [head, "|" + "---|" * 8]
+  """One line per step; the task's headline metric: perplexity (LM) or accuracy (classifiers)."""
+  metric, label = (("eval_accuracy", "accuracy") if "eval_accuracy" in rows[0]
+                   else ("eval_perplexity", "val ppl"))
+  head = ("| step | stored params | stored bytes | kernel sparsity | kernel bits/w | "
+          f"bytes on disk | val loss | Δ loss | {label} |")
+  lines = [head, "|" + "---|" * 9]
   base = rows[0]["eval_loss"]
   for r in rows:
-    lines.append(f"| {r['step']} | {r['stored_params']:,} | {r['kernel_sparsity']:.3f} | "
-                 f"{r['kernel_bits']:.2f} | {r['bytes_on_disk']:,} | {r['eval_loss']:.4f} | "
-                 f"{r['eval_loss'] - base:+.4f} | {r['eval_perplexity']:.3f} |")
+    lines.append(f"| {r['step']} | {r['stored_params']:,} | {r['stored_bytes']:,} | "
+                 f"{r['kernel_sparsity']:.3f} | {r['kernel_bits']:.2f} | "
+                 f"{r['bytes_on_disk']:,} | {r['eval_loss']:.4f} | "
+                 f"{r['eval_loss'] - base:+.4f} | {r[metric]:.4f} |")
   return "\n".join(lines)
 
 
@@ -334,7 +342,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # Fine-tuning with the real trainer.
 
 
-def make_finetuner(config, out: str, steps: int, lr: float, log):
+def make_finetuner(config, source: str, out: str, steps: int, lr: float, log):
   """`finetune(state, name)`: the real training loop on the state's float weights."""
 
   def finetune(state: State, name: str) -> State:
@@ -342,6 +350,8 @@ def make_finetuner(config, out: str, steps: int, lr: float, log):
     os.makedirs(folder, exist_ok=True)
     init = os.path.join(folder, "init_params")
     checkpoint.save_params(init, jax.device_get(state.train_params()))
+    if tokenizers.has_tokenizer(source):  # its token ids are in the weights: keep its vocabulary
+      tokenizers.load_tokenizer(source).save(init)
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.reparam.rules = state.train_rules()
     cfg.init_from = init
@@ -396,6 +406,11 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
   run = load_run(workdir)
   config = run.config
   params = meta.unbox(run.params)
+  if config.model.get("causal") is None:
+    # Written by a run started from a pretrained model before `resolve` made causal
+    # concrete (262dcdb and earlier): the fine-tuning run below starts from bare params.
+    with config.unlocked():
+      config.model.causal = config.get("task") == "lm"
   if config.reparam.get("rules"):
     # Start from the effective dense model (masks of a pruned run applied).
     params = Reparam.from_config(config.reparam).to_dense(params, run.masks)
@@ -403,7 +418,7 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
     config.reparam = ml_collections.ConfigDict({"rules": ()})
   os.makedirs(out, exist_ok=True)
   evaluator = Evaluator(config, workdir)
-  finetune = make_finetuner(config, out, finetune_steps, finetune_lr, log) \
+  finetune = make_finetuner(config, workdir, out, finetune_steps, finetune_lr, log) \
       if finetune_steps > 0 else None
   state = State(theta=params, kernels=kernels)
   rows = [measure(state, evaluator, os.path.join(out, "steps", "0_original"), "original")]

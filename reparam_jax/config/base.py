@@ -14,6 +14,9 @@ import ml_collections
 # names dimensions logically; training/sharding.py applies the table.
 MESH_AXES = ("data", "fsdp", "tensor")
 
+# What `compress` compresses by default: every attention and MLP matrix of the blocks.
+COMPRESS_KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
+
 # (logical axis, mesh axis or axes or None).  Data parallelism over `data`
 # and `fsdp`; parameters sharded over `fsdp` along `embed` (ZeRO-3 style);
 # Megatron tensor parallelism over `tensor` for heads, MLP and vocabulary.
@@ -127,6 +130,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.freeze = "none"  # "none" | "all_but_head" | "top_k" | "lora"
   c.finetune.top_k = 2  # "top_k": how many of the top blocks train (with the head)
   c.finetune.head_regex = r"classifier|head|\w+_head"  # a path component naming a head
+
+  # Compressing a trained run instead of training (reparam_jax/compression, docs/compression.md).
+  # With a recipe, `train` compresses the run `init_from` names into the workdir (its own
+  # config, data and tokenizer; this config's other fields are not used) and writes done.json.
+  c.compress = ml_collections.ConfigDict()
+  c.compress.recipe = ""  # e.g. "prune(magnitude,0.5),quantize(int8)"; "" = train as usual
+  c.compress.finetune_steps = 0  # > 0: fine-tune the compressed float weights this long
+  c.compress.finetune_lr = 3e-4
+  c.compress.kernels = COMPRESS_KERNELS  # regex of the weights the recipe compresses
 
   # FLOP/MFU accounting (reparam_jax/perf, docs/performance.md).
   c.perf = ml_collections.ConfigDict()

@@ -173,6 +173,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise UserError(f"{where} is {'a decoder' if ckpt.get('causal') else 'an encoder'} but "
                     f"task={config.get('task')!r} trains "
                     f"{'a decoder' if wants_decoder else 'an encoder'}")
+  if resolved.model.get("causal") is None:  # concrete, so config.json is a complete architecture
+    resolved.model.causal = wants_decoder
   if resolved.model.max_len and config.get("seq_len", 0) > resolved.model.max_len:
     raise UserError(f"config.seq_len={config.seq_len} is longer than the checkpoint's "
                     f"max_len={resolved.model.max_len} ({where})")

@@ -101,6 +101,10 @@ def test_minilm_configs_resolve_from_the_hugging_face_folder(raw_data_dir, monke
   assert c.init_from == os.path.join(raw_data_dir, MINILM)
   assert (c.model.num_layers, c.model.embed_dim, c.model.num_heads, c.model.mlp_dim,
           c.model.vocab_size) == (6, 384, 12, 1536, 30522)
+  # Concrete: the run's config.json is complete, so a later run can start from its
+  # checkpoint alone (compress's fine-tuning does, with a bare params folder).
+  assert c.model.causal is False
+  assert not [k for k, v in c.model.items() if v is None]
 
 
 def test_a_few_fine_tuning_steps_from_the_minilm_folder(raw_data_dir, tfds_dir, tmp_path):
