@@ -14,8 +14,10 @@ Command:
       --config=configs/sst2/minilm_compress.py --workdir=workdirs/sst2_minilm_compress
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: about 4 min.
-Expected: see experiments/results/sst2_pretrained/table.md.
+Runtime: about 5.5 min.
+Expected: dev accuracy 0.865 from the fine-tuned 0.877, 13.5 MB on disk against the
+float model's 84.1 MB (16.0 %) (one seed, commit e170b6f;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm

@@ -12,7 +12,9 @@ Hardware: 1 CPU host (2 cores, 24 GiB), 1 CPU device.
 Runtime: 5 min 51 s (one run, quiet machine, 2026-11-25, commit 4851faa; three
 evaluations and four compiled batch lengths included).
 Expected: dev accuracy 0.877 at step 600 (one seed; ±1.1 points is one standard
-error on 872 sentences; 0.827 at step 200, 0.880 at step 400).
+error on 872 sentences; 0.827 at step 200, 0.880 at step 400).  One epoch:
+0.901 (one seed, commit e170b6f, 21.5 min on a box shared with light work;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm

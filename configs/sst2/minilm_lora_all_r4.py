@@ -13,7 +13,9 @@ Command:
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
 Runtime: about 6 min.
-Expected: see experiments/results/sst2_pretrained/table.md.
+Expected: dev accuracy 0.868, 0.9 points below full fine-tuning (0.877), with 0.73 %
+of the parameters trained (one seed, commit e170b6f;
+experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm, minilm_lora_all

@@ -303,7 +303,8 @@ def render_plots(table: Table, root: Path) -> list[Path]:
         xs.setdefault(rk, []).append(x)
     if not ys:
       continue
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    # The legend sits right of the axes: inside, it covers points once rows are many.
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, rk in enumerate(table.row_keys):
       if rk not in ys:
@@ -330,7 +331,7 @@ def render_plots(table: Table, root: Path) -> list[Path]:
     if spec.logy:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(exp.name)
     fig.tight_layout()
     path = root / f"{_safe(spec.y)}_vs_{_safe(spec.x)}.png"

@@ -25,8 +25,11 @@ def test_teacher_and_distilled_student_forward(tmp_path, raw_data_dir, tfds_dir)
   teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
   train.main(_args("encoder.py", teacher, raw_data_dir, tfds_dir, **{"model.num_layers": 2}))
   train.main(_args("distill.py", student, raw_data_dir, tfds_dir, **{
-      "model.num_layers": 1, "distill.teacher": teacher, "distill.hidden_weight": 1.0}))
-  assert "distill_proj" in checkpoint.load_params(student)  # dropped by the bench
+      "model.num_layers": 1, "model.embed_dim": 8, "distill.teacher": teacher,
+      "distill.hidden_weight": 1.0}))
+  # A narrower student learns a projection to the teacher's width for the hidden-state
+  # loss: a training-only parameter the bench drops.
+  assert "distill_proj" in checkpoint.load_params(student)
 
   out = student_forward.compare(teacher, student, rounds=2, batch_size=128)
   assert (out["teacher"]["layers"], out["student"]["layers"]) == (2, 1)
