@@ -1,7 +1,15 @@
-r"""Generates text from a training run's latest checkpoint.
+r"""Generates text from a training run's latest checkpoint (a decoder LM).
 
   python -m reparam_jax.sample --workdir=DIR --prompt="ROMEO:" [--num_tokens=300]
-      [--temperature=0.8] [--top_k=40] [--seed=0]
+      [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--seed=0]
+  python -m reparam_jax.sample --workdir=DIR --prompt_file=prompts.txt [--batch_size=8]
+      [--stop_token_ids=50256]
+
+One prompt per line of --prompt_file; the prompts of a batch decode together
+(left-padded, each row independent of the others).  --temperature=0 is greedy
+decoding.  Decoding keeps a key/value cache on device
+(reparam_jax/generation/decode.py); a reparameterized run's effective weights
+are computed once.
 """
 
 from __future__ import annotations
@@ -10,24 +18,47 @@ import argparse
 import sys
 from typing import Sequence
 
-from reparam_jax.errors import exit_on_user_error
+from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.generation.decode import Sampling
 from reparam_jax.generation.text import sample_run
 
 
+def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
+  if prompt is not None and prompt_file:
+    raise UserError("give --prompt or --prompt_file, not both")
+  if not prompt_file:
+    return ["\n" if prompt is None else prompt]
+  try:
+    with open(prompt_file, encoding="utf-8") as f:
+      return [line.rstrip("\n") for line in f if line.strip()]
+  except OSError as e:
+    raise UserError(f"cannot read --prompt_file={prompt_file}: {e.strerror}") from None
+
+
 @exit_on_user_error
-def main(argv: Sequence[str]) -> str:
-  parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str]) -> list[str]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--prompt", default="\n")
+  parser.add_argument("--prompt", default=None)
+  parser.add_argument("--prompt_file", default=None, help="one prompt per line")
+  parser.add_argument("--batch_size", type=int, default=0, help="prompts per call; 0 = all")
   parser.add_argument("--num_tokens", type=int, default=300)
-  parser.add_argument("--temperature", type=float, default=0.8)
+  parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
   parser.add_argument("--top_k", type=int, default=0)
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--stop_token_ids", default="", help="comma-separated ids ending a row")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  text = sample_run(args.workdir, args.prompt, args.num_tokens, args.temperature, args.top_k,
-                    args.seed)
-  print(text)
-  return text
+  try:
+    stops = [int(t) for t in args.stop_token_ids.split(",") if t.strip()]
+  except ValueError:
+    raise UserError(f"--stop_token_ids={args.stop_token_ids!r}: expected comma-separated "
+                    "integers") from None
+  texts = sample_run(args.workdir, read_prompts(args.prompt, args.prompt_file), args.num_tokens,
+                     Sampling(args.temperature, args.top_k, args.top_p), args.seed, stops,
+                     args.batch_size)
+  print("\n\n".join(texts))
+  return texts
 
 
 if __name__ == "__main__":

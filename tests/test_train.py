@@ -67,7 +67,7 @@ def test_checkpoint_round_trip(reference_run, tmp_path):
 def test_sample_generates_from_checkpoint(reference_run):
   from reparam_jax import sample
   workdir, _ = reference_run
-  text = sample.main([f"--workdir={workdir}", "--prompt=ROMEO:", "--num_tokens=20"])
+  (text,) = sample.main([f"--workdir={workdir}", "--prompt=ROMEO:", "--num_tokens=20"])
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
 
 

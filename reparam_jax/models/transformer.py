@@ -122,8 +122,8 @@ class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: Array, mask_Bx1xLxL: Array | None, positions_BxL: Array,
-               train: bool) -> Array:
+  def __call__(self, x_BxLxD: Array, mask_Bx1xLxM: Array | None, positions_BxL: Array,
+               train: bool, decode: bool = False, cache_index: Array | None = None) -> Array:
     cfg = self.cfg
     B, L, _ = x_BxLxD.shape
     H, K = cfg.num_heads, cfg.head_dim
@@ -135,21 +135,41 @@ class Attention(nn.Module):
     q, k, v = project("query"), project("key"), project("value")
     if cfg.rope:
       q, k = rotary(q, positions_BxL, cfg.rope_base), rotary(k, positions_BxL, cfg.rope_base)
+    if decode:
+      k, v = self._cached(k, v, cache_index)
 
     if cfg.attention_dropout > 0.0 and train:
       # The fused kernel has no dropout on the probabilities; spell it out.
       logits = jnp.einsum("blhk,bmhk->bhlm", q, k) / jnp.sqrt(K).astype(q.dtype)
-      if mask_Bx1xLxL is not None:
-        logits = jnp.where(mask_Bx1xLxL, logits, jnp.finfo(logits.dtype).min)
+      if mask_Bx1xLxM is not None:
+        logits = jnp.where(mask_Bx1xLxM, logits, jnp.finfo(logits.dtype).min)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
       out = jnp.einsum("bhlm,bmhk->blhk", probs, v)
     else:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL)
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxM)
     out = constrain(out, ("batch", "length", "heads", "kv")).reshape(B, L, H * K)
     init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
     return Dense(cfg.embed_dim, ("heads", "embed"), cfg.use_bias, kernel_init=init, name="out",
                  **_dtypes(cfg))(out)
+
+  def _cached(self, k_BxLxHxK: Array, v_BxLxHxK: Array, index: Array) -> tuple[Array, Array]:
+    """Keys and values of every cache slot so far, this call's written at `index`.
+
+    The cache (collection 'cache') is sized by the `init` call that creates it:
+    its input length is the number of slots (prompt + new tokens).  That call
+    only creates it and attends to its own keys.
+    """
+    initialized = self.has_variable("cache", "cached_key")
+    axes = ("batch", "length", "heads", "kv")  # sharded like the activations
+    key = self.variable("cache", "cached_key", jnp.zeros, k_BxLxHxK.shape, k_BxLxHxK.dtype)
+    value = self.variable("cache", "cached_value", jnp.zeros, v_BxLxHxK.shape, v_BxLxHxK.dtype)
+    if not initialized:
+      return k_BxLxHxK, v_BxLxHxK
+    start = (0, index, 0, 0)
+    key.value = constrain(jax.lax.dynamic_update_slice(key.value, k_BxLxHxK, start), axes)
+    value.value = constrain(jax.lax.dynamic_update_slice(value.value, v_BxLxHxK, start), axes)
+    return key.value, value.value
 
 
 class Mlp(nn.Module):
@@ -171,16 +191,17 @@ class Block(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, positions: Array, train: bool) -> Array:
+  def __call__(self, x: Array, mask: Array | None, positions: Array, train: bool,
+               decode: bool = False, cache_index: Array | None = None) -> Array:
     cfg = self.cfg
     norm = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))  # noqa: E731
     drop = lambda y: nn.Dropout(cfg.residual_dropout)(y, deterministic=not train)  # noqa: E731
     attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
     if cfg.pre_norm:
-      x = x + drop(attn(norm("ln_attn")(x), mask, positions, train))
+      x = x + drop(attn(norm("ln_attn")(x), mask, positions, train, decode, cache_index))
       x = x + drop(mlp(norm("ln_mlp")(x)))
     else:
-      x = norm("ln_attn")(x + drop(attn(x, mask, positions, train)))
+      x = norm("ln_attn")(x + drop(attn(x, mask, positions, train, decode, cache_index)))
       x = norm("ln_mlp")(x + drop(mlp(x)))
     return constrain(x, ("batch", "length", "embed"))
 
@@ -232,6 +253,11 @@ class Transformer(nn.Module):
   Returns a dict with `hidden` [B, L, D], `logits` [B, L, V] when the model
   is causal (tied or untied output layer), and `pooled` [B, D] with a pooler.
   `padding_mask_BxL` is True on real tokens; padded keys are never attended.
+
+  `decode=True` (causal models; generation/decode.py) keeps keys and values in
+  the 'cache' collection: the `init` call sizes it (its input length is the
+  number of slots), then each call appends its L tokens at the next free slots
+  and attends to every slot filled so far that is not padding.
   """
 
   cfg: TransformerConfig
@@ -239,24 +265,27 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, ids_BxL: Array, *, padding_mask_BxL: Array | None = None,
                token_types_BxL: Array | None = None, positions_BxL: Array | None = None,
-               train: bool = False) -> dict[str, Array]:
+               train: bool = False, decode: bool = False) -> dict[str, Array]:
     cfg = self.cfg
     B, L = ids_BxL.shape
-    if L > cfg.max_len:
+    if L > cfg.max_len and not decode:
       raise ValueError(f"sequence length {L} exceeds the model's max_len {cfg.max_len}")
     ids_BxL = constrain(ids_BxL, ("batch", "length"))
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
-    mask = None
+    mask, cache_index = None, None
     if cfg.causal:
       mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
     if padding_mask_BxL is not None:
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
       mask = pad if mask is None else mask & pad
+    if decode:
+      mask, cache_index = self._cache_mask(mask, padding_mask_BxL, B, L)
 
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
-    block_cls = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    # Decoding never differentiates: no remat (its static train flag would also need decode's).
+    block_cls = nn.remat(Block, static_argnums=(4,)) if cfg.remat and not decode else Block
     if cfg.share_layers:
       shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
     width = cfg.embed_dim
@@ -265,7 +294,7 @@ class Transformer(nn.Module):
         x = Dense(dim, ("embed", None), cfg.use_bias, name=f"proj_{i}", **_dtypes(cfg))(x)
         x, width = constrain(x, ("batch", "length", "embed")), dim
       block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
-      x = block(x, mask, positions_BxL, train)
+      x = block(x, mask, positions_BxL, train, decode, cache_index)
     if cfg.pre_norm:
       x = LayerNorm(cfg.layer_norm_eps, name="ln_final", **_dtypes(cfg))(x)
 
@@ -285,3 +314,24 @@ class Transformer(nn.Module):
       pooled = Dense(width, ("embed", None), True, name="pooler", **_dtypes(cfg))(x[:, 0])
       out["pooled"] = jnp.tanh(pooled)
     return out
+
+  def _cache_mask(self, mask: Array | None, padding_mask_BxL: Array | None, B: int, L: int
+                  ) -> tuple[Array | None, Array | None]:
+    """The attention mask over cache slots [B, 1, L, slots], and where this call writes.
+
+    A query in slot i sees slot j ≤ i unless j held padding (`cache/valid`).
+    """
+    if not self.cfg.causal:
+      raise ValueError("decode=True needs a causal (decoder) model")
+    initialized = self.has_variable("cache", "index")
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    valid = self.variable("cache", "valid", lambda: jnp.zeros((B, L), bool))
+    if not initialized:  # the call that sizes the cache: plain causal attention
+      return mask, jnp.zeros((), jnp.int32)
+    start = index.value
+    new_BxL = jnp.ones((B, L), bool) if padding_mask_BxL is None else padding_mask_BxL.astype(bool)
+    valid.value = jax.lax.dynamic_update_slice(valid.value, new_BxL, (0, start))
+    index.value = start + L
+    slots = jnp.arange(valid.value.shape[1])
+    causal_LxM = slots[None, :] <= (start + jnp.arange(L))[:, None]
+    return causal_LxM[None, None] & valid.value[:, None, None, :], start

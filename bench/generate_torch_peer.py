@@ -1,0 +1,48 @@
+r"""The PyTorch peer of bench/generate_vs_torch.py: transformers' `generate`.
+
+Run in the interpreter that has torch and transformers (`.venv-py311`); not
+imported by the project.  `init` builds a GPT-2 with random weights (seeded)
+at the given sizes and saves it as a Hugging Face folder, which the JAX side
+imports: both decode the very same model.  A "step" is one whole
+`model.generate` call on prompt i: greedy (`do_sample=False`), the key/value
+cache on (transformers' default), `max_new_tokens` new tokens, eager mode.
+
+Protocol (one JSON object per line):
+  {"cmd": "init", "folder": DIR, "sizes": {...GPT2Config...}, "prompts": [[ids], ...],
+   "new_tokens": 64, "threads": 2, "seed": 0}
+      -> {"params": N, "torch": "2.13.0", "transformers": "5.24.0", "threads": 2}
+  {"cmd": "steps", "start": 0, "n": 2}   generate for prompts start..start+n-1
+      -> {"wall_s": [...], "cpu_s": [...], "loss": [new tokens of the last call]}
+  {"cmd": "quit"}
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from torch_peer import serve  # bench/ is this script's directory: the shared protocol loop
+
+
+class Peer:
+  def __init__(self, folder: str, sizes: dict, prompts: list, new_tokens: int, threads: int,
+               seed: int):
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    self.model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**sizes)).eval()
+    self.model.save_pretrained(folder, safe_serialization=True)
+    self.versions = {"transformers": transformers.__version__}
+    self.prompts = [torch.tensor([p]) for p in prompts]
+    self.new_tokens = new_tokens
+
+  def step(self, i: int) -> list[int]:
+    ids = self.prompts[i % len(self.prompts)]
+    with torch.no_grad():
+      out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens,
+                                do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+if __name__ == "__main__":
+  serve(lambda m: Peer(m["folder"], m["sizes"], m["prompts"], m["new_tokens"], m["threads"],
+                       m["seed"]))
