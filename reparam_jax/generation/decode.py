@@ -95,6 +95,9 @@ def check_request(model: Transformer, prompts: Sequence[Sequence[int]],
   if not model.cfg.causal:
     raise UserError("this checkpoint is not a decoder (its model is not causal): only a "
                     "language model generates text")
+  if model.cfg.share_layers:
+    raise UserError("decoding a model with share_layers=True is not supported yet: its layers "
+                    "would share one key/value cache")
   if not prompts:
     raise UserError("no prompts given")
   empty = [i for i, p in enumerate(prompts) if len(p) == 0]

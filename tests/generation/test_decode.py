@@ -108,6 +108,11 @@ def test_an_encoder_does_not_generate():
     decode.generate(tiny(causal=False), None, [[1]], 4)
 
 
+def test_shared_layers_would_share_a_cache():
+  with pytest.raises(UserError, match="share_layers=True is not supported yet"):
+    decode.generate(tiny(share_layers=True), None, [[1]], 4)
+
+
 def greedy_in_windows_without_cache(model, params, prompt, n):
   """The reference for decoding past the context: full forwards, the window restarting from
   the last half context whenever the context is full."""
