@@ -284,8 +284,8 @@ class Transformer(nn.Module):
 
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
-    # Decoding never differentiates: no remat (its static train flag would also need decode's).
-    block_cls = nn.remat(Block, static_argnums=(4,)) if cfg.remat and not decode else Block
+    # Decoding never differentiates: no remat there.  train and decode are Python flags (static).
+    block_cls = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat and not decode else Block
     if cfg.share_layers:
       shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
     width = cfg.embed_dim
