@@ -187,3 +187,23 @@ class LayerNorm(nn.Module):
     bias = _param(self, "bias", nn.initializers.zeros, (d,), (self.axis_name,), self.param_dtype)
     y = layer_norm(x.astype(jnp.float32), materialize(scale), materialize(bias), self.epsilon)
     return y.astype(self.dtype or x.dtype)
+
+
+class RMSNorm(nn.Module):
+  """`x / sqrt(mean(x²) + ε) · scale` (Zhang & Sennrich 2019; T5's "layer norm").
+
+  No mean subtraction and no bias; statistics in float32 like `LayerNorm`.
+  """
+
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  axis_name: str = "embed"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
+                   self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.epsilon)
+    return (y * materialize(scale)).astype(self.dtype or x.dtype)

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reparam_jax.models.layers import Dense, Embed, LayerNorm, materialize
+from reparam_jax.models.layers import Dense, Embed, LayerNorm, RMSNorm, materialize
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -72,6 +72,18 @@ class TransformerConfig:
   embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
   share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
   layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
+  # T5 and original-Transformer options (models/seq2seq.py; the defaults are GPT-2/BERT's).
+  norm: str = "layer"  # "layer" (LayerNorm) or "rms" (T5's RMSNorm: scale only, no mean)
+  activation: str = "gelu"  # "gelu" or "relu" (T5 v1.0, Vaswani et al. 2017)
+  mlp_gated: bool = False  # act(x W_in) ⊙ (x W_gate): T5 v1.1's gated GELU (Shazeer 2020)
+  head_size: int = 0  # width of one head; 0 = embed_dim // num_heads (T5's d_kv may differ)
+  attention_scale: bool = True  # False: no 1/√head_size on the logits (T5 folds it into init)
+  relative_buckets: int = 0  # > 0: T5 relative position bias with this many buckets
+  relative_max_distance: int = 128  # distances beyond this share the last bucket
+  sinusoidal: bool = False  # fixed sinusoidal positions (Vaswani et al.) instead of a table
+  embed_scale: bool = False  # token embeddings × √embed_dim (Vaswani et al.)
+  tied_logits_scale: bool = False  # tied output layer sees h · embed_dim^-½ (T5)
+  num_decoder_layers: int = 0  # encoder–decoder: decoder depth; 0 = num_layers
 
   def __post_init__(self):
     # Config files and overrides may hand a list; keep the dataclass hashable.
@@ -86,10 +98,20 @@ class TransformerConfig:
                          f"({self.num_heads})")
       if self.share_layers and len(set(self.layer_dims)) > 1:
         raise ValueError("share_layers needs one width for all layers; layer_dims varies")
+    if self.norm not in ("layer", "rms"):
+      raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
+    if self.activation not in ("gelu", "relu"):
+      raise ValueError(f"activation={self.activation!r}: use 'gelu' or 'relu'")
+    if sum([self.rope, self.relative_buckets > 0, self.sinusoidal]) > 1:
+      raise ValueError("choose one position scheme: rope, relative_buckets or sinusoidal")
+
+  @property
+  def learned_positions(self) -> bool:
+    return not (self.rope or self.relative_buckets or self.sinusoidal)
 
   @property
   def head_dim(self) -> int:
-    return self.embed_dim // self.num_heads
+    return self.head_size or self.embed_dim // self.num_heads
 
   @property
   def block_dims(self) -> tuple[int, ...]:
@@ -107,6 +129,55 @@ def _dtypes(cfg: TransformerConfig) -> dict[str, Any]:
   return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
+def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  """The block's normalisation layer: LayerNorm, or RMSNorm (T5)."""
+  cls = RMSNorm if cfg.norm == "rms" else LayerNorm
+  return cls(cfg.layer_norm_eps, name=name, **_dtypes(cfg))
+
+
+def sinusoid(positions_BxL: Array, width: int) -> Array:
+  """Fixed position encodings (Vaswani et al. 2017): sin on the first half, cos on the second."""
+  half = width // 2
+  freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  angle = positions_BxL[..., None].astype(jnp.float32) * freq
+  return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+
+
+def relative_bucket(relative_BxLxM: Array, bidirectional: bool, num_buckets: int,
+                    max_distance: int) -> Array:
+  """T5's bucket of a key-minus-query distance (Raffel et al. 2020, §2.1).
+
+  Half the buckets hold exact small distances, the rest logarithmically wider
+  ranges up to `max_distance`; a bidirectional (encoder) bias spends half of
+  them on each direction, a causal one sees only keys behind the query.
+  """
+  bucket = jnp.zeros_like(relative_BxLxM)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = jnp.where(relative_BxLxM > 0, num_buckets, 0)
+    distance = jnp.abs(relative_BxLxM)
+  else:
+    distance = jnp.maximum(-relative_BxLxM, 0)
+  exact = num_buckets // 2
+  log_ratio = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / exact)
+               / jnp.log(max_distance / exact))
+  far = exact + (log_ratio * (num_buckets - exact)).astype(jnp.int32)
+  far = jnp.minimum(far, num_buckets - 1)
+  return bucket + jnp.where(distance < exact, distance, far)
+
+
+def relative_bias(table: Embed, cfg: TransformerConfig, bidirectional: bool,
+                  query_pos_BxL: Array, key_pos_BxM: Array) -> Array:
+  """T5's learned bias per (bucket, head), [B, H, L, M], added to the attention logits.
+
+  `table` ([buckets, heads]) is one per stack, shared by all its layers (T5 keeps it in block 0).
+  """
+  relative = key_pos_BxM[:, None, :] - query_pos_BxL[:, :, None]
+  buckets = relative_bucket(relative, bidirectional, cfg.relative_buckets,
+                            cfg.relative_max_distance)
+  return jnp.transpose(table(buckets), (0, 3, 1, 2))
+
+
 def rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
   """Rotary position embedding (Su et al. 2021), rotating halves of each head."""
   half = x_BxLxHxK.shape[-1] // 2
@@ -119,35 +190,48 @@ def rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
 
 
 class Attention(nn.Module):
+  """Multi-head attention; `cross=True` takes keys and values from `memory` (the encoder)."""
+
   cfg: TransformerConfig
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxD: Array, mask_Bx1xLxM: Array | None, positions_BxL: Array,
-               train: bool, decode: bool = False, cache_index: Array | None = None) -> Array:
+               train: bool, decode: bool = False, cache_index: Array | None = None,
+               bias_BxHxLxM: Array | None = None, memory_BxMxD: Array | None = None) -> Array:
     cfg = self.cfg
     B, L, _ = x_BxLxD.shape
     H, K = cfg.num_heads, cfg.head_dim
 
-    def project(name: str) -> Array:
-      y = Dense(H * K, ("embed", "heads"), cfg.use_bias, name=name, **_dtypes(cfg))(x_BxLxD)
-      return constrain(y.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
+    def project(name: str, src_BxLxD: Array) -> Array:
+      y = Dense(H * K, ("embed", "heads"), cfg.use_bias, name=name, **_dtypes(cfg))(src_BxLxD)
+      return constrain(y.reshape(*src_BxLxD.shape[:2], H, K), ("batch", "length", "heads", "kv"))
 
-    q, k, v = project("query"), project("key"), project("value")
-    if cfg.rope:
-      q, k = rotary(q, positions_BxL, cfg.rope_base), rotary(k, positions_BxL, cfg.rope_base)
-    if decode:
-      k, v = self._cached(k, v, cache_index)
+    q = project("query", x_BxLxD)
+    if self.cross:
+      k, v = self._memory_keys(project, memory_BxMxD, decode)
+    else:
+      k, v = project("key", x_BxLxD), project("value", x_BxLxD)
+      if cfg.rope:
+        q, k = rotary(q, positions_BxL, cfg.rope_base), rotary(k, positions_BxL, cfg.rope_base)
+      if decode:
+        k, v = self._cached(k, v, cache_index)
 
+    scale = 1.0 / K ** 0.5 if cfg.attention_scale else 1.0
     if cfg.attention_dropout > 0.0 and train:
       # The fused kernel has no dropout on the probabilities; spell it out.
-      logits = jnp.einsum("blhk,bmhk->bhlm", q, k) / jnp.sqrt(K).astype(q.dtype)
+      logits = jnp.einsum("blhk,bmhk->bhlm", q, k) * jnp.asarray(scale, q.dtype)
+      if bias_BxHxLxM is not None:
+        logits = logits + bias_BxHxLxM.astype(logits.dtype)
       if mask_Bx1xLxM is not None:
         logits = jnp.where(mask_Bx1xLxM, logits, jnp.finfo(logits.dtype).min)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
       out = jnp.einsum("bhlm,bmhk->blhk", probs, v)
     else:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxM)
+      bias = None if bias_BxHxLxM is None else bias_BxHxLxM.astype(q.dtype)
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask_Bx1xLxM,
+                                         scale=None if cfg.attention_scale else 1.0)
     out = constrain(out, ("batch", "length", "heads", "kv")).reshape(B, L, H * K)
     init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
     return Dense(cfg.embed_dim, ("heads", "embed"), cfg.use_bias, kernel_init=init, name="out",
@@ -171,6 +255,23 @@ class Attention(nn.Module):
     value.value = constrain(jax.lax.dynamic_update_slice(value.value, v_BxLxHxK, start), axes)
     return key.value, value.value
 
+  def _memory_keys(self, project: Any, memory_BxMxD: Array | None, decode: bool
+                   ) -> tuple[Array, Array]:
+    """Cross-attention keys and values of the encoder output.
+
+    Decoding computes them once: the call that passes `memory` stores them in
+    the cache, and the steps after it pass `memory=None` and read them back.
+    """
+    if memory_BxMxD is None:
+      if not (decode and self.has_variable("cache", "memory_key")):
+        raise ValueError("cross-attention needs the encoder output (memory) or a filled cache")
+      return self.get_variable("cache", "memory_key"), self.get_variable("cache", "memory_value")
+    k, v = project("key", memory_BxMxD), project("value", memory_BxMxD)
+    if decode:
+      self.put_variable("cache", "memory_key", k)
+      self.put_variable("cache", "memory_value", v)
+    return k, v
+
 
 class Mlp(nn.Module):
   cfg: TransformerConfig
@@ -178,42 +279,64 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: Array) -> Array:
     cfg = self.cfg
-    h = Dense(cfg.mlp_dim, ("embed", "mlp"), cfg.use_bias, name="fc_in", **_dtypes(cfg))(x_BxLxD)
-    h = constrain(nn.gelu(h, approximate=cfg.gelu_approximate), ("batch", "length", "mlp"))
+    act = nn.relu if cfg.activation == "relu" else (
+        lambda y: nn.gelu(y, approximate=cfg.gelu_approximate))
+    h = act(Dense(cfg.mlp_dim, ("embed", "mlp"), cfg.use_bias, name="fc_in", **_dtypes(cfg))(x_BxLxD))
+    if cfg.mlp_gated:
+      h = h * Dense(cfg.mlp_dim, ("embed", "mlp"), cfg.use_bias, name="fc_gate",
+                    **_dtypes(cfg))(x_BxLxD)
+    h = constrain(h, ("batch", "length", "mlp"))
     init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
     return Dense(cfg.embed_dim, ("mlp", "embed"), cfg.use_bias, kernel_init=init, name="fc_out",
                  **_dtypes(cfg))(h)
 
 
 class Block(nn.Module):
-  """Attention + MLP with residuals; pre-LN (GPT-2) or post-LN (BERT)."""
+  """Attention (+ cross-attention) + MLP with residuals; pre-LN (GPT-2, T5) or post-LN (BERT).
+
+  A decoder block of the encoder–decoder (`cross=True`) attends to the encoder
+  output `memory` between its self-attention and its MLP (Vaswani et al. 2017).
+  """
 
   cfg: TransformerConfig
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None, positions: Array, train: bool,
-               decode: bool = False, cache_index: Array | None = None) -> Array:
+               decode: bool = False, cache_index: Array | None = None,
+               bias: Array | None = None, memory: Array | None = None,
+               memory_mask: Array | None = None) -> Array:
     cfg = self.cfg
-    norm = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))  # noqa: E731
     drop = lambda y: nn.Dropout(cfg.residual_dropout)(y, deterministic=not train)  # noqa: E731
-    attn, mlp = Attention(cfg, name="attn"), Mlp(cfg, name="mlp")
-    if cfg.pre_norm:
-      x = x + drop(attn(norm("ln_attn")(x), mask, positions, train, decode, cache_index))
-      x = x + drop(mlp(norm("ln_mlp")(x)))
-    else:
-      x = norm("ln_attn")(x + drop(attn(x, mask, positions, train, decode, cache_index)))
-      x = norm("ln_mlp")(x + drop(mlp(x)))
+    sublayers = [("ln_attn", lambda h: Attention(cfg, name="attn")(
+        h, mask, positions, train, decode, cache_index, bias))]
+    if self.cross:
+      sublayers.append(("ln_cross", lambda h: Attention(cfg, cross=True, name="cross_attn")(
+          h, memory_mask, positions, train, decode, memory_BxMxD=memory)))
+    sublayers.append(("ln_mlp", Mlp(cfg, name="mlp")))
+    for norm_name, sublayer in sublayers:
+      if cfg.pre_norm:
+        x = x + drop(sublayer(make_norm(cfg, norm_name)(x)))
+      else:
+        x = make_norm(cfg, norm_name)(x + drop(sublayer(x)))
     return constrain(x, ("batch", "length", "embed"))
 
 
 class Embeddings(nn.Module):
+  """Token (+ position, + token-type) embeddings.
+
+  `positions=False` leaves positions to the caller: the encoder–decoder adds
+  them per stack and shares only the token table.
+  """
+
   cfg: TransformerConfig
+  positions: bool = True
 
   def setup(self):
     cfg = self.cfg
     width = cfg.embed_proj_dim or cfg.embed_dim
     self.token = Embed(cfg.vocab_size, width, ("vocab", "embed"), **_dtypes(cfg))
-    if not cfg.rope:
+    if self.positions and cfg.learned_positions:
       self.position = Embed(cfg.max_len, width, ("length", "embed"), **_dtypes(cfg))
     if cfg.type_vocab_size:
       self.token_type = Embed(cfg.type_vocab_size, width, (None, "embed"), **_dtypes(cfg))
@@ -226,8 +349,12 @@ class Embeddings(nn.Module):
   def __call__(self, ids_BxL: Array, positions_BxL: Array, types_BxL: Array | None,
                train: bool) -> Array:
     x = self.token(ids_BxL)
-    if not self.cfg.rope:
+    if self.cfg.embed_scale:
+      x = x * jnp.asarray(x.shape[-1] ** 0.5, x.dtype)
+    if self.positions and self.cfg.learned_positions:
       x = x + self.position(positions_BxL)
+    elif self.positions and self.cfg.sinusoidal:
+      x = x + sinusoid(positions_BxL, x.shape[-1]).astype(x.dtype)
     if self.cfg.type_vocab_size:
       x = x + self.token_type(jnp.zeros_like(ids_BxL) if types_BxL is None else types_BxL)
     if self.cfg.embed_norm:
@@ -270,6 +397,9 @@ class Transformer(nn.Module):
     B, L = ids_BxL.shape
     if L > cfg.max_len and not decode:
       raise ValueError(f"sequence length {L} exceeds the model's max_len {cfg.max_len}")
+    if cfg.relative_buckets:
+      raise ValueError("relative_buckets (T5 position bias) is implemented for the "
+                       "encoder–decoder (models/seq2seq.py) only")
     ids_BxL = constrain(ids_BxL, ("batch", "length"))
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
@@ -280,7 +410,9 @@ class Transformer(nn.Module):
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
       mask = pad if mask is None else mask & pad
     if decode:
-      mask, cache_index = self._cache_mask(mask, padding_mask_BxL, B, L)
+      if not cfg.causal:
+        raise ValueError("decode=True needs a causal (decoder) model")
+      mask, cache_index = cache_mask(self, mask, padding_mask_BxL, B, L)
 
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
@@ -296,7 +428,7 @@ class Transformer(nn.Module):
       block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
       x = block(x, mask, positions_BxL, train, decode, cache_index)
     if cfg.pre_norm:
-      x = LayerNorm(cfg.layer_norm_eps, name="ln_final", **_dtypes(cfg))(x)
+      x = make_norm(cfg, "ln_final")(x)
 
     out = {"hidden": x}
     if cfg.causal:
@@ -315,23 +447,23 @@ class Transformer(nn.Module):
       out["pooled"] = jnp.tanh(pooled)
     return out
 
-  def _cache_mask(self, mask: Array | None, padding_mask_BxL: Array | None, B: int, L: int
-                  ) -> tuple[Array | None, Array | None]:
-    """The attention mask over cache slots [B, 1, L, slots], and where this call writes.
 
-    A query in slot i sees slot j ≤ i unless j held padding (`cache/valid`).
-    """
-    if not self.cfg.causal:
-      raise ValueError("decode=True needs a causal (decoder) model")
-    initialized = self.has_variable("cache", "index")
-    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-    valid = self.variable("cache", "valid", lambda: jnp.zeros((B, L), bool))
-    if not initialized:  # the call that sizes the cache: plain causal attention
-      return mask, jnp.zeros((), jnp.int32)
-    start = index.value
-    new_BxL = jnp.ones((B, L), bool) if padding_mask_BxL is None else padding_mask_BxL.astype(bool)
-    valid.value = jax.lax.dynamic_update_slice(valid.value, new_BxL, (0, start))
-    index.value = start + L
-    slots = jnp.arange(valid.value.shape[1])
-    causal_LxM = slots[None, :] <= (start + jnp.arange(L))[:, None]
-    return causal_LxM[None, None] & valid.value[:, None, None, :], start
+def cache_mask(owner: nn.Module, mask: Array | None, padding_mask_BxL: Array | None, B: int,
+               L: int) -> tuple[Array | None, Array]:
+  """The attention mask over cache slots [B, 1, L, slots], and where this call writes.
+
+  A query in slot i sees slot j ≤ i unless j held padding (`cache/valid`).
+  `owner` is the module that owns the cache's `index` and `valid` variables.
+  """
+  initialized = owner.has_variable("cache", "index")
+  index = owner.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+  valid = owner.variable("cache", "valid", lambda: jnp.zeros((B, L), bool))
+  if not initialized:  # the call that sizes the cache: plain causal attention
+    return mask, jnp.zeros((), jnp.int32)
+  start = index.value
+  new_BxL = jnp.ones((B, L), bool) if padding_mask_BxL is None else padding_mask_BxL.astype(bool)
+  valid.value = jax.lax.dynamic_update_slice(valid.value, new_BxL, (0, start))
+  index.value = start + L
+  slots = jnp.arange(valid.value.shape[1])
+  causal_LxM = slots[None, :] <= (start + jnp.arange(L))[:, None]
+  return causal_LxM[None, None] & valid.value[:, None, None, :], start
