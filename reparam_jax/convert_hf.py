@@ -1,4 +1,4 @@
-r"""Imports a Hugging Face GPT-2 or BERT model folder as a project checkpoint.
+r"""Imports a Hugging Face GPT-2, BERT or T5 model folder as a project checkpoint.
 
   python -m reparam_jax.convert_hf --from=/models/gpt2 --to=/ckpt/gpt2
 

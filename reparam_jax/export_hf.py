@@ -7,7 +7,8 @@ first merged to dense weights with `Reparam.to_dense`)
 or a folder written by `convert_hf`.  Writes `config.json` and
 `model.safetensors` that `transformers`' `from_pretrained` loads
 (GPT2LMHeadModel; BertModel / BertForMaskedLM / BertForPreTraining /
-BertForSequenceClassification by the heads present), plus the tokenizer
+BertForSequenceClassification by the heads present;
+T5ForConditionalGeneration for an encoder–decoder), plus the tokenizer
 files when the run used a Hugging Face tokenizer.  Fields of the original
 config.json (label names, token ids) are kept when the run started from an
 imported checkpoint (`--config.init_from`).

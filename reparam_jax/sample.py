@@ -1,9 +1,13 @@
-r"""Generates text from a training run's latest checkpoint (a decoder LM).
+r"""Generates text from a training run's latest checkpoint (a decoder LM or an encoder–decoder).
 
   python -m reparam_jax.sample --workdir=DIR --prompt="ROMEO:" [--num_tokens=300]
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--seed=0]
   python -m reparam_jax.sample --workdir=DIR --prompt_file=prompts.txt [--batch_size=8]
       [--stop_token_ids=50256]
+
+An encoder–decoder run (task seq2seq) reads each prompt as its input, with
+`<extra_id_N>` for a sentinel, and prints the decoder's output; --beams=K is
+beam search (--length_penalty: score = Σ log p / length^alpha).
 
 One prompt per line of --prompt_file; the prompts of a batch decode together
 (left-padded, each row independent of the others).  --temperature=0 is greedy
@@ -48,6 +52,9 @@ def main(argv: Sequence[str]) -> list[str]:
   parser.add_argument("--top_p", type=float, default=1.0)
   parser.add_argument("--stop_token_ids", default="", help="comma-separated ids ending a row")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--beams", type=int, default=1, help="encoder–decoder: beam search width")
+  parser.add_argument("--length_penalty", type=float, default=1.0,
+                      help="beam search: score = sum log p / length^alpha")
   args = parser.parse_args(argv)
   try:
     stops = [int(t) for t in args.stop_token_ids.split(",") if t.strip()]
@@ -56,7 +63,7 @@ def main(argv: Sequence[str]) -> list[str]:
                     "integers") from None
   texts = sample_run(args.workdir, read_prompts(args.prompt, args.prompt_file), args.num_tokens,
                      Sampling(args.temperature, args.top_k, args.top_p), args.seed, stops,
-                     args.batch_size)
+                     args.batch_size, args.beams, args.length_penalty)
   print("\n\n".join(texts))
   return texts
 

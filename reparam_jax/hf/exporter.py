@@ -53,10 +53,16 @@ def _run_model(run_config: dict[str, Any], flat: dict[str, np.ndarray]) -> Trans
   return transformer_config(section)
 
 
-def _check_representable(cfg: TransformerConfig) -> str:
+def _check_representable(cfg: TransformerConfig, encoder_decoder: bool = False) -> str:
   """The Hugging Face family `cfg` fits in; UserError naming the field that does not."""
+  if encoder_decoder:
+    return _check_t5(cfg)
   unsupported = {"rope": False, "use_bias": True, "embed_proj_dim": 0, "share_layers": False,
-                 "layer_dims": ()}
+                 "layer_dims": (), "norm": "layer", "activation": "gelu", "mlp_gated": False,
+                 "attention_scale": True, "relative_buckets": 0, "sinusoidal": False,
+                 "embed_scale": False, "tied_logits_scale": False, "num_decoder_layers": 0}
+  if cfg.head_dim != cfg.embed_dim // cfg.num_heads:
+    unsupported["head_size"] = 0
   for name, ok in unsupported.items():
     if getattr(cfg, name) != ok:
       raise UserError(f"model.{name}={getattr(cfg, name)} has no GPT-2/BERT counterpart; "
@@ -72,6 +78,27 @@ def _check_representable(cfg: TransformerConfig) -> str:
       raise UserError(f"model.{name}={getattr(cfg, name)}: a {'causal' if cfg.causal else 'bi'}"
                       f"directional model exports as {kind}, which needs {name}={ok}")
   return kind
+
+
+def _check_t5(cfg: TransformerConfig) -> str:
+  """An encoder–decoder exports as T5 (hf/t5.py); UserError naming a field T5 lacks."""
+  want = {"pre_norm": True, "norm": "rms", "use_bias": False, "attention_scale": False,
+          "rope": False, "sinusoidal": False, "embed_scale": False, "embed_proj_dim": 0,
+          "share_layers": False, "layer_dims": (), "type_vocab_size": 0, "embed_norm": False,
+          "pooler": False}
+  for name, ok in want.items():
+    if getattr(cfg, name) != ok:
+      raise UserError(f"model.{name}={getattr(cfg, name)}: an encoder–decoder exports as t5, "
+                      f"which needs {name}={ok}")
+  if not cfg.relative_buckets:
+    raise UserError("model.relative_buckets=0: an encoder–decoder exports as t5, which needs "
+                    "its relative position buckets (relative_buckets > 0)")
+  return "t5"
+
+
+def _is_encoder_decoder(flat: dict[str, np.ndarray]) -> bool:
+  # models/seq2seq.py's tree: two stacks under encoder/ and decoder/ (Transformer has neither).
+  return any(k.startswith("decoder/") for k in flat)
 
 
 def _heads(flat: dict[str, np.ndarray], source_heads: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +145,10 @@ def load_for_export(workdir: str) -> tuple[dict[str, np.ndarray], TransformerCon
 def export(workdir: str, out_dir: str) -> dict[str, Any]:
   """Writes `out_dir`/{config.json, model.safetensors, tokenizer files}."""
   flat, cfg, heads, source = load_for_export(workdir)
-  fam = family(_check_representable(cfg), workdir)
-  check_shapes(flat, expected_shapes(build_model(cfg, heads)), {}, workdir, "the model config")
+  encoder_decoder = _is_encoder_decoder(flat)
+  fam = family(_check_representable(cfg, encoder_decoder), workdir)
+  check_shapes(flat, expected_shapes(build_model(cfg, heads, encoder_decoder)), {}, workdir,
+               "the model config")
   tensors = {k: np.ascontiguousarray(v, np.float32)
              for k, v in fam.export_params(flat, cfg).items()}
   hf_config = fam.hf_config(cfg, heads, source.get("hf_config"))

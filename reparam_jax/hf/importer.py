@@ -1,7 +1,7 @@
-"""Importing a Hugging Face GPT-2 or BERT model folder as a project checkpoint.
+"""Importing a Hugging Face GPT-2, BERT or T5 model folder as a project checkpoint.
 
 The library half of `python -m reparam_jax.convert_hf` (see that command for
-the folder it writes).  Mapping tables: hf/gpt2.py, hf/bert.py.
+the folder it writes).  Mapping tables: hf/gpt2.py, hf/bert.py, hf/t5.py.
 """
 
 from __future__ import annotations
@@ -18,19 +18,26 @@ import numpy as np
 
 from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
-from reparam_jax.hf import family
+from reparam_jax.hf import family, is_encoder_decoder
 from reparam_jax.hf.common import check_shapes, unflatten
 from reparam_jax.hf.files import read_config, read_weights, weights_file
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.models.heads import EncoderWithHeads
+from reparam_jax.models.seq2seq import EncoderDecoder
 from reparam_jax.rundir import checkpoint
 
 MODEL_FILE = "hf_model.json"
 SOURCE_FILE = "hf_source.json"
 
 
-def build_model(cfg: TransformerConfig, heads: dict[str, Any]) -> nn.Module:
-  """The Flax model whose parameter tree an imported checkpoint has."""
+def build_model(cfg: TransformerConfig, heads: dict[str, Any], encoder_decoder: bool = False
+                ) -> nn.Module:
+  """The Flax model whose parameter tree an imported checkpoint has.
+
+  `encoder_decoder`: a family whose `ENCODER_DECODER` is set (T5), the seq2seq task's model.
+  """
+  if encoder_decoder:
+    return EncoderDecoder(cfg)
   if cfg.causal:
     return Transformer(cfg)
   names = tuple(h for h in ("mlm", "nsp", "classifier") if heads.get(h))
@@ -42,6 +49,8 @@ def build_model(cfg: TransformerConfig, heads: dict[str, Any]) -> nn.Module:
 
 def init_inputs(model: nn.Module, length: int = 4) -> tuple[jax.Array, ...]:
   ids = jnp.zeros((1, length), jnp.int32)
+  if isinstance(model, EncoderDecoder):
+    return ids, ids
   if isinstance(model, EncoderWithHeads):
     ones = jnp.ones((1, length), bool)
     return ids, ones, jnp.zeros_like(ids), jnp.zeros((1, 1), jnp.int32)
@@ -70,6 +79,7 @@ def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[
   path = weights_file(folder)
   params, cfg, heads = import_tensors(hf, read_weights(path), path)
   source = {"family": fam.MODEL_TYPE, "architecture": archs[0] if archs else None,
+            "encoder_decoder": is_encoder_decoder(fam),
             "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
             "weights": os.path.basename(path)}
   return params, cfg, heads, source
@@ -80,6 +90,8 @@ def architecture(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
   """(config, heads) of a config.json dict and its state dict; touches no device."""
   fam = family(hf.get("model_type"), where)
   fields = fam.model_fields(hf)
+  if hasattr(fam, "fields_with_tensors"):  # T5: whether the LM head is tied shows in the weights
+    fields = fam.fields_with_tensors(fields, tensors)
   heads = fam.heads_of(tensors, hf)
   if "pooler" in heads:
     fields["pooler"] = heads.pop("pooler")
@@ -96,7 +108,8 @@ def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: st
   if unused:
     raise UserError(f"{where}: parameter {unused[0]} has no place in a {fam.MODEL_TYPE} model "
                     f"({len(unused)} such in all); is config.json the right one?")
-  check_shapes(flat, expected_shapes(build_model(cfg, heads)), src.origin, where)
+  model = build_model(cfg, heads, encoder_decoder=is_encoder_decoder(fam))
+  check_shapes(flat, expected_shapes(model), src.origin, where)
   params = unflatten({k: v if v.dtype == np.float32 else v.astype(np.float32)
                       for k, v in flat.items()})
   return params, cfg, heads

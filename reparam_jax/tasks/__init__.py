@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from reparam_jax.errors import UserError
-from reparam_jax.tasks import classify, distill, lm, mlm, text_vae
+from reparam_jax.tasks import classify, distill, lm, mlm, seq2seq, text_vae
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
@@ -28,7 +28,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
               "text_vae": text_vae.TextVAETask,  # sentence VAE on line-level text
               # Encoder tasks (MLM pre-training, fine-tuning, distillation); tasks/encoder.py.
               "mlm": mlm.MaskedLanguageModelTask, "classify": classify.ClassificationTask,
-              "distill": distill.DistillationTask}
+              "distill": distill.DistillationTask,
+              # Encoder–decoder: T5 span corruption (models/seq2seq.py).
+              "seq2seq": seq2seq.Seq2SeqTask}
   if config.task not in registry:
     raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(registry))}")
   return registry[config.task](config, workdir)

@@ -176,12 +176,12 @@ def test_cli_writes_checkpoint_and_model_section(tmp_path):
   section = json.loads((out / "hf_model.json").read_text())
   assert section["embed_dim"] == 32 and section["gelu_approximate"] is True
   assert json.loads((out / "hf_source.json").read_text())["family"] == "gpt2"
-  _edit_config(folder, model_type="t5")
+  _edit_config(folder, model_type="bart")
   bad = subprocess.run([sys.executable, "-m", "reparam_jax.convert_hf", f"--from={folder}",
                         f"--to={out}"], capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert bad.returncode == 2
-  assert bad.stderr.strip().count("\n") == 0 and "model_type 't5'" in bad.stderr
+  assert bad.stderr.strip().count("\n") == 0 and "model_type 'bart'" in bad.stderr
 
 
 def test_real_minilm_hidden_states_and_pooled_output_match_transformers(raw_data_dir):

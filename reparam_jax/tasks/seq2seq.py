@@ -1,0 +1,194 @@
+"""Sequence-to-sequence pre-training: T5 span corruption on any text corpus the LM task reads.
+
+The encoder reads the text with some spans replaced by sentinels; the decoder
+writes each sentinel followed by the span it hid (Raffel et al. 2020, §3.1.4:
+15 % noise, mean span 3).  Training is teacher forcing with label smoothing;
+eval reports the unsmoothed loss, token accuracy and span accuracy (the
+fraction of hidden spans whose every token is predicted right).
+
+Vocabulary of the model, T5's layout on top of the corpus tokenizer:
+  0 pad (also the decoder's start token), 1 EOS, 2 … V+1 the tokenizer's ids
+  shifted by 2, then `num_sentinels` sentinels (<extra_id_0> is the first).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from reparam_jax.data import lm_text, span_corruption
+from reparam_jax.data.pipeline import prepare_once, train_loader
+from reparam_jax.data.tokenizers import Tokenizer
+from reparam_jax.errors import UserError
+from reparam_jax.models import transformer_config
+from reparam_jax.models.seq2seq import EncoderDecoder
+
+Batch = dict[str, Any]
+PAD, EOS, OFFSET = 0, 1, 2
+SENTINEL = re.compile(r"<extra_id_(\d+)>")
+
+
+def seq2seq_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fields the seq2seq task and the encoder–decoder read, on top of `base_config()`."""
+  c.task = "seq2seq"
+  c.seq2seq = ml_collections.ConfigDict()
+  c.seq2seq.noise_density = 0.15
+  c.seq2seq.mean_span = 3.0
+  c.seq2seq.num_sentinels = 100
+  c.seq2seq.label_smoothing = 0.1
+  # Model options of the encoder–decoder (TransformerConfig; the defaults are T5 v1.1's).
+  c.model.pre_norm = True
+  c.model.norm = "rms"
+  c.model.use_bias = False
+  c.model.relative_buckets = 32
+  c.model.relative_max_distance = 128
+  c.model.attention_scale = True  # T5 folds 1/√d into its init; this init does not
+  c.model.activation = "gelu"
+  c.model.mlp_gated = True
+  c.model.head_size = 0
+  c.model.tie_embeddings = False
+  c.model.tied_logits_scale = False
+  c.model.layer_norm_eps = 1e-6
+  c.model.sinusoidal = False
+  c.model.embed_scale = False
+  c.model.num_decoder_layers = 0
+  return c
+
+
+class Vocabulary:
+  """Model ids ↔ the corpus tokenizer's ids, with pad, EOS and sentinels (see the module doc)."""
+
+  def __init__(self, tokenizer: Tokenizer, num_sentinels: int):
+    self.tokenizer = tokenizer
+    self.num_sentinels = num_sentinels
+    self.size = tokenizer.vocab_size + OFFSET + num_sentinels
+
+  def sentinel(self, k: int) -> int:
+    return self.tokenizer.vocab_size + OFFSET + k
+
+  @property
+  def sentinel_ids(self) -> list[int]:
+    return [self.sentinel(k) for k in range(self.num_sentinels)]
+
+  def encode(self, text: str) -> list[int]:
+    """Text with optional `<extra_id_N>` markers → model ids (no EOS)."""
+    ids: list[int] = []
+    for i, piece in enumerate(SENTINEL.split(text)):
+      if i % 2:  # a captured sentinel number
+        if int(piece) >= self.num_sentinels:
+          raise UserError(f"<extra_id_{piece}>: the model has {self.num_sentinels} sentinels "
+                          f"(<extra_id_0> … <extra_id_{self.num_sentinels - 1}>)")
+        ids.append(self.sentinel(int(piece)))
+      elif piece:
+        ids += (self.tokenizer.encode(piece) + OFFSET).tolist()
+    return ids
+
+  def decode(self, ids: Iterable[int]) -> str:
+    out, run = [], []
+    for t in ids:
+      t = int(t)
+      if OFFSET <= t < self.sentinel(0):
+        run.append(t - OFFSET)
+        continue
+      out.append(self.tokenizer.decode(run))
+      run = []
+      if t >= self.sentinel(0):
+        out.append(f"<extra_id_{t - self.sentinel(0)}>")
+      elif t == EOS:
+        break
+    out.append(self.tokenizer.decode(run))
+    return "".join(out)
+
+
+def seq2seq_model(config: ml_collections.ConfigDict, vocab_size: int) -> EncoderDecoder:
+  model_cfg = dict(config.model)
+  model_cfg["vocab_size"] = model_cfg.get("vocab_size") or vocab_size
+  model_cfg["max_len"] = model_cfg.get("max_len") or config.seq_len
+  model_cfg["causal"] = False  # the decoder stack is causal by construction
+  return EncoderDecoder(transformer_config(model_cfg))
+
+
+def smoothed_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                           smoothing: float) -> jax.Array:
+  """Per-token cross-entropy against (1 − s)·one-hot + s/V (Szegedy et al. 2016)."""
+  V = logits_BxTxV.shape[-1]
+  labels = optax.smooth_labels(jax.nn.one_hot(targets_BxT, V), smoothing) if smoothing else (
+      jax.nn.one_hot(targets_BxT, V))
+  return optax.softmax_cross_entropy(logits_BxTxV.astype(jnp.float32), labels)
+
+
+class Seq2SeqTask:
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
+    self.config = config
+    s = config.seq2seq
+    self.splits = lm_text.load_splits(config.data)
+    self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
+                                  config.get("init_from", ""))
+    self.vocab = Vocabulary(self.tokenizer, s.num_sentinels)
+    # The raw window whose corrupted form fills seq_len exactly (T5's random_spans_helper).
+    self.raw_length, self.targets_length = span_corruption.raw_length_for(
+        config.seq_len, s.noise_density, s.mean_span)
+    self.tokens = {k: self.tokenizer.encode(v) + OFFSET for k, v in self.splits.items()}
+    self.transform_kwargs = dict(
+        inputs_length=config.seq_len, targets_length=self.targets_length,
+        noise_density=s.noise_density, mean_span=s.mean_span,
+        sentinel_ids=self.vocab.sentinel_ids, eos_id=EOS, pad_id=PAD)
+
+  def model(self) -> nn.Module:
+    return seq2seq_model(self.config, self.vocab.size)
+
+  def init_args(self) -> tuple[np.ndarray, ...]:
+    return (np.zeros((1, self.config.seq_len), np.int32),
+            np.zeros((1, self.targets_length), np.int32))
+
+  def train_iterator(self) -> Iterator[Batch]:
+    source = span_corruption.SpanCorruptionSource(self.tokens["train"], self.raw_length)
+    return train_loader(source, self.config.batch_size, self.config.seed,
+                        span_corruption.make_transform(**self.transform_kwargs))
+
+  def eval_batches(self) -> Iterable[Batch]:
+    return span_corruption.eval_batches(self.tokens["validation"], raw_length=self.raw_length,
+                                        global_batch=self.config.eval_batch_size,
+                                        seed=self.config.seed, **self.transform_kwargs)
+
+  @staticmethod
+  def _logits(apply_fn: Callable[..., dict], batch: Batch, train: bool) -> jax.Array:
+    return apply_fn(batch["inputs"], batch["decoder_inputs"],
+                    inputs_mask_BxS=batch["inputs_mask"], train=train)["logits"]
+
+  def loss(self, apply_fn: Callable[..., dict], batch: Batch,
+           train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    logits = self._logits(apply_fn, batch, train)
+    weights = batch["target_weights"]
+    losses = smoothed_cross_entropy(logits, batch["targets"],
+                                    self.config.seq2seq.label_smoothing)
+    loss = (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return loss, {"loss": loss}
+
+  def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
+    logits = self._logits(apply_fn, batch, train=False)
+    targets, weights, spans = batch["targets"], batch["target_weights"], batch["target_spans"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    right = (jnp.argmax(logits, -1) == targets)
+    # Span k of a row is right when none of its tokens is wrong.
+    span_ids = jnp.arange(1, self.config.seq2seq.num_sentinels + 1)
+    in_span_BxTxK = spans[..., None] == span_ids
+    present_BxK = in_span_BxTxK.any(axis=1)
+    wrong_BxK = (in_span_BxTxK & ~right[..., None]).any(axis=1)
+    return {"loss_sum": (nll * weights).sum(), "tokens": weights.sum(),
+            "correct": (right * weights).sum(), "spans": present_BxK.sum(),
+            "spans_correct": (present_BxK & ~wrong_BxK).sum()}
+
+  @staticmethod
+  def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
+    tokens = max(sums["tokens"], 1.0)
+    return {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens,
+            "span_accuracy": sums["spans_correct"] / max(sums["spans"], 1.0)}
+

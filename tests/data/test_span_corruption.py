@@ -1,0 +1,188 @@
+"""T5 span corruption: exact round trip, span statistics, lengths, determinism, batching."""
+
+import numpy as np
+import pytest
+
+from reparam_jax.data import span_corruption as sc
+from reparam_jax.data.pipeline import train_loader
+from reparam_jax.errors import UserError
+
+SENTINELS = tuple(range(999, 899, -1))  # T5 style: from the top of the vocabulary down
+EOS, PAD = 1, 0
+KW = {"noise_density": 0.15, "mean_span": 3.0}
+
+
+def _tokens(n, seed=0):
+  return np.random.default_rng(seed).integers(2, 900, size=n).astype(np.int32)
+
+
+def _runs(mask):
+  """Lengths of the True runs of a bool mask."""
+  edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+  return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def _uncorrupt(inputs, targets):
+  """Each sentinel of the inputs replaced by what follows the same sentinel in the targets."""
+  assert inputs[-1] == EOS and targets[-1] == EOS
+  spans, k = {}, None
+  for t in targets[:-1]:
+    if t in SENTINELS:
+      k = int(t)
+      spans[k] = []
+    else:
+      spans[k].append(int(t))
+  out = []
+  for t in inputs[:-1]:
+    out.extend(spans.pop(int(t)) if t in SENTINELS else [int(t)])
+  assert not spans  # every target span was used once
+  return np.array(out)
+
+
+def test_inputs_and_targets_rebuild_the_window_exactly():
+  rng = np.random.default_rng(123)
+  for seed in range(300):
+    n = int(rng.integers(2, 300))
+    tokens = _tokens(n, seed)
+    inputs, targets = sc.span_corrupt(tokens, np.random.default_rng(seed), **KW,
+                                      sentinel_ids=SENTINELS, eos_id=EOS)
+    assert inputs.dtype == targets.dtype == np.int32
+    np.testing.assert_array_equal(_uncorrupt(inputs, targets), tokens)
+    assert (len(inputs), len(targets)) == sc.corrupted_lengths(n, **KW)
+    _, num_spans = sc.split_lengths(n, **KW)
+    assert list(inputs[np.isin(inputs, SENTINELS)]) == list(SENTINELS[:num_spans])
+
+
+def test_noise_count_and_mean_span_length():
+  for n in (10, 64, 114, 568):
+    num_noise, num_spans = sc.split_lengths(n, **KW)
+    assert num_noise == round(n * 0.15)
+    lengths = []
+    for seed in range(200):
+      mask = sc.noise_mask(n, **KW, rng=np.random.default_rng(seed))
+      assert mask.shape == (n,) and mask.dtype == bool
+      assert mask.sum() == num_noise and not mask[0]  # starts with a non-noise run, as in T5
+      runs = _runs(mask)
+      assert len(runs) == len(_runs(~mask)) == num_spans  # non-noise and noise runs alternate
+      lengths.extend(runs)
+    assert np.mean(lengths) == pytest.approx(num_noise / num_spans)
+    if n >= 114:  # shorter windows have few spans, so rounding their count moves the mean more
+      assert abs(np.mean(lengths) - 3.0) < 0.2
+
+
+def test_span_lengths_vary_and_cover_the_composition():
+  # Random segmentation: for 568 tokens (85 noise, 28 spans) both short and long spans occur.
+  runs = np.concatenate([_runs(sc.noise_mask(568, **KW, rng=np.random.default_rng(s)))
+                         for s in range(50)])
+  assert runs.min() == 1 and runs.max() >= 8
+
+
+def test_split_lengths_clamps():
+  assert sc.split_lengths(2, **KW) == (1, 1)
+  assert sc.split_lengths(5, noise_density=0.9, mean_span=1.0) == (4, 1)
+  assert sc.split_lengths(100, noise_density=0.5, mean_span=1.0) == (50, 50)
+
+
+def test_raw_length_for_is_the_largest_that_fits():
+  assert sc.raw_length_for(512, **KW) == (568, 114)  # the figures of T5's random_spans_helper
+  for inputs_length in range(3, 300):
+    raw, targets_length = sc.raw_length_for(inputs_length, **KW)
+    fitted_inputs, fitted_targets = sc.corrupted_lengths(raw, **KW)
+    assert fitted_inputs <= inputs_length and fitted_targets == targets_length
+    assert sc.corrupted_lengths(raw + 1, **KW)[0] > inputs_length
+
+
+def test_same_seed_same_output_different_seeds_differ():
+  tokens = _tokens(200)
+  a = sc.span_corrupt(tokens, np.random.default_rng(7), **KW, sentinel_ids=SENTINELS, eos_id=EOS)
+  b = sc.span_corrupt(tokens, np.random.default_rng(7), **KW, sentinel_ids=SENTINELS, eos_id=EOS)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  masks = {sc.noise_mask(200, **KW, rng=np.random.default_rng(s)).tobytes() for s in range(20)}
+  assert len(masks) == 20
+
+
+def _transform(inputs_length=64):
+  raw, targets_length = sc.raw_length_for(inputs_length, **KW)
+  fn = sc.make_transform(inputs_length=inputs_length, targets_length=targets_length, **KW,
+                         sentinel_ids=SENTINELS, eos_id=EOS, pad_id=PAD)
+  return raw, targets_length, fn
+
+
+def test_make_transform_shapes_shift_and_spans():
+  raw, targets_length, fn = _transform(64)
+  assert (raw, targets_length) == (70, 14)
+  for seed in range(20):
+    ex = fn({"tokens": _tokens(raw, seed)}, np.random.default_rng(seed))
+    assert {k: (v.shape, v.dtype) for k, v in ex.items()} == {
+      "inputs": ((64,), np.int32), "inputs_mask": ((64,), bool),
+      "targets": ((14,), np.int32), "decoder_inputs": ((14,), np.int32),
+      "target_weights": ((14,), np.float32), "target_spans": ((14,), np.int32)}
+    assert ex["inputs_mask"].all() and ex["target_weights"].all()  # raw_length_for fills both
+    assert ex["decoder_inputs"][0] == PAD
+    np.testing.assert_array_equal(ex["decoder_inputs"][1:], ex["targets"][:-1])
+    _, num_spans = sc.split_lengths(raw, **KW)
+    spans = ex["target_spans"]
+    assert spans.max() == num_spans and spans[-1] == 0  # EOS is in no span
+    # Span k's run starts with its sentinel and the runs come in order.
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], spans])) != 0)
+    np.testing.assert_array_equal(ex["targets"][starts[:num_spans]], SENTINELS[:num_spans])
+
+
+def test_make_transform_pads_a_short_window():
+  _, _, fn = _transform(64)
+  ex = fn({"tokens": _tokens(20)}, np.random.default_rng(0))
+  n_in, n_tgt = sc.corrupted_lengths(20, **KW)
+  assert ex["inputs_mask"].sum() == n_in and (ex["inputs"][n_in:] == PAD).all()
+  assert ex["target_weights"].sum() == n_tgt and (ex["target_spans"][n_tgt:] == 0).all()
+
+
+def test_train_loader_feeds_the_transform_a_generator():
+  raw, _, fn = _transform(32)
+  source = sc.SpanCorruptionSource(np.arange(2, 202, dtype=np.int32), raw)
+  assert len(source) == 200 - raw + 1 and len(source[len(source) - 1]["tokens"]) == raw
+  batch = next(train_loader(source, 4, seed=0, random_transform=fn))
+  assert batch["inputs"].shape == (4, 32) and batch["target_weights"].all()
+
+
+def _eval(tokens, raw, targets_length, inputs_length=64):
+  return list(sc.eval_batches(tokens, raw_length=raw, global_batch=8, seed=3,
+                              inputs_length=inputs_length, targets_length=targets_length, **KW,
+                              sentinel_ids=SENTINELS, eos_id=EOS, pad_id=PAD))
+
+
+def test_eval_batches_cover_every_window_once_and_repeat_exactly():
+  raw, targets_length, _ = _transform(64)
+  tokens = _tokens(raw * 11 + 30)  # 11 full windows and a 30-token tail: 12 rows, 2 batches
+  batches = _eval(tokens, raw, targets_length)
+  assert len(batches) == 2 and all(b["inputs"].shape == (8, 64) for b in batches)
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  real = rows["target_weights"].sum(axis=1) > 0
+  assert real.tolist() == [True] * 12 + [False] * 4
+  assert not rows["inputs_mask"][~real].any() and not rows["target_weights"][~real].any()
+  rebuilt = [_uncorrupt(i[m.astype(bool)], t[w > 0])
+             for i, m, t, w in zip(rows["inputs"], rows["inputs_mask"], rows["targets"],
+                                   rows["target_weights"]) if w.any()]
+  np.testing.assert_array_equal(np.concatenate(rebuilt), tokens)
+  again = _eval(tokens, raw, targets_length)
+  for a, b in zip(batches, again):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def _one_line_error(fn, match):
+  with pytest.raises(UserError, match=match) as e:
+    fn()
+  assert "\n" not in str(e.value)
+
+
+def test_errors_are_one_clear_line():
+  _one_line_error(lambda: sc.span_corrupt(_tokens(100), np.random.default_rng(0), **KW,
+                                          sentinel_ids=SENTINELS[:2], eos_id=EOS),
+                  r"5 noise spans but only 2 sentinel ids")
+  _one_line_error(lambda: sc.raw_length_for(2, **KW), r"inputs_length 2 is too short")
+  _, _, fn = _transform(64)
+  _one_line_error(lambda: fn({"tokens": _tokens(200)}, np.random.default_rng(0)),
+                  r"raw_length_for")
+  _one_line_error(lambda: sc.split_lengths(100, noise_density=1.0, mean_span=3),
+                  r"noise_density")
