@@ -25,13 +25,15 @@ from torch_peer import serve  # bench/ is this script's directory: the shared pr
 
 class Peer:
   def __init__(self, folder: str, sizes: dict, prompts: list, new_tokens: int, threads: int,
-               seed: int):
+               seed: int, device: str = "cpu"):
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     self.model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**sizes)).eval()
     self.model.save_pretrained(folder, safe_serialization=True)
+    self.model.to(device)
     self.versions = {"transformers": transformers.__version__}
-    self.prompts = [torch.tensor([p]) for p in prompts]
+    # prompts[i] is one call's batch: [batch, prompt length] token ids.
+    self.prompts = [torch.tensor(p, device=device) for p in prompts]
     self.new_tokens = new_tokens
 
   def step(self, i: int) -> list[int]:
@@ -40,9 +42,9 @@ class Peer:
       out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
                                 max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens,
                                 do_sample=False, pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+    return out[:, ids.shape[1]:].tolist()  # .tolist() waits for the device
 
 
 if __name__ == "__main__":
   serve(lambda m: Peer(m["folder"], m["sizes"], m["prompts"], m["new_tokens"], m["threads"],
-                       m["seed"]))
+                       m["seed"], m.get("device", "cpu")))

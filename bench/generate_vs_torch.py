@@ -1,13 +1,16 @@
 r"""Decoding speed against transformers' `generate`, same GPT-2 model, same machine.
 
   python -m bench.generate_vs_torch [--size small|tiny] [--prompt 32 --new 64 --rounds 5]
+      [--batch 1] [--device cpu|cuda]
 
 The peer (bench/generate_torch_peer.py, in the interpreter that has torch)
 builds a GPT-2 with random weights and saves it as a Hugging Face folder; the
 JAX side imports that folder (`hf.importer`) and decodes with
 `generation.decode.generate`: key/value cache, the loop on device.  Both
-decode greedily, batch 1, `--new` tokens after each `--prompt`-token random
-prompt, the same prompts; the tokens must agree (a check, not only a race).
+decode greedily, `--batch` prompts per call (default 1), `--new` tokens
+after each `--prompt`-token random prompt, the same prompts; the tokens must
+agree (a check, not only a race).  `--device cuda` puts the PyTorch model on
+the GPU (JAX uses its default device, the GPU when there is one).
 One call = one whole generation (prefill + loop + copy back).  The first JAX
 call compiles: it is reported apart.  The two sides alternate call by call,
 the order flipping every round; figures are medians.  Goal (issue 19): ours
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from bench import vs_torch
+from bench import peer_process
 from reparam_jax.generation import decode
 from reparam_jax.hf import importer
 
@@ -38,23 +41,25 @@ SIZES = {
 }
 
 
-def compare(size: str, prompt_len: int, new: int, rounds: int, python: str) -> dict[str, Any]:
+def compare(size: str, prompt_len: int, new: int, rounds: int, python: str, batch: int = 1,
+            device: str = "cpu") -> dict[str, Any]:
   sizes = SIZES[size]
   rng = np.random.default_rng(0)
-  prompts = [rng.integers(0, sizes["vocab_size"], prompt_len).tolist() for _ in range(rounds)]
+  prompts = [rng.integers(0, sizes["vocab_size"], (batch, prompt_len)).tolist()
+             for _ in range(rounds)]
   with tempfile.TemporaryDirectory() as folder:
-    peer = vs_torch.TorchPeer(python, PEER)
+    peer = peer_process.TorchPeer(python, PEER)
     try:
       info = peer.call(cmd="init", folder=folder, sizes=sizes, prompts=prompts, new_tokens=new,
-                       threads=os.cpu_count(), seed=0)
+                       threads=os.cpu_count(), seed=0, device=device)
       params, cfg, heads, _ = importer.import_folder(folder)
       model = importer.build_model(cfg, heads)
       params = jax.device_put(params)
       greedy = decode.Sampling(temperature=0.0)
 
-      def ours(i: int) -> list[int]:
-        out = decode.generate(model, params, [prompts[i]], new, greedy)
-        return out.tokens[0].tolist()
+      def ours(i: int) -> list[list[int]]:
+        out = decode.generate(model, params, prompts[i], new, greedy)
+        return out.tokens.tolist()
 
       t0 = time.perf_counter()
       ours(0)
@@ -76,8 +81,9 @@ def compare(size: str, prompt_len: int, new: int, rounds: int, python: str) -> d
     finally:
       peer.close()
   med = {k: statistics.median(v) for k, v in wall.items()}
-  tps = {k: new / v for k, v in med.items()}
-  return {"size": size, "sizes": sizes, "prompt": prompt_len, "new_tokens": new,
+  tps = {k: batch * new / v for k, v in med.items()}
+  return {"size": size, "sizes": sizes, "prompt": prompt_len, "new_tokens": new, "batch": batch,
+          "device": device, "jax_device": str(jax.devices()[0]),
           "rounds": rounds, "call_s": med, "call_s_all": wall, "tokens_per_s": tps,
           "ratio": tps["jax"] / tps["torch"], "jax_first_call_s": first_call_s,
           "token_mismatches": mismatches, "params": info["params"], "torch": info["torch"],
@@ -90,15 +96,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--new", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=1, help="prompts per call")
+  parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="where the PyTorch model runs")
   parser.add_argument("--torch_python", default=None)
   args = parser.parse_args(argv)
-  python = vs_torch.torch_python(args.torch_python)
+  python = peer_process.torch_python(args.torch_python)
   if python is None:
     parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
                  "or pass --torch_python")
-  out = compare(args.size, args.prompt, args.new, args.rounds, python)
-  print(f"GPT-2 {args.size} ({out['params']:,} params), greedy, batch 1, {args.new} tokens after "
-        f"{args.prompt}, median of {args.rounds} calls each:")
+  out = compare(args.size, args.prompt, args.new, args.rounds, python, args.batch, args.device)
+  print(f"GPT-2 {args.size} ({out['params']:,} params), greedy, batch {args.batch}, {args.new} "
+        f"tokens after {args.prompt}, median of {args.rounds} calls each; torch on "
+        f"{args.device}, JAX on {out['jax_device']}:")
   print(f"  reparam_jax {out['tokens_per_s']['jax']:.1f} tokens/s   transformers "
         f"{out['tokens_per_s']['torch']:.1f} tokens/s (torch {out['torch']}, {out['threads']} "
         f"threads)   ratio {out['ratio']:.2f} (goal ≥ 1.0)")

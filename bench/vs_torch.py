@@ -12,48 +12,19 @@ drift of the machine's load falls on both alike.  Each side uses every core
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import statistics
-import subprocess
 import time
 from typing import Any
 
-from bench import speed
+from bench import peer_process, speed
 from bench.suites import Suite
 from reparam_jax.training import steps
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
-DEFAULT_TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(PEER)), ".venv-py311", "bin",
-                                    "python")
-
-
-class TorchPeer:
-  """A peer script (default bench/torch_peer.py) in a child process."""
-
-  def __init__(self, python: str, script: str = PEER):
-    self.proc = subprocess.Popen([python, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
-
-  def call(self, **msg: Any) -> dict[str, Any]:
-    self.proc.stdin.write(json.dumps(msg) + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"the torch peer exited (code {self.proc.wait()})")
-    return json.loads(line)
-
-  def close(self) -> None:
-    if self.proc.poll() is None:  # still running (not crashed)
-      self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-      self.proc.stdin.close()
-    self.proc.wait(timeout=30)
-
-
-def torch_python(flag: str | None) -> str | None:
-  """The interpreter to run the peer in, or None if there is none."""
-  path = flag or os.environ.get("REPARAM_TORCH_PYTHON") or DEFAULT_TORCH_PYTHON
-  return path if os.path.exists(path) else None
+TorchPeer = functools.partial(peer_process.TorchPeer, script=PEER)
+torch_python = peer_process.torch_python
 
 
 def compare(suite: Suite, python: str, rounds: int, chunk: int) -> dict[str, Any]:

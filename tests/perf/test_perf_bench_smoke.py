@@ -98,11 +98,12 @@ def test_generation_bench_decodes_the_same_tokens_as_transformers():
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
              PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, "-m", "bench.generate_vs_torch", "--size=tiny",
-                         "--prompt=5", "--new=8", "--rounds=2", f"--torch_python={sys.executable}"],
+                         "--prompt=5", "--new=8", "--rounds=2", "--batch=2",
+                         f"--torch_python={sys.executable}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out["token_mismatches"] == 0
+  assert out["token_mismatches"] == 0 and out["batch"] == 2
   assert out["params"] == 2 * (4 * 32 * 32 + 4 * 32 + 2 * 4 * 32 * 32 + 5 * 32 + 4 * 32) \
       + 99 * 32 + 128 * 32 + 2 * 32  # blocks + wte + wpe + ln_f
   assert out["ratio"] == pytest.approx(out["tokens_per_s"]["jax"] / out["tokens_per_s"]["torch"])
