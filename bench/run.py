@@ -13,6 +13,8 @@ Benchmarks (docs/performance.md explains each and records results):
   fsdp     per-device parameter bytes on a simulated 8-device CPU mesh (FSDP)
   vs_torch the first model's train step against nanoGPT's PyTorch step (same model, same
            machine, alternating chunks); needs an interpreter with torch (--torch_python)
+  generate cached greedy decoding of a GPT-2 against transformers' `generate`, tokens/s
+           and first-call (compile) time (bench/generate_vs_torch.py); needs torch too
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from typing import Any
 
 import jax
 
-from bench import breakdown, fsdp, memory, speed, timing, vs_torch
+from bench import breakdown, fsdp, generate_vs_torch, memory, speed, timing, vs_torch
 from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
 from reparam_jax import reparam
 from reparam_jax.training.devices import configure_cpu_devices
 
-BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp", "vs_torch")
+BENCHMARKS = ("speed", "breakdown", "reparam", "memory", "fsdp", "vs_torch", "generate")
 
 
 def machine() -> dict[str, Any]:
@@ -176,6 +178,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "cpu": out["torch_cpu_ms"], "ratio": 1.0}],
                    [("side", "step", "s"), ("ms", "ms (median)", ".1f"),
                     ("cpu", "CPU ms", ".1f"), ("ratio", "÷ PyTorch", ".3f")]), flush=True)
+
+  if "generate" in only:
+    python = vs_torch.torch_python(args.torch_python)
+    if python is None:
+      note = "generate skipped: no interpreter with torch (see vs_torch)"
+      result["notes"].append(note)
+      print(f"\n{note}", flush=True)
+    else:
+      size, prompt, new, rounds, batch, device = suite.generate
+      out = generate_vs_torch.compare(size, prompt, new, rounds, python, batch, device)
+      result["generate"] = out
+      print(f"\n## Generation: GPT-2 {size}, greedy, batch {batch}, {new} tokens after {prompt} "
+            f"(torch {out['torch']} on {device}; median of {rounds} calls)\n")
+      print(_table([{"side": f"reparam_jax ({out['jax_device']})", "tps": out["tokens_per_s"]["jax"],
+                     "ratio": out["ratio"], "first": out["jax_first_call_s"]},
+                    {"side": f"transformers generate ({out['transformers']})",
+                     "tps": out["tokens_per_s"]["torch"], "ratio": 1.0, "first": None}],
+                   [("side", "decoder", "s"), ("tps", "tokens/s", ",.1f"),
+                    ("ratio", "÷ transformers", ".2f"), ("first", "first call s", ".1f")]))
+      print(f"token mismatches {out['token_mismatches']}/{rounds}", flush=True)
 
   result["load_average_end"] = timing.load_average()
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

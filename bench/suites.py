@@ -35,6 +35,9 @@ class Suite:
   memory_variants: tuple[str, ...] | None = None  # labels to probe; None = all
   torch_rounds: int = 10  # vs_torch: alternating rounds of `torch_chunk` steps per side
   torch_chunk: int = 20
+  # generate: GPT-2 size of bench/generate_vs_torch.py, prompt and new tokens, calls per side,
+  # prompts per call, and where the PyTorch model runs.
+  generate: tuple[str, int, int, int, int, str] = ("small", 32, 64, 5, 1, "cpu")
 
 
 # An override key the benchmark consumes itself: run on the first N devices only.
@@ -50,7 +53,8 @@ SMOKE = Suite(
     fsdp_model=(lm_size(1, 2, 16, 16, 8), 65),
     # Every compile costs seconds: CI checks the machinery on a few variants.
     reparam_subset=("dense", "lowrank(r=4)", "lora(r=8)"),
-    memory_variants=("dense",), torch_rounds=2, torch_chunk=2)
+    memory_variants=("dense",), torch_rounds=2, torch_chunk=2,
+    generate=("tiny", 5, 8, 2, 2, "cpu"))
 
 CPU = Suite(
     name="cpu",
@@ -75,7 +79,8 @@ GPU = Suite(
                   "quickstart (L4 D128 T64 B12)": QUICKSTART},
     reparam_model=_GPT2_MEDIUM, lowrank_rank=128,
     steps=20, warmup=5, memory_steps=3,
-    fsdp_model=({"batch_size": 16}, 65))
+    fsdp_model=({"batch_size": 16}, 65),
+    generate=("small", 32, 64, 5, 8, "cuda"))
 
 SUITES = {s.name: s for s in (SMOKE, CPU, GPU)}
 

@@ -67,9 +67,17 @@ def test_bench_smoke_writes_every_section(tmp_path):
     assert vs["torch_params"] == vs["jax_params"] == 65 * 16 + 16 * 16 + 3280 + 32
     assert vs["steps_each"] == 4 and vs["jax_ms"] > 0 and vs["torch_ms"] > 0
     assert vs["ratio"] == pytest.approx(vs["jax_ms"] / vs["torch_ms"])
+    # Generation (bench/generate_vs_torch.py): the same tokens as transformers' generate.
+    gen = res["generate"]
+    assert gen["token_mismatches"] == 0 and gen["batch"] == 2
+    assert gen["params"] == 2 * (4 * 32 * 32 + 4 * 32 + 2 * 4 * 32 * 32 + 5 * 32 + 4 * 32) \
+        + 99 * 32 + 128 * 32 + 2 * 32  # blocks + wte + wpe + ln_f
+    assert gen["ratio"] == pytest.approx(gen["tokens_per_s"]["jax"] / gen["tokens_per_s"]["torch"])
+    assert len(gen["call_s_all"]["jax"]) == len(gen["call_s_all"]["torch"]) == 2
   else:
-    assert "vs_torch" not in res
+    assert "vs_torch" not in res and "generate" not in res
     assert any(n.startswith("vs_torch skipped") for n in res["notes"])
+    assert any(n.startswith("generate skipped") for n in res["notes"])
 
 
 @pytest.mark.slow
@@ -89,22 +97,3 @@ def test_minilm_bench_times_the_same_model_on_the_same_batches(raw_data_dir, tfd
   assert out["steps_each"] == 2 and out["jax_ms"] > 0 and out["torch_ms"] > 0
   assert out["ratio"] == pytest.approx(out["jax_ms"] / out["torch_ms"])
   assert set(out["jax_compile_s"]) == set(map(str, out["padded_lengths"]))
-
-
-def test_generation_bench_decodes_the_same_tokens_as_transformers():
-  """bench/generate_vs_torch.py at a tiny size (where torch is: the Python 3.11 environment)."""
-  if importlib.util.find_spec("torch") is None:
-    pytest.skip("the transformers peer needs torch (the Python 3.11 test environment)")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             PYTHONPATH=REPO)
-  proc = subprocess.run([sys.executable, "-m", "bench.generate_vs_torch", "--size=tiny",
-                         "--prompt=5", "--new=8", "--rounds=2", "--batch=2",
-                         f"--torch_python={sys.executable}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out["token_mismatches"] == 0 and out["batch"] == 2
-  assert out["params"] == 2 * (4 * 32 * 32 + 4 * 32 + 2 * 4 * 32 * 32 + 5 * 32 + 4 * 32) \
-      + 99 * 32 + 128 * 32 + 2 * 32  # blocks + wte + wpe + ln_f
-  assert out["ratio"] == pytest.approx(out["tokens_per_s"]["jax"] / out["tokens_per_s"]["torch"])
-  assert len(out["call_s_all"]["jax"]) == len(out["call_s_all"]["torch"]) == 2
