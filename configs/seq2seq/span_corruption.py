@@ -3,7 +3,7 @@ r"""T5-style encoder–decoder pre-trained by span corruption on Tiny Shakespear
 3 encoder + 3 decoder blocks (T5 v1.1 layout: pre-RMSNorm, no biases,
 relative position buckets, gated GELU, untied output layer), width 128,
 4 heads; inputs of 64 characters with 15 % of them hidden in spans of mean
-length 3 (14 target tokens); label smoothing 0.1; AdamW, batch 32.
+length 3 (14 target tokens); label smoothing 0.1; AdamW, batch 32, 4000 steps.
 
 Command:
   REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.data.tokenizer = "char"
   c.seq_len = 64  # encoder inputs; the targets' length follows (14)
   c.batch_size = 32
-  c.num_steps = 1500
+  c.num_steps = 4000
   c.model.num_layers = 3
   c.model.num_decoder_layers = 3
   c.model.num_heads = 4
@@ -41,8 +41,8 @@ def get_config(arg=None):
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99
   c.optimizer.weight_decay = 0.1
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.eval_every = 1000
+  c.checkpoint_every = 1000
   c.eval_batch_size = 256
   c.perf.cpu_devices = 2
   return c
