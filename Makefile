@@ -47,13 +47,20 @@ quickstart: $(VENV)/.installed
 	$(PY) -m reparam_jax.train --config=configs/lm/shakespeare_char.py --workdir=$(WORKDIR)
 	$(PY) -m reparam_jax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_tokens=200
 
-test: test-main test-peers
+# The two legs run side by side (each is mostly one busy core: compiles and
+# tiny steps), each leg's output printed whole when it ends.  Each leg prepares
+# its TFDS datasets in its own folder under $TFDS_DATA_DIR: two preparations of
+# one folder at once would race.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-main test-peers
+
+PYTEST_ARGS ?= --durations=15
 
 test-main: $(VENV)/.test-installed
-	$(PY) -m pytest
+	env $${TFDS_DATA_DIR:+TFDS_DATA_DIR=$$TFDS_DATA_DIR/main} $(PY) -m pytest $(PYTEST_ARGS)
 
 test-peers: $(PEER_VENV)/.test-installed
-	$(PEER_PY) -m pytest
+	env $${TFDS_DATA_DIR:+TFDS_DATA_DIR=$$TFDS_DATA_DIR/peers} $(PEER_PY) -m pytest $(PYTEST_ARGS)
 
 test-all: $(VENV)/.test-installed
 	$(PY) -m pytest -m "slow or not slow"
