@@ -98,23 +98,28 @@ def check_request(model: Transformer, prompts: Sequence[Sequence[int]],
   if model.cfg.share_layers:
     raise UserError("decoding a model with share_layers=True is not supported yet: its layers "
                     "would share one key/value cache")
-  if not prompts:
-    raise UserError("no prompts given")
-  empty = [i for i, p in enumerate(prompts) if len(p) == 0]
-  if empty:
-    raise UserError(f"prompt {empty[0]} is empty (encodes to no tokens); give at least one token")
-  if max_new_tokens < 1:
-    raise UserError(f"num_tokens={max_new_tokens}: generate at least 1 token")
+  check_token_lists(prompts, "prompt", max_new_tokens, model.cfg.vocab_size)
   longest = max(len(p) for p in prompts)
   if longest >= model.cfg.max_len:
     raise UserError(f"a prompt of {longest} tokens leaves no room in the model's context of "
                     f"{model.cfg.max_len} tokens; shorten it to at most "
                     f"{model.cfg.max_len - 1}")
-  vocab = model.cfg.vocab_size
-  bad = [t for p in prompts for t in p if not 0 <= int(t) < vocab]
-  if bad:
-    raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
   sampling.check()
+
+
+def check_token_lists(sequences: Sequence[Sequence[int]], what: str, max_new_tokens: int,
+                      vocab_size: int) -> None:
+  """The checks every generator makes first: some non-empty sequences of known ids."""
+  if not sequences:
+    raise UserError(f"no {what}s given")
+  empty = [i for i, p in enumerate(sequences) if len(p) == 0]
+  if empty:
+    raise UserError(f"{what} {empty[0]} is empty (encodes to no tokens); give at least one token")
+  if max_new_tokens < 1:
+    raise UserError(f"num_tokens={max_new_tokens}: generate at least 1 token")
+  bad = [t for p in sequences for t in p if not 0 <= int(t) < vocab_size]
+  if bad:
+    raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
 
 
 def generate(model: Transformer, params: PyTree, prompts: Sequence[Sequence[int]],

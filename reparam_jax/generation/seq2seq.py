@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.generation.decode import Generated, Sampling, choose
+from reparam_jax.generation.decode import Generated, Sampling, check_token_lists, choose
 from reparam_jax.models.seq2seq import EncoderDecoder, init_cache
 
 PyTree = Any
@@ -50,21 +50,12 @@ def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 8
 def check_request(model: EncoderDecoder, inputs: Sequence[Sequence[int]], max_new_tokens: int,
                   sampling: Sampling, beam: Beam) -> None:
   """One-line errors before any compute."""
-  if not inputs:
-    raise UserError("no inputs given")
-  empty = [i for i, s in enumerate(inputs) if len(s) == 0]
-  if empty:
-    raise UserError(f"input {empty[0]} is empty (encodes to no tokens); give at least one token")
-  if max_new_tokens < 1:
-    raise UserError(f"num_tokens={max_new_tokens}: generate at least 1 token")
   cfg = model.cfg
+  check_token_lists(inputs, "input", max_new_tokens, cfg.vocab_size)
   longest = max(len(s) for s in inputs)
   if cfg.learned_positions and (longest > cfg.max_len or max_new_tokens > cfg.max_len):
     raise UserError(f"the model's learned positions stop at {cfg.max_len}: an input of "
                     f"{longest} tokens or {max_new_tokens} new tokens do not fit; shorten them")
-  bad = [t for s in inputs for t in s if not 0 <= int(t) < cfg.vocab_size]
-  if bad:
-    raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
   if beam.size < 1:
     raise UserError(f"beams={beam.size}: use 1 (no beam search) or more")
   sampling.check()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, get, rename_keys
+from reparam_jax.hf.common import Flat, Tensors, check_tied, get, rename_keys
 
 MODEL_TYPE = "bert"
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining",
@@ -124,8 +124,10 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
     linear("mlm_head/transform", p + "transform.dense")
     norm("mlm_head/ln", p + "transform.LayerNorm")
     put("mlm_head/bias", p + "bias")
-    _check_tied(src, p + "decoder.weight", out["embed/token/embedding"], where)
-    _check_tied(src, p + "decoder.bias", out["mlm_head/bias"], where)
+    untied = ("is not tied to the word embeddings / prediction bias; untied MLM decoders are "
+              "not supported")
+    check_tied(src, p + "decoder.weight", out["embed/token/embedding"], f"{where}: {{}} {untied}")
+    check_tied(src, p + "decoder.bias", out["mlm_head/bias"], f"{where}: {{}} {untied}")
   if heads.get("nsp"):
     linear("nsp_head/out", "cls.seq_relationship")
   if heads.get("classifier"):
@@ -134,15 +136,6 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
     if src.has(name):
       src.take(name)
   return out, src
-
-
-def _check_tied(src: Tensors, name: str, tied_to: np.ndarray, where: str) -> None:
-  """The MLM decoder is tied; a stored copy must equal what it is tied to."""
-  if src.has(name):
-    value = src.take(name)
-    if value.shape != tied_to.shape or not np.array_equal(value, tied_to):
-      raise UserError(f"{where}: parameter {name} is not tied to the word embeddings / "
-                      "prediction bias; untied MLM decoders are not supported")
 
 
 def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""What the GPT-2 and BERT mapping tables share: a checkpoint's tensors taken
+"""What the GPT-2, BERT and T5 mapping tables share: a checkpoint's tensors taken
 by name (each exactly once), flat `a/b/c` parameter paths, and shape checks.
 """
 
@@ -102,3 +102,14 @@ def get(hf: dict[str, Any], key: str, default: Any) -> Any:
   """A config.json field; an explicit null counts as absent."""
   value = hf.get(key)
   return default if value is None else value
+
+
+def check_tied(src: Tensors, name: str, tied_to: np.ndarray, message: str) -> None:
+  """Takes a stored copy of a tied tensor, if any; it must equal what it is tied to.
+
+  `message` is the error, with `{}` where the parameter's name goes.
+  """
+  if src.has(name):
+    value = src.take(name)
+    if value.shape != tied_to.shape or not np.array_equal(value, tied_to):
+      raise UserError(message.replace("{}", f"parameter {name}"))

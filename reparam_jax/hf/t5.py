@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, get
+from reparam_jax.hf.common import Flat, Tensors, check_tied, get
 
 MODEL_TYPE = "t5"
 ARCHITECTURES = ("T5ForConditionalGeneration", "T5WithLMHeadModel")
@@ -144,7 +144,9 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
   put("embed/token/embedding", "shared.weight")
   for stack, layers in (("encoder", cfg.num_layers),
                         ("decoder", cfg.num_decoder_layers or cfg.num_layers)):
-    _check_tied(src, f"{stack}.embed_tokens.weight", out["embed/token/embedding"], where)
+    check_tied(src, f"{stack}.embed_tokens.weight", out["embed/token/embedding"],
+               f"{where}: {{}} differs from shared.weight; T5 stacks with their own embedding "
+               "tables are not supported")
     put(f"{stack}/rel_bias/embedding",
         f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     for i in range(layers):
@@ -179,15 +181,6 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
     if src.has(name):
       src.take(name)
   return out, src
-
-
-def _check_tied(src: Tensors, name: str, tied_to: np.ndarray, where: str) -> None:
-  """Each stack's embed_tokens is shared.weight; a stored copy must equal it."""
-  if src.has(name):
-    value = src.take(name)
-    if value.shape != tied_to.shape or not np.array_equal(value, tied_to):
-      raise UserError(f"{where}: parameter {name} differs from shared.weight; T5 stacks with "
-                      "their own embedding tables are not supported")
 
 
 def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:

@@ -105,3 +105,28 @@ def test_bad_requests_are_one_line_errors(inputs, kwargs, message):
   model, params = _model()
   with pytest.raises(UserError, match=message):
     generate(model, params, inputs, 4, start_id=PAD, eos_id=EOS, **kwargs)
+
+
+def test_sharded_over_data_fsdp_and_tensor_gives_the_same_tokens():
+  import flax.linen as nn
+
+  from reparam_jax.config.base import DEFAULT_AXIS_RULES
+  from reparam_jax.training import sharding
+
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 (CPU) devices")
+  model, params = _model()
+  inputs = [[5, 9, 12, 3, 7], [8, 2, 30], [4, 4, 4], [6, 1, 9, 9]]
+  beam = Beam(size=2, length_penalty=0.0)
+  expected = generate(model, params, inputs, 6, start_id=PAD, eos_id=EOS, beam=beam).tokens
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.rules_tuple(DEFAULT_AXIS_RULES)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
+                                            jnp.zeros((1, 4), jnp.int32)))
+  shardings = sharding.logical_to_sharding(boxed["params"], mesh, rules)
+  params = jax.device_put(nn.meta.unbox(params), shardings)
+  cross = params["decoder"]["block_0"]["cross_attn"]["query"]["kernel"]
+  assert tuple(cross.sharding.spec) == ("fsdp", "tensor")
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    got = generate(model, params, inputs, 6, start_id=PAD, eos_id=EOS, beam=beam).tokens
+  np.testing.assert_array_equal(got, expected)
