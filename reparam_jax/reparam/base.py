@@ -138,11 +138,41 @@ class WrapperTransform(Transform):
     return self.wrap_init(key if key is not None else jax.random.key(0), base, w.shape,
                           w.dtype, rms(w))
 
+  # The three hooks below let a wrapper see the stage under it (`inner`, a node
+  # with the transform protocol).  Their defaults are the plain wrapper: the
+  # inner stage represents W by itself and the wrapper adds its own θ next to
+  # it.  A wrapper overrides them when its own θ depends on the inner stage's
+  # weight (DoRA's magnitude is the column norm of what it wraps) or when it
+  # rewrites what the inner stage stores (PiSSA's residual, LoftQ's
+  # quantization of W − AB).
+
+  def wrap_own(self, key: Array, inner: Any, base: Theta, shape: tuple[int, ...], dtype: Any,
+               std: float) -> dict[str, Array]:
+    """This stage's θ entries on top of a freshly initialized `base` θ of `inner`."""
+    del inner
+    return self.wrap_init(key, base, shape, dtype, std)
+
+  def split(self, inner: Any, w: Array, key: Array | None) -> tuple[Theta, dict[str, Array]]:
+    """(θ of `inner`, own θ) that together represent the dense weight `w`."""
+    base = inner.from_dense(w, fold_key(key, 0))
+    return base, self.wrap_from_dense(base, w, fold_key(key, 1))
+
+  def split_init(self, inner: Any, key: Array, w_init: Array) -> tuple[Theta, dict[str, Array]]:
+    """(θ of `inner`, own θ) for training from scratch, given the model's dense init sample."""
+    base = inner.init_from(fold_key(key, 0), w_init)
+    return base, self.wrap_own(fold_key(key, 1), inner, base, tuple(w_init.shape),
+                               w_init.dtype, rms(w_init))
+
   def wrap_apply(self, theta: dict[str, Array], base_w: Any, rng: Array | None) -> Any:
     raise NotImplementedError
 
   def wrap_flops(self, theta: dict[str, Array], base_flops: int) -> int:
     return base_flops
+
+
+def fold_key(key: Array | None, i: int) -> Array | None:
+  """The `i`-th independent key derived from `key` (None stays None: deterministic)."""
+  return None if key is None else jax.random.fold_in(key, i)
 
 
 def positive_int(name: str, value: Any) -> list[str]:

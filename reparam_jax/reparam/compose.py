@@ -22,16 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Transform, WrapperTransform
+from reparam_jax.reparam.base import Transform, WrapperTransform, fold_key
 from reparam_jax.reparam.kernels import materialize
-from reparam_jax.reparam.numerics import rms
 from reparam_jax.reparam.transforms.identity import Frozen, Identity
 
 Array = jax.Array
-
-
-def _fold(key: Array | None, i: int) -> Array | None:
-  return None if key is None else jax.random.fold_in(key, i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +49,25 @@ class Wrapped:
     self.outer.check(shape)
 
   def init(self, key, shape, dtype, std):
-    base = self.inner.init(_fold(key, 0), shape, dtype, std)
-    return {"base": base, **self.outer.wrap_init(_fold(key, 1), base, shape, dtype, std)}
+    base = self.inner.init(fold_key(key, 0), shape, dtype, std)
+    return {"base": base, **self.outer.wrap_own(fold_key(key, 1), self.inner, base, shape,
+                                                dtype, std)}
 
   def init_from(self, key, w_init):
-    base = self.inner.init_from(_fold(key, 0), w_init)
-    return {"base": base, **self.outer.wrap_init(_fold(key, 1), base, tuple(w_init.shape),
-                                                 w_init.dtype, rms(w_init))}
+    base, own = self.outer.split_init(self.inner, key, w_init)
+    return {"base": base, **own}
 
   def from_dense(self, w, key=None):
-    base = self.inner.from_dense(w, _fold(key, 0))
-    return {"base": base, **self.outer.wrap_from_dense(base, w, _fold(key, 1))}
+    base, own = self.outer.split(self.inner, w, key)
+    return {"base": base, **own}
 
   def apply(self, theta, rng=None):
-    base_w = self.inner.apply(theta["base"], _fold(rng, 0))
+    base_w = self.inner.apply(theta["base"], fold_key(rng, 0))
     if self.outer.freezes_base:
       # No gradient flows into the frozen base: saves the d_in×d_out weight gradient.
       base_w = jax.lax.stop_gradient(base_w)
     own = {k: v for k, v in theta.items() if k != "base"}
-    return self.outer.wrap_apply(own, base_w, _fold(rng, 1))
+    return self.outer.wrap_apply(own, base_w, fold_key(rng, 1))
 
   def leaf_axes(self, names):
     return self.outer.leaf_axes(names)
@@ -142,16 +137,16 @@ class SlotMapped:
   def init(self, key, shape, dtype, std):
     # Initialize the inner stage, then represent each slot exactly (or as
     # well as the outer stage can): the stack starts from the inner's init.
-    theta = self.inner.init(_fold(key, 0), shape, dtype, std)
-    return self._map_slots(theta, lambda s, i, w: self.outer.from_dense(w, _fold(key, i + 1)))
+    theta = self.inner.init(fold_key(key, 0), shape, dtype, std)
+    return self._map_slots(theta, lambda s, i, w: self.outer.from_dense(w, fold_key(key, i + 1)))
 
   def init_from(self, key, w_init):
-    theta = self.inner.init_from(_fold(key, 0), w_init)
-    return self._map_slots(theta, lambda s, i, w: self.outer.from_dense(w, _fold(key, i + 1)))
+    theta = self.inner.init_from(fold_key(key, 0), w_init)
+    return self._map_slots(theta, lambda s, i, w: self.outer.from_dense(w, fold_key(key, i + 1)))
 
   def from_dense(self, w, key=None):
-    theta = self.inner.from_dense(w, _fold(key, 0))
-    return self._map_slots(theta, lambda s, i, v: self.outer.from_dense(v, _fold(key, i + 1)))
+    theta = self.inner.from_dense(w, fold_key(key, 0))
+    return self._map_slots(theta, lambda s, i, v: self.outer.from_dense(v, fold_key(key, i + 1)))
 
   def _map_slots(self, theta, fn):
     out = dict(theta)
@@ -160,10 +155,10 @@ class SlotMapped:
     return out
 
   def _slot_values(self, theta, rng):
-    return self._map_slots(theta, lambda s, i, t: materialize(self.outer.apply(t, _fold(rng, i + 1))))
+    return self._map_slots(theta, lambda s, i, t: materialize(self.outer.apply(t, fold_key(rng, i + 1))))
 
   def apply(self, theta, rng=None):
-    return self.inner.apply(self._slot_values(theta, rng), _fold(rng, 0))
+    return self.inner.apply(self._slot_values(theta, rng), fold_key(rng, 0))
 
   def leaf_axes(self, names):
     return self.inner.leaf_axes(names)

@@ -13,12 +13,14 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 
 from reparam_jax.models.layers import materialize
 
 Array = jax.Array
 
-__all__ = ["LatentKernel", "LoRAKernel", "LowRankKernel", "materialize", "matmul"]
+__all__ = ["ColumnScaledKernel", "LatentKernel", "LoRAKernel", "LowRankKernel", "materialize",
+           "matmul"]
 
 
 def matmul(x: Array, kernel: Any) -> Array:
@@ -48,15 +50,26 @@ class LowRankKernel:
 
 @flax.struct.dataclass
 class LoRAKernel:
-  """`W = base + scale · a_MxR @ b_RxN`, kept unmerged so the base may stay structured."""
+  """`W = base + scale · a_MxR @ b_RxN`, kept unmerged so the base may stay structured.
+
+  With `dropout > 0` and a `dropout_rng`, the adapter's input is dropped out
+  (Hu et al. 2021's `lora_dropout`): `x W₀ + s·(drop(x) A) B`.  `dense()`
+  has no input to drop, so it is the deterministic weight.
+  """
 
   base: Any
   a: Array
   b: Array
   scale: float = flax.struct.field(pytree_node=False)
+  dropout: float = flax.struct.field(pytree_node=False, default=0.0)
+  dropout_rng: Array | None = None
 
   def left_matmul(self, x: Array) -> Array:
-    return matmul(x, self.base) + self.scale * ((x @ self.a) @ self.b)
+    x_adapter = x
+    if self.dropout > 0 and self.dropout_rng is not None:
+      keep = jax.random.bernoulli(self.dropout_rng, 1.0 - self.dropout, x.shape)
+      x_adapter = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+    return matmul(x, self.base) + self.scale * ((x_adapter @ self.a) @ self.b)
 
   def dense(self) -> Array:
     return materialize(self.base) + self.scale * (self.a @ self.b)
@@ -78,3 +91,21 @@ class LatentKernel:
   def dense(self) -> Array:
     w = self.dec_in @ self.z @ self.dec_out
     return w if self.offset is None else w + self.offset
+
+
+@flax.struct.dataclass
+class ColumnScaledKernel:
+  """`W = inner · diag(scale_N)`: each output column of `inner` scaled (DoRA's m / ‖V‖).
+
+  Multiplies `(x @ inner) * scale`, so a factored `inner` (LoRA's W₀ + s·AB)
+  is never materialized in the forward product.
+  """
+
+  inner: Any
+  scale: Array
+
+  def left_matmul(self, x: Array) -> Array:
+    return matmul(x, self.inner) * self.scale
+
+  def dense(self) -> Array:
+    return materialize(self.inner) * self.scale

@@ -30,7 +30,10 @@ def name_of(spec: str) -> str:
 
 
 def smooth(specs: list[str]) -> list[str]:
-  return [s for s in specs if not {name_of(p) for p in s.split("|")} & NOT_SMOOTH]
+  # DoRA's magnitude treats the column norm as a constant by default (the
+  # paper's choice); with detach_norm=False it is an ordinary smooth map.
+  return [s for s in specs if not {name_of(p) for p in s.split("|")} & NOT_SMOOTH
+          and not ("magnitude" in s and "detach_norm=False" not in s)]
 
 
 def initializable(specs: list[str]) -> list[str]:

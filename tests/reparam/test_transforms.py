@@ -10,8 +10,8 @@ from jax.test_util import check_grads
 
 from reparam_jax.errors import UserError
 from reparam_jax.reparam import TRANSFORMS, materialize
-from reparam_jax.reparam.compose import SlotMapped, Wrapped
-from reparam_jax.reparam.rules import parse_spec, parse_stage
+from reparam_jax.reparam.compose import SlotMapped, Wrapped, stages
+from reparam_jax.reparam.rules import parse_spec
 from reparam_jax.reparam.transforms.lora import LoRA, merge, unmerge
 from reparam_jax.reparam.transforms.lowrank import LowRank, als_factors, svd_factors
 from reparam_jax.reparam.transforms.spherical import (
@@ -250,8 +250,17 @@ SPECS = smooth(EXAMPLES + COMPOSITIONS)  # every registered transform (tests/rep
 def test_every_registered_transform_has_example_specs():
   for name, cls in TRANSFORMS.items():
     assert cls.examples, f"transform {name!r} lists no examples: the generic tests skip it"
-    for spec in cls.examples:
-      assert parse_stage(spec).name == name
+    for spec in cls.examples:  # the transform itself, or a stack that ends with it
+      assert list(stages(parse_spec(spec)))[-1].name == name
+
+
+def _randomize_lora_b(theta):
+  """Every LoRA B in θ (at any depth of a stack) set to a random non-zero value."""
+  for k, v in theta.items():
+    if k == "lora_b":
+      theta[k] = jax.random.normal(jax.random.key(5), v.shape, v.dtype)
+    elif isinstance(v, dict):
+      _randomize_lora_b(v)
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -260,7 +269,7 @@ def test_gradients_numerically(spec, x64):
   w = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
   theta = node.from_dense(w, jax.random.key(2))
   if "lora" in spec:  # make the adapter path non-trivial
-    theta["lora_b"] = jax.random.normal(jax.random.key(5), theta["lora_b"].shape, jnp.float64)
+    _randomize_lora_b(theta)
   x = jax.random.normal(jax.random.key(3), (2, 4), jnp.float64)
   mask = node.trainable(theta)
   flat, treedef = jax.tree.flatten(theta)

@@ -11,6 +11,7 @@ from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register
     identity,
     lora,
     lowrank,
+    magnitude,
     mask,
     quant,
     spherical,

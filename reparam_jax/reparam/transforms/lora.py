@@ -1,9 +1,31 @@
-"""LoRA (Hu et al. 2021): frozen base W₀ plus a trainable low-rank update.
+"""LoRA (Hu et al. 2021) and its variants: frozen base W₀ plus a trainable low-rank update.
 
-W = W₀ + (α/r) · A B, with A: [d_in, r] Gaussian and B: [r, d_out] zero at
-init, so the adapted model starts exactly at the base model.  (The paper
-writes ΔW = B A for a `[d_out, d_in]` weight; our kernels are `[d_in, d_out]`
-(`y = x W`), so the same update reads A B here.)
+W = W₀ + s · A B, with A: [d_in, r], B: [r, d_out].  (The paper writes
+ΔW = B A for a `[d_out, d_in]` weight; our kernels are `[d_in, d_out]`
+(`y = x W`), so the same update reads A B here.)  Options, each from a paper:
+
+* `alpha`, `rslora`: the scale s is α/r (Hu et al.) or, with `rslora=True`,
+  α/√r (rank-stabilized LoRA, Kalajdzievski 2023: keeps the update's scale
+  independent of r, so large ranks keep learning).
+* `dropout`: dropout on the adapter's input during training (the `lora_dropout`
+  of Hu et al.'s code and PEFT), `x W₀ + s·(drop(x) A) B`; off in evaluation.
+* `init`: how A, B (and the base) start —
+  - `gaussian` (default): A ~ N(0, 1/d_in), B = 0, so the adapted model
+    starts exactly at the base model;
+  - `pissa` (Meng et al. 2024): A, B are the top-r singular directions of W,
+    A = U_r √(S_r/s), B = √(S_r/s) V_rᵀ, and the frozen base stores the
+    residual W − s·A B: the model starts at W, and training moves its
+    principal part;
+  - `olora` (Büyükakyüz 2024): the same with the first r columns of a QR
+    decomposition of W (PEFT's convention: QR of the `[d_out, d_in]` weight);
+  - `loftq` (Li et al. 2023): for a lossy base (a quantized stage before
+    `lora`, e.g. `q4|lora(init=loftq)`), alternate `iters` times between
+    quantizing W − s·A B and setting A B to the rank-r SVD of what the
+    quantization lost, so base + adapter start closer to W than the
+    quantized base alone.
+  PiSSA/OLoRA/LoftQ apply when the weight is first represented: converting a
+  pretrained checkpoint (`from_dense`, `Reparam.adopt_dense`) or, from
+  scratch, the model's own initial weight.
 
 Freezing: W₀ stays in the `params` collection and `trainable()` marks it
 False; `reparam.trainable_mask` turns that into an optax mask.  The other
@@ -13,20 +35,33 @@ across two trees that every consumer (sharding, checkpoints, conversion,
 whole and the optimizer still allocates no state for W₀
 (`optax.multi_transform` with `set_to_zero`).  The forward pass also wraps
 W₀ in `stop_gradient`, so its d_in×d_out gradient is never computed.
+
+DoRA is `lora(...)|magnitude` (transforms/magnitude.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.base import Array, WrapperTransform, positive_int, register
+from reparam_jax.reparam.base import (
+  Array,
+  WrapperTransform,
+  fold_key,
+  positive_int,
+  rate,
+  register,
+)
 from reparam_jax.reparam.kernels import LoRAKernel, materialize
 from reparam_jax.reparam.numerics import need_2d
+from reparam_jax.reparam.transforms.identity import Identity
+
+INITS = ("gaussian", "pissa", "olora", "loftq")
 
 
 @register
@@ -35,20 +70,30 @@ class LoRA(WrapperTransform):
   """θ = {base: θ of the previous stage (W₀ alone), lora_a: [d_in, r], lora_b: [r, d_out]}."""
 
   name: ClassVar[str] = "lora"
-  examples: ClassVar[tuple[str, ...]] = ("lora(rank=2)", "lora(rank=2, alpha=4)")
+  examples: ClassVar[tuple[str, ...]] = (
+      "lora(rank=2)", "lora(rank=2, alpha=4)", "lora(rank=2, rslora=True, dropout=0.1)",
+      "lora(rank=2, init=pissa)", "lora(rank=2, init=olora)")
   keys: ClassVar[tuple[str, ...]] = ("lora_a", "lora_b")
   decayed: ClassVar[tuple[str, ...] | None] = ("lora_a", "lora_b")
   # No slots: reparameterizing A, B (e.g. Bayesian adapters) would need the
   # slot machinery to see through the wrapper's `base`; not supported yet.
   rank: int = 8
   alpha: float = 8.0
+  rslora: bool = False
+  dropout: float = 0.0
+  init: str = "gaussian"
+  iters: int = 1  # LoftQ's alternations
 
   @property
   def scale(self) -> float:
-    return float(self.alpha) / self.rank
+    return float(self.alpha) / (math.sqrt(self.rank) if self.rslora else self.rank)
 
   def arg_problems(self):
-    return positive_int("rank", self.rank)
+    problems = positive_int("rank", self.rank) + rate("dropout", self.dropout)
+    problems += positive_int("iters", self.iters)
+    if self.init not in INITS:
+      problems.append(f"init={self.init!r}; expected one of {', '.join(INITS)}")
+    return problems
 
   def check(self, shape):
     need_2d("lora", shape)
@@ -62,8 +107,34 @@ class LoRA(WrapperTransform):
     a = jax.random.normal(key, (m, self.rank), dtype) / jnp.sqrt(m).astype(dtype)
     return {"lora_a": a, "lora_b": jnp.zeros((self.rank, n), dtype)}
 
+  def split(self, inner, w, key):
+    if self.init == "gaussian":
+      return super().split(inner, w, key)
+    w32 = w.astype(jnp.float32)
+    if self.init == "loftq":
+      if isinstance(inner, Identity):
+        raise UserError("lora(init=loftq) needs a lossy (quantized) stage before it, e.g. "
+                        "q4|lora(init=loftq); for an exact base use init=pissa")
+      a = jnp.zeros((w.shape[0], self.rank), jnp.float32)
+      b = jnp.zeros((self.rank, w.shape[1]), jnp.float32)
+      for _ in range(self.iters):
+        base = inner.from_dense((w32 - self.scale * a @ b).astype(w.dtype), fold_key(key, 0))
+        lost = w32 - materialize(inner.apply(base)).astype(jnp.float32)
+        a, b = principal_factors(lost, self.rank, self.scale)
+      base = inner.from_dense((w32 - self.scale * a @ b).astype(w.dtype), fold_key(key, 0))
+    else:
+      factors = principal_factors if self.init == "pissa" else qr_factors
+      a, b = factors(w32, self.rank, self.scale)
+      base = inner.from_dense((w32 - self.scale * a @ b).astype(w.dtype), fold_key(key, 0))
+    return base, {"lora_a": a.astype(w.dtype), "lora_b": b.astype(w.dtype)}
+
+  def split_init(self, inner, key, w_init):
+    if self.init == "gaussian":
+      return super().split_init(inner, key, w_init)
+    return self.split(inner, w_init, key)
+
   def wrap_apply(self, theta, base_w, rng):
-    return LoRAKernel(base_w, theta["lora_a"], theta["lora_b"], self.scale)
+    return LoRAKernel(base_w, theta["lora_a"], theta["lora_b"], self.scale, self.dropout, rng)
 
   def leaf_axes(self, names):
     return {"lora_a": (names[0], None), "lora_b": (None, names[1])}
@@ -71,6 +142,21 @@ class LoRA(WrapperTransform):
   def wrap_flops(self, theta, base_flops):
     (m, r), n = theta["lora_a"].shape, theta["lora_b"].shape[1]
     return base_flops + 2 * r * (m + n)
+
+
+def principal_factors(w_MxN: Array, rank: int, scale: float) -> tuple[Array, Array]:
+  """PiSSA's A = U_r √(S_r/s), B = √(S_r/s) V_rᵀ: s·A B is W's best rank-r approximation."""
+  u, sv, vt = jnp.linalg.svd(w_MxN, full_matrices=False)
+  root = jnp.sqrt(sv[:rank] / scale)
+  return u[:, :rank] * root, root[:, None] * vt[:rank]
+
+
+def qr_factors(w_MxN: Array, rank: int, scale: float) -> tuple[Array, Array]:
+  """OLoRA's factors in PEFT's convention: QR of the [d_out, d_in] weight Wᵀ = Q R gives
+  lora_A = R_r, lora_B = Q_r (so here A = R_rᵀ, B = Q_rᵀ), and s·A B leaves the base."""
+  del scale  # OLoRA does not rescale the factors; the base keeps W − s·A B
+  q, r = jnp.linalg.qr(w_MxN.T)
+  return r[:rank].T, q[:, :rank].T
 
 
 def merge(lora: LoRA, base_w: Array, adapter: dict[str, Array]) -> Array:
