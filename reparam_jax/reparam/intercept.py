@@ -44,6 +44,10 @@ from reparam_jax.reparam.state import AUX_COLLECTION, has_state, init_state, joi
 
 PyTree = Any
 
+# Optional collection `{"index": int[batch]}` passed to `apply`: the row index a
+# per-row kernel selects by (adapters/select.py: one adapter of a stack per row).
+ROWS_COLLECTION = "adapter_index"
+
 
 def _box_maker(leaf: Any) -> Callable[[Any, tuple], Any]:
   """Boxes θ leaves like the weight they replace (same box class and mesh)."""
@@ -83,12 +87,15 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
 
 
 def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool,
-              aux: PyTree | None = None, require_all: bool = False) -> PyTree:
+              aux: PyTree | None = None, require_all: bool = False,
+              rows: jax.Array | None = None) -> PyTree:
   """The view the model sees: effective weights (possibly structured) at θ's paths.
 
   `aux` is the `'masks'` collection (non-trainable per-weight state such as
   sparsity masks); its entries are joined into θ before `apply`.
   `require_all`: a rule that matches no θ is an error (conversions, reports).
+  `rows`: the `ROWS_COLLECTION` index, handed to kernels that compute each
+  batch row differently (`select_rows`, e.g. a stack of adapters).
   """
   def fn(path, rule, theta):
     if rule is None:
@@ -97,6 +104,8 @@ def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: boo
     if aux:
       theta = join_state(rule.node, theta, meta.unbox(subtree(aux, path)))
     w = rule.node.apply(theta, None if rng is None else path_key(rng, path))
+    if rows is not None and hasattr(w, "select_rows"):
+      w = w.select_rows(rows)
     return w if structured else materialize(w)
   return map_theta(plan, params, fn, require_all=require_all)
 
@@ -141,9 +150,10 @@ def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
         # Non-trainable per-weight state (sparsity masks) is created with θ.
         new_aux = tuple(init_aux_tree(plan, t.get("params", {})) for t in target)
       aux = new_aux or tuple(unfreeze(v).get(AUX_COLLECTION) for v in variables)
+      rows = tuple(unfreeze(v).get(ROWS_COLLECTION, {}).get("index") for v in variables)
       views = tuple({**t, "params": effective(plan, t.get("params", {}), sample_rng, structured,
-                                              a)}
-                    for t, a in zip(target, aux))
+                                              a, rows=r)}
+                    for t, a, r in zip(target, aux, rows))
       scopes = scope_fn((views, variables), rng_groups,
                         mutable_filter=subtract_filters(True, "params"))
       y = fn(scopes, *args, **kwargs)
