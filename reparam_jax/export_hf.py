@@ -1,6 +1,7 @@
 r"""Exports a project checkpoint as a Hugging Face model folder.
 
   python -m reparam_jax.export_hf --workdir=RUN --to=/models/my-gpt2
+  python -m reparam_jax.export_hf --workdir=LORA_RUN --peft_dir=/adapters/my-lora
 
 `RUN` is a training workdir (its latest checkpoint; a reparameterized run is
 first merged to dense weights with `Reparam.to_dense`)
@@ -12,6 +13,10 @@ T5ForConditionalGeneration for an encoder–decoder), plus the tokenizer
 files when the run used a Hugging Face tokenizer.  Fields of the original
 config.json (label names, token ids) are kept when the run started from an
 imported checkpoint (`--config.init_from`).
+
+`--peft_dir` writes a LoRA/DoRA run's adapter alone in PEFT's format
+(adapter_config.json + adapter_model.safetensors, docs/peft.md), which
+`peft.PeftModel.from_pretrained` loads onto the run's `init_from` model.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Sequence
 
 from reparam_jax.errors import exit_on_user_error
 from reparam_jax.hf.exporter import export
+from reparam_jax.hf.peft_run import export_run_adapter
 
 
 @exit_on_user_error
@@ -31,9 +37,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True,
                       help="training workdir or convert_hf output folder")
-  parser.add_argument("--to", dest="dst", required=True, help="Hugging Face folder to write")
+  parser.add_argument("--to", dest="dst", help="Hugging Face folder to write")
+  parser.add_argument("--peft_dir", help="PEFT adapter folder to write (a LoRA/DoRA run's "
+                      "adapter alone; docs/peft.md)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  out = export(args.workdir, args.dst)
+  if not args.dst and not args.peft_dir:
+    parser.error("pass --to (the whole model) and/or --peft_dir (the LoRA adapter alone)")
+  out: dict[str, Any] = {}
+  if args.peft_dir:
+    out["peft"] = export_run_adapter(args.workdir, args.peft_dir)
+    config = out["peft"]["config"]
+    print(f"exported the adapter of {args.workdir} ({out['peft']['modules']} LoRA modules, "
+          f"r={config['r']}, use_dora={config['use_dora']}) to "
+          f"{os.path.abspath(args.peft_dir)} in PEFT's format; base model: "
+          f"{config['base_model_name_or_path'] or 'unknown (the run has no init_from)'}")
+  if not args.dst:
+    return out
+  out.update(export(args.workdir, args.dst))
   tok = "with its tokenizer" if out["tokenizer"] is not None else (
       "without a tokenizer (the workdir has none in GPT-2 BPE or WordPiece form)")
   print(f"exported {args.workdir} as {out['architecture']} ({out['values']:,} values in "
