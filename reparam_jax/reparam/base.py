@@ -166,7 +166,11 @@ class WrapperTransform(Transform):
   def wrap_apply(self, theta: dict[str, Array], base_w: Any, rng: Array | None) -> Any:
     raise NotImplementedError
 
-  def wrap_flops(self, theta: dict[str, Array], base_flops: int) -> int:
+  def wrap_flops(self, theta: dict[str, Array], base_flops: int,
+                 shape: tuple[int, ...] | None = None) -> int:
+    """Matmul FLOPs per token of the stack: the inner stage's plus this stage's own
+    (`shape`: W's, for a stage whose θ holds no d_in-sized leaf)."""
+    del theta, shape
     return base_flops
 
 

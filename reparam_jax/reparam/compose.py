@@ -96,7 +96,8 @@ class Wrapped:
 
   def flops(self, theta):
     own = {k: v for k, v in theta.items() if k != "base"}
-    return self.outer.wrap_flops(own, self.inner.flops(theta["base"]))
+    return self.outer.wrap_flops(own, self.inner.flops(theta["base"]),
+                                 tuple(self.inner.dense_shape(theta["base"])))
 
   def matches(self, theta):
     return (isinstance(theta, Mapping) and set(theta) == {"base", *self.outer.keys}

@@ -8,6 +8,7 @@ example specs, from the registry this fills.
 
 from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register)
     delta,
+    ia3,
     identity,
     lora,
     lowrank,
@@ -16,4 +17,5 @@ from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register
     quant,
     spherical,
     variational,
+    vera,
 )

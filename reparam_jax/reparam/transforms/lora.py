@@ -139,7 +139,7 @@ class LoRA(WrapperTransform):
   def leaf_axes(self, names):
     return {"lora_a": (names[0], None), "lora_b": (None, names[1])}
 
-  def wrap_flops(self, theta, base_flops):
+  def wrap_flops(self, theta, base_flops, shape=None):
     (m, r), n = theta["lora_a"].shape, theta["lora_b"].shape[1]
     return base_flops + 2 * r * (m + n)
 

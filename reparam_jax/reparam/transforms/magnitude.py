@@ -81,5 +81,5 @@ class Magnitude(WrapperTransform):
   def leaf_axes(self, names):
     return {"magnitude": (names[1],)}
 
-  def wrap_flops(self, theta, base_flops):
+  def wrap_flops(self, theta, base_flops, shape=None):
     return base_flops + theta["magnitude"].shape[0]
