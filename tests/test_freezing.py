@@ -132,3 +132,23 @@ def test_frozen_params_are_bit_identical_after_training(tmp_path, raw_data_dir, 
   changed = {k for k in start if not np.array_equal(start[k], end[k])}
   expected = {k for k in start if re.search(trainable, k)}
   assert expected and changed == expected, (sorted(changed ^ expected))
+
+
+@pytest.mark.parametrize("spec,leaf", [
+    ("lora(rank=2)|magnitude", "magnitude"),  # DoRA's magnitude trains with A and B
+    ("vera(rank=4)", "vera_d"),
+    ("ia3", "ia3_l"),
+])
+def test_lora_strategy_trains_every_adapter_stage(spec, leaf):
+  rules = ((r"block_\d+/attn/(query|value)/kernel", spec),)
+  rp = Reparam.from_config({"rules": rules})
+  params = _encoder_params()
+  dense = {k: v for k, v in params.items() if k != "classifier"}
+  theta = jax.eval_shape(lambda: rp.from_dense(jax.tree.map(jnp.zeros_like, dense)))
+  theta["classifier"] = params["classifier"]
+  mask = freezing.trainable_mask(theta, _finetune(freeze="lora"))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+  adapter = [p for p in flat if p.endswith("/" + leaf)]
+  assert adapter and all(flat[p] for p in adapter), flat
+  assert not flat["block_0/attn/query/kernel/base" + ("/base" if "magnitude" in spec else "")]

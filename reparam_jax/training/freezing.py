@@ -8,9 +8,10 @@
                 the blocks (final LayerNorm, pooler, output projection) train;
                 the embeddings and lower blocks are frozen (Howard & Ruder 2018;
                 Lee et al. 2019 "What would Elsa do?" freeze the bottom layers)
-  lora          only LoRA adapters (`lora_a`, `lora_b` leaves created by a
-                `lora(...)` rule in `config.reparam.rules`) and the head train,
-                as in Hu et al. (2021)'s GLUE runs
+  lora          only adapters and the head train, as in Hu et al. (2021)'s GLUE
+                runs: the own θ leaves of every adapter (wrapper) stage of
+                `config.reparam.rules` — LoRA's `lora_a`, `lora_b`, DoRA's
+                `magnitude`, VeRA's vectors, (IA)³'s scales, `delta`
 
 A head is any parameter whose path has a component matching
 `finetune.head_regex` (default: `classifier`, `head`, or a name ending in
@@ -33,6 +34,7 @@ import jax
 import ml_collections
 
 from reparam_jax.errors import UserError
+from reparam_jax.reparam import TRANSFORMS
 
 PyTree = Any
 
@@ -73,11 +75,12 @@ def trainable_mask(params: PyTree, finetune_cfg: ml_collections.ConfigDict | Non
   if strategy == "all_but_head":
     keep = is_head
   elif strategy == "lora":
-    if not any("lora_a" in p or "lora_b" in p for p in paths):
+    adapter_keys = _adapter_keys()
+    if not any(p[-1] in adapter_keys for p in paths):
       raise UserError("finetune.freeze='lora' needs LoRA adapters: add a rule such as "
                       "(r'block_\\d+/attn/(query|value)/kernel', 'lora(rank=8, alpha=16)') to "
                       "config.reparam.rules")
-    keep = lambda p: is_head(p) or p[-1] in ("lora_a", "lora_b")  # noqa: E731
+    keep = lambda p: is_head(p) or p[-1] in adapter_keys  # noqa: E731
   else:  # top_k
     k = int(finetune_cfg.get("top_k", 0))
     if any("block_shared" in p for p in paths):
@@ -90,6 +93,13 @@ def trainable_mask(params: PyTree, finetune_cfg: ml_collections.ConfigDict | Non
     keep = lambda p: is_head(p) or _above(p, n - k)  # noqa: E731
   flat = [keep(p) for p in paths]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flat)
+
+
+def _adapter_keys() -> frozenset[str]:
+  """Leaf names of adapter stages: the own θ keys of every registered wrapper transform
+  (a new adapter transform is covered by registering it)."""
+  return frozenset(k for cls in TRANSFORMS.values() if cls.wraps
+                   for k in getattr(cls, "keys", ()) if isinstance(k, str))
 
 
 def _above(path: tuple[str, ...], first_trainable: int) -> bool:
@@ -119,14 +129,15 @@ def combine(a: PyTree | None, b: PyTree | None) -> PyTree | None:
     return jax.tree.map(lambda y, sub: jax.tree.map(lambda x: bool(x) and bool(y), sub), b, a)
 
 
-def count_trainable(params: PyTree, mask: PyTree | None) -> int:
-  """Entries of `params` the optimizer updates under `mask` (a `combine`d mask; None = all)."""
+def count_trainable(params: PyTree, mask: PyTree | None, measure: str = "size") -> int:
+  """Entries (`measure='size'`) or bytes (`'nbytes'`) of `params` the optimizer updates
+  under `mask` (a `combine`d mask; None = all)."""
   if mask is None:
-    return int(sum(x.size for x in jax.tree.leaves(params)))
+    return int(sum(getattr(x, measure) for x in jax.tree.leaves(params)))
   total = 0
   for trains, sub in zip(jax.tree.leaves(mask), _prefix_subtrees(mask, params)):
     if trains:
-      total += int(sum(x.size for x in jax.tree.leaves(sub)))
+      total += int(sum(getattr(x, measure) for x in jax.tree.leaves(sub)))
   return total
 
 

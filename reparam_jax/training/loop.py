@@ -89,10 +89,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
       print(init_summary, flush=True)
   n_params = steps.count_params(state.params)
-  n_trainable = freezing.count_trainable(state.params, freezing.combine(
-      rp.trainable_mask(state.params), freezing.trainable_mask(state.params,
-                                                               config.get("finetune"))))
+  train_mask = freezing.combine(rp.trainable_mask(state.params),
+                                freezing.trainable_mask(state.params, config.get("finetune")))
+  n_trainable = freezing.count_trainable(state.params, train_mask)
   param_bytes = int(sum(x.nbytes for x in jax.tree.leaves(state.params)))
+  # What the optimizer never updates (an adapter's base): the bytes QLoRA shrinks.
+  frozen_bytes = param_bytes - freezing.count_trainable(state.params, train_mask, "nbytes")
   if is_main:
     _describe(config, workdir, mesh, rp, state.params, n_params)
   mfu_meter = MfuMeter.for_run(config, task, state.params)
@@ -213,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   final = {"step": config.num_steps, **last_eval, "params/stored": n_params,
            "params/trainable": n_trainable, "params/bytes": param_bytes,
+           "params/frozen_bytes": frozen_bytes,
            **early.done_fields(config.num_steps)}
   if is_main:
     print(f"stopped at step {final['step']}: {final['stop_reason']}", flush=True)

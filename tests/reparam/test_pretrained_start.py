@@ -85,3 +85,5 @@ def test_trainable_count_of_a_lora_run_is_the_adapters():
   n = freezing.count_trainable(params, rp.trainable_mask(params))
   assert n == 2 * 2 * (16 * 2 + 2 * 16)  # 2 blocks × (query, value) × (A + B)
   assert freezing.count_trainable(params, None) == sum(x.size for x in jax.tree.leaves(params))
+  # In bytes (what done.json's params/frozen_bytes subtracts from the total): float32 A, B.
+  assert freezing.count_trainable(params, rp.trainable_mask(params), "nbytes") == 4 * n
