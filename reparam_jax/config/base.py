@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   # init_from: block i of the model starts from block init_layers[i] of the checkpoint
   # (DistilBERT's student: every other teacher layer, (0, 2, 4)); () = block i from block i.
   c.init_layers = ()
+  # A PEFT LoRA/DoRA adapter folder (adapter_config.json + adapter_model.safetensors) put on
+  # top of init_from; config.reparam.rules must describe it (docs/peft.md).
+  c.init_adapter = ""
 
   # Preemption, divergence and checkpoint failures; see docs/reliability.md.
   c.reliability = ml_collections.ConfigDict()

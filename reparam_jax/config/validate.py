@@ -117,6 +117,9 @@ def _problems(config: ConfigDict) -> Iterator[str]:
     for applies, ok, expected in _BY_NAME:
       if applies(leaf) and not any(key == c[0] for c in CHECKS) and not _safe(ok, value):
         yield f"config.{key}={value!r}: expected {expected}"
+  if config.get("init_adapter") and not config.get("init_from"):
+    yield (f"config.init_adapter={config.init_adapter!r} needs config.init_from: the model the "
+           "adapter was trained on")
   yield from _model_problems(config)
   yield from _mesh_problems(config)
   yield from _axis_rule_problems(config)

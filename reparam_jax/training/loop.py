@@ -11,6 +11,7 @@ from its flags before calling this.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -23,7 +24,7 @@ import tqdm
 from reparam_jax import regularizers
 from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
-from reparam_jax.hf import pretrained
+from reparam_jax.hf import peft, pretrained
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
 from reparam_jax.rundir import checkpoint
@@ -82,6 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     loaded = pretrained.load_params(config.init_from)
     if config.get("init_layers"):
       loaded = pretrained.select_layers(loaded, config.init_layers, config.init_from)
+    if config.get("init_adapter"):  # a PEFT adapter on top of the pretrained weights
+      loaded = peft.start_from_adapter(os.path.expandvars(config.init_adapter), loaded, rp)
     params, init_summary = checkpoint.load_matching_params(
         config.init_from, steps.abstract_like(state.params, state_shardings.params),
         state.params, rp.adopt_dense(loaded, state.params))
