@@ -21,6 +21,7 @@ from reparam_jax.errors import exit_on_user_error
 from reparam_jax.hf import pretrained
 from reparam_jax.perf.reparam_report import model_rows
 from reparam_jax.reparam import format_report
+from reparam_jax.reparam.stats import format_rule_summary
 
 
 @exit_on_user_error
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({total['compression']:.2f}x), trainable {total['trainable']:,}; "
         f"matmul FLOPs/token {total['flops']:,} vs {total['flops_dense']:,} dense "
         f"({total['flops'] / max(total['flops_dense'], 1):.3f}x)")
+  if len(rows) > 1:  # per rule: each adapter's trainable parameters, bytes and FLOPs
+    print("\n" + format_rule_summary(rows))
 
 
 if __name__ == "__main__":

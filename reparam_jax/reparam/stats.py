@@ -51,6 +51,8 @@ def weight_stats(node: Any, theta: Any, path: str = "", structured: bool = True)
       ["(all)"] if decay else [])
   return dict(shape=shape, dense=dense, stored=stored, decayed=",".join(decayed) or "-",
               trainable=sum(_size(x) for x, t in zip(leaves, flags) if t),
+              trainable_bytes=sum(_bits(x) for x, t in zip(leaves, flags) if t) // 8,
+              frozen_bytes=sum(_bits(x) for x, t in zip(leaves, flags) if not t) // 8,
               flops_dense=flops_dense, flops=flops,
               bits_per_weight=sum(_bits(x) for x in leaves) / max(dense, 1),
               compression=dense / max(stored, 1))
@@ -147,4 +149,37 @@ def format_report(rows: list[dict[str, Any]]) -> str:
                            for i, (c, w) in enumerate(zip(row, widths))).rstrip())
     if j == 0 or j == len(table) - 2:
       lines.append("-" * len(lines[-1]))
+  return "\n".join(lines)
+
+
+def rule_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per transform spec (one per rule, e.g. one adapter): how many weights it covers,
+  its trainable parameters and their bytes (what saving the adapter alone writes), the
+  bytes of what it keeps frozen (an adapter's base), and the matmul FLOPs per token it
+  adds over the dense weights (negative: it saves)."""
+  out: dict[str, dict[str, Any]] = {}
+  for r in rows:
+    if r["path"] == "total" or not r.get("spec"):  # the totals, the tied output layer
+      continue
+    s = out.setdefault(r["spec"], dict(spec=r["spec"], weights=0, trainable=0,
+                                       trainable_bytes=0, frozen_bytes=0, extra_flops=0))
+    s["weights"] += 1
+    s["trainable"] += r["trainable"]
+    s["trainable_bytes"] += r.get("trainable_bytes", 0)
+    s["frozen_bytes"] += r.get("frozen_bytes", 0)
+    s["extra_flops"] += r["flops"] - r["flops_dense"]
+  return list(out.values())
+
+
+def format_rule_summary(rows: list[dict[str, Any]]) -> str:
+  """A fixed-width table of `rule_summary(rows)`."""
+  cols = [("spec", "transform"), ("weights", "weights"), ("trainable", "trainable"),
+          ("trainable_bytes", "trainable bytes"), ("frozen_bytes", "frozen bytes"),
+          ("extra_flops", "extra FLOPs/tok")]
+  table = [[h for _, h in cols]] + [
+      [str(r[k]) if k == "spec" else _fmt_int(r[k]) for k, _ in cols] for r in rule_summary(rows)]
+  widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in table]
+  lines.insert(1, "-" * len(lines[0]))
   return "\n".join(lines)

@@ -78,3 +78,20 @@ def test_report_names_the_leaves_weight_decay_acts_on():
   assert rows["block_0/mlp/fc_out/kernel"]["decayed"] == "mu"
   assert rows["block_0/attn/query/kernel"]["decayed"] == "u/mu,v/mu"
   assert "weight decay on" in format_report(list(rows.values()))
+
+
+def test_rule_summary_counts_each_adapter():
+  from reparam_jax.reparam.stats import format_rule_summary, rule_summary
+
+  rules = ((r"block_0/attn/(query|value)/kernel", "lora(rank=2)|magnitude"),
+           (r"block_0/mlp/fc_out/kernel", "ia3(side=input)"))
+  rows = model_rows(_config(rules))
+  dora, ia3 = rule_summary(rows)
+  # Two 16x16 kernels: A 16x2 + B 2x16 + magnitude 16 trained, W0 256 frozen, float32;
+  # FLOPs over dense: 2·2·(16+16) for the adapter and 16 for the column scaling.
+  assert (dora["weights"], dora["trainable"]) == (2, 2 * (64 + 16))
+  assert (dora["trainable_bytes"], dora["frozen_bytes"]) == (4 * 2 * 80, 4 * 2 * 256)
+  assert dora["extra_flops"] == 2 * (2 * 2 * 32 + 16)
+  # fc_out 32x16: the input scale (32) trains, the 512-entry kernel is frozen; no matmul added.
+  assert (ia3["trainable"], ia3["frozen_bytes"], ia3["extra_flops"]) == (32, 4 * 512, 0)
+  assert "lora(rank=2)|magnitude" in format_rule_summary(rows)
