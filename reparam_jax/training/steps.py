@@ -127,8 +127,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
   reports `nonfinite=1`; the host decides whether that stops the run.
   `nan_at_step` and `penalties`: see `make_loss_fn`.
   """
-  grad_fn = jax.value_and_grad(make_loss_fn(model, task, rp, nan_at_step, penalties),
-                               has_aux=True)
+  grad_fn = _value_and_grad(make_loss_fn(model, task, rp, nan_at_step, penalties))
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)
@@ -167,6 +166,24 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                          extra=extra), metrics
 
   return train_step
+
+
+def _value_and_grad(loss_fn: LossFn) -> Callable[..., Any]:
+  """`jax.value_and_grad(loss_fn, has_aux=True)` over params that may hold integer leaves.
+
+  Integer θ (int8 / packed 4-bit storage of a frozen base, `qweight`, `q4`) has no
+  gradient; its gradient is an integer zero of its own shape, which the optimizer's
+  mask turns into no update and no state, and which XLA folds away.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)
+
+  def fn(params: PyTree, *args: Any) -> Any:
+    out, grads = grad_fn(params, *args)
+    grads = jax.tree.map(
+        lambda g, p: jnp.zeros_like(p) if g.dtype == jax.dtypes.float0 else g, grads, params)
+    return out, grads
+
+  return fn
 
 
 def make_eval_step(model: nn.Module, task: Any) -> Callable[[TrainState, dict], dict]:

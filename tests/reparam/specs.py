@@ -19,10 +19,11 @@ COMPOSITIONS = [
 # Transforms whose gradient is not the derivative of a smooth function by design
 # (straight-through estimators, data-dependent masks; their own tests check the
 # gradients they promise), or that train nothing.
-NOT_SMOOTH = {"quant", "qweight", "mask", "frozen"}
-NOT_TRAINABLE = {"qweight", "frozen"}
+NOT_SMOOTH = {"quant", "qweight", "q4", "mask", "frozen"}
+NOT_TRAINABLE = {"qweight", "q4", "frozen"}
 # Storage forms a model cannot be initialized in (only converted into: `from_dense`).
-CONVERT_ONLY = {"qweight"}
+# None at present: qweight and q4 initialize by quantizing the model's own init sample.
+CONVERT_ONLY: set[str] = set()
 
 
 def name_of(spec: str) -> str:

@@ -17,7 +17,9 @@ exact, which keeps pruned zeros zero).
 * `qweight(bits=8)`: θ = {q: int8 [d_in, d_out], scale: f32 [d_out]}, the
   post-training storage form: the checkpoint really holds int8 arrays.
   apply dequantizes.  Not trainable (integers have no gradient): train with
-  `quant` and convert (`reparam_jax.compress`).
+  `quant` and convert (`reparam_jax.compress`), or train an adapter on it
+  (`qweight|lora`, a frozen int8 base; initialized from scratch it stores the
+  model's own init sample quantized).
 """
 
 from __future__ import annotations
@@ -181,19 +183,18 @@ class QWeight(Transform):
   def check(self, shape):
     _check_bits("qweight", self.bits, shape)
 
-  def init(self, key, shape, dtype, std):
-    raise UserError("qweight is the post-training storage form and cannot be trained; train "
-                    "with quant(bits=...) and convert with python -m reparam_jax.compress")
-
   def init_from(self, key, w_init):
-    return self.init(key, w_init.shape, w_init.dtype, 0.0)
+    # The model's own init sample, stored quantized: a frozen base from scratch
+    # (`qweight|lora`); alone it trains nothing, like `frozen`.
+    return self.from_dense(w_init, key)
 
   def from_dense(self, w, key=None):
     q, s = quantize(w, self.bits, self.axis)
     return {"q": q, "scale": s}
 
   def apply(self, theta, rng=None):
-    return dequantize(theta["q"], theta["scale"], self.axis)
+    # In the dtype of the scale, i.e. of the weight it replaced (conversions cast float θ to it).
+    return dequantize(theta["q"], theta["scale"], self.axis, theta["scale"].dtype)
 
   def leaf_axes(self, names):
     kept = tuple(n for i, n in enumerate(names) if i != self.axis % len(names))
