@@ -177,3 +177,18 @@ def test_dora_detaches_the_norm_as_the_paper_does():
   np.testing.assert_allclose(g_detached, expected, atol=1e-3)
   _, g_through = grads(f"lora(rank={R})|magnitude(detach_norm=False)")
   assert not np.allclose(g_through, expected, atol=1e-3)
+
+
+def test_stacks_of_the_family_compose():
+  """QDoRA (a 4-bit base under DoRA) and PiSSA under DoRA start where their parts say."""
+  w = jnp.asarray(_w(5, (16, 8)))
+  q4 = parse_spec("q4(block_size=4)")
+  quantized = np.asarray(materialize(q4.apply(q4.from_dense(w))))
+  node = parse_spec("q4(block_size=4)|lora(rank=2)|magnitude")
+  theta = node.from_dense(w, jax.random.key(0))
+  np.testing.assert_allclose(materialize(node.apply(theta)), quantized, atol=1e-5)
+  flags = node.trainable(theta)
+  assert flags["magnitude"] and flags["base"]["lora_a"]
+  assert not any(jax.tree.leaves(flags["base"]["base"]))  # the packed codes never train
+  node = parse_spec("lora(rank=2, init=pissa)|magnitude")
+  np.testing.assert_allclose(materialize(node.apply(node.from_dense(w))), w, atol=1e-4)
