@@ -3,7 +3,7 @@ r"""SST-2 with DoRA on MiniLM's query and value (r = 8, α = 16).
 Liu et al. (2024): W = m · (W₀ + s·A B)/‖W₀ + s·A B‖_c with a trained
 magnitude m per output column, written as the composition
 `lora(...)|magnitude` (reparam_jax/reparam/transforms/magnitude.py).  Same
-targets, rank, α and learning rate as minilm_lora.py.
+targets, rank, α, freezing and learning rate as minilm_lora.py.
 
 Command:
   REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
@@ -14,13 +14,10 @@ Runtime and expected dev accuracy: experiments/adapters.py's table
 (experiments/results/adapters/README.md).
 """
 
-from configs.sst2 import minilm
+from configs.sst2 import minilm_lora
 
 
 def get_config(arg=None):
-  c = minilm.get_config(arg)
-  c.reparam.rules = ((r"block_\d+/attn/(query|value)/kernel",
-                      "lora(rank=8, alpha=16)|magnitude"),)
-  c.finetune.freeze = "lora"
-  c.optimizer.lr = 1e-3
+  c = minilm_lora.get_config(arg)  # q, v of every block; finetune.freeze = "lora"
+  c.reparam.rules = ((minilm_lora.QV, "lora(rank=8, alpha=16)|magnitude"),)
   return c

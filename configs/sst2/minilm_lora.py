@@ -19,10 +19,12 @@ points behind, so the issue's goal (within 1.5) is not met at this budget and lr
 
 from configs.sst2 import minilm
 
+QV = r"block_\d+/attn/(query|value)/kernel"  # the attention query and value of every block
+
 
 def get_config(arg=None):
   c = minilm.get_config(arg)
-  c.reparam.rules = ((r"block_\d+/attn/(query|value)/kernel", "lora(rank=8, alpha=16)"),)
+  c.reparam.rules = ((QV, "lora(rank=8, alpha=16)"),)
   c.finetune.freeze = "lora"
   c.optimizer.lr = 1e-3
   return c

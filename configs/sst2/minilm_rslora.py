@@ -13,13 +13,10 @@ Runtime and expected dev accuracy: experiments/adapters.py's table
 (experiments/results/adapters/README.md).
 """
 
-from configs.sst2 import minilm
+from configs.sst2 import minilm_lora
 
 
 def get_config(arg=None):
-  c = minilm.get_config(arg)
-  c.reparam.rules = ((r"block_\d+/attn/(query|value)/kernel",
-                      "lora(rank=8, alpha=16, rslora=True)"),)
-  c.finetune.freeze = "lora"
-  c.optimizer.lr = 1e-3
+  c = minilm_lora.get_config(arg)  # q, v of every block; finetune.freeze = "lora"
+  c.reparam.rules = ((minilm_lora.QV, "lora(rank=8, alpha=16, rslora=True)"),)
   return c
