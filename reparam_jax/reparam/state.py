@@ -16,8 +16,7 @@ from typing import Any, Mapping
 
 from reparam_jax.errors import UserError
 from reparam_jax.reparam.compose import SlotMapped, Wrapped
-
-AUX_COLLECTION = "masks"
+from reparam_jax.rundir.checkpoint import AUX_COLLECTION  # noqa: F401 (where the state lives)
 
 
 def state_stages(node: Any, theta: Any, prefix: tuple = ()) -> list[tuple[Any, tuple]]:

@@ -198,6 +198,10 @@ class Checkpointer:
 # process or many): checked first so the warning names what is missing.
 _REQUIRED = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt")
 
+# The non-param collection that holds the reparameterizations' per-weight state
+# (sparsity masks, reparam/state.py) in a train state and its checkpoints.
+AUX_COLLECTION = "masks"
+
 
 def _missing_files(step_dir: epath.Path, data: bool = True) -> str:
   missing = [name for name in _REQUIRED if not (step_dir / name).exists()]

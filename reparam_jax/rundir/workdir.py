@@ -26,7 +26,6 @@ import ml_collections
 from etils import epath
 
 from reparam_jax.errors import UserError
-from reparam_jax.reparam.state import AUX_COLLECTION
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir.files import atomic_write
 
@@ -155,7 +154,7 @@ def load_masks(workdir: str) -> PyTree | None:
   Every tool that materializes a run's weights applies these, as training did.
   """
   workdir = os.path.abspath(workdir)
-  masks = (_latest_extra(workdir) or {}).get(AUX_COLLECTION)
+  masks = (_latest_extra(workdir) or {}).get(checkpoint.AUX_COLLECTION)
   if masks is None and os.path.isdir(path(workdir, MASKS)):
     masks = checkpoint.load_params(path(workdir, MASKS))
   return masks
