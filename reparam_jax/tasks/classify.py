@@ -1,4 +1,4 @@
-"""Sequence classification (SST-2 sentiment) by fine-tuning an encoder.
+"""Sequence classification (SST-2, or data.name's dataset) by fine-tuning an encoder.
 
 Model: the encoder, pooled (`encoder.pooling`), then the seeds' head
 LayerNorm → Dropout → Linear; loss: cross-entropy (optionally label-smoothed)
@@ -27,13 +27,12 @@ import ml_collections
 import numpy as np
 
 from reparam_jax.data.buckets import bucketed_loader
+from reparam_jax.data.classification import load_classification
 from reparam_jax.data.pipeline import prepare_once, train_loader
 from reparam_jax.data.sst2 import (
-  LABEL_NAMES,
   ClassificationSource,
   encode_all,
   encoder_tokenizer,
-  load_sst2,
   padded_eval_batches,
   specials,
 )
@@ -59,11 +58,11 @@ class ClassificationTask:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config, self.workdir = config, workdir
     self.cfg = section(config, "classify")
-    self.names = LABEL_NAMES
+    # data.name: sst2 or shakespeare_order (data/classification.py).
+    self.names, data = load_classification(config.data)
     if section(config, "encoder").num_classes != len(self.names):
-      raise UserError(f"encoder.num_classes={config.encoder.num_classes} but SST-2 has "
-                      f"{len(self.names)} classes")
-    data = load_sst2(config.data)
+      raise UserError(f"encoder.num_classes={config.encoder.num_classes} but {config.data.name} "
+                      f"has {len(self.names)} classes")
     self.tokenizer = prepare_once(encoder_tokenizer, config.data, data["train"][0], workdir,
                                   self.tokenizer_sources())
     sp = specials(self.tokenizer)
@@ -139,6 +138,6 @@ class ClassificationTask:
         f.write(report)
       classify_report.plot_confusion(cm, self.names,
                                      os.path.join(self.workdir, "confusion_matrix.png"),
-                                     title=f"SST-2 dev, accuracy {out['accuracy']:.3f}")
+                                     title=f"{self.config.data.name} dev, accuracy {out['accuracy']:.3f}")
       print(report, flush=True)
     return out

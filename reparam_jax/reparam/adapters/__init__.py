@@ -15,11 +15,12 @@ from reparam_jax.reparam.adapters.merge import (
     unmerge_from_base,
 )
 from reparam_jax.reparam.adapters.named import AdapterBank
-from reparam_jax.reparam.adapters.select import row_index, stack_adapters
+from reparam_jax.reparam.adapters.select import row_index, stack_adapters, stack_modules
 from reparam_jax.reparam.adapters.single import (
     extract_adapter,
     insert_adapter,
     load_adapter,
+    module_leaves,
     null_adapter,
     read_adapter,
     save_adapter,
@@ -28,6 +29,7 @@ from reparam_jax.reparam.adapters.single import (
 
 __all__ = [
     "AdapterBank", "extract_adapter", "insert_adapter", "load_adapter", "merge_deltas",
-    "merge_into_base", "merge_to_adapter", "null_adapter", "read_adapter", "row_index",
-    "save_adapter", "stack_adapters", "unmerge_from_base", "write_adapter",
+    "merge_into_base", "merge_to_adapter", "module_leaves", "null_adapter", "read_adapter",
+    "row_index", "save_adapter", "stack_adapters", "stack_modules", "unmerge_from_base",
+    "write_adapter",
 ]

@@ -18,12 +18,16 @@ the others take the "no change" value (LoRA: B = 0), as does every leaf
 while the bank is disabled, so a disabled bank runs the base model
 exactly (for LoRA bit-exactly: `(x A) 0 = 0`).  Same shapes whatever is
 active, so switching adapters does not recompile a jitted step.
+
+`modules_to_save` (PEFT's name): ordinary parameters every adapter carries
+whole, e.g. `("classifier",)` for a task head trained beside LoRA; see
+single.py.  Their "no change" value is the base params' own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flax.core import meta
@@ -35,6 +39,7 @@ from reparam_jax.reparam.adapters.single import (
   check_fits,
   extract_adapter,
   insert_adapter,
+  module_leaves,
   null_adapter,
   read_adapter,
   write_adapter,
@@ -54,11 +59,18 @@ class AdapterBank:
   adapters: Mapping[str, Adapter] = dataclasses.field(default_factory=dict)
   active: str | None = None
   enabled: bool = True
+  modules_to_save: tuple[str, ...] = ()  # regexes of whole parameters each adapter carries
+  module_paths: frozenset[str] = frozenset()  # the leaf paths they cover
 
   @classmethod
-  def create(cls, params: PyTree, rp: Reparam) -> AdapterBank:
-    """An empty bank for the base `params` (θ form, e.g. `rp.from_dense(dense)`)."""
-    return cls(rp, abstract(extract_adapter(params, rp)), null_adapter(params, rp))
+  def create(cls, params: PyTree, rp: Reparam, modules_to_save: Sequence[str] = ()
+             ) -> AdapterBank:
+    """An empty bank for the base `params` (θ form, e.g. `rp.from_dense(dense)`); each
+    adapter also carries the leaves of `modules_to_save` (e.g. `("classifier",)`)."""
+    mods = tuple(modules_to_save)
+    return cls(rp, abstract(extract_adapter(params, rp, mods)),
+               null_adapter(params, rp, mods), modules_to_save=mods,
+               module_paths=frozenset(module_leaves(params, mods)))
 
   # --- queries ----------------------------------------------------------------
   @property
@@ -96,7 +108,7 @@ class AdapterBank:
     if (adapter is None) == (params is None):
       raise UserError("add(name, adapter) or add(name, params=...): give exactly one")
     if params is not None:
-      adapter = extract_adapter(params, self.rp)
+      adapter = extract_adapter(params, self.rp, self.modules_to_save)
     adapter = {p: meta.unbox(v) for p, v in adapter.items()}
     check_fits(adapter, self.layout, f"adapter {name!r}:")
     adapters = {**self.adapters, name: adapter}

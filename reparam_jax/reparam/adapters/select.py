@@ -9,6 +9,9 @@ row uses.  One compiled program serves any mix of adapters.
   model_s = rp_s.wrap(model)
   y = model_s.apply({"params": params_s, "adapter_index": {"index": idx_B}}, x_BxL)
 
+A bank's `modules_to_save` (whole task heads) are not stacked into the
+model; `stack_modules` gives them stacked for the caller to pick per row.
+
 How it reaches the layers: `rp_s`'s rules wrap each adapter rule's node in
 `Stacked`, whose `apply` returns a `RowKernel`; the interceptor hands it the
 `'adapter_index'` collection (`intercept.ROWS_COLLECTION`, via
@@ -202,12 +205,23 @@ def stack_adapters(bank: Any, names: Sequence[str], params: PyTree) -> tuple[PyT
   adapters = [bank.complete(n) for n in names]  # also: unknown name -> UserError
   out = jax.tree.map(lambda x: x, params, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
   for path in bank.layout:
+    if path in bank.module_paths:
+      continue  # a plain module (a head) cannot take a stack: see stack_modules
     old = subtree(params, path)
     if old is None:
       raise UserError(f"params have no adapter leaf {path}: pass the base params the bank was "
                       "created for")
     set_path(out, path, _stack_box(old, [ad[path] for ad in adapters]))
   return out, stacked_reparam(bank.rp, len(names))
+
+
+def stack_modules(bank: Any, names: Sequence[str]) -> dict[str, Array]:
+  """`{path: [N, ...]}`: the bank's `modules_to_save` leaves of adapters `names`, stacked
+  in that order.  `stack_adapters` leaves these modules (e.g. task heads) unstacked, as
+  an ordinary layer takes one weight; a caller applies each row's own (docs/incremental.md)."""
+  adapters = [bank.complete(n) for n in names]
+  return {p: jnp.stack([jnp.asarray(ad[p]) for ad in adapters])
+          for p in sorted(bank.module_paths)}
 
 
 def row_index(index: Any) -> dict[str, dict[str, Array]]:

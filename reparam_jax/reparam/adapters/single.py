@@ -4,6 +4,13 @@ An adapter is `{leaf path: array}`, e.g. `'block_0/attn/query/kernel/lora_a'`:
 the leaves `trainable()` marks inside every θ whose rule has a wrapper stage
 (`lora`, `lora|magnitude`, ...); everything else is the base checkpoint.
 
+An adapter may also carry whole ordinary parameters, `modules_to_save` (as
+PEFT calls them): a task-specific classifier head trained beside LoRA belongs
+to the adapter, not to the shared base.  They are named by regexes matched
+against a leaf path or any of its `/`-prefixes (`"classifier"` carries
+`classifier/out/kernel`, `classifier/out/bias`, ...); their "no change" value
+is the base params' own.
+
 Saving: a path ending in `.npz` is the legacy single-host format (gathered to
 this host, one file); any other path is an orbax directory written by
 `rundir.checkpoint.save_params`, where every host writes its own shards and a
@@ -13,7 +20,8 @@ load restores each leaf straight onto the sharding of the params it goes into.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -49,9 +57,35 @@ def _trainable_leaves(prefix: str, tree: Any, mask: Any, out: dict) -> None:
     out[prefix] = meta.unbox(tree)
 
 
-def extract_adapter(params: PyTree, rp: Reparam) -> Adapter:
+def module_leaves(params: PyTree, modules_to_save: Sequence[str]) -> Adapter:
+  """`{path: array}` of every leaf under the modules `modules_to_save` names: each a
+  regex matched (in full) against a leaf path or one of its `/`-prefixes."""
+  out: Adapter = {}
+  leaves = list(dict_leaves(params))
+  for pattern in modules_to_save:
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise UserError(f"modules_to_save pattern {pattern!r}: {e}") from None
+    hits = {p: meta.unbox(v) for p, v in leaves if _under(regex, p)}
+    if not hits:
+      tops = sorted({p.split("/")[0] for p, _ in leaves})
+      raise UserError(f"modules_to_save pattern {pattern!r} matches no parameter (top-level "
+                      f"modules: {', '.join(tops)})")
+    out.update(hits)
+  return out
+
+
+def _under(regex: re.Pattern, path: str) -> bool:
+  parts = path.split("/")
+  return any(regex.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def extract_adapter(params: PyTree, rp: Reparam, modules_to_save: Sequence[str] = ()
+                    ) -> Adapter:
   """`{path: array}` of the trainable leaves of every θ whose rule has a wrapper stage
-  (LoRA's A and B, DoRA's magnitude, ...); everything else is the base checkpoint."""
+  (LoRA's A and B, DoRA's magnitude, ...), plus every leaf of `modules_to_save` (e.g. a
+  task head, see the module docstring); everything else is the base checkpoint."""
   out: Adapter = {}
 
   def visit(path, rule, theta):
@@ -63,7 +97,12 @@ def extract_adapter(params: PyTree, rp: Reparam) -> Adapter:
   if not out:
     raise UserError("no adapter parameters: config.reparam.rules has no rule with a wrapper "
                     "stage such as lora(...)")
-  return out
+  carried = module_leaves(params, modules_to_save)
+  clash = sorted(set(carried) & set(out))
+  if clash:
+    raise UserError(f"modules_to_save covers adapter leaf {clash[0]}: name only ordinary "
+                    "parameters (e.g. the task head), not weights with a lora(...) rule")
+  return {**out, **carried}
 
 
 def _null_theta(node: Any, theta: Any, key: jax.Array) -> Any:
@@ -80,11 +119,12 @@ def _null_theta(node: Any, theta: Any, key: jax.Array) -> Any:
   return {"base": base, **own}
 
 
-def null_adapter(params: PyTree, rp: Reparam) -> Adapter:
-  """The adapter that leaves the base model as it is (LoRA: B = 0), with the layout,
-  dtypes and shardings of `params`' own adapter leaves."""
+def null_adapter(params: PyTree, rp: Reparam, modules_to_save: Sequence[str] = ()
+                 ) -> Adapter:
+  """The adapter that leaves the base model as it is (LoRA: B = 0; `modules_to_save`: the
+  values in `params`), with the layout, dtypes and shardings of `params`' own leaves."""
   layout = extract_adapter(params, rp)
-  out: Adapter = {}
+  out: Adapter = dict(module_leaves(params, modules_to_save))
 
   def visit(path, rule, theta):
     if rule is not None and has_wrapper(rule.node):
@@ -94,7 +134,7 @@ def null_adapter(params: PyTree, rp: Reparam) -> Adapter:
     return theta
 
   map_theta(rp.plan, params, visit)
-  return {p: _like(v, layout[p]) for p, v in out.items()}
+  return {p: _like(v, layout[p]) if p in layout else v for p, v in out.items()}
 
 
 def abstract(adapter: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -180,9 +220,10 @@ def read_adapter(path: str, like: Mapping[str, Any]) -> Adapter:
   return dict(dict_leaves(restored))
 
 
-def save_adapter(path: str, params: PyTree, rp: Reparam) -> None:
-  """Writes only the adapter (see the module docstring for the two formats)."""
-  write_adapter(path, extract_adapter(params, rp))
+def save_adapter(path: str, params: PyTree, rp: Reparam, modules_to_save: Sequence[str] = ()
+                 ) -> None:
+  """Writes only the adapter (and `modules_to_save`; the module docstring has the formats)."""
+  write_adapter(path, extract_adapter(params, rp, modules_to_save))
 
 
 def load_adapter(path: str, params: PyTree) -> PyTree:
