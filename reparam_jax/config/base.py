@@ -28,6 +28,9 @@ DEFAULT_AXIS_RULES = (
     ("heads", "tensor"),
     ("kv", None),
     ("vocab", "tensor"),
+    # The stacked layer axis of model.scan_layers stays whole on each device (its
+    # layers run one after another); FSDP splits each layer's weights along embed.
+    ("layers", None),
 )
 
 
@@ -62,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.residual_dropout = 0.0
   c.model.dtype = "float32"  # compute dtype: "bfloat16" for mixed precision
   c.model.param_dtype = "float32"
-  c.model.remat = False
+  # Backward-pass rematerialisation of each block: none, full, dots, dots_no_batch
+  # (models/stack.py); full keeps only each block's input.
+  c.model.remat = "none"
+  c.model.scan_layers = False  # nn.scan over stacked blocks: compile once, whatever the depth
   # Projection (ALBERT etc.; docs/tasks.md): factorised embedding width (0 = off),
   # one block shared by all layers, per-block widths (() = embed_dim everywhere).
   c.model.embed_proj_dim = 0
@@ -113,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.reparam = ml_collections.ConfigDict()
   c.reparam.rules = ()
+  # Where effective weights are computed: inside each layer (True; under remat they are
+  # recomputed in the backward pass), once for the whole model (False), or 'auto':
+  # per layer when model.scan_layers (docs/scaling.md).
+  c.reparam.per_layer = "auto"
 
   # Penalties added to the loss (reparam_jax/regularizers, docs/regularization.md).
   c.reg = ml_collections.ConfigDict()

@@ -19,6 +19,7 @@ from reparam_jax.hf import family
 from reparam_jax.hf.common import check_shapes, flatten
 from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, build_model, expected_shapes
 from reparam_jax.models import TransformerConfig, transformer_config
+from reparam_jax.pytree import layers
 from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
@@ -50,6 +51,7 @@ def _run_model(run_config: dict[str, Any], flat: dict[str, np.ndarray]) -> Trans
   else:
     section.setdefault("causal", False)
   section["layer_dims"] = tuple(section.get("layer_dims") or ())
+  section["scan_layers"] = False  # the params are unrolled (load_for_export)
   return transformer_config(section)
 
 
@@ -134,7 +136,7 @@ def load_for_export(workdir: str) -> tuple[dict[str, np.ndarray], TransformerCon
     if rules:  # the weights the run computes with: adapters merged, its masks applied
       params = Reparam.from_config(run_config["reparam"]).to_dense(
           params, rundir.load_masks(workdir))
-    flat = flatten(params)
+    flat = flatten(layers.unstack_layers(params))  # Hugging Face numbers its layers
     cfg, source = _run_model(run_config, flat), _source_of(run_config.get("init_from") or "")
   else:
     raise UserError(f"{workdir} is neither a training workdir (config.json + checkpoints/) "

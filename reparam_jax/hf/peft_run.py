@@ -21,6 +21,7 @@ from reparam_jax.hf import pretrained
 from reparam_jax.hf.common import flatten
 from reparam_jax.hf.importer import SOURCE_FILE
 from reparam_jax.hf.peft import collect_adapters, export_peft_adapter
+from reparam_jax.pytree import layers
 from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
@@ -72,7 +73,7 @@ def export_run_adapter(workdir: str, out_dir: str) -> dict[str, Any]:
   if rp.has_state:
     raise UserError(f"{workdir}: the run's rules have masks (sparsity); PEFT has no "
                     "counterpart, export the merged model with --to instead")
-  params = checkpoint.load_params(workdir)
+  params = layers.unstack_layers(checkpoint.load_params(workdir))  # PEFT numbers its layers
   init_from = os.path.expandvars(run_config.get("init_from") or "")
   saved = ("classifier",) if "classifier" in params else ()
   if saved and set(params["classifier"]) != {"out"}:

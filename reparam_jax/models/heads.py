@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.models.layers import Dense, LayerNorm, materialize
+from reparam_jax.models.stack import LayerTransform
 from reparam_jax.models.transformer import Transformer, TransformerConfig
 
 Array = jax.Array
@@ -108,9 +109,10 @@ class EncoderWithHeads(nn.Module):
   pooling: str = "cls"
   classifier_norm: bool = True  # the classifier's LayerNorm (absent in imported HF models)
   classifier_feature_proj_dim: int = 0  # > 0: project features to this width first
+  layer_transform: LayerTransform | None = None  # see models/stack.py
 
   def setup(self):
-    self.backbone = Transformer(self.cfg)
+    self.backbone = Transformer(self.cfg, layer_transform=self.layer_transform)
     nn.share_scope(self, self.backbone)  # backbone params at the top level
     eps = self.cfg.layer_norm_eps
     if "mlm" in self.heads:

@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.models.layers import Dense, Embed
+from reparam_jax.models.stack import LayerTransform, run_blocks
 from reparam_jax.models.transformer import (
-  Block,
+  BLOCKS,
   Embeddings,
   TransformerConfig,
   _dtypes,
@@ -56,6 +57,7 @@ class Stack(nn.Module):
   cfg: TransformerConfig
   num_layers: int
   decoder: bool
+  layer_transform: LayerTransform | None = None  # see models/stack.py
 
   @nn.compact
   def __call__(self, x_BxLxD: Array, padding_mask_BxL: Array | None, train: bool,
@@ -93,11 +95,9 @@ class Stack(nn.Module):
     if memory_mask_BxM is not None:
       memory_mask = memory_mask_BxM[:, None, None, :].astype(bool)
 
-    # Decoding never differentiates: no remat there (train and decode are static).
-    block_cls = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat and not decode else Block
-    for i in range(self.num_layers):
-      x = block_cls(cfg, cross=self.decoder, name=f"block_{i}")(
-          x, mask, positions_BxL, train, decode, cache_index, bias, memory_BxMxD, memory_mask)
+    x = run_blocks(BLOCKS, cfg, self.num_layers, x, mask, positions_BxL, train, decode,
+                   cache_index, bias, memory_BxMxD, memory_mask, cross=self.decoder,
+                   layer_transform=self.layer_transform)
     if cfg.pre_norm:
       x = make_norm(cfg, "ln_final")(x)
     return dropout(x, deterministic=not train)
@@ -113,12 +113,14 @@ class EncoderDecoder(nn.Module):
   """
 
   cfg: TransformerConfig
+  layer_transform: LayerTransform | None = None  # see models/stack.py
 
   def setup(self):
     cfg = self.cfg
     self.embed = Embeddings(cfg, positions=False)
-    self.encoder = Stack(cfg, cfg.num_layers, decoder=False)
-    self.decoder = Stack(cfg, cfg.num_decoder_layers or cfg.num_layers, decoder=True)
+    self.encoder = Stack(cfg, cfg.num_layers, decoder=False, layer_transform=self.layer_transform)
+    self.decoder = Stack(cfg, cfg.num_decoder_layers or cfg.num_layers, decoder=True,
+                         layer_transform=self.layer_transform)
     if not cfg.tie_embeddings:
       self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, **_dtypes(cfg))
 

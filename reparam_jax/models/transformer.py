@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.models.layers import Dense, Embed, LayerNorm, RMSNorm, materialize
+from reparam_jax.models.stack import LayerTransform, remat_policy_name, run_blocks
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -68,7 +69,8 @@ class TransformerConfig:
   residual_dropout: float = 0.0
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  remat: bool = False  # rematerialise each block in the backward pass
+  remat: Any = "none"  # backward-pass rematerialisation of each block: stack.REMAT_POLICIES
+  scan_layers: bool = False  # nn.scan over a stacked `blocks` (models/stack.py)
   embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
   share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
   layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
@@ -98,6 +100,10 @@ class TransformerConfig:
                          f"({self.num_heads})")
       if self.share_layers and len(set(self.layer_dims)) > 1:
         raise ValueError("share_layers needs one width for all layers; layer_dims varies")
+    object.__setattr__(self, "remat", remat_policy_name(self.remat))
+    if self.scan_layers and (self.share_layers or len(set(self.block_dims)) > 1):
+      raise ValueError("scan_layers needs num_layers identical blocks; share_layers and "
+                       "varying layer_dims are unrolled only")
     if self.norm not in ("layer", "rms"):
       raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
     if self.activation not in ("gelu", "relu"):
@@ -322,6 +328,24 @@ class Block(nn.Module):
     return constrain(x, ("batch", "length", "embed"))
 
 
+class ScannedBlock(Block):
+  """A `Block` in `nn.scan`'s carry form, (x, broadcast inputs) → (x, None), for
+  models/stack.py; `train` and `decode` are fields (static for the scan)."""
+
+  train: bool = False
+  decode: bool = False
+
+  def __call__(self, x: Array, mask: Array | None, positions: Array,
+               cache_index: Array | None = None, bias: Array | None = None,
+               memory: Array | None = None, memory_mask: Array | None = None
+               ) -> tuple[Array, None]:
+    return super().__call__(x, mask, positions, self.train, self.decode, cache_index, bias,
+                            memory, memory_mask), None
+
+
+BLOCKS = (Block, ScannedBlock)
+
+
 class Embeddings(nn.Module):
   """Token (+ position, + token-type) embeddings.
 
@@ -388,6 +412,7 @@ class Transformer(nn.Module):
   """
 
   cfg: TransformerConfig
+  layer_transform: LayerTransform | None = None  # see models/stack.py
 
   @nn.compact
   def __call__(self, ids_BxL: Array, *, padding_mask_BxL: Array | None = None,
@@ -416,17 +441,12 @@ class Transformer(nn.Module):
 
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
-    # Decoding never differentiates: no remat there.  train and decode are Python flags (static).
-    block_cls = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat and not decode else Block
-    if cfg.share_layers:
-      shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
-    width = cfg.embed_dim
-    for i, dim in enumerate(cfg.block_dims):
-      if dim != width:
-        x = Dense(dim, ("embed", None), cfg.use_bias, name=f"proj_{i}", **_dtypes(cfg))(x)
-        x, width = constrain(x, ("batch", "length", "embed")), dim
-      block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
-      x = block(x, mask, positions_BxL, train, decode, cache_index)
+    if cfg.share_layers or cfg.layer_dims:
+      x, width = self._unshared_blocks(x, mask, positions_BxL, train, decode, cache_index)
+    else:
+      x = run_blocks(BLOCKS, cfg, cfg.num_layers, x, mask, positions_BxL, train, decode,
+                     cache_index, layer_transform=self.layer_transform)
+      width = cfg.embed_dim
     if cfg.pre_norm:
       x = make_norm(cfg, "ln_final")(x)
 
@@ -446,6 +466,23 @@ class Transformer(nn.Module):
       pooled = Dense(width, ("embed", None), True, name="pooler", **_dtypes(cfg))(x[:, 0])
       out["pooled"] = jnp.tanh(pooled)
     return out
+
+  def _unshared_blocks(self, x: Array, mask: Array | None, positions_BxL: Array, train: bool,
+                       decode: bool, cache_index: Array | None) -> tuple[Array, int]:
+    """ALBERT's stacks: one block shared by every layer, or blocks of varying width."""
+    cfg = self.cfg
+    remat = cfg.remat != "none" and not decode  # decoding never differentiates
+    block_cls = nn.remat(Block, static_argnums=(4, 5)) if remat else Block
+    if cfg.share_layers:
+      shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
+    width = cfg.embed_dim
+    for i, dim in enumerate(cfg.block_dims):
+      if dim != width:
+        x = Dense(dim, ("embed", None), cfg.use_bias, name=f"proj_{i}", **_dtypes(cfg))(x)
+        x, width = constrain(x, ("batch", "length", "embed")), dim
+      block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
+      x = block(x, mask, positions_BxL, train, decode, cache_index)
+    return x, width
 
 
 def cache_mask(owner: nn.Module, mask: Array | None, padding_mask_BxL: Array | None, B: int,

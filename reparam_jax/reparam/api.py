@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
+from reparam_jax.pytree import layers
 from reparam_jax.pytree.paths import set_path, subtree
 from reparam_jax.reparam import intercept, stats
 from reparam_jax.reparam.rules import Plan, map_theta, path_key
@@ -168,6 +169,13 @@ class Reparam:
     run's) and weights no rule selects are left as they are.
     """
     key = jax.random.key(0) if key is None else key
+    if layers.has_stack(model_params) or layers.has_stack(checkpoint_params):
+      # Paths are the unrolled ones (block_{i}): convert there, then to the model's layout.
+      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
+                            meta.unbox(model_params))
+      out = self.adopt_dense(layers.unstack_layers(checkpoint_params),
+                             layers.unstack_layers(shapes), key)
+      return layers.like(out, model_params)
     out = jax.tree.map(lambda x: x, dict(checkpoint_params))  # a copy of the structure
 
     def visit(path, rule, theta):

@@ -21,6 +21,16 @@ The lift here: on `init`, runs the model once to create the dense variables
 `init_with_output` returns what `apply` would).  On `apply`, it computes the
 view θ → effective weights once per call, outside the model, and runs the
 model on it with `params` immutable.
+
+Per layer (`config.reparam.per_layer`, always with `model.scan_layers`): the
+model's `layer_transform` hook (models/stack.py) lifts each block's class the
+same way, so a block computes its own effective weights inside its call
+(inside the scan, inside the remat region: in the backward pass they are
+recomputed, and only one layer's exist at a time).  The lift around the whole
+model then handles only the parameters outside the layers.  A block's lift
+matches rules on its logical paths (`block_3/attn/query/kernel`); in a
+scanned stack every layer must match the same rules, since one θ structure
+is stacked.
 """
 
 from __future__ import annotations
@@ -37,9 +47,11 @@ from flax.core.lift import pack
 from flax.core.scope import subtract_filters
 from flax.linen.transforms import lift_transform
 
+from reparam_jax.errors import UserError
+from reparam_jax.pytree.layers import LAYER_PATH, STACK, layer_name
 from reparam_jax.pytree.paths import dict_leaves, set_path, subtree
 from reparam_jax.reparam.kernels import materialize
-from reparam_jax.reparam.rules import Plan, map_theta, path_key
+from reparam_jax.reparam.rules import Plan, Rule, map_theta, path_key
 from reparam_jax.reparam.state import AUX_COLLECTION, has_state, init_state, join_state
 
 PyTree = Any
@@ -61,15 +73,24 @@ def _names(leaf: Any, ndim: int) -> tuple:
 
 
 def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, Any, Any], Any],
-                   ) -> PyTree:
+                   check_used: bool = True, prefix: str = "",
+                   skip: Any = None) -> PyTree:
   """θ tree from a dense (boxed or plain) params tree; `make_theta(path, node, w, key)`.
 
   Every rule must match at least one leaf (a rule matching nothing is almost
-  always a typo in its regex).
+  always a typo in its regex); `check_used=False` leaves that check to the
+  caller.  `prefix`: the tree's own path (a layer's); `skip`: a path regex
+  whose leaves are left as they are (the layers, when they reparameterize
+  themselves; rules already applied there count as used).
   """
   out = unfreeze(dense)  # a copy of the dict structure; leaves are shared
   used, paths = set(), []
-  for path, leaf in dict_leaves(dense):
+  if skip is not None:  # θ the layers made: its rules count as used
+    map_theta(plan, dense, lambda path, rule, theta: theta, used=used, prefix=prefix)
+  for rel, leaf in dict_leaves(dense):
+    path = f"{prefix}/{rel}" if prefix else rel
+    if skip is not None and skip.fullmatch(path):
+      continue
     paths.append(path)
     rule = plan.match(path)
     if rule is None:
@@ -81,14 +102,15 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
     # Integer leaves (e.g. int8 storage) keep their dtype.
     theta = jax.tree.map(
         lambda a, dt=w.dtype: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, theta)
-    set_path(out, path, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
-  plan.check_all_used(used, paths)
+    set_path(out, rel, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
+  if check_used:
+    plan.check_all_used(used, paths)
   return out
 
 
 def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: bool,
               aux: PyTree | None = None, require_all: bool = False,
-              rows: jax.Array | None = None) -> PyTree:
+              rows: jax.Array | None = None, prefix: str = "", skip: Any = None) -> PyTree:
   """The view the model sees: effective weights (possibly structured) at θ's paths.
 
   `aux` is the `'masks'` collection (non-trainable per-weight state such as
@@ -96,21 +118,23 @@ def effective(plan: Plan, params: PyTree, rng: jax.Array | None, structured: boo
   `require_all`: a rule that matches no θ is an error (conversions, reports).
   `rows`: the `ROWS_COLLECTION` index, handed to kernels that compute each
   batch row differently (`select_rows`, e.g. a stack of adapters).
+  `prefix`: the tree's own path (a layer's); `skip`: paths left as they are.
   """
   def fn(path, rule, theta):
     if rule is None:
       return theta
     theta = meta.unbox(theta)
     if aux:
-      theta = join_state(rule.node, theta, meta.unbox(subtree(aux, path)))
+      rel = path[len(prefix) + 1:] if prefix else path
+      theta = join_state(rule.node, theta, meta.unbox(subtree(aux, rel)))
     w = rule.node.apply(theta, None if rng is None else path_key(rng, path))
     if rows is not None and hasattr(w, "select_rows"):
       w = w.select_rows(rows)
     return w if structured else materialize(w)
-  return map_theta(plan, params, fn, require_all=require_all)
+  return map_theta(plan, params, fn, require_all=require_all, prefix=prefix, skip=skip)
 
 
-def init_aux_tree(plan: Plan, params: PyTree) -> dict:
+def init_aux_tree(plan: Plan, params: PyTree, prefix: str = "", skip: Any = None) -> dict:
   """The `'masks'` collection for freshly built θ: each aux entry boxed like its weight."""
   out: dict = {}
 
@@ -121,17 +145,69 @@ def init_aux_tree(plan: Plan, params: PyTree) -> dict:
     if rule is not None and has_state(rule.node):
       aux = init_state(rule.node, theta, box_like)
       if aux:
-        set_path(out, path, aux, create=True)
+        set_path(out, path[len(prefix) + 1:] if prefix else path, aux, create=True)
     return theta
-  map_theta(plan, params, fn)
+  map_theta(plan, params, fn, prefix=prefix, skip=skip)
   return out
 
 
-def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
+class LayerPlan:
+  """A `Plan` seen from inside one block: rules matched on the block's logical paths.
+
+  `prefixes`: the block's logical path, or in a scanned stack every layer's
+  (`.../block_0` ... `.../block_{L-1}`).  Matching is done on the first; every
+  other layer must match the same rule, because one θ structure is stacked.
+  """
+
+  def __init__(self, plan: Plan, prefixes: list[str]):
+    self.plan, self.prefixes, self.rules = plan, prefixes, plan.rules
+
+  def match(self, path: str) -> Rule | None:
+    rule = self.plan.match(path)
+    first = self.prefixes[0]
+    if len(self.prefixes) > 1 and path.startswith(first + "/"):
+      rel = path[len(first) + 1:]
+      for p in self.prefixes[1:]:
+        other = self.plan.match(f"{p}/{rel}")
+        if other is not rule:
+          def show(r: Rule | None) -> str:
+            return "no rule" if r is None else f"rule {r.pattern!r}"
+          raise UserError(
+              f"{first}/{rel} matches {show(rule)} but {p}/{rel} matches {show(other)}: in a "
+              f"scanned stack (model.scan_layers=True) every layer gets the same "
+              f"reparameterization; make the rule select all layers, or unroll the layers "
+              f"(model.scan_layers=False)")
+    return rule
+
+  def check_all_used(self, used: set[int], paths: list[str]) -> None:
+    pass  # the model's lift checks every rule once, over the whole tree
+
+
+def _layer_prefixes(scope_path: tuple[str, ...], stacked: int) -> list[str]:
+  """The logical path(s) of the block whose scope is at `scope_path`."""
+  parts = [str(p) for p in scope_path]
+  if not stacked:
+    return ["/".join(parts)]
+  if not parts or parts[-1] != STACK:
+    raise ValueError(f"a scanned layer lift expects its scope to end in {STACK!r}, got {parts}")
+  return ["/".join(parts[:-1] + [layer_name(i)]) for i in range(stacked)]
+
+
+def _reparam_lift(fn: Callable, plan: Plan, structured: bool, layer: int | None = None,
+                  skip_layers: bool = False) -> Callable:
+  """`layer`: None for the lift around a whole model, else the lift around one block
+  (0: an unrolled block, L: a scanned stack of L).  `skip_layers`: the whole
+  model's lift leaves the layers' parameters to their own lifts."""
+  skip = LAYER_PATH if skip_layers else None
+
   def outer(scopes, *args, **kwargs):
     scope = jax.tree_util.tree_leaves(scopes)[0]
     params_mutable = scope.is_mutable_collection("params")
     sample_rng = scope.make_rng("reparam") if scope.has_rng("reparam") else None
+    prefix, view_plan = "", plan
+    if layer is not None:
+      prefixes = _layer_prefixes(scope.path, layer)
+      prefix, view_plan = prefixes[0], LayerPlan(plan, prefixes)
 
     def inner(scope_fn, repack, variable_groups, rng_groups, *args, **kwargs):
       target, variables = variable_groups
@@ -141,18 +217,28 @@ def _reparam_lift(fn: Callable, plan: Plan, structured: bool) -> Callable:
         scopes = scope_fn((target, variables), rng_groups)
         fn(scopes, *args, **kwargs)
         key = jax.tree_util.tree_leaves(scopes)[0].make_rng("params")
-        dense, _ = repack(scopes)
+        dense, made = repack(scopes)
         target = tuple(
             {**d, "params": dense_to_theta(
-                plan, d.get("params", {}),
-                lambda path, node, w: node.init_from(path_key(key, path), w))}
+                view_plan, d.get("params", {}),
+                lambda path, node, w: node.init_from(path_key(key, path), w),
+                check_used=layer is None, prefix=prefix, skip=skip)}
             for d in (unfreeze(x) for x in dense))
         # Non-trainable per-weight state (sparsity masks) is created with θ.
-        new_aux = tuple(init_aux_tree(plan, t.get("params", {})) for t in target)
+        new_aux = tuple(init_aux_tree(view_plan, t.get("params", {}), prefix, skip)
+                        for t in target)
+        if skip is not None:  # the layers made their own state: keep it beside ours
+          new_aux = tuple({**(unfreeze(m).get(AUX_COLLECTION) or {}), **a}
+                          for m, a in zip(made, new_aux))
+          variables = tuple({**unfreeze(v), AUX_COLLECTION: a} if a else v
+                            for v, a in zip(variables, new_aux))
       aux = new_aux or tuple(unfreeze(v).get(AUX_COLLECTION) for v in variables)
       rows = tuple(unfreeze(v).get(ROWS_COLLECTION, {}).get("index") for v in variables)
-      views = tuple({**t, "params": effective(plan, t.get("params", {}), sample_rng, structured,
-                                              a, rows=r)}
+      if skip is not None and any(r is not None for r in rows):
+        raise UserError("per-row adapters (adapter_index) need the whole-model view: set "
+                        "config.reparam.per_layer=False and model.scan_layers=False")
+      views = tuple({**t, "params": effective(view_plan, t.get("params", {}), sample_rng,
+                                              structured, a, rows=r, prefix=prefix, skip=skip)}
                     for t, a, r in zip(target, aux, rows))
       scopes = scope_fn((views, variables), rng_groups,
                         mutable_filter=subtract_filters(True, "params"))
@@ -182,6 +268,25 @@ def structured_for(plan: Plan, module: nn.Module) -> bool:
   return bool(plan.structured)
 
 
+def per_layer_for(plan: Plan, module: nn.Module) -> bool:
+  """Whether `module`'s blocks compute their own effective weights (`config.reparam.per_layer`).
+
+  'auto' means per layer exactly when the model scans its layers (a scanned
+  stack has no whole-model view to compute); models without the
+  `layer_transform` hook (models/stack.py) take the whole-model view.
+  """
+  hooked = any(f.name == "layer_transform" for f in dataclasses.fields(module))
+  scanned = bool(getattr(getattr(module, "cfg", None), "scan_layers", False))
+  per_layer = scanned if plan.per_layer == "auto" else bool(plan.per_layer)
+  if per_layer and not hooked:
+    raise UserError(f"config.reparam.per_layer needs a model with a layer_transform hook "
+                    f"(models/stack.py); {type(module).__name__} has none")
+  if scanned and not per_layer:
+    raise UserError("model.scan_layers=True computes effective weights inside each layer: "
+                    "set config.reparam.per_layer to 'auto' or True")
+  return per_layer
+
+
 def wrap(module: nn.Module, plan: Plan) -> nn.Module:
   """`module` computing with reparameterized weights; same call signature.
 
@@ -192,7 +297,12 @@ def wrap(module: nn.Module, plan: Plan) -> nn.Module:
   if not plan.rules:
     return module
   structured = structured_for(plan, module)
-  cls = lift_transform(_reparam_lift, type(module), plan, structured)
   attrs = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
            if f.init and f.name != "parent"}
+  per_layer = per_layer_for(plan, module)
+  if per_layer:
+    def layer_transform(block_cls: type, stacked: int) -> type:
+      return lift_transform(_reparam_lift, block_cls, plan, structured, stacked)
+    attrs["layer_transform"] = layer_transform
+  cls = lift_transform(_reparam_lift, type(module), plan, structured, None, per_layer)
   return cls(**attrs)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from reparam_jax.errors import UserError
+from reparam_jax.pytree import layers
 from reparam_jax.reparam.base import TRANSFORMS
 from reparam_jax.reparam.compose import compose
 
@@ -131,6 +132,7 @@ def _fill(spec: str, values: Mapping[str, Any]) -> str:
 class Plan:
   rules: tuple[Rule, ...]
   structured: Any = "auto"
+  per_layer: Any = "auto"  # effective weights inside each layer (intercept.py)
 
   @classmethod
   def from_config(cls, cfg: Any) -> "Plan":
@@ -139,12 +141,15 @@ class Plan:
     get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
     raw = get("rules", ()) or ()
     values = {k: v for k, v in (cfg.items() if hasattr(cfg, "items") else [])
-              if k not in ("rules", "structured") and isinstance(v, (int, float, str, bool))}
+              if k not in ("rules", "structured", "per_layer") and isinstance(v, (int, float, str, bool))}
     rules = parse_rule_pairs(raw, "reparam", lambda spec: _fill(spec, values), parse_spec)
     structured = get("structured", "auto")
     if structured not in ("auto", True, False):
       raise UserError(f"config.reparam.structured must be 'auto', True or False, got {structured!r}")
-    return cls(tuple(rules), structured)
+    per_layer = get("per_layer", "auto")
+    if per_layer not in ("auto", True, False):
+      raise UserError(f"config.reparam.per_layer must be 'auto', True or False, got {per_layer!r}")
+    return cls(tuple(rules), structured, per_layer)
 
   def match(self, path: str) -> Rule | None:
     for rule in self.rules:
@@ -166,25 +171,41 @@ def path_key(key: jax.Array, path: str) -> jax.Array:
   return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
 
 
-def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: str = "") -> Any:
+def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: str = "",
+              skip: re.Pattern | None = None, used: set[int] | None = None) -> Any:
   """Rebuilds a θ params tree, replacing each reparameterized subtree by `fn(path, rule, θ)`.
 
   A subtree is reparameterized when its path matches a rule and its structure
   is that rule's θ; unmatched leaves go through `fn(path, None, leaf)`.
+  A scanned stack (`blocks`, pytree/layers.py) is visited layer by layer
+  under its logical paths (`block_{i}/...`) and the results are restacked,
+  so `fn` always sees one layer's θ.  `skip`: paths left as they are, `fn`
+  not called; `used`: collects the indices of the rules that matched.
   """
-  used: set[int] = set()
+  used = set() if used is None else used
   paths: list[str] = []
 
   def rec(node: Any, path: str) -> Any:
+    if path and skip is not None and skip.fullmatch(path):
+      return node
     if path:
       rule = plan.match(path)
       if rule is not None and rule.node.matches(node):
         used.add(plan.rules.index(rule))
         return fn(path, rule, node)
     if isinstance(node, Mapping):
-      return {k: rec(v, f"{path}/{k}" if path else str(k)) for k, v in node.items()}
+      return {k: (rec_stack(v, path) if layers.is_stack(k, v)
+                  else rec(v, f"{path}/{k}" if path else str(k)))
+              for k, v in node.items()}
     paths.append(path)
     return fn(path, None, node)
+
+  def rec_stack(stack: Mapping, parent: str) -> Any:
+    if layers.stack_depth(stack) is None:  # placeholders only (optax MaskedNode): one pass
+      return rec(stack, f"{parent}/{layers.layer_name(0)}" if parent else layers.layer_name(0))
+    rows = [rec(row, f"{parent}/{layers.layer_name(i)}" if parent else layers.layer_name(i))
+            for i, row in enumerate(layers.split_stack(stack))]
+    return layers.join_stack(rows)
 
   out = rec(tree, prefix)
   if require_all:

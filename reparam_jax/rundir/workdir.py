@@ -26,6 +26,7 @@ import ml_collections
 from etils import epath
 
 from reparam_jax.errors import UserError
+from reparam_jax.pytree import layers
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir.files import atomic_write
 
@@ -140,11 +141,28 @@ class Run:
 
 
 def load_run(workdir: str) -> Run:
-  """A training workdir (latest checkpoint) or a `compress` output directory."""
+  """A training workdir (latest checkpoint) or a `compress` output directory.
+
+  A scanned run (`model.scan_layers`) is returned unrolled: its `blocks`
+  stack split into `block_{i}` and its config saying so, because the tools
+  that read runs (generation, compression, reports, export) address layers by
+  their unrolled paths and work on one host.
+  """
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
-  params = checkpoint.load_params(workdir)
-  return Run(config, params, load_masks(workdir), workdir)
+  params, masks = checkpoint.load_params(workdir), load_masks(workdir)
+  if layers.has_stack(params):
+    params, masks = layers.unstack_layers(params), layers.unstack_layers(masks)
+    config = unrolled_config(config)
+  return Run(config, params, masks, workdir)
+
+
+def unrolled_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A run's config with its layers unrolled (the layout of `load_run`'s params)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if "model" in config and "scan_layers" in config.model:
+    config.model.scan_layers = False
+  return config
 
 
 def load_masks(workdir: str) -> PyTree | None:

@@ -1,0 +1,176 @@
+"""Effective weights computed inside each layer (`reparam.per_layer`), unrolled or scanned.
+
+The per-layer view must compute exactly the whole-model view, for every
+registered transform and the composition examples; under `scan_layers` the
+stacked θ must give the same logits and gradients and every `Reparam`
+tool (masks, penalties, post-update, densify, starting from a dense
+checkpoint) must treat the stack as its layers.  The point of it is memory:
+compiled with remat, a per-layer spherical model holds no second copy of the
+weights.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import meta
+
+from reparam_jax.errors import UserError
+from reparam_jax.models import Transformer, transformer_config
+from reparam_jax.pytree import layers
+from reparam_jax.reparam.api import Reparam
+
+from tests.reparam.specs import COMPOSITIONS, EXAMPLES, initializable, smooth
+
+CFG = transformer_config(dict(vocab_size=50, num_layers=3, num_heads=2, embed_dim=16,
+                              mlp_dim=32, max_len=16, remat="full"))
+IDS = jax.random.randint(jax.random.key(1), (2, 8), 0, 50)
+KERNELS = r"block_\d+/(attn/(query|value)|mlp/fc_in)/kernel"
+
+
+def _rp(spec: str, per_layer) -> Reparam:
+  return Reparam.from_config({"rules": ((KERNELS, spec), ("embed/token/embedding", "frozen")),
+                              "per_layer": per_layer})
+
+
+def _models(spec: str):
+  whole = _rp(spec, False).wrap(Transformer(CFG))
+  unrolled = _rp(spec, True).wrap(Transformer(CFG))
+  scanned = _rp(spec, "auto").wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+  return whole, unrolled, scanned
+
+
+def _stack_variables(variables):
+  return {k: layers.stack_layers(v) for k, v in variables.items()}
+
+
+@pytest.mark.parametrize("spec", initializable(EXAMPLES + COMPOSITIONS))
+def test_per_layer_view_is_the_whole_model_view(spec):
+  whole, unrolled, scanned = _models(spec)
+  variables = unrolled.init(jax.random.key(0), IDS)
+  # Same θ tree as the whole-model lift builds (the per-layer init differs only in its keys).
+  assert (jax.tree.structure(meta.unbox(variables))
+          == jax.tree.structure(meta.unbox(whole.init(jax.random.key(0), IDS))))
+  ref = whole.apply(variables, IDS)["logits"]
+  np.testing.assert_array_equal(unrolled.apply(variables, IDS)["logits"], ref)
+  stacked = _stack_variables(variables)
+  abstract = jax.eval_shape(scanned.init, jax.random.key(0), IDS)
+  assert jax.tree.structure(meta.unbox(stacked)) == jax.tree.structure(meta.unbox(abstract))
+  np.testing.assert_allclose(scanned.apply(stacked, IDS)["logits"], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", smooth(["lora(rank=2)", "spherical", "lowrank(rank=4)",
+                                         "variational", "lora(rank=2)|magnitude"]))
+def test_scanned_gradients_and_sampling(spec):
+  whole, _, scanned = _models(spec)
+  variables = whole.init(jax.random.key(0), IDS)
+  stacked = _stack_variables(variables)
+
+  def loss(model, p, v):
+    return jnp.mean(model.apply({**v, "params": p}, IDS)["logits"] ** 2)
+
+  g0 = jax.grad(lambda p: loss(whole, p, variables))(variables["params"])
+  g1 = jax.grad(lambda p: loss(scanned, p, stacked))(stacked["params"])
+  for a, b in zip(jax.tree.leaves(layers.stack_layers(meta.unbox(g0))),
+                  jax.tree.leaves(meta.unbox(g1))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+  # Stochastic transforms draw a different ε in every layer (the scan splits the stream).
+  out = scanned.apply(stacked, IDS, rngs={"reparam": jax.random.key(3)})["logits"]
+  again = scanned.apply(stacked, IDS, rngs={"reparam": jax.random.key(3)})["logits"]
+  np.testing.assert_array_equal(out, again)
+
+
+def test_tools_see_a_stack_as_its_layers():
+  rp = _rp("spherical|lora(rank=2)", True)
+  whole = _rp("spherical|lora(rank=2)", False).wrap(Transformer(CFG))
+  params = whole.init(jax.random.key(0), IDS)["params"]
+  stacked = layers.stack_layers(params)
+  stack_of = layers.stack_layers
+  # Boolean masks: one entry per stacked array (all layers agree).
+  assert (jax.tree.leaves(stack_of(rp.trainable_mask(params)))
+          == jax.tree.leaves(rp.trainable_mask(stacked)))
+  assert jax.tree.leaves(stack_of(rp.decay_mask(params))) == jax.tree.leaves(rp.decay_mask(stacked))
+  for a, b in zip(jax.tree.leaves(stack_of(rp.to_dense(params))),
+                  jax.tree.leaves(rp.to_dense(stacked))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(stack_of(meta.unbox(rp.post_update(params)))),
+                  jax.tree.leaves(meta.unbox(rp.post_update(stacked)))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+  rows = rp.report_rows(stacked)
+  assert len([r for r in rows if "block_" in r["path"]]) == 3 * 3  # 3 kernels × 3 layers
+
+
+def test_penalties_sum_over_the_stack():
+  rp = _rp("variational", True)
+  whole = _rp("variational", False).wrap(Transformer(CFG))
+  params = whole.init(jax.random.key(0), IDS)["params"]
+  p0, t0 = rp.penalty(params, 10)
+  p1, t1 = rp.penalty(layers.stack_layers(params), 10)
+  assert float(p0) > 0
+  np.testing.assert_allclose(float(p0), float(p1), rtol=1e-6)
+  assert t0.keys() == t1.keys()
+
+
+def test_a_scanned_lora_model_starts_from_an_unrolled_dense_checkpoint():
+  dense = meta.unbox(Transformer(CFG).init(jax.random.key(0), IDS)["params"])
+  rp = _rp("lora(rank=2)", "auto")
+  scanned = rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+  model_params = scanned.init(jax.random.key(1), IDS)["params"]
+  adopted = rp.adopt_dense(jax.tree.map(np.asarray, dense), model_params)
+  assert "blocks" in adopted and "block_0" not in adopted
+  # LoRA starts at W₀ = the checkpoint's weight: the logits are the dense model's.
+  ref = Transformer(CFG).apply({"params": dense}, IDS)["logits"]
+  out = scanned.apply({"params": adopted}, IDS)["logits"]
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_rule_selecting_some_layers_of_a_scanned_stack_is_refused():
+  rp = Reparam.from_config({"rules": ((r"block_1/attn/query/kernel", "lora(rank=2)"),)})
+  scanned = rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+  with pytest.raises(UserError, match="block_0/attn/query/kernel matches no rule but "
+                                      "block_1/attn/query/kernel matches rule"):
+    jax.eval_shape(scanned.init, jax.random.key(0), IDS)
+  # Unrolled, the same rule adapts block 1 only.
+  unrolled = dataclasses.replace(rp.plan, per_layer=True)
+  params = Reparam(unrolled).wrap(Transformer(CFG)).init(jax.random.key(0), IDS)["params"]
+  assert isinstance(params["block_1"]["attn"]["query"]["kernel"], dict)
+  assert not isinstance(params["block_0"]["attn"]["query"]["kernel"], dict)
+
+
+def test_scan_needs_the_per_layer_view():
+  rp = Reparam.from_config({"rules": ((KERNELS, "lora(rank=2)"),), "per_layer": False})
+  with pytest.raises(UserError, match="scan_layers=True computes effective weights inside"):
+    rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+
+
+def test_rules_matching_nothing_are_still_caught_per_layer():
+  rp = Reparam.from_config({"rules": ((r"block_\d+/attn/qurey/kernel", "lora(rank=2)"),),
+                            "per_layer": True})
+  with pytest.raises(UserError, match="matches no parameter"):
+    rp.wrap(Transformer(CFG)).init(jax.random.key(0), IDS)
+
+
+def _temp_bytes(per_layer: bool, scan: bool) -> int:
+  cfg = transformer_config(dict(vocab_size=64, num_layers=4, num_heads=4, embed_dim=128,
+                                mlp_dim=512, max_len=32, remat="full", scan_layers=scan))
+  rules = ((r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|out))/kernel", "spherical"),)
+  model = Reparam.from_config({"rules": rules, "per_layer": per_layer}).wrap(Transformer(cfg))
+  ids = jnp.ones((2, 32), jnp.int32)
+  params = meta.unbox(jax.eval_shape(model.init, jax.random.key(0), ids)["params"])
+
+  def loss(p):
+    return jnp.mean(model.apply({"params": p}, ids)["logits"] ** 2)
+  return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_the_per_layer_view_does_not_keep_every_layers_weights():
+  """Compiled (not run): with remat, the whole-model view keeps all 4 layers' effective
+  weights (and the transform's intermediates) through the backward pass; per layer, one."""
+  block_bytes = 4 * (4 * 128 * 128 + 2 * 128 * 512)  # one layer's effective kernels, fp32
+  whole = _temp_bytes(False, False)
+  per_layer = _temp_bytes(True, False)
+  scanned = _temp_bytes(True, True)
+  assert whole - per_layer > 3 * block_bytes, (whole, per_layer)
+  assert scanned < whole - 2 * block_bytes, (whole, scanned)
