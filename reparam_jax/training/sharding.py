@@ -77,15 +77,51 @@ def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Any) -> Any:
   its mesh axes do not divide (a 65-character vocabulary on `tensor=2`) is
   replicated along those axes instead of failing: small or odd-sized
   dimensions cost little memory, and the rule table stays one table.
+
+  Then every array is stored split over the FSDP axes (the mesh axes `embed`
+  maps to) even when the table gives them no dimension of it (`fsdp_fill`):
+  a bias along `heads`, LoRA's B [rank, mlp], spherical angles [embed − 1, mlp]
+  would otherwise be whole on every device, with their Adam moments.
   """
-  mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules_tuple(rules))
+  rules = rules_tuple(rules)
+  logical = nn.get_partition_spec(abstract_tree)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.meta.unbox(abstract_tree)
+  storage = tuple(a for a in _axes_of(dict(rules).get("embed")) if mesh.shape[a] > 1)
 
-  def fit(spec: PartitionSpec, leaf: Any) -> NamedSharding:
-    return NamedSharding(mesh, divisible_spec(spec, getattr(leaf, "shape", ()), mesh))
+  def fit(spec: PartitionSpec, names: PartitionSpec, leaf: Any) -> NamedSharding:
+    shape = tuple(getattr(leaf, "shape", ()))
+    spec = divisible_spec(spec, shape, mesh)
+    if len(names):  # a boxed leaf: a parameter or a per-parameter state
+      spec = fsdp_fill(spec, tuple(names), shape, mesh, storage)
+    return NamedSharding(mesh, spec)
 
-  return jax.tree.map(fit, mesh_specs, shapes,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  return jax.tree.map(fit, mesh_specs, logical, shapes, is_leaf=is_spec)
+
+
+def _axes_of(entry: Any) -> tuple[str, ...]:
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def fsdp_fill(spec: PartitionSpec, names: tuple, shape: Sequence[int], mesh: Mesh,
+              storage: Sequence[str]) -> PartitionSpec:
+  """`spec` with each storage (FSDP) mesh axis it leaves unused added to the largest
+  dimension it divides, never the scanned `layers` axis (the scan slices it
+  layer by layer; split, every step would gather it)."""
+  axes = [list(_axes_of(a)) for a in tuple(spec) + (None,) * (len(shape) - len(spec))]
+  used = {a for dim in axes for a in dim}
+  for m in storage:
+    if m in used:
+      continue
+    fits = [i for i, d in enumerate(shape)
+            if (i >= len(names) or names[i] != "layers")
+            and d % (math.prod(mesh.shape[a] for a in axes[i]) * mesh.shape[m]) == 0]
+    if fits:
+      i = max(fits, key=lambda j: shape[j])
+      axes[i].append(m)
+      used.add(m)
+  return PartitionSpec(*(None if not a else a[0] if len(a) == 1 else tuple(a) for a in axes))
 
 
 def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

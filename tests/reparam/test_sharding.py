@@ -86,3 +86,58 @@ def test_theta_shardings_follow_weight_axes():
                         text=True, timeout=300)
   if proc.returncode != 0:
     pytest.fail(proc.stderr[-3000:])
+
+
+def check_fsdp_stores_every_theta() -> None:
+  """The trainer's shardings (`logical_to_sharding`) under pure FSDP: no θ leaf that some
+  dimension of it can split stays whole on every device.  LoRA's B is [rank, mlp] (mlp →
+  tensor = 1) and spherical's angles are [embed − 1, mlp] (embed − 1 is odd): the rules
+  table alone leaves both replicated, so with their Adam moments they hold the memory
+  FSDP is meant to divide."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from reparam_jax import reparam  # noqa: PLC0415
+  from reparam_jax.config.base import DEFAULT_AXIS_RULES  # noqa: PLC0415
+  from reparam_jax.models import Transformer, TransformerConfig  # noqa: PLC0415
+  from reparam_jax.pytree.paths import flatten_with_paths  # noqa: PLC0415
+  from reparam_jax.training import sharding  # noqa: PLC0415
+
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  cfg = TransformerConfig(vocab_size=32, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=128,
+                          max_len=8, scan_layers=True)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  for spec in ("lora(rank=8)", "spherical", "lowrank(rank=8)", "spherical|lora(rank=8)"):
+    rules = ((r"block_\d+/(attn/\w+|mlp/fc_(in|out))/kernel", spec),)
+    wrapped = reparam.wrap(Transformer(cfg), {"rules": rules})
+    abstract = jax.eval_shape(lambda k: wrapped.init(k, ids), jax.random.key(0))  # noqa: B023
+    shardings = sharding.logical_to_sharding(abstract, mesh, DEFAULT_AXIS_RULES)
+    shapes = flatten_with_paths(nn_unbox(abstract))
+    for (path, leaf), (_, s) in zip(shapes, flatten_with_paths(shardings)):
+      stacked = "/blocks/" in path  # its first axis is the scan's: it stays whole
+      splittable = any(d % 8 == 0 for d in leaf.shape[int(stacked):])
+      shard = s.shard_shape(leaf.shape)
+      if splittable:
+        assert np.prod(shard) * 8 == np.prod(leaf.shape), (spec, path, leaf.shape, s.spec)
+      if stacked:
+        assert shard[0] == leaf.shape[0], (spec, path, s.spec)
+
+
+def nn_unbox(tree):
+  import flax.linen as nn  # noqa: PLC0415
+  return nn.meta.unbox(tree)
+
+
+def test_fsdp_stores_every_theta():
+  if jax.device_count() >= 8:
+    check_fsdp_stores_every_theta()
+    return
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = ("from tests.reparam.test_sharding import check_fsdp_stores_every_theta; "
+          "check_fsdp_stores_every_theta()")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=300)
+  if proc.returncode != 0:
+    pytest.fail(proc.stderr[-3000:])
