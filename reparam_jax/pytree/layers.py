@@ -87,16 +87,19 @@ def _stack(rows: Sequence[Any]) -> Any:
   raise ValueError(f"cannot stack per-layer values that differ: {rows[:4]}")
 
 
+def layer_of(stack: Any, i: int) -> Any:
+  """Layer i of a stacked subtree (slices; boxes lose their `layers` name)."""
+  if isinstance(stack, Mapping):
+    return {k: layer_of(v, i) for k, v in stack.items()}
+  return _row(stack, i)
+
+
 def split_stack(stack: Mapping) -> list[Any]:
-  """A stacked subtree → one subtree per layer (slices; boxes lose their `layers` name)."""
-  def rows(node: Any, i: int) -> Any:
-    if isinstance(node, Mapping):
-      return {k: rows(v, i) for k, v in node.items()}
-    return _row(node, i)
+  """A stacked subtree → one subtree per layer."""
   depth = stack_depth(stack)
   if depth is None:
     raise ValueError("a layer stack without arrays has no layers to split")
-  return [rows(stack, i) for i in range(depth)]
+  return [layer_of(stack, i) for i in range(depth)]
 
 
 def join_stack(per_layer: Sequence[Any]) -> Any:

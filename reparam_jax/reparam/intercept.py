@@ -86,7 +86,8 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
   out = unfreeze(dense)  # a copy of the dict structure; leaves are shared
   used, paths = set(), []
   if skip is not None:  # θ the layers made: its rules count as used
-    map_theta(plan, dense, lambda path, rule, theta: theta, used=used, prefix=prefix)
+    map_theta(plan, dense, lambda path, rule, theta: theta, used=used, prefix=prefix,
+              visit_only=True)
   for rel, leaf in dict_leaves(dense):
     path = f"{prefix}/{rel}" if prefix else rel
     if skip is not None and skip.fullmatch(path):

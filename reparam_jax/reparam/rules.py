@@ -172,7 +172,8 @@ def path_key(key: jax.Array, path: str) -> jax.Array:
 
 
 def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: str = "",
-              skip: re.Pattern | None = None, used: set[int] | None = None) -> Any:
+              skip: re.Pattern | None = None, used: set[int] | None = None,
+              visit_only: bool = False) -> Any:
   """Rebuilds a θ params tree, replacing each reparameterized subtree by `fn(path, rule, θ)`.
 
   A subtree is reparameterized when its path matches a rule and its structure
@@ -180,7 +181,9 @@ def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: s
   A scanned stack (`blocks`, pytree/layers.py) is visited layer by layer
   under its logical paths (`block_{i}/...`) and the results are restacked,
   so `fn` always sees one layer's θ.  `skip`: paths left as they are, `fn`
-  not called; `used`: collects the indices of the rules that matched.
+  not called; `used`: collects the indices of the rules that matched;
+  `visit_only`: `fn` is called for its effect, and a stack's first layer stands
+  for all of them (the model's lifts check that every layer matches alike).
   """
   used = set() if used is None else used
   paths: list[str] = []
@@ -201,8 +204,12 @@ def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: s
     return fn(path, None, node)
 
   def rec_stack(stack: Mapping, parent: str) -> Any:
+    first = f"{parent}/{layers.layer_name(0)}" if parent else layers.layer_name(0)
+    if visit_only:
+      rec(layers.layer_of(stack, 0) if layers.stack_depth(stack) else stack, first)
+      return stack
     if layers.stack_depth(stack) is None:  # placeholders only (optax MaskedNode): one pass
-      return rec(stack, f"{parent}/{layers.layer_name(0)}" if parent else layers.layer_name(0))
+      return rec(stack, first)
     rows = [rec(row, f"{parent}/{layers.layer_name(i)}" if parent else layers.layer_name(i))
             for i, row in enumerate(layers.split_stack(stack))]
     return layers.join_stack(rows)
