@@ -174,3 +174,17 @@ def test_the_per_layer_view_does_not_keep_every_layers_weights():
   scanned = _temp_bytes(True, True)
   assert whole - per_layer > 3 * block_bytes, (whole, per_layer)
   assert scanned < whole - 2 * block_bytes, (whole, scanned)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_factored_matmuls_stay_factored_under_scan(structured):
+  """Low-rank fc_in [16, 32] as U Vᵀ: with structured kernels no [16, 32] array is ever
+  built inside the scanned step (x U, then Vᵀ); `structured=False` materialises it."""
+  rules = ((r"block_\d+/mlp/fc_in/kernel", "lowrank(rank=2)"),)
+  rp = Reparam.from_config({"rules": rules, "structured": structured})
+  model = rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+  ids = jnp.ones((3, 8), jnp.int32)  # 24 token rows: no activation is [16, 32]
+  params = model.init(jax.random.key(0), ids)["params"]
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda p: jnp.mean(model.apply({"params": p}, ids)["logits"] ** 2)))(params))
+  assert ("f32[16,32]" in jaxpr) == (not structured)
