@@ -285,17 +285,6 @@ def activation_bytes(size: dict[str, int], per_device_batch: int, tensor: int, r
 # The child: one lower + compile
 # --------------------------------------------------------------------------------------------
 
-def _peak_rss_bytes() -> int | None:
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
 def _set_overrides(config: Any, overrides: dict[str, Any]) -> None:
   for key, value in overrides.items():
     node = config
@@ -324,6 +313,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
   import jax.numpy as jnp
 
   from bench.lm_step import QUICKSTART, SyntheticLMTask
+  from bench.memory import peak_rss_bytes
   from reparam_jax import regularizers
   from reparam_jax.config import load as config_load
   from reparam_jax.config import validate as config_validate
@@ -374,7 +364,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                                 sharding=batch_sharding)
   abstract_batch = {"tokens": tokens}
   state_s = time.perf_counter() - t0
-  rss = {"after_state": _peak_rss_bytes()}
+  rss = {"after_state": peak_rss_bytes()}
 
   train_step = jax.jit(
       steps.make_train_step(model, task, tx, rp, schedule, config.optimizer.grad_accum_steps,
@@ -387,13 +377,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     lowered = train_step.lower(abstract_state, abstract_batch)
     t1 = time.perf_counter()
-    rss["after_lower"] = _peak_rss_bytes()
+    rss["after_lower"] = peak_rss_bytes()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    rss["after_compile"] = _peak_rss_bytes()
+    rss["after_compile"] = peak_rss_bytes()
 
   stats = compiled.memory_analysis()
-  rss["after_memory_analysis"] = _peak_rss_bytes()
+  rss["after_memory_analysis"] = peak_rss_bytes()
   mem = {k: (int(getattr(stats, a)) if getattr(stats, a, None) is not None else None)
          for k, a in MEMORY_FIELDS.items()}
   total = (mem["arguments_bytes"] + mem["temp_bytes"] + mem["outputs_bytes"]
@@ -446,7 +436,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
       "ideal_activation_bytes": acts["activations"], "ideal_logits_bytes": acts["logits"],
       "ideal_remat_model": acts["remat_model"],
       "ratio": round(total / ideal, 3) if ideal else None,
-      "child_peak_rss_bytes": _peak_rss_bytes(),
+      "child_peak_rss_bytes": peak_rss_bytes(),
       "child_peak_rss_by_phase": rss,
       "platform": jax.devices()[0].platform, "jax": jax.__version__,
   }

@@ -23,7 +23,7 @@ from bench.suites import DEVICES
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
   # VmHWM belongs to this process image; ru_maxrss would carry over the
   # parent's peak across fork+exec (Linux keeps it in the signal struct).
   try:
@@ -55,7 +55,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     runner = StepRunner(config, spec["vocab"])
     for i in range(spec["steps"]):
       runner.run(i)
-  return {"peak_rss_bytes": _peak_rss_bytes(), "device_peak_bytes": _device_peak_bytes(),
+  return {"peak_rss_bytes": peak_rss_bytes(), "device_peak_bytes": _device_peak_bytes(),
           "platform": jax.devices()[0].platform}
 
 

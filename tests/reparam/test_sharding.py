@@ -73,19 +73,24 @@ def check_shardings() -> None:
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
 
 
-def test_theta_shardings_follow_weight_axes():
+def on_8_devices(check: str) -> None:
+  """Runs this module's `check` here with 8 devices, or in a fresh process started with 8
+  (JAX fixes the device count when it starts, e.g. when a conftest imported it first)."""
   if jax.device_count() >= 8:
-    check_shardings()
+    globals()[check]()
     return
-  # JAX started with fewer devices (e.g. a conftest imported it first): use a fresh process.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  code = "from tests.reparam.test_sharding import check_shardings; check_shardings()"
+  code = f"from tests.reparam.test_sharding import {check}; {check}()"
   proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                         text=True, timeout=300)
   if proc.returncode != 0:
     pytest.fail(proc.stderr[-3000:])
+
+
+def test_theta_shardings_follow_weight_axes():
+  on_8_devices("check_shardings")
 
 
 def check_fsdp_stores_every_theta() -> None:
@@ -129,15 +134,4 @@ def nn_unbox(tree):
 
 
 def test_fsdp_stores_every_theta():
-  if jax.device_count() >= 8:
-    check_fsdp_stores_every_theta()
-    return
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  code = ("from tests.reparam.test_sharding import check_fsdp_stores_every_theta; "
-          "check_fsdp_stores_every_theta()")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
-                        text=True, timeout=300)
-  if proc.returncode != 0:
-    pytest.fail(proc.stderr[-3000:])
+  on_8_devices("check_fsdp_stores_every_theta")
