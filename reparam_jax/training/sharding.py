@@ -78,16 +78,20 @@ def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Any) -> Any:
   replicated along those axes instead of failing: small or odd-sized
   dimensions cost little memory, and the rule table stays one table.
 
-  Then every array is stored split over the FSDP axes (the mesh axes `embed`
-  maps to) even when the table gives them no dimension of it (`fsdp_fill`):
-  a bias along `heads`, LoRA's B [rank, mlp], spherical angles [embed − 1, mlp]
-  would otherwise be whole on every device, with their Adam moments.
+  Then every array is stored split over all the parameter mesh axes (those
+  `embed`, `mlp` and `heads` map to: FSDP's and tensor parallelism's) even
+  where the table gives one of them no dimension of it (`fsdp_fill`): a bias
+  along `heads`, LoRA's B [rank, mlp], spherical angles [embed − 1, mlp] or
+  [mlp − 1, embed] would otherwise be whole on every device of those axes,
+  with their Adam moments.
   """
   rules = rules_tuple(rules)
   logical = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.meta.unbox(abstract_tree)
-  storage = tuple(a for a in _axes_of(dict(rules).get("embed")) if mesh.shape[a] > 1)
+  table = dict(rules)
+  storage = tuple(dict.fromkeys(a for name in ("embed", "mlp", "heads")
+                                for a in _axes_of(table.get(name)) if mesh.shape[a] > 1))
 
   def fit(spec: PartitionSpec, names: PartitionSpec, leaf: Any) -> NamedSharding:
     shape = tuple(getattr(leaf, "shape", ()))
@@ -106,9 +110,9 @@ def _axes_of(entry: Any) -> tuple[str, ...]:
 
 def fsdp_fill(spec: PartitionSpec, names: tuple, shape: Sequence[int], mesh: Mesh,
               storage: Sequence[str]) -> PartitionSpec:
-  """`spec` with each storage (FSDP) mesh axis it leaves unused added to the largest
-  dimension it divides, never the scanned `layers` axis (the scan slices it
-  layer by layer; split, every step would gather it)."""
+  """`spec` with each storage mesh axis it leaves unused added to the largest dimension
+  it divides, never the scanned `layers` axis (the scan slices it layer by
+  layer; split, every step would gather it)."""
   axes = [list(_axes_of(a)) for a in tuple(spec) + (None,) * (len(shape) - len(spec))]
   used = {a for dim in axes for a in dim}
   for m in storage:

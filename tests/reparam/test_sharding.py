@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -94,11 +95,11 @@ def test_theta_shardings_follow_weight_axes():
 
 
 def check_fsdp_stores_every_theta() -> None:
-  """The trainer's shardings (`logical_to_sharding`) under pure FSDP: no θ leaf that some
-  dimension of it can split stays whole on every device.  LoRA's B is [rank, mlp] (mlp →
-  tensor = 1) and spherical's angles are [embed − 1, mlp] (embed − 1 is odd): the rules
-  table alone leaves both replicated, so with their Adam moments they hold the memory
-  FSDP is meant to divide."""
+  """The trainer's shardings (`logical_to_sharding`), pure FSDP and FSDP × tensor: a θ leaf
+  with a dimension 8 divides is split 8 ways.  LoRA's B is [rank, mlp] (mlp → tensor = 1)
+  and spherical's angles are [embed − 1, mlp] or [mlp − 1, embed] (odd row counts): the
+  rules table alone leaves them whole on every device of some mesh axis, and with their
+  Adam moments they hold the memory FSDP is meant to divide."""
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
@@ -108,11 +109,13 @@ def check_fsdp_stores_every_theta() -> None:
   from reparam_jax.pytree.paths import flatten_with_paths  # noqa: PLC0415
   from reparam_jax.training import sharding  # noqa: PLC0415
 
-  mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  meshes = [sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1}),
+            sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})]
   cfg = TransformerConfig(vocab_size=32, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=128,
                           max_len=8, scan_layers=True)
   ids = jnp.zeros((2, 8), jnp.int32)
-  for spec in ("lora(rank=8)", "spherical", "lowrank(rank=8)", "spherical|lora(rank=8)"):
+  for mesh, spec in itertools.product(meshes, ("lora(rank=8)", "spherical", "lowrank(rank=8)",
+                                               "spherical|lora(rank=8)")):
     rules = ((r"block_\d+/(attn/\w+|mlp/fc_(in|out))/kernel", spec),)
     wrapped = reparam.wrap(Transformer(cfg), {"rules": rules})
     abstract = jax.eval_shape(lambda k: wrapped.init(k, ids), jax.random.key(0))  # noqa: B023
@@ -123,7 +126,7 @@ def check_fsdp_stores_every_theta() -> None:
       splittable = any(d % 8 == 0 for d in leaf.shape[int(stacked):])
       shard = s.shard_shape(leaf.shape)
       if splittable:
-        assert np.prod(shard) * 8 == np.prod(leaf.shape), (spec, path, leaf.shape, s.spec)
+        assert np.prod(shard) * 8 == np.prod(leaf.shape), (mesh.shape, spec, path, s.spec)
       if stacked:
         assert shard[0] == leaf.shape[0], (spec, path, s.spec)
 
