@@ -143,10 +143,12 @@ class Plan:
     values = {k: v for k, v in (cfg.items() if hasattr(cfg, "items") else [])
               if k not in ("rules", "structured", "per_layer") and isinstance(v, (int, float, str, bool))}
     rules = parse_rule_pairs(raw, "reparam", lambda spec: _fill(spec, values), parse_spec)
-    structured = get("structured", "auto")
+    # A bool typed on the command line into a string-typed ConfigDict field arrives as text.
+    as_bool = {"True": True, "False": False}
+    structured = as_bool.get(get("structured", "auto"), get("structured", "auto"))
     if structured not in ("auto", True, False):
       raise UserError(f"config.reparam.structured must be 'auto', True or False, got {structured!r}")
-    per_layer = get("per_layer", "auto")
+    per_layer = as_bool.get(get("per_layer", "auto"), get("per_layer", "auto"))
     if per_layer not in ("auto", True, False):
       raise UserError(f"config.reparam.per_layer must be 'auto', True or False, got {per_layer!r}")
     return cls(tuple(rules), structured, per_layer)

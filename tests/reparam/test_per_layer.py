@@ -188,3 +188,12 @@ def test_factored_matmuls_stay_factored_under_scan(structured):
   jaxpr = str(jax.make_jaxpr(jax.grad(
       lambda p: jnp.mean(model.apply({"params": p}, ids)["logits"] ** 2)))(params))
   assert ("f32[16,32]" in jaxpr) == (not structured)
+
+
+@pytest.mark.parametrize("flag, want", [("True", True), ("False", False), ("auto", "auto")])
+def test_per_layer_from_the_command_line(flag, want):
+  """`--config.reparam.per_layer=True` reaches the string-typed config field as text."""
+  from reparam_jax.config import load as config_load  # noqa: PLC0415
+  from tests.helpers import QUICKSTART  # noqa: PLC0415
+  config, _ = config_load.load([f"--config={QUICKSTART}", f"--config.reparam.per_layer={flag}"])
+  assert Reparam.from_config(config.reparam).plan.per_layer == want
