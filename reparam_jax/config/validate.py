@@ -19,6 +19,7 @@ import ml_collections
 from reparam_jax.config.base import MESH_AXES, base_config
 from reparam_jax.errors import UserError
 from reparam_jax.models.presets import PRESETS
+from reparam_jax.models.stack import REMAT_POLICIES
 from reparam_jax.reparam.compose import stages
 from reparam_jax.reparam.rules import Plan
 
@@ -71,6 +72,10 @@ CHECKS: tuple[_Check, ...] = (
     ("model.max_len", _non_negative, "0 (= seq_len) or a positive integer"),
     ("model.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     ("model.param_dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    ("model.remat", lambda v: v in (True, False, "True", "False", *REMAT_POLICIES),
+     f"one of {', '.join(REMAT_POLICIES)}"),
+    ("reparam.per_layer", lambda v: v in ("auto", True, False, "True", "False"),
+     "'auto', True or False"),
     ("optimizer.lr", _positive, "a positive, finite number"),
     ("optimizer.end_lr", _non_negative, "a non-negative, finite number"),
     ("optimizer.warmup_steps", _non_negative, "a non-negative integer"),
@@ -164,6 +169,10 @@ def _type_name(t: type) -> str:
 
 def _model_problems(config: ConfigDict) -> Iterator[str]:
   model = config.get("model")
+  if isinstance(model, ConfigDict) and model.get("scan_layers") in (True, "True") and (
+      model.get("share_layers") or model.get("layer_dims")):
+    yield ("config.model.scan_layers=True needs num_layers identical blocks; "
+           "model.share_layers and model.layer_dims need scan_layers=False")
   if not isinstance(model, ConfigDict) or model.get("preset"):
     if isinstance(model, ConfigDict) and model.get("preset"):
       if model.preset not in PRESETS:

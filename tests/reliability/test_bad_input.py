@@ -31,6 +31,11 @@ BAD = {
                           "unknown transform"),
     "two inferred axes": ({"mesh.data": "-1", "mesh.fsdp": "-1"}, "at most one axis may be -1"),
     "policy": ({"reliability.on_nonfinite": "ignore"}, "expected 'stop' or 'skip'"),
+    "remat policy": ({"model.remat": "sometimes"}, "config.model.remat='sometimes': expected one "
+                                                   "of none, full, dots, dots_no_batch"),
+    "per_layer": ({"reparam.per_layer": "maybe"}, "config.reparam.per_layer='maybe'"),
+    "scan shared": ({"model.scan_layers": "True", "model.share_layers": "True"},
+                    "scan_layers=True needs num_layers identical blocks"),
     # These need the devices (8 simulated) or the model's shapes:
     "mesh vs devices": ({"mesh.data": "3", "mesh.fsdp": "-1"}, "does not divide the 8 devices"),
     "batch vs devices": ({"batch_size": "12"}, "batch_size=12 must be a positive multiple"),
