@@ -170,10 +170,14 @@ def test_the_per_layer_view_does_not_keep_every_layers_weights():
   weights (and the transform's intermediates) through the backward pass; per layer, one."""
   block_bytes = 4 * (4 * 128 * 128 + 2 * 128 * 512)  # one layer's effective kernels, fp32
   whole = _temp_bytes(False, False)
-  per_layer = _temp_bytes(True, False)
   scanned = _temp_bytes(True, True)
-  assert whole - per_layer > 3 * block_bytes, (whole, per_layer)
   assert scanned < whole - 2 * block_bytes, (whole, scanned)
+  # Unrolled, the saving depends on XLA's scheduling of the rematerialised blocks: jax 0.12
+  # (the main environment) realises it (19.3 → 6.7 MB); jax 0.10.2 (the torch-peer
+  # environment) keeps 21.2 MB, as docs/scaling.md says.  The scanned step saves on both.
+  if tuple(int(x) for x in jax.__version__.split(".")[:2]) >= (0, 12):
+    per_layer = _temp_bytes(True, False)
+    assert whole - per_layer > 3 * block_bytes, (whole, per_layer)
 
 
 @pytest.mark.parametrize("structured", [True, False])
