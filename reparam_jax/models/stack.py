@@ -47,6 +47,15 @@ def remat_policy_name(value: Any) -> str:
   return str(value)
 
 
+def rematerialised(block_cls: type, cfg: Any, decode: bool) -> type:
+  """An unrolled block class under `cfg.remat`'s policy (none while decoding: it never
+  differentiates); `train` and `decode`, arguments 4 and 5 counting self, are static."""
+  policy = remat_policy_name(cfg.remat)
+  if policy == "none" or decode:
+    return block_cls
+  return nn.remat(block_cls, policy=REMAT_POLICIES[policy], static_argnums=(4, 5))
+
+
 def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
                mask: Array | None, positions: Array, train: bool, decode: bool,
                cache_index: Array | None = None, bias: Array | None = None,
@@ -76,12 +85,7 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
         x, mask, positions, cache_index, bias, memory, memory_mask)
     return x
   for i in range(num_layers):
-    cls = block_cls
-    if layer_transform is not None:
-      cls = layer_transform(cls, 0)
-    if remat:
-      # train and decode (arguments 4 and 5, counting self) are Python flags.
-      cls = nn.remat(cls, policy=REMAT_POLICIES[policy], static_argnums=(4, 5))
-    x = cls(cfg, cross=cross, name=layer_name(i))(
+    cls = block_cls if layer_transform is None else layer_transform(block_cls, 0)
+    x = rematerialised(cls, cfg, decode)(cfg, cross=cross, name=layer_name(i))(
         x, mask, positions, train, decode, cache_index, bias, memory, memory_mask)
   return x

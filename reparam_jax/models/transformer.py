@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from reparam_jax.models.layers import Dense, Embed, LayerNorm, RMSNorm, materialize
-from reparam_jax.models.stack import LayerTransform, remat_policy_name, run_blocks
+from reparam_jax.models.stack import LayerTransform, remat_policy_name, rematerialised, run_blocks
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -471,8 +471,7 @@ class Transformer(nn.Module):
                        decode: bool, cache_index: Array | None) -> tuple[Array, int]:
     """ALBERT's stacks: one block shared by every layer, or blocks of varying width."""
     cfg = self.cfg
-    remat = cfg.remat != "none" and not decode  # decoding never differentiates
-    block_cls = nn.remat(Block, static_argnums=(4, 5)) if remat else Block
+    block_cls = rematerialised(Block, cfg, decode)
     if cfg.share_layers:
       shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
     width = cfg.embed_dim

@@ -212,9 +212,16 @@ def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: s
       return stack
     if layers.stack_depth(stack) is None:  # placeholders only (optax MaskedNode): one pass
       return rec(stack, first)
-    rows = [rec(row, f"{parent}/{layers.layer_name(i)}" if parent else layers.layer_name(i))
-            for i, row in enumerate(layers.split_stack(stack))]
-    return layers.join_stack(rows)
+    rows = layers.split_stack(stack)
+    out = [rec(row, f"{parent}/{layers.layer_name(i)}" if parent else layers.layer_name(i))
+           for i, row in enumerate(rows)]
+    # Layers `fn` returned unchanged (no post-update, a visit for its penalty) keep the stack
+    # itself: restacking their slices would copy every stacked weight, each train step.
+    if all(jax.tree.structure(o) == jax.tree.structure(r)
+           and all(a is b for a, b in zip(jax.tree.leaves(o), jax.tree.leaves(r)))
+           for o, r in zip(out, rows)):
+      return stack
+    return layers.join_stack(out)
 
   out = rec(tree, prefix)
   if require_all:

@@ -201,3 +201,15 @@ def test_per_layer_from_the_command_line(flag, want):
   from tests.helpers import QUICKSTART  # noqa: PLC0415
   config, _ = config_load.load([f"--config={QUICKSTART}", f"--config.reparam.per_layer={flag}"])
   assert Reparam.from_config(config.reparam).plan.per_layer == want
+
+
+def test_an_unchanged_stack_is_not_restacked():
+  """LoRA has no post-update: the stacked θ comes back as the very same arrays (no copy
+  of every stacked weight inside each train step); hypersphere's re-projection restacks."""
+  for spec, same in (("lora(rank=2)", True), ("hypersphere", False)):
+    whole = _rp(spec, False).wrap(Transformer(CFG))
+    stacked = layers.stack_layers(whole.init(jax.random.key(0), IDS)["params"])
+    out = _rp(spec, True).post_update(stacked)
+    kernels = [(a is b) for a, b in zip(jax.tree.leaves(stacked["blocks"]),
+                                        jax.tree.leaves(out["blocks"]))]
+    assert all(kernels) if same else not all(kernels), spec
