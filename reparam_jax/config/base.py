@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   # (models/stack.py); full keeps only each block's input.
   c.model.remat = "none"
   c.model.scan_layers = False  # nn.scan over stacked blocks: compile once, whatever the depth
+  # Self-attention kernel: "xla", or "cudnn" (fused flash attention on GPUs, bf16/fp16).
+  c.model.attention = "xla"
   # Projection (ALBERT etc.; docs/tasks.md): factorised embedding width (0 = off),
   # one block shared by all layers, per-block widths (() = embed_dim everywhere).
   c.model.embed_proj_dim = 0

@@ -20,6 +20,7 @@ from reparam_jax.config.base import MESH_AXES, base_config
 from reparam_jax.errors import UserError
 from reparam_jax.models.presets import PRESETS
 from reparam_jax.models.stack import REMAT_POLICIES
+from reparam_jax.models.transformer import ATTENTION_KERNELS
 from reparam_jax.reparam.compose import stages
 from reparam_jax.reparam.rules import Plan
 
@@ -74,6 +75,7 @@ CHECKS: tuple[_Check, ...] = (
     ("model.param_dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     ("model.remat", lambda v: v in (True, False, "True", "False", *REMAT_POLICIES),
      f"one of {', '.join(REMAT_POLICIES)}"),
+    ("model.attention", lambda v: v in ATTENTION_KERNELS, f"one of {', '.join(ATTENTION_KERNELS)}"),
     ("reparam.per_layer", lambda v: v in ("auto", True, False, "True", "False"),
      "'auto', True or False"),
     ("optimizer.lr", _positive, "a positive, finite number"),

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
 
 from reparam_jax.errors import UserError
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 DATA_DIR_ENV = "REPARAM_DATA_DIR"
 
@@ -34,88 +35,12 @@ def raw_dir_from(raw_dir: str | None) -> str | None:
   return raw_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
-def _raw_file(raw_dir: str, *parts: str) -> epath.Path:
+def raw_file(raw_dir: str, *parts: str) -> epath.Path:
   path = epath.Path(raw_dir).joinpath(*parts)
   if not path.exists():
     raise UserError(f"dataset file not found: expected {path} (the layout of the publisher's "
                     f"download under {DATA_DIR_ENV}={raw_dir})")
   return path
-
-
-class _OfflineCapable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Takes `raw_dir` so `_split_generators` can skip the download manager."""
-
-  def __init__(self, *, raw_dir: str | None = None, skip_malformed: bool = False,
-               **kwargs: Any):
-    self._raw_dir = raw_dir_from(raw_dir)
-    self._skip_malformed = skip_malformed  # config `data.skip_malformed`
-    super().__init__(**kwargs)
-
-
-class TinyShakespeareLM(_OfflineCapable, skip_registration=True):
-  """Tiny Shakespeare split 90% / 10% by character position (nanoGPT's split).
-
-  TFDS's own `tiny_shakespeare` uses a different (90/5/5) split, hence a
-  separate builder.  Each split is one example holding the whole text.
-  """
-
-  name = "tiny_shakespeare_lm"
-  VERSION = tfds.core.Version("1.0.0")
-  TRAIN_FRACTION = 0.9
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-        homepage="https://github.com/karpathy/char-rnn")
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if self._raw_dir:
-      path = _raw_file(self._raw_dir, "tinyshakespeare", "input.txt")
-    else:
-      path = dl_manager.download(SHAKESPEARE_URL)
-    text = epath.Path(path).read_text(encoding="utf-8")
-    cut = int(len(text) * self.TRAIN_FRACTION)
-    return {"train": self._generate_examples(text[:cut]),
-            "validation": self._generate_examples(text[cut:])}
-
-  def _generate_examples(self, text: str) -> Iterator[tuple[int, dict[str, str]]]:
-    yield 0, {"text": text}
-
-
-class GlueSst2(_OfflineCapable, skip_registration=True):
-  """GLUE SST-2 (`sentence\\tlabel` TSVs); `validation` is the public dev split."""
-
-  name = "glue_sst2"
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "sentence": tfds.features.Text(),
-            "label": tfds.features.ClassLabel(names=["negative", "positive"]),
-            "idx": tfds.features.Scalar(dtype=np.int32),
-        }),
-        homepage="https://gluebenchmark.com/")
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if self._raw_dir:
-      train = _raw_file(self._raw_dir, "sst2", "train.tsv")
-      dev = _raw_file(self._raw_dir, "sst2", "dev.tsv")
-    else:
-      root = epath.Path(dl_manager.download_and_extract(SST2_URL)) / "SST-2"
-      train, dev = root / "train.tsv", root / "dev.tsv"
-    return {"train": self._generate_examples(train), "validation": self._generate_examples(dev)}
-
-  def _generate_examples(self, path: epath.Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    skipped: list[str] = []
-    rows = read_labelled_tsv(path, num_classes=2, skip_malformed=self._skip_malformed,
-                             skipped=skipped)
-    for idx, (sentence, label) in enumerate(rows):
-      yield idx, {"sentence": sentence, "label": label, "idx": idx}
-    if skipped:  # counted once, when the dataset is prepared
-      print(f"warning: skipped {len(skipped)} malformed rows of {path} (data.skip_malformed); "
-            f"first: {skipped[0]}", flush=True)
 
 
 def read_labelled_tsv(path: epath.Path | str, num_classes: int, skip_malformed: bool = False,
@@ -151,14 +76,16 @@ def read_labelled_tsv(path: epath.Path | str, num_classes: int, skip_malformed: 
       yield sentence, label
 
 
-BUILDERS = {"tiny_shakespeare": TinyShakespeareLM, "sst2": GlueSst2}
+# The datasets `load_builder` knows (their builders: data/tfds_datasets.py).
+DATASETS = ("tiny_shakespeare", "sst2")
 
 
 def load_builder(name: str, *, raw_dir: str | None = None, tfds_dir: str | None = None,
                  prepare: bool = True, skip_malformed: bool = False) -> tfds.core.DatasetBuilder:
   """A prepared builder; `as_data_source()` on it gives random-access splits."""
-  if name not in BUILDERS:
-    raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
+  if name not in DATASETS:
+    raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+  from reparam_jax.data.tfds_datasets import BUILDERS  # imports TFDS: only when data is read
   data_dir = tfds_dir or os.environ.get("TFDS_DATA_DIR") or None
   builder = BUILDERS[name](raw_dir=raw_dir, data_dir=data_dir, file_format="array_record",
                            skip_malformed=skip_malformed)

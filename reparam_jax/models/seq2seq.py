@@ -28,6 +28,7 @@ sinusoidal positions, biases, √d embedding scale), in PRESETS of presets.py.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -63,7 +64,9 @@ class Stack(nn.Module):
   def __call__(self, x_BxLxD: Array, padding_mask_BxL: Array | None, train: bool,
                decode: bool = False, memory_BxMxD: Array | None = None,
                memory_mask_BxM: Array | None = None) -> Array:
-    cfg = self.cfg
+    # Attention reads cfg.causal for the cuDNN kernel's causal mode; the stack's
+    # role decides it here, whatever the shared config says.
+    cfg = dataclasses.replace(self.cfg, causal=self.decoder)
     B, L, _ = x_BxLxD.shape
     mask = None
     if self.decoder:

@@ -71,6 +71,10 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: Any = "none"  # backward-pass rematerialisation of each block: stack.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over a stacked `blocks` (models/stack.py)
+  # Self-attention kernel: "xla", or "cudnn" for cuDNN's fused (flash) kernel on GPUs in
+  # bf16/fp16, used where the mask is the causal one or none (no padding, bias or decode
+  # cache); elsewhere, and on other backends, the XLA kernel with the same masking.
+  attention: str = "xla"
   embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
   share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
   layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
@@ -106,6 +110,8 @@ class TransformerConfig:
                        "varying layer_dims are unrolled only")
     if self.norm not in ("layer", "rms"):
       raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_KERNELS}")
     if self.activation not in ("gelu", "relu"):
       raise ValueError(f"activation={self.activation!r}: use 'gelu' or 'relu'")
     if sum([self.rope, self.relative_buckets > 0, self.sinusoidal]) > 1:
@@ -195,6 +201,17 @@ def rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
   return out.astype(x_BxLxHxK.dtype)
 
 
+ATTENTION_KERNELS = ("xla", "cudnn")
+
+
+def _attention_kernel(cfg: TransformerConfig, q: Array, bias: Array | None,
+                      mask: Array | None) -> str | None:
+  """`jax.nn.dot_product_attention`'s implementation: cuDNN where it applies, else XLA's."""
+  fused = (cfg.attention == "cudnn" and jax.default_backend() == "gpu" and bias is None
+           and mask is None and q.dtype in (jnp.bfloat16, jnp.float16))
+  return "cudnn" if fused else None
+
+
 class Attention(nn.Module):
   """Multi-head attention; `cross=True` takes keys and values from `memory` (the encoder)."""
 
@@ -224,6 +241,12 @@ class Attention(nn.Module):
         k, v = self._cached(k, v, cache_index)
 
     scale = 1.0 / K ** 0.5 if cfg.attention_scale else 1.0
+    # With the cuDNN kernel a causal model hands no mask when it would be the
+    # plain causal one (see Transformer): the kernel masks by itself.
+    is_causal = (cfg.attention == "cudnn" and cfg.causal and mask_Bx1xLxM is None
+                 and not self.cross and not decode)
+    if is_causal and cfg.attention_dropout > 0.0 and train:
+      mask_Bx1xLxM = jnp.tril(jnp.ones((L, L), bool))[None, None]
     if cfg.attention_dropout > 0.0 and train:
       # The fused kernel has no dropout on the probabilities; spell it out.
       logits = jnp.einsum("blhk,bmhk->bhlm", q, k) * jnp.asarray(scale, q.dtype)
@@ -236,8 +259,10 @@ class Attention(nn.Module):
       out = jnp.einsum("bhlm,bmhk->blhk", probs, v)
     else:
       bias = None if bias_BxHxLxM is None else bias_BxHxLxM.astype(q.dtype)
-      out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask_Bx1xLxM,
-                                         scale=None if cfg.attention_scale else 1.0)
+      out = jax.nn.dot_product_attention(
+          q, k, v, bias=bias, mask=mask_Bx1xLxM, is_causal=is_causal,
+          scale=None if cfg.attention_scale else 1.0,
+          implementation=_attention_kernel(cfg, q, bias, mask_Bx1xLxM))
     out = constrain(out, ("batch", "length", "heads", "kv")).reshape(B, L, H * K)
     init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
     return Dense(cfg.embed_dim, ("heads", "embed"), cfg.use_bias, kernel_init=init, name="out",
@@ -429,7 +454,10 @@ class Transformer(nn.Module):
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
     mask, cache_index = None, None
-    if cfg.causal:
+    # With the cuDNN kernel a plain causal mask is not built: attention passes
+    # is_causal instead (the kernel's own causal mode, no [L, L] mask in memory).
+    plain_causal = cfg.attention == "cudnn" and padding_mask_BxL is None and not decode
+    if cfg.causal and not plain_causal:
       mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
     if padding_mask_BxL is not None:
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
