@@ -58,12 +58,13 @@ SIZES: dict[str, tuple[dict[str, Any], int, int]] = {
 }
 
 
-def variants(rank: int) -> dict[str, tuple[dict[str, Any], tuple]]:
-  """Phase 1: {label: (overrides, reparam rules)}, all with scanned layers."""
+def variants(rank: int, scanned: bool = True, kernels: tuple[str, ...] = ("xla", "cudnn")
+             ) -> dict[str, tuple[dict[str, Any], tuple]]:
+  """Phase 1: {label: (overrides, reparam rules)}, all in one layer layout."""
   out = {}
-  for kernel in ("xla", "cudnn"):
+  for kernel in kernels:
     tag = "" if kernel == "xla" else ", cudnn attn"
-    over = {"model.scan_layers": True, "model.attention": kernel}
+    over = {"model.scan_layers": scanned, "model.attention": kernel}
     out[f"dense{tag}"] = (over, ())
     out[f"identity{tag}"] = (over, ((".*", "identity"),))
     out[f"lowrank(r={rank}){tag}"] = (over, ((PROJECTIONS, f"lowrank(rank={rank})"),))
@@ -174,12 +175,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--size", default="gpt2-medium", choices=sorted(SIZES))
   parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--only", default="", help="comma-separated phase-1 labels (default all)")
+  parser.add_argument("--only", default="", help="';'-separated phase-1 labels (default all)")
+  parser.add_argument("--layout", default="scanned", choices=("scanned", "unrolled"),
+                      help="phase 1's layer layout; phase 2 times the other one")
+  parser.add_argument("--kernels", default="xla,cudnn", help="phase 1's attention kernels")
+  parser.add_argument("--batch", type=int, default=0, help="batch size (0: the size's own)")
+  parser.add_argument("--phases", default="1,2,3", help="which phases to run (1 always runs)")
   parser.add_argument("--out", default="workdirs/bench/gpu_train.json")
   parser.add_argument("--profile_dir", default="workdirs/bench/gpu_profile")
   args = parser.parse_args(argv)
 
   overrides, vocab, rank = SIZES[args.size]
+  if args.batch:
+    overrides = {**overrides, "batch_size": args.batch}
+  scanned = args.layout == "scanned"
   peak, peak_note = device_peak_flops(dtype=overrides.get("model.dtype", "float32"))
   dev = jax.devices()[0]
   result: dict[str, Any] = {
@@ -194,9 +203,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1, default=str)
 
-  chosen = variants(rank)
+  chosen = variants(rank, scanned, tuple(args.kernels.split(",")))
   if args.only:
-    chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+    chosen = {k: v for k, v in chosen.items() if k in args.only.split(";")}
   runners: dict[str, StepRunner] = {}
   for label, (over, rules) in chosen.items():
     try:
@@ -216,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       row["vs_dense_step"] = row["step_ms"] / rows[base]["step_ms"]
       result["variants"][label]["vs_dense_step"] = row["vs_dense_step"]
   save()
-  _say("\nphase 1 (scanned layers):\n" + _table(result["variants"], [
+  heading = f"\nphase 1 ({args.layout} layers, batch {overrides['batch_size']}):\n"
+  _say(heading + _table(result["variants"], [
       ("step_ms", ".2f"), ("tokens_per_s", ",.0f"), ("mfu", ".3f"), ("vs_dense_step", ".3f"),
       ("compile_s", ".1f"), ("temp_gib", ".2f"), ("state_gib", ".2f"), ("cudnn_fmha", "d"),
       ("first_loss", ".5f")]))
@@ -225,24 +235,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   fastest = min(dense_labels, key=lambda k: rows[k]["step_ms"]) if dense_labels else None
   for label in [k for k in runners if k != fastest]:
     del runners[label]
-  if fastest is not None:
-    # Phase 2: the scan's own cost, the fastest dense step unrolled.
+  other = "unrolled" if scanned else "scanned"
+  if fastest is not None and "2" in args.phases:
+    # Phase 2: the scan's own cost, the fastest dense step in the other layout.
     over, rules = chosen[fastest]
-    label = fastest + ", unrolled"
+    label = f"{fastest}, {other}"
     try:
-      unrolled, facts = build({**overrides, **over, "model.scan_layers": False}, vocab, rules)
+      unrolled, facts = build({**overrides, **over, "model.scan_layers": not scanned}, vocab,
+                              rules)
       pair = time_group({fastest: runners[fastest], label: unrolled}, args.steps, args.warmup,
                         peak)
-      facts.update(pair[label], vs_scanned_step=pair[label]["step_ms"] / pair[fastest]["step_ms"])
-      result["unrolled"] = {"scanned": pair[fastest], label: facts}
-      _say(f"\nphase 2: {label}: step {facts['step_ms']:.2f} ms vs scanned "
-           f"{pair[fastest]['step_ms']:.2f} ms (x{facts['vs_scanned_step']:.3f}), compile "
+      facts.update(pair[label], vs_phase1_step=pair[label]["step_ms"] / pair[fastest]["step_ms"])
+      result["other_layout"] = {args.layout: pair[fastest], label: facts}
+      _say(f"\nphase 2: {label}: step {facts['step_ms']:.2f} ms vs {args.layout} "
+           f"{pair[fastest]['step_ms']:.2f} ms (x{facts['vs_phase1_step']:.3f}), compile "
            f"{facts['compile_s']:.1f} s vs {result['variants'][fastest]['compile_s']:.1f} s")
       del unrolled
     except Exception as e:  # noqa: BLE001
       result["errors"][label] = f"{type(e).__name__}: {e}"
       _say(f"[failed] {label}: {traceback.format_exc()[-600:]}")
     save()
+  if fastest is not None and "3" in args.phases:
     # Phase 3: where the fastest dense step's time goes.
     try:
       prof = profile_top(runners[fastest], args.profile_dir)

@@ -8,7 +8,7 @@ from bench import gpu_train
 def test_tiny_run_builds_times_and_profiles(tmp_path):
   out = tmp_path / "r.json"
   result = gpu_train.main(["--size", "tiny", "--steps", "2", "--warmup", "1",
-                           "--only", "dense,identity,lowrank(r=8)", "--out", str(out),
+                           "--only", "dense;identity;lowrank(r=8)", "--out", str(out),
                            "--profile_dir", str(tmp_path / "prof")])
   assert not result["errors"], result["errors"]
   v = result["variants"]
@@ -18,7 +18,7 @@ def test_tiny_run_builds_times_and_profiles(tmp_path):
   assert v["lowrank(r=8)"]["state_gib"] < v["dense"]["state_gib"]
   assert all(r["step_ms"] > 0 and 0 < r["mfu"] for r in v.values())
   assert v["dense"]["cudnn_fmha"] == 0  # no cuDNN on a CPU
-  assert result["unrolled"]["dense, unrolled"]["vs_scanned_step"] > 0
+  assert result["other_layout"]["dense, unrolled"]["vs_phase1_step"] > 0
   assert result["profile"]["top"] and json.loads(out.read_text())["profile"]["variant"] == "dense"
 
 
