@@ -34,6 +34,8 @@ BAD = {
     "remat policy": ({"model.remat": "sometimes"}, "config.model.remat='sometimes': expected one "
                                                    "of none, full, dots, dots_no_batch"),
     "per_layer": ({"reparam.per_layer": "maybe"}, "config.reparam.per_layer='maybe'"),
+    "attention kernel": ({"model.attention": "flash"},
+                         "config.model.attention='flash': expected one of xla, cudnn"),
     "scan shared": ({"model.scan_layers": "True", "model.share_layers": "True"},
                     "scan_layers=True needs num_layers identical blocks"),
     # These need the devices (8 simulated) or the model's shapes:
