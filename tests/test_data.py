@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reparam_jax.data import lm_text, tfds_builders
+from reparam_jax.data import lm_text, raw_files, tfds_builders
 from reparam_jax.data.pipeline import train_loader
 from reparam_jax.data.tokenizers import CharTokenizer, SentencePieceTokenizer, load_tokenizer
 from reparam_jax.errors import UserError
@@ -82,8 +82,8 @@ def test_malformed_tsv_rows_are_reported_with_file_and_line(tmp_path):
   path.write_bytes(b"sentence\tlabel\ngood movie\t1\nno label here\n"
                    b"bad label\t7\n\t0\n\xff\xfe broken\t1\nfine\t0\n")
   with pytest.raises(UserError, match=r"train.tsv:3: malformed row"):
-    list(tfds_builders.read_labelled_tsv(path, num_classes=2))
-  rows = list(tfds_builders.read_labelled_tsv(path, num_classes=2, skip_malformed=True))
+    list(raw_files.read_labelled_tsv(path, num_classes=2))
+  rows = list(raw_files.read_labelled_tsv(path, num_classes=2, skip_malformed=True))
   assert rows == [("good movie", 1), ("fine", 0)]
 
 

@@ -18,9 +18,9 @@ import ml_collections
 
 from reparam_jax.config.base import MESH_AXES, base_config
 from reparam_jax.errors import UserError
+from reparam_jax.models.config import ATTENTION_KERNELS
 from reparam_jax.models.presets import PRESETS
 from reparam_jax.models.stack import REMAT_POLICIES
-from reparam_jax.models.transformer import ATTENTION_KERNELS
 from reparam_jax.reparam.compose import stages
 from reparam_jax.reparam.rules import Plan
 

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import tfds_builders
+from reparam_jax.data import raw_files, tfds_builders
 from reparam_jax.data.pipeline import host_slice, per_host_batch_size, prepare_once
 from reparam_jax.errors import UserError
 
@@ -33,7 +33,7 @@ OFFSET = 3
 
 def load_lines(data: ml_collections.ConfigDict) -> dict[str, list[str]]:
   """The sentences of each split ('train', 'validation')."""
-  raw_dir = tfds_builders.raw_dir_from(data.raw_dir)
+  raw_dir = raw_files.raw_dir_from(data.raw_dir)
   if data.name not in ("tiny_shakespeare", "sst2"):
     raise UserError(f"line-level data reads tiny_shakespeare or sst2, got data.name={data.name!r}")
   builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,

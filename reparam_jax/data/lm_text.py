@@ -7,7 +7,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import tfds_builders
+from reparam_jax.data import raw_files, tfds_builders
 from reparam_jax.data.pipeline import host_slice, prepare_once
 from reparam_jax.data.tokenizers import (
   CharTokenizer,
@@ -69,7 +69,7 @@ def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:
   if data.name != "tiny_shakespeare":
     raise UserError(f"the language-modelling task reads tiny_shakespeare, got data.name="
                     f"{data.name!r}")
-  raw_dir = tfds_builders.raw_dir_from(data.raw_dir)
+  raw_dir = raw_files.raw_dir_from(data.raw_dir)
   builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,
                          tfds_dir=data.tfds_dir or None)
   source = builder.as_data_source()

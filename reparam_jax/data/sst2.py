@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import tfds_builders
+from reparam_jax.data import raw_files, tfds_builders
 from reparam_jax.data.hf_tokenizers import HfTokenizer
 from reparam_jax.data.pipeline import host_slice, prepare_once
 from reparam_jax.data.text_pairs import Specials, pack
@@ -32,7 +32,7 @@ def load_sst2(data: ml_collections.ConfigDict) -> dict[str, tuple[list[str], np.
   if data.name != "sst2":
     raise UserError(f"this task reads data.name='sst2', got {data.name!r}")
   builder = prepare_once(tfds_builders.load_builder, "sst2",
-                         raw_dir=tfds_builders.raw_dir_from(data.raw_dir),
+                         raw_dir=raw_files.raw_dir_from(data.raw_dir),
                          tfds_dir=data.tfds_dir or None,
                          skip_malformed=data.get("skip_malformed", False))
   source = builder.as_data_source()

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from reparam_jax.data.tfds_builders import (
+from reparam_jax.data.raw_files import (
   SHAKESPEARE_URL,
   SST2_URL,
   raw_dir_from,

@@ -5,7 +5,7 @@ a task unrelated to SST-2 sentiment from data the project already has.  Each
 line of Tiny Shakespeare with at least `MIN_WORDS` whitespace-separated words is
 shown once, either as written (label 1, "original") or with its words randomly
 permuted (label 0, "shuffled").  Words keep their attached punctuation.  The
-splits are the LM builder's (`tfds_builders.TinyShakespeareLM`: the first 90% of
+splits are the LM builder's (`tfds_datasets.TinyShakespeareLM`: the first 90% of
 the characters are train, the rest validation), cut into lines, as
 `data/lines.py` does.  Within each split exactly half the lines (rounded down)
 are shuffled, chosen by a fixed seed, so the data never depends on
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import tfds_builders
+from reparam_jax.data import raw_files, tfds_builders
 from reparam_jax.data.pipeline import prepare_once
 
 NAME = "shakespeare_order"
@@ -52,7 +52,7 @@ def load_shakespeare_order(data: ml_collections.ConfigDict
                            ) -> dict[str, tuple[list[str], np.ndarray]]:
   """`{split: (sentences, labels)}` for `train` and `validation` (see the module docstring)."""
   builder = prepare_once(tfds_builders.load_builder, "tiny_shakespeare",
-                         raw_dir=tfds_builders.raw_dir_from(data.raw_dir),
+                         raw_dir=raw_files.raw_dir_from(data.raw_dir),
                          tfds_dir=data.tfds_dir or None)
   source = builder.as_data_source()
   out = {}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.presets import PRESETS
-from reparam_jax.models.transformer import Transformer, TransformerConfig
+from reparam_jax.models.transformer import Transformer
 
 __all__ = ["PRESETS", "Transformer", "TransformerConfig", "transformer_config"]
 

@@ -22,9 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.layers import Dense, LayerNorm, materialize
 from reparam_jax.models.stack import LayerTransform
-from reparam_jax.models.transformer import Transformer, TransformerConfig
+from reparam_jax.models.transformer import Transformer
 
 Array = jax.Array
 

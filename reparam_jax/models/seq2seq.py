@@ -1,6 +1,6 @@
 """The encoder–decoder Transformer (Vaswani et al. 2017; T5, Raffel et al. 2020).
 
-Two stacks of the one `Block` of transformer.py: an encoder (bidirectional
+Two stacks of the one `Block` of block.py: an encoder (bidirectional
 self-attention) and a decoder (causal self-attention, then cross-attention
 over the encoder output), sharing one token table.
 
@@ -35,18 +35,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reparam_jax.models.block import BLOCKS, _dtypes, make_norm
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.layers import Dense, Embed
 from reparam_jax.models.stack import LayerTransform, run_blocks
-from reparam_jax.models.transformer import (
-  BLOCKS,
-  Embeddings,
-  TransformerConfig,
-  _dtypes,
-  cache_mask,
-  make_norm,
-  relative_bias,
-  sinusoid,
-)
+from reparam_jax.models.transformer import Embeddings, cache_mask, relative_bias, sinusoid
 
 Array = jax.Array
 constrain = nn.with_logical_constraint

@@ -64,7 +64,7 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
   """Applies `num_layers` blocks of `cfg` to x; called inside the owner's compact method.
 
   `blocks`: the block class and its scan (carry) form, `(Block, ScannedBlock)`
-  of transformer.py: (x, mask, positions, cache_index, bias, memory,
+  of block.py: (x, mask, positions, cache_index, bias, memory,
   memory_mask) → (x, None), with `train` and `decode` as fields.
   """
   block_cls, scanned_cls = blocks

@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reparam_jax.models.block import Block
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.layers import Dense, LayerNorm
-from reparam_jax.models.transformer import Block, Embeddings, Transformer, TransformerConfig
+from reparam_jax.models.transformer import Embeddings, Transformer
 from reparam_jax.objectives.vae import reparameterize
 
 Array = jax.Array

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from reparam_jax.models.transformer import TransformerConfig
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.perf import flops as flops_lib
 from reparam_jax.perf import peaks
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reparam_jax.models.transformer import TransformerConfig
+from reparam_jax.models.config import TransformerConfig
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.stats import matmul_flops_by_path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reparam_jax.data import tfds_builders
+from reparam_jax.data import raw_files, tfds_builders
 from reparam_jax.errors import UserError
 
 GOOD = [b"a fine film\t1", b"dull\t0"]
@@ -28,12 +28,12 @@ def test_malformed_row_is_an_error_naming_file_and_line(tmp_path, kind):
   path = tmp_path / "train.tsv"
   _write_tsv(path, [GOOD[0], row, GOOD[1]])
   with pytest.raises(UserError) as info:
-    list(tfds_builders.read_labelled_tsv(path, num_classes=2))
+    list(raw_files.read_labelled_tsv(path, num_classes=2))
   assert str(info.value).startswith(f"{path}:3: malformed row (")  # line 1 is the header
   assert reason in str(info.value)
 
   skipped: list[str] = []
-  rows = list(tfds_builders.read_labelled_tsv(path, num_classes=2, skip_malformed=True,
+  rows = list(raw_files.read_labelled_tsv(path, num_classes=2, skip_malformed=True,
                                               skipped=skipped))
   assert [label for _, label in rows] == [1, 0]
   assert len(skipped) == 1 and skipped[0].startswith(f"{path}:3: ")

@@ -1,0 +1,108 @@
+"""The Transformer's hyperparameters: one frozen dataclass shared by every model.
+
+`transformer_config` (models/__init__.py) builds it from a config's `model`
+section; the module docstrings of transformer.py (decoder / encoder) and
+seq2seq.py (encoder–decoder) say what each option changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from reparam_jax.models.stack import remat_policy_name
+
+# `model.attention`: XLA's attention, or cuDNN's fused kernel where it applies (block.py).
+ATTENTION_KERNELS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int
+  max_len: int
+  causal: bool = True
+  pre_norm: bool = True  # False: BERT's post-LayerNorm
+  rope: bool = False  # rotary position embeddings instead of learned ones
+  rope_base: float = 10000.0
+  type_vocab_size: int = 0  # > 0 adds token-type (segment) embeddings
+  embed_norm: bool = False  # LayerNorm after the embedding sum (BERT)
+  pooler: bool = False  # tanh(Dense(h[:, 0])) (BERT)
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  gelu_approximate: bool = True  # GPT-2 uses the tanh form, BERT the exact erf
+  layer_norm_eps: float = 1e-5
+  embed_dropout: float = 0.0
+  attention_dropout: float = 0.0
+  residual_dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat: Any = "none"  # backward-pass rematerialisation of each block: stack.REMAT_POLICIES
+  scan_layers: bool = False  # nn.scan over a stacked `blocks` (models/stack.py)
+  # Self-attention kernel: "xla", or "cudnn" for cuDNN's fused (flash) kernel on GPUs in
+  # bf16/fp16, used where the mask is the causal one or none (no padding, bias or decode
+  # cache); elsewhere, and on other backends, the XLA kernel with the same masking.
+  attention: str = "xla"
+  embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
+  share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
+  layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
+  # T5 and original-Transformer options (models/seq2seq.py; the defaults are GPT-2/BERT's).
+  norm: str = "layer"  # "layer" (LayerNorm) or "rms" (T5's RMSNorm: scale only, no mean)
+  activation: str = "gelu"  # "gelu" or "relu" (T5 v1.0, Vaswani et al. 2017)
+  mlp_gated: bool = False  # act(x W_in) ⊙ (x W_gate): T5 v1.1's gated GELU (Shazeer 2020)
+  head_size: int = 0  # width of one head; 0 = embed_dim // num_heads (T5's d_kv may differ)
+  attention_scale: bool = True  # False: no 1/√head_size on the logits (T5 folds it into init)
+  relative_buckets: int = 0  # > 0: T5 relative position bias with this many buckets
+  relative_max_distance: int = 128  # distances beyond this share the last bucket
+  sinusoidal: bool = False  # fixed sinusoidal positions (Vaswani et al.) instead of a table
+  embed_scale: bool = False  # token embeddings × √embed_dim (Vaswani et al.)
+  tied_logits_scale: bool = False  # tied output layer sees h · embed_dim^-½ (T5)
+  num_decoder_layers: int = 0  # encoder–decoder: decoder depth; 0 = num_layers
+
+  def __post_init__(self):
+    # Config files and overrides may hand a list; keep the dataclass hashable.
+    object.__setattr__(self, "layer_dims", tuple(int(d) for d in self.layer_dims))
+    if self.layer_dims:
+      if len(self.layer_dims) != self.num_layers:
+        raise ValueError(f"layer_dims {self.layer_dims} needs one width per layer "
+                         f"({self.num_layers})")
+      bad = [d for d in self.layer_dims if d <= 0 or d % self.num_heads]
+      if bad:
+        raise ValueError(f"layer_dims {bad} must be positive multiples of num_heads "
+                         f"({self.num_heads})")
+      if self.share_layers and len(set(self.layer_dims)) > 1:
+        raise ValueError("share_layers needs one width for all layers; layer_dims varies")
+    object.__setattr__(self, "remat", remat_policy_name(self.remat))
+    if self.scan_layers and (self.share_layers or len(set(self.block_dims)) > 1):
+      raise ValueError("scan_layers needs num_layers identical blocks; share_layers and "
+                       "varying layer_dims are unrolled only")
+    if self.norm not in ("layer", "rms"):
+      raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_KERNELS}")
+    if self.activation not in ("gelu", "relu"):
+      raise ValueError(f"activation={self.activation!r}: use 'gelu' or 'relu'")
+    if sum([self.rope, self.relative_buckets > 0, self.sinusoidal]) > 1:
+      raise ValueError("choose one position scheme: rope, relative_buckets or sinusoidal")
+
+  @property
+  def learned_positions(self) -> bool:
+    return not (self.rope or self.relative_buckets or self.sinusoidal)
+
+  @property
+  def head_dim(self) -> int:
+    return self.head_size or self.embed_dim // self.num_heads
+
+  @property
+  def block_dims(self) -> tuple[int, ...]:
+    return self.layer_dims or (self.embed_dim,) * self.num_layers
+
+  def at_width(self, width: int) -> "TransformerConfig":
+    """The config of a block running at `width`: same heads (narrower), same MLP ratio."""
+    if width == self.embed_dim:
+      return self
+    return dataclasses.replace(self, embed_dim=width,
+                               mlp_dim=self.mlp_dim * width // self.embed_dim, layer_dims=())
