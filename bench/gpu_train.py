@@ -42,9 +42,9 @@ import jax
 from bench import timing
 from bench.lm_step import StepRunner, quickstart_config
 from bench.reparam_bench import nbytes
+from bench.speed import speed_row
 from bench.suites import lm_size
-from reparam_jax.perf import flops as flops_lib
-from reparam_jax.perf.accounting import find_transformer_config
+from bench.table import markdown
 from reparam_jax.perf.peaks import device_peak_flops
 
 # Every projection kernel of every block, unrolled (`block_i/...`) or scanned.
@@ -94,24 +94,11 @@ def build(overrides: dict[str, Any], vocab: int, rules: tuple) -> tuple[StepRunn
   return runner, facts
 
 
-def flops_per_token(runner: StepRunner) -> int:
-  cfg = find_transformer_config(runner.task.model())
-  return flops_lib.model_flops(cfg, runner.config.seq_len, runner.state.params,
-                               runner.config.reparam).per_token
-
-
 def time_group(runners: dict[str, StepRunner], steps: int, warmup: int, peak: float
                ) -> dict[str, dict[str, Any]]:
+  """bench/speed.py's rows (wall_ms, tokens_per_sec, model FLOPs/token, MFU), interleaved."""
   times = timing.interleaved({k: r.run for k, r in runners.items()}, steps, warmup)
-  rows = {}
-  for label, r in runners.items():
-    t = times[label]
-    tokens = r.config.batch_size * r.config.seq_len
-    tps = tokens / (t["wall_ms"] / 1e3)
-    fpt = flops_per_token(r)
-    rows[label] = dict(step_ms=t["wall_ms"], step_min_ms=t["wall_min_ms"], tokens_per_s=tps,
-                       flops_per_token=fpt, mfu=flops_lib.mfu(fpt, tps, peak))
-  return rows
+  return {label: speed_row(label, r, times[label], peak) for label, r in runners.items()}
 
 
 def profile_top(runner: StepRunner, log_dir: str, steps: int = 3, top: int = 15
@@ -154,16 +141,6 @@ def summarize_trace(trace: Any, steps: int, top: int) -> dict[str, Any]:
           "total_ms_per_step": total / 1e3 / steps,
           "top": [{"op": name, "ms_per_step": us / 1e3 / steps, "share": us / total}
                   for name, us in per_op.most_common(top)]}
-
-
-def _table(rows: dict[str, dict[str, Any]], cols: list[tuple[str, str]]) -> str:
-  """Markdown; cols are (key, format), the key is the header."""
-  out = ["| variant | " + " | ".join(k for k, _ in cols) + " |",
-         "|---|" + "---:|" * len(cols)]
-  for label, r in rows.items():
-    out.append(f"| {label} | " + " | ".join(
-        format(r[k], f) if isinstance(r.get(k), (int, float)) else "–" for k, f in cols) + " |")
-  return "\n".join(out)
 
 
 def _say(*a: Any) -> None:
@@ -222,17 +199,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["variants"][label].update(row)
     base = "dense" + (", cudnn attn" if "cudnn" in label else "")
     if base in rows:
-      row["vs_dense_step"] = row["step_ms"] / rows[base]["step_ms"]
+      row["vs_dense_step"] = row["wall_ms"] / rows[base]["wall_ms"]
       result["variants"][label]["vs_dense_step"] = row["vs_dense_step"]
   save()
   heading = f"\nphase 1 ({args.layout} layers, batch {overrides['batch_size']}):\n"
-  _say(heading + _table(result["variants"], [
-      ("step_ms", ".2f"), ("tokens_per_s", ",.0f"), ("mfu", ".3f"), ("vs_dense_step", ".3f"),
-      ("compile_s", ".1f"), ("temp_gib", ".2f"), ("state_gib", ".2f"), ("cudnn_fmha", "d"),
-      ("first_loss", ".5f")]))
+  _say(heading + markdown([{"variant": k, **v} for k, v in result["variants"].items()], [
+      ("variant", "variant", "s"), ("wall_ms", "step ms", ".2f"),
+      ("tokens_per_sec", "tokens/s", ",.0f"), ("mfu", "MFU", ".3f"),
+      ("vs_dense_step", "step vs dense", ".3f"), ("compile_s", "compile s", ".1f"),
+      ("temp_gib", "temp GiB", ".2f"), ("state_gib", "state GiB", ".2f"),
+      ("cudnn_fmha", "cuDNN attention", "d"), ("first_loss", "first loss", ".5f")]))
 
   dense_labels = [k for k in rows if k.startswith("dense")]
-  fastest = min(dense_labels, key=lambda k: rows[k]["step_ms"]) if dense_labels else None
+  fastest = min(dense_labels, key=lambda k: rows[k]["wall_ms"]) if dense_labels else None
   for label in [k for k in runners if k != fastest]:
     del runners[label]
   other = "unrolled" if scanned else "scanned"
@@ -245,10 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               rules)
       pair = time_group({fastest: runners[fastest], label: unrolled}, args.steps, args.warmup,
                         peak)
-      facts.update(pair[label], vs_phase1_step=pair[label]["step_ms"] / pair[fastest]["step_ms"])
+      facts.update(pair[label], vs_phase1_step=pair[label]["wall_ms"] / pair[fastest]["wall_ms"])
       result["other_layout"] = {args.layout: pair[fastest], label: facts}
-      _say(f"\nphase 2: {label}: step {facts['step_ms']:.2f} ms vs {args.layout} "
-           f"{pair[fastest]['step_ms']:.2f} ms (x{facts['vs_phase1_step']:.3f}), compile "
+      _say(f"\nphase 2: {label}: step {facts['wall_ms']:.2f} ms vs {args.layout} "
+           f"{pair[fastest]['wall_ms']:.2f} ms (x{facts['vs_phase1_step']:.3f}), compile "
            f"{facts['compile_s']:.1f} s vs {result['variants'][fastest]['compile_s']:.1f} s")
       del unrolled
     except Exception as e:  # noqa: BLE001

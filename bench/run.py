@@ -32,6 +32,7 @@ import jax
 from bench import breakdown, fsdp, generate_vs_torch, memory, speed, timing, vs_torch
 from bench.lm_step import quickstart_config
 from bench.suites import SUITES, reparam_variants
+from bench.table import markdown
 from reparam_jax import reparam
 from reparam_jax.training.devices import configure_cpu_devices
 
@@ -45,15 +46,6 @@ def machine() -> dict[str, Any]:
           "processor": platform.processor() or platform.machine(),
           "python": platform.python_version(), "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
-
-
-def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
-  """Markdown table; cols are (key, header, format)."""
-  head = "| " + " | ".join(h for _, h, _ in cols) + " |"
-  sep = "|" + "|".join("---" for _ in cols) + "|"
-  body = ["| " + " | ".join(format(r[k], f) if r.get(k) is not None else "–"
-                            for k, _, f in cols) + " |" for r in rows]
-  return "\n".join([head, sep, *body])
 
 
 def _mb(n: float) -> float:
@@ -95,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = speed.model_speed(suite, peak)
     result["speed"] = rows
     print(f"\n## Train step (peak {peak / 1e12:.3g} TFLOP/s per device: {source})\n")
-    print(_table(rows, [("model", "model", "s"), ("devices", "devices", "d"),
+    print(markdown(rows, [("model", "model", "s"), ("devices", "devices", "d"),
                         ("wall_ms", "step ms (median)", ".1f"),
                         ("wall_min_ms", "min ms", ".1f"), ("cpu_ms", "CPU ms", ".1f"),
                         ("tokens_per_sec", "tokens/s", ",.0f"),
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = breakdown.step_breakdown(speed.runner(overrides, vocab), suite)
     result["breakdown"] = {"model": label, "phases": rows}
     print(f"\n## Where the train step's time goes: {label} (interleaved)\n")
-    print(_table(rows, [("phase", "phase", "s"), ("wall_ms", "ms (median)", ".1f"),
+    print(markdown(rows, [("phase", "phase", "s"), ("wall_ms", "ms (median)", ".1f"),
                         ("cpu_ms", "CPU ms", ".1f"), ("share", "share of step", ".2f")]),
           flush=True)
 
@@ -117,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, notes = speed.reparam_overhead(suite)
     result["reparam"], result["notes"] = rows, result["notes"] + notes
     print("\n## Reparameterizations: train step vs dense (same process, interleaved)\n")
-    print(_table(rows, [("variant", "variant", "s"), ("wall_ms", "step ms", ".1f"),
+    print(markdown(rows, [("variant", "variant", "s"), ("wall_ms", "step ms", ".1f"),
                         ("wall_ratio", "÷ dense (wall)", ".3f"),
                         ("cpu_ratio", "÷ dense (CPU time)", ".3f"),
                         ("model_flops_per_token", "model FLOPs/token", ",d"),
@@ -142,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           else None
       r["device_peak_mb"] = _mb(r["device_peak_bytes"]) if r["device_peak_bytes"] else None
     print("\n## Peak memory per variant (fresh process each)\n")
-    print(_table(rows, [("variant", "variant", "s"), ("device_peak_mb", "device peak MiB", ".1f"),
+    print(markdown(rows, [("variant", "variant", "s"), ("device_peak_mb", "device peak MiB", ".1f"),
                         ("peak_rss_mb", "host peak RSS MiB", ".1f"),
                         ("over_runtime_mb", "RSS over bare runtime MiB", ".1f")]), flush=True)
 
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       label = next(iter(suite.speed_models))
       print(f"\n## {label}: train step vs nanoGPT's PyTorch step (torch {out['torch']}, "
             f"{out['torch_threads']} threads; alternating chunks)\n")
-      print(_table([{"side": f"reparam_jax ({out['jax_devices']} CPU devices)",
+      print(markdown([{"side": f"reparam_jax ({out['jax_devices']} CPU devices)",
                      "ms": out["jax_ms"], "cpu": out["jax_cpu_ms"], "ratio": out["ratio"]},
                     {"side": "PyTorch (nanoGPT step, eager)", "ms": out["torch_ms"],
                      "cpu": out["torch_cpu_ms"], "ratio": 1.0}],
@@ -191,12 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       result["generate"] = out
       print(f"\n## Generation: GPT-2 {size}, greedy, batch {batch}, {new} tokens after {prompt} "
             f"(torch {out['torch']} on {device}; median of {rounds} calls)\n")
-      print(_table([{"side": f"reparam_jax ({out['jax_device']})", "tps": out["tokens_per_s"]["jax"],
-                     "ratio": out["ratio"], "first": out["jax_first_call_s"]},
-                    {"side": f"transformers generate ({out['transformers']})",
-                     "tps": out["tokens_per_s"]["torch"], "ratio": 1.0, "first": None}],
-                   [("side", "decoder", "s"), ("tps", "tokens/s", ",.1f"),
-                    ("ratio", "÷ transformers", ".2f"), ("first", "first call s", ".1f")]))
+      sides = [{"side": f"reparam_jax ({out['jax_device']})", "tps": out["tokens_per_s"]["jax"],
+                "ratio": out["ratio"], "first": out["jax_first_call_s"]},
+               {"side": f"transformers generate ({out['transformers']})",
+                "tps": out["tokens_per_s"]["torch"], "ratio": 1.0, "first": None}]
+      print(markdown(sides, [("side", "decoder", "s"), ("tps", "tokens/s", ",.1f"),
+                             ("ratio", "÷ transformers", ".2f"), ("first", "first call s", ".1f")]))
       print(f"token mismatches {out['token_mismatches']}/{rounds}", flush=True)
 
   result["load_average_end"] = timing.load_average()

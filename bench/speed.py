@@ -72,13 +72,13 @@ def model_speed(suite: Suite, peak_flops: float) -> list[dict[str, Any]]:
     runs = {label: r.run for label, r in runners.items()}
     times = timing.interleaved(runs, rounds(runs, suite), suite.warmup)
     for label, r in runners.items():
-      rows[label] = _speed_row(label, r, times[label], peak_flops)
+      rows[label] = speed_row(label, r, times[label], peak_flops)
       rows[label]["lower_s"], rows[label]["compile_s"] = compile_s[label]
     del runners, runs
   return [rows[label] for label in suite.speed_models]
 
 
-def _speed_row(label: str, r: StepRunner, t: dict[str, float], peak_flops: float
+def speed_row(label: str, r: StepRunner, t: dict[str, float], peak_flops: float
                ) -> dict[str, Any]:
   tokens = r.config.batch_size * r.config.seq_len
   n_devices = r.mesh.devices.size
