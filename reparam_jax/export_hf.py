@@ -17,6 +17,13 @@ imported checkpoint (`--config.init_from`).
 `--peft_dir` writes a LoRA/DoRA run's adapter alone in PEFT's format
 (adapter_config.json + adapter_model.safetensors, docs/peft.md), which
 `peft.PeftModel.from_pretrained` loads onto the run's `init_from` model.
+
+A model over `--max_shard_mb` (5000, transformers' 5 GB) is written as
+numbered safetensors files with an index, as `save_pretrained` does.
+Multi-host: every process runs the same command with the trainer's flags
+(`--distributed`, or `--coordinator_address=... --num_processes=N
+--process_id=I`); each reads its shards, tensors are gathered one at a time,
+and process 0 writes the folder holding at most one file's tensors.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ import os
 import sys
 from typing import Any, Sequence
 
+import jax
+
 from reparam_jax.errors import exit_on_user_error
-from reparam_jax.hf.exporter import export
+from reparam_jax.hf.exporter import MAX_SHARD_BYTES, export
 from reparam_jax.hf.peft_run import export_run_adapter
+from reparam_jax.training import devices
 
 
 @exit_on_user_error
@@ -40,24 +50,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--to", dest="dst", help="Hugging Face folder to write")
   parser.add_argument("--peft_dir", help="PEFT adapter folder to write (a LoRA/DoRA run's "
                       "adapter alone; docs/peft.md)")
+  parser.add_argument("--max_shard_mb", type=int, default=MAX_SHARD_BYTES // 10**6,
+                      help="largest safetensors file (MB); a bigger model is split over "
+                      "several files with an index")
+  devices.add_distributed_flags(parser)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if not args.dst and not args.peft_dir:
     parser.error("pass --to (the whole model) and/or --peft_dir (the LoRA adapter alone)")
+  if args.max_shard_mb <= 0:
+    parser.error(f"--max_shard_mb={args.max_shard_mb} must be positive")
+  devices.init_distributed_from_args(args)
+  say = print if jax.process_index() == 0 else (lambda *_: None)  # once, not per process
   out: dict[str, Any] = {}
   if args.peft_dir:
     out["peft"] = export_run_adapter(args.workdir, args.peft_dir)
     config = out["peft"]["config"]
-    print(f"exported the adapter of {args.workdir} ({out['peft']['modules']} LoRA modules, "
-          f"r={config['r']}, use_dora={config['use_dora']}) to "
-          f"{os.path.abspath(args.peft_dir)} in PEFT's format; base model: "
-          f"{config['base_model_name_or_path'] or 'unknown (the run has no init_from)'}")
+    say(f"exported the adapter of {args.workdir} ({out['peft']['modules']} LoRA modules, "
+        f"r={config['r']}, use_dora={config['use_dora']}) to "
+        f"{os.path.abspath(args.peft_dir)} in PEFT's format; base model: "
+        f"{config['base_model_name_or_path'] or 'unknown (the run has no init_from)'}")
   if not args.dst:
     return out
-  out.update(export(args.workdir, args.dst))
+  out.update(export(args.workdir, args.dst, args.max_shard_mb * 10**6))
   tok = "with its tokenizer" if out["tokenizer"] is not None else (
       "without a tokenizer (the workdir has none in GPT-2 BPE or WordPiece form)")
-  print(f"exported {args.workdir} as {out['architecture']} ({out['values']:,} values in "
-        f"{out['tensors']} tensors) to {os.path.abspath(args.dst)}, {tok}")
+  files = f"{out['files']} files" if out["files"] > 1 else "one file"
+  say(f"exported {args.workdir} as {out['architecture']} ({out['values']:,} values in "
+      f"{out['tensors']} tensors, {files}) to {os.path.abspath(args.dst)}, {tok}")
   return out
 
 

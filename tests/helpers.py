@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "lm", "shakespeare_char.py")
@@ -33,6 +35,43 @@ def run_train_subprocess(args: list[str], env: dict | None = None, devices: int 
   full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "reparam_jax.train", *args], env=full_env,
                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run_process_group(argvs: list[list[str]], devices_each: int, envs: list[dict] | None = None,
+                      timeout: float = 420) -> list[str]:
+  """Runs `python ARGV` once per entry as one group (e.g. the processes of one
+  jax.distributed run) with `devices_each` CPU devices each; their outputs.
+
+  Fails, showing every process's output, unless all exit 0 within `timeout`.
+  """
+  procs = []
+  for i, argv in enumerate(argvs):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **((envs or [{}] * len(argvs))[i]))
+    procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  deadline = time.monotonic() + timeout
+  outs: list[str | None] = [None] * len(procs)
+  try:
+    for i, p in enumerate(procs):
+      outs[i] = p.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
+  except subprocess.TimeoutExpired:
+    pass  # a hung group: reported below with every process's output
+  finally:
+    for p in procs:
+      p.kill()
+  # Retrying communicate() after a timeout loses no output.
+  outs = [out if out is not None else p.communicate()[0] for p, out in zip(procs, outs)]
+  report = "\n".join(f"----- process {i} (exit {p.returncode}) -----\n{out}"
+                     for i, (p, out) in enumerate(zip(procs, outs)))
+  assert all(p.returncode == 0 for p in procs), report
+  return outs
 
 
 def tensorboard_scalars(logdir: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:

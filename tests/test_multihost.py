@@ -10,9 +10,6 @@ detection finds the coordinator.
 
 import os
 import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +18,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.training import devices
-from tests.helpers import REPO, run_train_subprocess, tiny_args
+from tests.helpers import free_port, run_process_group, run_train_subprocess, tiny_args
 
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)
 GLOBAL_DEVICES = 4
@@ -30,12 +27,6 @@ GLOBAL_DEVICES = 4
 def _losses(workdir: str) -> dict[int, float]:
   return {r["step"]: r["train/loss"] for r in rundir.read_metrics(workdir)
           if "train/loss" in r}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _slurm_job_id_with_free_port() -> int:
@@ -52,30 +43,10 @@ def _slurm_job_id_with_free_port() -> int:
 
 def _run_group(workdir: str, raw_dir: str, tfds_dir: str, num_processes: int,
                extra_env: list[dict[str, str]], extra_args: list[list[str]]) -> list[str]:
-  devices = GLOBAL_DEVICES // num_processes
-  procs = []
-  for i in range(num_processes):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **extra_env[i])
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "reparam_jax.train",
-         *tiny_args(workdir, raw_dir, tfds_dir, **STEPS), *extra_args[i]],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  deadline = time.monotonic() + 420
-  outs: list[str | None] = [None] * num_processes
-  try:
-    for i, p in enumerate(procs):
-      outs[i] = p.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
-  except subprocess.TimeoutExpired:
-    pass  # a hung group: reported below with every process's output
-  finally:
-    for p in procs:
-      p.kill()
-  # Retrying communicate() after a timeout loses no output.
-  outs = [out if out is not None else p.communicate()[0] for p, out in zip(procs, outs)]
-  report = "\n".join(f"----- process {i} (exit {p.returncode}) -----\n{out}"
-                     for i, (p, out) in enumerate(zip(procs, outs)))
-  assert all(p.returncode == 0 for p in procs), report
+  outs = run_process_group(
+      [["-m", "reparam_jax.train", *tiny_args(workdir, raw_dir, tfds_dir, **STEPS),
+        *extra_args[i]] for i in range(num_processes)],
+      GLOBAL_DEVICES // num_processes, extra_env)
   assert f"{GLOBAL_DEVICES} devices, {num_processes} processes" in outs[0], outs[0]
   return outs
 
@@ -106,7 +77,7 @@ def _check_matches_single_process(workdir: str, single: str) -> None:
 def test_processes_match_one_process(num_processes, single_process, tmp_path, raw_data_dir,
                                      tfds_dir):
   """N processes (explicit coordinator flags) train like one process with all devices."""
-  port = _free_port()
+  port = free_port()
   args = [[f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
            f"--process_id={i}"] for i in range(num_processes)]
   _run_group(str(tmp_path), raw_data_dir, tfds_dir, num_processes,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from reparam_jax.errors import UserError
@@ -117,8 +118,9 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
       t[f"{h}{ln}.weight"] = flat[f"{b}{ours}/scale"]
       t[f"{h}{ln}.bias"] = flat[f"{b}{ours}/bias"]
     qkv = ("query", "key", "value")
-    t[f"{h}attn.c_attn.weight"] = np.concatenate([flat[f"{b}attn/{n}/kernel"] for n in qkv], 1)
-    t[f"{h}attn.c_attn.bias"] = np.concatenate([flat[f"{b}attn/{n}/bias"] for n in qkv])
+    # jnp: the exporter's arrays may be split over several processes (rundir/sharded.py).
+    t[f"{h}attn.c_attn.weight"] = jnp.concatenate([flat[f"{b}attn/{n}/kernel"] for n in qkv], 1)
+    t[f"{h}attn.c_attn.bias"] = jnp.concatenate([flat[f"{b}attn/{n}/bias"] for n in qkv])
     for hf_name, ours in (("attn.c_proj", "attn/out"), ("mlp.c_fc", "mlp/fc_in"),
                           ("mlp.c_proj", "mlp/fc_out")):
       t[f"{h}{hf_name}.weight"] = flat[f"{b}{ours}/kernel"]

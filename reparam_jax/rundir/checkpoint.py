@@ -29,6 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from reparam_jax.errors import CheckpointError, UserError
+from reparam_jax.rundir import sharded
 
 
 class Checkpointer:
@@ -290,7 +291,7 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
     if not path.exists():
       raise UserError(f"no params checkpoint at {path} (expected a directory written by "
                       "convert/convert_hf, or a training workdir)")
-    params = restore_on_one_device(path)
+    params = restore_spread(path)
   if abstract_params is None:
     return params
   return _onto(params, abstract_params, str(path))
@@ -305,7 +306,7 @@ def _latest_good_params(directory: epath.Path) -> Any:
     problem = _missing_files(directory / str(step), data=False)
     if not problem:
       try:
-        return restore_on_one_device(directory / str(step) / "state")["params"]
+        return restore_spread(directory / str(step) / "state")["params"]
       except Exception as e:  # noqa: BLE001
         problem = _short(e)
     _warn(f"skipping checkpoint {directory / str(step)}: corrupt or incomplete ({problem})")
@@ -313,13 +314,12 @@ def _latest_good_params(directory: epath.Path) -> Any:
                   "corrupt or incomplete)")
 
 
-def restore_on_one_device(path: epath.Path) -> Any:
-  """Restores any checkpoint, whatever mesh wrote it, onto this host's first device."""
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        array_metadata(path), is_leaf=_is_array)
+def restore_spread(path: epath.Path) -> Any:
+  """Restores any checkpoint, whatever mesh wrote it, split over every device of every
+  process (`sharded.storage_sharding`): each process reads only its shards, and no
+  host or device holds the whole tree."""
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, target)
+    return ckptr.restore(path, sharded.abstract_spread(array_metadata(path)))
 
 
 def _onto(params: Any, abstract: Any, where: str) -> Any:
@@ -334,7 +334,7 @@ def _onto(params: Any, abstract: Any, where: str) -> Any:
     if tuple(flat_got[name].shape) != tuple(want.shape):
       raise UserError(f"{where}: parameter {name} has shape {tuple(flat_got[name].shape)} in the "
                       f"checkpoint but the model expects {tuple(want.shape)}")
-  return jax.tree.map(lambda a, w: jax.device_put(jax.numpy.asarray(a, w.dtype), w.sharding),
+  return jax.tree.map(lambda a, w: sharded.reshard(a, w.sharding, w.dtype),
                       _select(params, abstract), abstract)
 
 
@@ -374,8 +374,7 @@ def load_matching_params(path: str, abstract_params: Any, fresh_params: Any,
   if not loaded:
     raise UserError(f"init_from={path}: the checkpoint shares no parameter with the model "
                     f"(checkpoint keys start with {sorted({n.split('/')[0] for n in got})[:5]})")
-  leaves = [jax.device_put(jax.numpy.asarray(got[name], w.dtype), w.sharding)
-            if name in loaded else fresh
+  leaves = [sharded.reshard(got[name], w.sharding, w.dtype) if name in loaded else fresh
             for (name, w), fresh in zip(want, jax.tree.leaves(fresh_params))]
   params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
 

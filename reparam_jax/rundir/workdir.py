@@ -190,5 +190,5 @@ def _latest_extra(workdir: str) -> PyTree | None:
       continue
     if not checkpoint.array_metadata(state_dir).get("extra"):
       return None
-    return checkpoint.restore_on_one_device(state_dir)["extra"]
+    return checkpoint.restore_spread(state_dir)["extra"]
   return None

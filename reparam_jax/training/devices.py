@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Mapping
@@ -65,3 +66,28 @@ def init_distributed(flags: Mapping[str, str]) -> None:
                                local_device_ids=device_ids)
   elif flags.get("distributed") == "true":
     jax.distributed.initialize(local_device_ids=device_ids)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+  """The trainer's multi-host flags, for a tool's (convert, export_hf, ...) parser."""
+  group = parser.add_argument_group("multi-host (every process runs the same command)")
+  group.add_argument("--distributed", action="store_true",
+                     help="jax.distributed.initialize() from the cluster's environment "
+                     "(SLURM, TPU pods)")
+  group.add_argument("--coordinator_address", help="HOST:PORT of process 0; with "
+                     "--num_processes and --process_id")
+  group.add_argument("--num_processes", type=int)
+  group.add_argument("--process_id", type=int)
+
+
+def init_distributed_from_args(args: argparse.Namespace) -> None:
+  """`init_distributed` from the flags `add_distributed_flags` declared."""
+  by_hand = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in by_hand) and any(v is None for v in by_hand):
+    raise UserError("--coordinator_address, --num_processes and --process_id go together "
+                    "(or pass --distributed alone on SLURM / TPU pods)")
+  flags = {"distributed": "true"} if args.distributed else {}
+  if args.coordinator_address is not None:
+    flags.update(coordinator_address=args.coordinator_address,
+                 num_processes=str(args.num_processes), process_id=str(args.process_id))
+  init_distributed(flags)

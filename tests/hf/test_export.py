@@ -55,6 +55,31 @@ def test_export_loads_in_transformers_and_round_trips(tmp_path, cls_name, size):
     np.testing.assert_array_equal(a[path], b[path], err_msg=path)
 
 
+def test_a_model_over_the_file_limit_is_split_as_save_pretrained_splits_it(tmp_path):
+  """Numbered safetensors files and their index: transformers and our importer load them."""
+  model = _model("GPT2LMHeadModel", "untied")
+  hf_refs.save_model(model, str(tmp_path / "hf"))
+  convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+  out = export_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "out"), max_shard_bytes=4096)
+
+  files = sorted(f for f in os.listdir(tmp_path / "out") if f.endswith(".safetensors"))
+  assert out["files"] == len(files) > 2 and "model.safetensors" not in files
+  with open(tmp_path / "out" / "model.safetensors.index.json") as f:
+    index = json.load(f)
+  assert sorted(set(index["weight_map"].values())) == files
+  loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"))
+  want, got = model.state_dict(), loaded.state_dict()
+  assert set(want) == set(got)
+  for name in want:
+    assert torch.equal(want[name], got[name]), name
+  first, _, _, _ = importer.import_folder(str(tmp_path / "hf"))
+  again, _, _, _ = importer.import_folder(str(tmp_path / "out"))
+  a, b = flatten(first), flatten(again)
+  assert set(a) == set(b)
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
 def test_unexportable_models_are_user_errors(tmp_path):
   hf_refs.save_model(_model("GPT2LMHeadModel", "tiny"), str(tmp_path / "hf"))
   convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "ckpt"))

@@ -1,0 +1,45 @@
+"""One process of tests/test_multihost_tools.py's group: the library's whole-checkpoint
+steps with every array split over the processes; prints one JSON line of findings.
+
+  python -m tests.multihost_tools_worker COORDINATOR NUM_PROCESSES PROCESS_ID SRC OUT
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from configs.sst2 import minilm_lora
+from reparam_jax.reparam import Reparam, load_adapter, save_adapter
+from reparam_jax.reparam.adapters import extract_adapter, insert_adapter
+from reparam_jax.rundir import checkpoint, sharded
+from reparam_jax.training import devices
+
+
+def main(coordinator: str, num_processes: str, process_id: str, src: str, out: str) -> None:
+  devices.init_distributed({"coordinator_address": coordinator,
+                            "num_processes": num_processes, "process_id": process_id})
+  params = checkpoint.load_params(src)
+  rp = Reparam.from_config(minilm_lora.get_config().reparam)
+  theta = sharded.apply_spread(lambda p: rp.from_dense(p, jax.random.key(0)), params)
+  # B = 0 after from_dense: move every adapter leaf so that the round trip shows.
+  adapter = sharded.apply_spread(
+      lambda a: {k: v + 0.25 * jnp.arange(v.size, dtype=v.dtype).reshape(v.shape) / v.size
+                 for k, v in a.items()}, extract_adapter(theta, rp))
+  save_adapter(out, insert_adapter(theta, adapter), rp)
+  loaded = load_adapter(out, theta)
+  back = extract_adapter(loaded, rp)
+  same = all(bool(jnp.array_equal(back[k], adapter[k])) for k in adapter)
+  print(json.dumps({
+      "process": jax.process_index(), "processes": jax.process_count(),
+      "devices": jax.device_count(),
+      "share_loaded": sharded.host_share(params),
+      "share_adapter_loaded": sharded.host_share(back),
+      "adapter_round_trip_exact": same,
+      "adapter_leaves": len(adapter),
+  }), flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
