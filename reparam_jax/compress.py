@@ -20,6 +20,11 @@ the pruned entries held at zero (`mask(method=threshold, threshold=0)` at step
 0) and, when quantized, fake-quantized (`quant`), then the result is
 re-quantized.  Writes DIR/params (final checkpoint), DIR/config.json (its
 rules), DIR/steps/<i>_<name>/ (each step's checkpoint), DIR/report.{md,json}.
+
+Multi-host: every process runs the same command with the trainer's flags
+(`--distributed`, or `--coordinator_address=... --num_processes=N
+--process_id=I`); the weights stay split over the processes (each reads,
+compresses, evaluates and writes its shards) and process 0 writes the reports.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+import jax
+
 from reparam_jax.compression.recipe import KERNELS, compress
 from reparam_jax.errors import exit_on_user_error
+from reparam_jax.training import devices
 
 
 @exit_on_user_error
@@ -41,9 +49,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--finetune_steps", type=int, default=0)
   parser.add_argument("--finetune_lr", type=float, default=3e-4)
   parser.add_argument("--kernels", default=KERNELS, help="regex of the weights compressed")
+  devices.add_distributed_flags(parser)
   args = parser.parse_args(argv)
+  devices.init_distributed_from_args(args)
+  log = print if jax.process_index() == 0 else (lambda *_: None)  # once, not per process
   return compress(args.workdir, args.recipe, args.out, args.finetune_steps, args.finetune_lr,
-                  args.kernels)
+                  args.kernels, log=log)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ sharding); the loss curve must match one process holding all devices, and
 the checkpoint the group writes must restore in a single process.  The
 SLURM case starts the processes the way `srun` would (SLURM_* variables and
 `--distributed`, as launch/slurm.sbatch does), so JAX's own cluster
-detection finds the coordinator.
+detection finds the coordinator.  `compress` runs the same way (its tools'
+siblings are in tests/test_multihost_tools.py).
 """
 
+import json
 import os
 import socket
 
+import jax
 import numpy as np
 import pytest
 
@@ -101,3 +104,31 @@ def test_local_device_ids_from_environment():
   for bad in ("0,,1", "a,b", "0,0", "-1"):
     with pytest.raises(UserError, match="REPARAM_LOCAL_DEVICE_IDS"):
       devices.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": bad})
+
+
+def test_compress_on_two_processes_writes_what_one_process_writes(single_process, tmp_path):
+  """`reparam_jax.compress` with the weights split over 2 processes (tests/test_multihost_tools.py
+  has convert, adapters and export): the same compressed weights and evaluations."""
+  from reparam_jax.compression.recipe import compress
+
+  recipe = "svd(rank=8),prune(magnitude,0.5),quantize(int8)"
+  port = free_port()
+  outs = run_process_group(
+      [["-m", "reparam_jax.compress", f"--workdir={single_process}", f"--out={tmp_path / 'two'}",
+        f"--recipe={recipe}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+        f"--process_id={i}"] for i in range(2)], GLOBAL_DEVICES // 2)
+  assert "| quantize(int8) |" in outs[0] and "quantize(int8)" not in outs[1], outs
+  one = compress(single_process, recipe, str(tmp_path / "one"), log=lambda *_: None)
+  with open(tmp_path / "two" / "report.json") as f:
+    two = json.load(f)
+  assert [r["step"] for r in two["rows"]] == [r["step"] for r in one["rows"]]
+  for a, b in zip(two["rows"], one["rows"]):
+    assert a["kernel_zeros"] == b["kernel_zeros"] and a["stored_bytes"] == b["stored_bytes"]
+    np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=1e-5)
+  got = checkpoint.load_params(str(tmp_path / "two" / "params"))
+  want = checkpoint.load_params(str(tmp_path / "one" / "params"))
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
+  assert flat_got.keys() == flat_want.keys()
+  for k in flat_want:
+    np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=str(k))

@@ -35,6 +35,7 @@ from reparam_jax.reparam.transforms.mask_update import prune_now
 from reparam_jax.reparam.transforms.quant import quantize as int_quantize
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
+from reparam_jax.rundir.checkpoint import sync
 from reparam_jax.rundir.workdir import load_run
 from reparam_jax.sparsity import sensitivity
 from reparam_jax.training.evaluate import Evaluator
@@ -302,13 +303,12 @@ def kernel_bits(state: State) -> float:
 def measure(state: State, evaluator: Evaluator, where: str, label: str) -> dict[str, Any]:
   params = state.storage_params()
   rules = state.storage_rules()
-  checkpoint.save_params(where, jax.device_get(params))
+  checkpoint.save_params(where, params)  # every process writes its own shards
   metrics = evaluator(params, rules)
   counts: list[tuple[int, int]] = []  # (entries, zeros) of each stored kernel array (W, U or V)
 
-  def visit(w):
-    w = np.asarray(jax.device_get(w))
-    counts.append((w.size, int(w.size - np.count_nonzero(w))))
+  def visit(w):  # counted where the array lies (possibly split over the processes)
+    counts.append((int(np.size(w)), int(np.size(w) - jnp.count_nonzero(w))))
     return w
   map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
   sp = dict(size=sum(n for n, _ in counts), zeros=sum(z for _, z in counts))
@@ -349,9 +349,9 @@ def make_finetuner(config, source: str, out: str, steps: int, lr: float, log):
     folder = os.path.join(out, "finetune", name)
     os.makedirs(folder, exist_ok=True)
     init = os.path.join(folder, "init_params")
-    checkpoint.save_params(init, jax.device_get(state.train_params()))
-    if tokenizers.has_tokenizer(source):  # its token ids are in the weights: keep its vocabulary
-      tokenizers.load_tokenizer(source).save(init)
+    checkpoint.save_params(init, state.train_params())
+    if tokenizers.has_tokenizer(source) and jax.process_index() == 0:
+      tokenizers.load_tokenizer(source).save(init)  # its token ids are in the weights
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.reparam.rules = state.train_rules()
     cfg.init_from = init
@@ -436,14 +436,17 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
                         f"finetune({finetune_steps} steps)"))
     log(f"finetuned: eval loss {rows[-1]['eval_loss']:.4f}")
   final_dir = rundir.path(out, rundir.PARAMS)
-  if os.path.exists(final_dir):
+  if os.path.exists(final_dir) and jax.process_index() == 0:
     shutil.rmtree(final_dir)
-  checkpoint.save_params(final_dir, jax.device_get(state.storage_params()))
+  sync("reparam_jax:compress")
+  checkpoint.save_params(final_dir, state.storage_params())
   with config.unlocked():
     config.reparam.rules = state.storage_rules()
-  rundir.write_config(out, config)
   report = dict(workdir=workdir, recipe=recipe, finetune_steps=finetune_steps, rows=rows,
                 final=dict(rows[-1], bytes_on_disk=dir_bytes(final_dir)))
+  if jax.process_index() != 0:  # the files below are one copy, written by process 0
+    return report
+  rundir.write_config(out, config)
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   table = format_table(rows)

@@ -189,7 +189,7 @@ class Checkpointer:
         n += 1
         dst = self.directory / f"corrupt-{step}.{n}"
       src.rename(dst)
-    _sync("reparam_jax:quarantine")
+    sync("reparam_jax:quarantine")
     _warn(f"checkpoint {src} is corrupt or incomplete ({problem}); moved it to "
           f"{dst.name} and trying an older one")
     self._manager.reload()
@@ -254,7 +254,8 @@ def _all_processes_ok(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
-def _sync(name: str) -> None:
+def sync(name: str) -> None:
+  """Waits for every process (a no-op in one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
 

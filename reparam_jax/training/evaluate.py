@@ -17,6 +17,7 @@ import numpy as np
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.state import AUX_COLLECTION
+from reparam_jax.rundir import sharded
 from reparam_jax.tasks import make_task
 from reparam_jax.training import sharding, steps
 
@@ -51,12 +52,16 @@ class Evaluator:
     self._steps: dict[Any, Callable] = {}
     self._batches: list | None = None
 
-  def _step(self, reparam_rules: tuple) -> Callable:
+  def _step(self, reparam_rules: tuple) -> tuple[Callable, dict]:
+    """(the jitted eval step, the model's variable shardings) for a rule set."""
     key = tuple(tuple(r) for r in reparam_rules)
     if key not in self._steps:
       model = Reparam.from_config({**self.config.reparam.to_dict(), "rules": key}).wrap(
           self.task.model())
-      self._steps[key] = jax.jit(steps.make_eval_step(model, self.task))
+      abstract = jax.eval_shape(steps.init_variables_fn(model, self.task.init_args()),
+                                jax.random.key(0))
+      self._steps[key] = (jax.jit(steps.make_eval_step(model, self.task)),
+                          sharding.logical_to_sharding(abstract, self.mesh, self.rules))
     return self._steps[key]
 
   def batches(self) -> list:
@@ -66,10 +71,12 @@ class Evaluator:
 
   def __call__(self, params: PyTree, reparam_rules: tuple = (), masks: PyTree | None = None,
                max_batches: int | None = None) -> dict[str, float]:
-    step = self._step(reparam_rules)
-    replicated = sharding.replicated(self.mesh)
-    params = jax.device_put(params, replicated)
-    extra = {} if masks is None else {AUX_COLLECTION: jax.device_put(masks, replicated)}
+    step, shardings = self._step(reparam_rules)
+    # The trainer's layout (FSDP/tensor splits of the rules table), not a replica per
+    # device: params from a multi-host tool are split over the processes (rundir/sharded.py).
+    params = _place(params, shardings["params"], "params")
+    extra = {} if masks is None else {
+        AUX_COLLECTION: _place(masks, shardings[AUX_COLLECTION], AUX_COLLECTION)}
     state = steps.TrainState(step=0, params=params, opt_state=None, extra=extra)
     if max_batches is None:  # the reported metric: exactly the trainer's evaluation
       with jax.set_mesh(self.mesh):
@@ -82,3 +89,10 @@ class Evaluator:
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     sums = {k: float(np.asarray(v)) for k, v in jax.device_get(sums).items()}
     return self.task.eval_metrics(sums)
+
+
+def _place(tree: PyTree, shardings: PyTree, what: str) -> PyTree:
+  if jax.tree.structure(tree) != jax.tree.structure(shardings):
+    raise ValueError(f"the {what} to evaluate do not have the model's structure "
+                     f"({jax.tree.structure(tree)} vs {jax.tree.structure(shardings)})")
+  return jax.tree.map(sharded.reshard, tree, shardings)
