@@ -33,6 +33,24 @@ def _model(cls_name, size):
   return hf_refs.bert(cls_name, **BERT_SIZES[size])
 
 
+def _check_loads_and_round_trips(model, cls_name: str, folder) -> None:
+  """`transformers` loads the export bit for bit (tied copies too), and our importer reads
+  back the weights it started from."""
+  loaded = getattr(transformers, cls_name).from_pretrained(str(folder / "out"))
+  want, got = model.state_dict(), loaded.state_dict()
+  assert set(want) == set(got)
+  for name in want:
+    assert torch.equal(want[name], got[name]), name
+  assert loaded.config.to_dict()["architectures"] == [cls_name]
+
+  first, _, _, _ = importer.import_folder(str(folder / "hf"))
+  again, _, _, _ = importer.import_folder(str(folder / "out"))
+  a, b = flatten(first), flatten(again)
+  assert set(a) == set(b)
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
 @pytest.mark.parametrize("cls_name,size", CASES)
 def test_export_loads_in_transformers_and_round_trips(tmp_path, cls_name, size):
   model = _model(cls_name, size)
@@ -40,19 +58,7 @@ def test_export_loads_in_transformers_and_round_trips(tmp_path, cls_name, size):
   convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
   export_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "out"))
 
-  loaded = getattr(transformers, cls_name).from_pretrained(str(tmp_path / "out"))
-  want, got = model.state_dict(), loaded.state_dict()
-  assert set(want) == set(got)
-  for name in want:  # bit-exact, including tied copies
-    assert torch.equal(want[name], got[name]), name
-  assert loaded.config.to_dict()["architectures"] == [cls_name]
-
-  first, _, _, _ = importer.import_folder(str(tmp_path / "hf"))
-  again, _, _, _ = importer.import_folder(str(tmp_path / "out"))
-  a, b = flatten(first), flatten(again)
-  assert set(a) == set(b)
-  for path in a:
-    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+  _check_loads_and_round_trips(model, cls_name, tmp_path)
 
 
 def test_a_model_over_the_file_limit_is_split_as_save_pretrained_splits_it(tmp_path):
@@ -67,17 +73,7 @@ def test_a_model_over_the_file_limit_is_split_as_save_pretrained_splits_it(tmp_p
   with open(tmp_path / "out" / "model.safetensors.index.json") as f:
     index = json.load(f)
   assert sorted(set(index["weight_map"].values())) == files
-  loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"))
-  want, got = model.state_dict(), loaded.state_dict()
-  assert set(want) == set(got)
-  for name in want:
-    assert torch.equal(want[name], got[name]), name
-  first, _, _, _ = importer.import_folder(str(tmp_path / "hf"))
-  again, _, _, _ = importer.import_folder(str(tmp_path / "out"))
-  a, b = flatten(first), flatten(again)
-  assert set(a) == set(b)
-  for path in a:
-    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+  _check_loads_and_round_trips(model, "GPT2LMHeadModel", tmp_path)
 
 
 def test_unexportable_models_are_user_errors(tmp_path):
