@@ -50,14 +50,26 @@ def test_a_scanned_lora_run_starts_from_an_unrolled_checkpoint(dense_run, tmp_pa
   assert text == dense_text
 
 
-def test_scanned_and_unrolled_runs_train_alike(dense_run, tmp_path, raw_data_dir, tfds_dir):
+# A rule on one layer: the scanned model scans runs [0], [1], [2] (tests/reparam/test_per_layer.py).
+ONE_LAYER = r"--config.reparam.rules=(('block_1/mlp/fc_in/kernel', 'lowrank(rank=4)'),)"
+
+
+@pytest.mark.parametrize("rules", [None, ONE_LAYER], ids=["dense", "one_layer_lowrank"])
+def test_scanned_and_unrolled_runs_train_alike(dense_run, tmp_path, raw_data_dir, tfds_dir,
+                                               rules):
   """Both start from the dense run's weights: the same losses, step by step."""
   dense_dir, _ = dense_run
   losses = {}
   for scan in ("False", "True"):
     workdir = str(tmp_path / f"scan_{scan}")
-    train.main(tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=4, init_from=dense_dir,
-                         model__scan_layers=scan, model__remat="full" if scan == "True" else "none",
-                         **LAYERS))
+    args = tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=4, init_from=dense_dir,
+                     model__scan_layers=scan, model__remat="full" if scan == "True" else "none",
+                     **LAYERS)
+    train.main(args + ([rules] if rules else []))
     losses[scan] = [r["train/loss"] for r in rundir.read_metrics(workdir) if "train/loss" in r]
+    if rules and scan == "True":
+      params = checkpoint.load_params(workdir)
+      assert {k for k in params if k.startswith("block")} == {"blocks_0", "blocks_1", "blocks_2"}
+      assert "u" in params["blocks_1"]["mlp"]["fc_in"]["kernel"]
+      assert rundir.load_run(workdir).params.keys() >= {"block_0", "block_1", "block_2"}
   np.testing.assert_allclose(losses["True"], losses["False"], rtol=2e-5)

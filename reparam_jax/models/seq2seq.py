@@ -93,7 +93,7 @@ class Stack(nn.Module):
 
     x = run_blocks(BLOCKS, cfg, self.num_layers, x, mask, positions_BxL, train, decode,
                    cache_index, bias, memory_BxMxD, memory_mask, cross=self.decoder,
-                   layer_transform=self.layer_transform)
+                   layer_transform=self.layer_transform, owner_path=self.scope.path)
     if cfg.pre_norm:
       x = make_norm(cfg, "ln_final")(x)
     return dropout(x, deterministic=not train)

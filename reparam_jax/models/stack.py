@@ -12,7 +12,9 @@
   class before remat and scan.  The reparameterization passes one that
   computes each layer's effective weights inside the layer (reparam/intercept.py),
   so under remat they are recomputed in the backward pass instead of living
-  through the step.  The model never learns which transform it is.
+  through the step.  Where it treats layers differently, the scanned stack is
+  cut into runs of alike layers (`blocks_0`, `blocks_3`, ...: one scan each).
+  The model never learns which transform it is.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from reparam_jax.pytree.layers import LAYER_AXIS, STACK, layer_name
+from reparam_jax.pytree.layers import LAYER_AXIS, layer_name, stack_name
 
 Array = jax.Array
-LayerTransform = Callable[[type, int], type]  # (block class, stacked depth or 0) → class
+# (block class, stacked depth or 0) → class.  It may also have `runs(layer_paths) ->
+# first layers`: given every layer's parameter paths, where a scanned stack must be
+# cut into runs that the transform treats alike (a rule selecting `block_3` alone).
+LayerTransform = Callable[[type, int], type]
 
 # model.remat → what the backward pass may keep of a block's forward activations.
 REMAT_POLICIES: dict[str, Any] = {
@@ -60,32 +65,63 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
                mask: Array | None, positions: Array, train: bool, decode: bool,
                cache_index: Array | None = None, bias: Array | None = None,
                memory: Array | None = None, memory_mask: Array | None = None, *,
-               cross: bool = False, layer_transform: LayerTransform | None = None) -> Array:
+               cross: bool = False, layer_transform: LayerTransform | None = None,
+               owner_path: tuple[str, ...] = ()) -> Array:
   """Applies `num_layers` blocks of `cfg` to x; called inside the owner's compact method.
 
   `blocks`: the block class and its scan (carry) form, `(Block, ScannedBlock)`
   of block.py: (x, mask, positions, cache_index, bias, memory,
   memory_mask) → (x, None), with `train` and `decode` as fields.
+  `owner_path`: the calling module's path (its layers are `{owner_path}/block_{i}`).
   """
   block_cls, scanned_cls = blocks
   policy = remat_policy_name(cfg.remat)
   remat = policy != "none" and not decode  # decoding never differentiates
   if cfg.scan_layers:
-    cls: type = scanned_cls
-    if layer_transform is not None:
-      cls = layer_transform(cls, num_layers)
-    if remat:
-      # prevent_cse=False: scan already keeps the recomputation from being merged away.
-      cls = nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=False)
-    scanned = nn.scan(cls, variable_axes={True: 0},
-                      split_rngs={"params": True, "dropout": True, "reparam": True},
-                      in_axes=(nn.broadcast,) * 6, length=num_layers,
-                      metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
-    x, _ = scanned(cfg, cross=cross, train=train, decode=decode, name=STACK)(
-        x, mask, positions, cache_index, bias, memory, memory_mask)
+    starts = [0]
+    if getattr(layer_transform, "runs", None) is not None and num_layers > 1:
+      # The transform may treat some layers differently: scan each run of alike layers.
+      rel = _param_paths(block_cls, cfg, cross, x, positions, memory)
+      owner = "/".join(str(p) for p in owner_path)
+      starts = layer_transform.runs(
+          [[f"{owner}/{layer_name(i)}/{r}".lstrip("/") for r in rel] for i in range(num_layers)])
+    for start, stop in zip(starts, starts[1:] + [num_layers]):
+      cls: type = scanned_cls
+      if layer_transform is not None:
+        cls = layer_transform(cls, stop - start)
+      if remat:
+        # prevent_cse=False: scan already keeps the recomputation from being merged away.
+        cls = nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=False)
+      scanned = nn.scan(cls, variable_axes={True: 0},
+                        split_rngs={"params": True, "dropout": True, "reparam": True},
+                        in_axes=(nn.broadcast,) * 6, length=stop - start,
+                        metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
+      x, _ = scanned(cfg, cross=cross, train=train, decode=decode,
+                     name=stack_name(start, len(starts) == 1))(
+          x, mask, positions, cache_index, bias, memory, memory_mask)
     return x
   for i in range(num_layers):
     cls = block_cls if layer_transform is None else layer_transform(block_cls, 0)
     x = rematerialised(cls, cfg, decode)(cfg, cross=cross, name=layer_name(i))(
         x, mask, positions, train, decode, cache_index, bias, memory, memory_mask)
   return x
+
+
+def _param_paths(block_cls: type, cfg: Any, cross: bool, x: Array, positions: Array,
+                 memory: Array | None) -> list[str]:
+  """Every parameter path (subtrees too) of one block, relative to it, from an abstract
+  init: what a layer transform's `runs` matches its rules against."""
+  def init():
+    return block_cls(cfg, cross=cross, parent=None).init(
+        jax.random.key(0), x, None, positions, False, False, None, None, memory, None)
+  params = jax.eval_shape(init)["params"]
+  out: list[str] = []
+
+  def walk(tree: Any, prefix: str) -> None:
+    for k, v in tree.items():
+      path = f"{prefix}/{k}" if prefix else str(k)
+      out.append(path)
+      if hasattr(v, "items"):
+        walk(v, path)
+  walk(params, "")
+  return out

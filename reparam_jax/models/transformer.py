@@ -189,7 +189,8 @@ class Transformer(nn.Module):
       x, width = self._unshared_blocks(x, mask, positions_BxL, train, decode, cache_index)
     else:
       x = run_blocks(BLOCKS, cfg, cfg.num_layers, x, mask, positions_BxL, train, decode,
-                     cache_index, layer_transform=self.layer_transform)
+                     cache_index, layer_transform=self.layer_transform,
+                     owner_path=self.scope.path)
       width = cfg.embed_dim
     if cfg.pre_norm:
       x = make_norm(cfg, "ln_final")(x)

@@ -3,8 +3,11 @@
 An unrolled model keeps one subtree per layer, `block_0`, `block_1`, ...; a
 scanned one (`model.scan_layers=True`, `nn.scan` over the blocks) keeps one
 `blocks` subtree whose every leaf has a leading layer axis (logical name
-`layers`).  The same parameter is `block_3/attn/query/kernel [D, D]` in the
-first and row 3 of `blocks/attn/query/kernel [L, D, D]` in the second.
+`layers`), or, when a layer transform treats some layers differently (a
+rule that selects `block_3` alone), one such subtree per run of alike
+layers, `blocks_0`, `blocks_3`, `blocks_4`, named by their first layer.
+The same parameter is `block_3/attn/query/kernel [D, D]` in the first and row
+3 of `blocks/attn/query/kernel [L, D, D]` in the second.
 
 Paths are how configs address parameters, so rules are always written in the
 unrolled names (`block_\\d+/...`, `block_3/...`): the *logical* path of row i
@@ -30,17 +33,32 @@ import numpy as np
 STACK = "blocks"  # the scanned stack's module name
 LAYER_AXIS = "layers"  # its leading axis' logical name (a row of the sharding rules table)
 _LAYER_KEY = re.compile(r"block_(\d+)")
+# A stack split into runs (`stack_name`): `blocks_{first layer}` each.
+_STACK_KEY = re.compile(r"blocks(?:_(\d+))?")
 # A path inside a layer of either layout; the top-level reparameterization skips these
 # when the layers compute their own effective weights.
-LAYER_PATH = re.compile(r"(^|.*/)(block_\d+|blocks)(/.*|$)")
+LAYER_PATH = re.compile(r"(^|.*/)(block_\d+|blocks(?:_\d+)?)(/.*|$)")
 
 
 def layer_name(i: int) -> str:
   return f"block_{i}"
 
 
+def stack_name(start: int, whole: bool) -> str:
+  """The module name of a scanned run of layers from `start`: `blocks` for the whole
+  stack, `blocks_{start}` for one of several runs (layers that differ, e.g. a rule
+  reparameterizes only `block_3`, are scanned in separate runs)."""
+  return STACK if whole else f"{STACK}_{start}"
+
+
+def stack_start(key: Any) -> int | None:
+  """The first layer of the stack named `key`; None if `key` names no stack."""
+  m = _STACK_KEY.fullmatch(str(key))
+  return None if m is None else int(m.group(1) or 0)
+
+
 def is_stack(key: Any, node: Any) -> bool:
-  return key == STACK and isinstance(node, Mapping)
+  return stack_start(key) is not None and isinstance(node, Mapping)
 
 
 def _leaves(tree: Any) -> list[Any]:
@@ -116,31 +134,38 @@ def join_stack(per_layer: Sequence[Any]) -> Any:
 
 
 def unstack_layers(tree: Any) -> Any:
-  """Every `blocks` subtree → `block_0 ... block_{L-1}` (the unrolled layout)."""
+  """Every stack (`blocks`, or runs `blocks_{start}`) → `block_0 ... block_{L-1}` (the
+  unrolled layout)."""
   if not isinstance(tree, Mapping):
     return tree
   out: dict = {}
   for k, v in tree.items():
     if is_stack(k, v):
       for i, layer in enumerate(split_stack(v)):
-        out[layer_name(i)] = layer
+        out[layer_name(stack_start(k) + i)] = layer
     else:
       out[k] = unstack_layers(v)
   return out
 
 
-def stack_layers(tree: Any) -> Any:
-  """Every run of `block_0 ... block_{L-1}` siblings → one `blocks` subtree (scanned layout)."""
+def stack_layers(tree: Any, reference: Any = None) -> Any:
+  """Every set of `block_0 ... block_{L-1}` siblings → one `blocks` subtree (scanned
+  layout), or the runs `blocks_{start}` the same place in `reference` has."""
   if not isinstance(tree, Mapping):
     return tree
+  ref = reference if isinstance(reference, Mapping) else {}
   layers = sorted((int(m.group(1)), k) for k in tree if (m := _LAYER_KEY.fullmatch(str(k))))
-  out = {k: stack_layers(v) for k, v in tree.items() if not _LAYER_KEY.fullmatch(str(k))}
+  out = {k: stack_layers(v, ref.get(k))
+         for k, v in tree.items() if not _LAYER_KEY.fullmatch(str(k))}
   if layers:
     indices = [i for i, _ in layers]
     if indices != list(range(len(layers))):
       raise ValueError(f"layers {indices} are not block_0 ... block_{len(layers) - 1}; "
                        "cannot stack them")
-    out[STACK] = join_stack([tree[k] for _, k in layers])
+    starts = sorted(stack_start(k) for k, v in ref.items() if is_stack(k, v)) or [0]
+    for start, stop in zip(starts, starts[1:] + [len(layers)]):
+      out[stack_name(start, len(starts) == 1)] = join_stack(
+          [tree[layer_name(i)] for i in range(start, stop)])
   return out
 
 
@@ -162,8 +187,21 @@ def like(tree: Any, reference: Any) -> Any:
   A checkpoint written by an unrolled run (or a Hugging Face import) starts a
   scanned run, and the other way round.
   """
-  if has_stack(reference) and not has_stack(tree) and has_unrolled(tree):
-    return stack_layers(tree)
-  if has_stack(tree) and not has_stack(reference):
+  if has_stack(reference):
+    if has_stack(tree) and _stack_paths(tree) == _stack_paths(reference):
+      return tree
+    if has_stack(tree) or has_unrolled(tree):  # unrolled, or scanned in other runs
+      return stack_layers(unstack_layers(tree), reference)
+    return tree
+  if has_stack(tree):
     return unstack_layers(tree)
   return tree
+
+
+def _stack_paths(tree: Any, prefix: str = "") -> set[str]:
+  if not isinstance(tree, Mapping):
+    return set()
+  out: set[str] = set()
+  for k, v in tree.items():
+    out |= {f"{prefix}{k}"} if is_stack(k, v) else _stack_paths(v, f"{prefix}{k}/")
+  return out

@@ -30,7 +30,8 @@ recomputed, and only one layer's exist at a time).  The lift around the whole
 model then handles only the parameters outside the layers.  A block's lift
 matches rules on its logical paths (`block_3/attn/query/kernel`); in a
 scanned stack every layer must match the same rules, since one θ structure
-is stacked.
+is stacked, so where rules select some layers (`block_3/...`) the model
+scans each run of alike layers separately (`layer_runs`, models/stack.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from flax.core.scope import subtract_filters
 from flax.linen.transforms import lift_transform
 
 from reparam_jax.errors import UserError
-from reparam_jax.pytree.layers import LAYER_PATH, STACK, layer_name
+from reparam_jax.pytree.layers import LAYER_PATH, STACK, layer_name, stack_start
 from reparam_jax.pytree.paths import dict_leaves, set_path, subtree
 from reparam_jax.reparam.kernels import materialize
 from reparam_jax.reparam.rules import Plan, Rule, map_theta, path_key
@@ -185,13 +186,26 @@ class LayerPlan:
 
 
 def _layer_prefixes(scope_path: tuple[str, ...], stacked: int) -> list[str]:
-  """The logical path(s) of the block whose scope is at `scope_path`."""
+  """The logical path(s) of the block whose scope is at `scope_path` (a stack, or a run
+  `blocks_{start}` of one, covers `block_{start}` ... `block_{start + stacked - 1}`)."""
   parts = [str(p) for p in scope_path]
   if not stacked:
     return ["/".join(parts)]
-  if not parts or parts[-1] != STACK:
-    raise ValueError(f"a scanned layer lift expects its scope to end in {STACK!r}, got {parts}")
-  return ["/".join(parts[:-1] + [layer_name(i)]) for i in range(stacked)]
+  start = stack_start(parts[-1]) if parts else None
+  if start is None:
+    raise ValueError(f"a scanned layer lift expects its scope to end in a stack name "
+                     f"({STACK!r}, {STACK}_<first layer>), got {parts}")
+  return ["/".join(parts[:-1] + [layer_name(start + i)]) for i in range(stacked)]
+
+
+def layer_runs(plan: Plan, layer_paths: list[list[str]]) -> list[int]:
+  """The first layer of each run of layers the rules treat alike (`runs` of models/stack.py):
+  layer i starts a run when some parameter path of it matches another rule than the
+  same path of layer i - 1 does."""
+  def rules_of(paths: list[str]) -> tuple:
+    return tuple(id(plan.match(p)) for p in paths)
+  seen = [rules_of(paths) for paths in layer_paths]
+  return [0] + [i for i in range(1, len(seen)) if seen[i] != seen[i - 1]]
 
 
 def _reparam_lift(fn: Callable, plan: Plan, structured: bool, layer: int | None = None,
@@ -304,6 +318,7 @@ def wrap(module: nn.Module, plan: Plan) -> nn.Module:
   if per_layer:
     def layer_transform(block_cls: type, stacked: int) -> type:
       return lift_transform(_reparam_lift, block_cls, plan, structured, stacked)
+    layer_transform.runs = lambda layer_paths: layer_runs(plan, layer_paths)
     attrs["layer_transform"] = layer_transform
   cls = lift_transform(_reparam_lift, type(module), plan, structured, None, per_layer)
   return cls(**attrs)

@@ -199,22 +199,22 @@ def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: s
         used.add(plan.rules.index(rule))
         return fn(path, rule, node)
     if isinstance(node, Mapping):
-      return {k: (rec_stack(v, path) if layers.is_stack(k, v)
+      return {k: (rec_stack(v, path, layers.stack_start(k)) if layers.is_stack(k, v)
                   else rec(v, f"{path}/{k}" if path else str(k)))
               for k, v in node.items()}
     paths.append(path)
     return fn(path, None, node)
 
-  def rec_stack(stack: Mapping, parent: str) -> Any:
-    first = f"{parent}/{layers.layer_name(0)}" if parent else layers.layer_name(0)
+  def rec_stack(stack: Mapping, parent: str, start: int) -> Any:
+    def logical(i: int) -> str:  # row i of a stack (a run) whose first layer is `start`
+      return f"{parent}/{layers.layer_name(start + i)}" if parent else layers.layer_name(start + i)
     if visit_only:
-      rec(layers.layer_of(stack, 0) if layers.stack_depth(stack) else stack, first)
+      rec(layers.layer_of(stack, 0) if layers.stack_depth(stack) else stack, logical(0))
       return stack
     if layers.stack_depth(stack) is None:  # placeholders only (optax MaskedNode): one pass
-      return rec(stack, first)
+      return rec(stack, logical(0))
     rows = layers.split_stack(stack)
-    out = [rec(row, f"{parent}/{layers.layer_name(i)}" if parent else layers.layer_name(i))
-           for i, row in enumerate(rows)]
+    out = [rec(row, logical(i)) for i, row in enumerate(rows)]
     # Layers `fn` returned unchanged (no post-update, a visit for its penalty) keep the stack
     # itself: restacking their slices would copy every stacked weight, each train step.
     if all(jax.tree.structure(o) == jax.tree.structure(r)

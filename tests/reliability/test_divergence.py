@@ -41,7 +41,7 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, raw_data_dir, tfds_dir, c
   assert exit_info.value.code == 3
   assert "training diverged: non-finite loss or gradient at step" in capsys.readouterr().err
   for step in os.listdir(tmp_path / "checkpoints"):  # whatever was saved is finite
-    params = checkpoint.restore_on_one_device(tmp_path / "checkpoints" / step / "state")
+    params = checkpoint.restore_spread(tmp_path / "checkpoints" / step / "state")
     assert all(np.isfinite(np.asarray(x)).all() for x in _leaves(params))
 
 
@@ -56,7 +56,7 @@ def test_skip_mode_drops_the_update_counts_it_and_continues(tmp_path, raw_data_d
   assert [records[s]["train/skipped_steps"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
   # Step 3's update was dropped: its params equal step 2's (the step counter moved on).
   ck = tmp_path / "checkpoints"
-  two, three, four = (checkpoint.restore_on_one_device(ck / str(s) / "state") for s in (2, 3, 4))
+  two, three, four = (checkpoint.restore_spread(ck / str(s) / "state") for s in (2, 3, 4))
   for a, b in zip(_leaves(two["params"]), _leaves(three["params"])):
     np.testing.assert_array_equal(a, b)
   assert int(three["step"]) == 3

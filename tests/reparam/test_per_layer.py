@@ -126,17 +126,90 @@ def test_a_scanned_lora_model_starts_from_an_unrolled_dense_checkpoint():
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_a_rule_selecting_some_layers_of_a_scanned_stack_is_refused():
+def test_a_rule_selecting_some_layers_scans_the_stack_in_runs_of_alike_layers():
+  """LoRA on block 1's query alone, 4 scanned layers: runs [0], [1], [2, 3], each its own
+  scan; the same logits and gradients as the unrolled model, and the checkpoint layouts
+  convert both ways."""
+  cfg = dataclasses.replace(CFG, num_layers=4)
   rp = Reparam.from_config({"rules": ((r"block_1/attn/query/kernel", "lora(rank=2)"),)})
-  scanned = rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
-  with pytest.raises(UserError, match="block_0/attn/query/kernel matches no rule but "
-                                      "block_1/attn/query/kernel matches rule"):
-    jax.eval_shape(scanned.init, jax.random.key(0), IDS)
-  # Unrolled, the same rule adapts block 1 only.
-  unrolled = dataclasses.replace(rp.plan, per_layer=True)
-  params = Reparam(unrolled).wrap(Transformer(CFG)).init(jax.random.key(0), IDS)["params"]
-  assert isinstance(params["block_1"]["attn"]["query"]["kernel"], dict)
-  assert not isinstance(params["block_0"]["attn"]["query"]["kernel"], dict)
+  scanned = rp.wrap(Transformer(dataclasses.replace(cfg, scan_layers=True)))
+  unrolled = rp.wrap(Transformer(cfg))
+  params = unrolled.init(jax.random.key(0), IDS)["params"]
+  abstract = jax.eval_shape(scanned.init, jax.random.key(0), IDS)["params"]
+  runs = {k: layers.stack_depth(v) for k, v in abstract.items() if layers.is_stack(k, v)}
+  assert runs == {"blocks_0": 1, "blocks_1": 1, "blocks_2": 2}
+  assert isinstance(meta.unbox(abstract["blocks_1"]["attn"]["query"]["kernel"]), dict)
+  assert not isinstance(meta.unbox(abstract["blocks_2"]["attn"]["query"]["kernel"]), dict)
+
+  stacked = layers.like(params, abstract)
+  assert jax.tree.structure(meta.unbox(stacked)) == jax.tree.structure(meta.unbox(abstract))
+  ref = unrolled.apply({"params": params}, IDS)["logits"]
+  np.testing.assert_allclose(scanned.apply({"params": stacked}, IDS)["logits"], ref,
+                             rtol=1e-5, atol=1e-6)
+
+  def loss(model, p):
+    return jnp.mean(model.apply({"params": p}, IDS)["logits"] ** 2)
+  g_unrolled = jax.grad(lambda p: loss(unrolled, p))(params)
+  g_scanned = jax.grad(lambda p: loss(scanned, p))(stacked)
+  for a, b in zip(jax.tree.leaves(meta.unbox(layers.like(g_unrolled, abstract))),
+                  jax.tree.leaves(meta.unbox(g_scanned))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+  # Back to the unrolled layout, and from a stack scanned in one run (another config's).
+  back = layers.unstack_layers(stacked)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  one_run = layers.stack_layers(Transformer(cfg).init(jax.random.key(0), IDS)["params"])
+  assert set(one_run) >= {"blocks"}
+  dense_runs = layers.like(one_run, layers.like(layers.unstack_layers(one_run), abstract))
+  assert {k for k in dense_runs if layers.is_stack(k, dense_runs[k])} == set(runs)
+
+
+def test_runs_in_the_encoder_decoder_and_in_cached_decoding():
+  """Runs are found under each stack's own path (`decoder/block_1/...`), and a decoder
+  scanned in runs decodes token by token as the unrolled one does."""
+  from reparam_jax.models.seq2seq import EncoderDecoder  # noqa: PLC0415
+
+  cfg = transformer_config(dict(vocab_size=50, num_layers=2, num_decoder_layers=3, num_heads=2,
+                                embed_dim=16, mlp_dim=32, max_len=16, preset="t5_small",
+                                head_size=8))
+  rp = Reparam.from_config({"rules": ((r"decoder/block_1/cross_attn/query/kernel",
+                                       "lora(rank=2)"),)})
+  src = jax.random.randint(jax.random.key(1), (2, 8), 0, 50)
+  tgt = jax.random.randint(jax.random.key(2), (2, 6), 0, 50)
+  unrolled = rp.wrap(EncoderDecoder(cfg))
+  scanned = rp.wrap(EncoderDecoder(dataclasses.replace(cfg, scan_layers=True)))
+  params = unrolled.init(jax.random.key(0), src, tgt)["params"]
+  abstract = jax.eval_shape(scanned.init, jax.random.key(0), src, tgt)["params"]
+  assert set(abstract["encoder"]) >= {"blocks"}
+  assert {k for k in abstract["decoder"] if k.startswith("block")} == {
+      "blocks_0", "blocks_1", "blocks_2"}
+  stacked = layers.like(params, abstract)
+  np.testing.assert_allclose(scanned.apply({"params": stacked}, src, tgt)["logits"],
+                             unrolled.apply({"params": params}, src, tgt)["logits"],
+                             rtol=1e-5, atol=1e-6)
+
+  lm_rp = Reparam.from_config({"rules": ((r"block_1/mlp/fc_in/kernel", "lowrank(rank=4)"),)})
+  lm_unrolled = lm_rp.wrap(Transformer(CFG))
+  lm_scanned = lm_rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+  lm_params = lm_unrolled.init(jax.random.key(0), IDS)["params"]
+  lm_stacked = layers.like(lm_params, jax.eval_shape(lm_scanned.init, jax.random.key(0),
+                                                     IDS)["params"])
+
+  def greedy(model, p, steps=3):
+    slots = jnp.zeros((2, IDS.shape[1] + steps), jnp.int32)
+    cache = model.init(jax.random.key(0), slots, decode=True)["cache"]
+    out, mut = model.apply({"params": p, "cache": cache}, IDS, decode=True, mutable=["cache"])
+    tokens = [jnp.argmax(out["logits"][:, -1], -1)]
+    for _ in range(steps - 1):
+      out, mut = model.apply({"params": p, **mut}, tokens[-1][:, None], decode=True,
+                             mutable=["cache"])
+      tokens.append(jnp.argmax(out["logits"][:, -1], -1))
+    return np.stack(tokens, 1), out["logits"]
+
+  t0, last0 = greedy(lm_unrolled, lm_params)
+  t1, last1 = greedy(lm_scanned, lm_stacked)
+  np.testing.assert_array_equal(t0, t1)
+  np.testing.assert_allclose(last0, last1, rtol=1e-5, atol=1e-6)
 
 
 def test_scan_needs_the_per_layer_view():

@@ -169,7 +169,7 @@ def _kernel(params, path="block_0/mlp/fc_in/kernel"):
 
 def _step_params(workdir, step):
   from reparam_jax.rundir import checkpoint  # noqa: PLC0415
-  return checkpoint.restore_on_one_device(workdir / "checkpoints" / str(step) / "state")["params"]
+  return checkpoint.restore_spread(workdir / "checkpoints" / str(step) / "state")["params"]
 
 
 @pytest.fixture(scope="module")
