@@ -1,4 +1,4 @@
-"""Shared test utilities: run the real trainer on a tiny config."""
+"""Shared test utilities: run the real trainer on a tiny config, process groups, decoding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "lm", "shakespeare_char.py")
@@ -102,3 +106,17 @@ def tensorboard_scalars(logdir: str) -> tuple[dict[str, list[tuple[int, float]]]
         raw[value.tag] = raw.get(value.tag, 0) + 1
         shown.setdefault(value.tag, []).append((event.step, value.simple_value))
   return shown, raw
+
+
+def greedy_cached(model, params, ids, steps: int):
+  """Greedy tokens [B, steps] of a decoder model through its decode cache (prompt `ids`
+  in one call, then one token per call), and the last call's logits."""
+  slots = jnp.zeros((ids.shape[0], ids.shape[1] + steps), jnp.int32)
+  cache = model.init(jax.random.key(0), slots, decode=True)["cache"]
+  out, mut = model.apply({"params": params, "cache": cache}, ids, decode=True, mutable=["cache"])
+  tokens = [jnp.argmax(out["logits"][:, -1], -1)]
+  for _ in range(steps - 1):
+    out, mut = model.apply({"params": params, **mut}, tokens[-1][:, None], decode=True,
+                           mutable=["cache"])
+    tokens.append(jnp.argmax(out["logits"][:, -1], -1))
+  return np.stack(tokens, 1), out["logits"]

@@ -17,6 +17,7 @@ from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.models.heads import EncoderWithHeads
 from reparam_jax.models.seq2seq import EncoderDecoder
 from reparam_jax.pytree import layers
+from tests.helpers import greedy_cached
 
 BASE = dict(vocab_size=50, num_layers=3, num_heads=2, embed_dim=16, mlp_dim=32, max_len=16)
 
@@ -87,19 +88,8 @@ def test_decoding_with_a_scanned_cache():
   ids = jax.random.randint(jax.random.key(1), (2, 5), 0, 50)
   unrolled, scanned, params, stacked = _pair(Transformer, cfg, ids)
 
-  def greedy(model, p, steps=4):
-    slots = jnp.zeros((2, ids.shape[1] + steps), jnp.int32)
-    cache = model.init(jax.random.key(0), slots, decode=True)["cache"]
-    out, mut = model.apply({"params": p, "cache": cache}, ids, decode=True, mutable=["cache"])
-    tokens = [jnp.argmax(out["logits"][:, -1], -1)]
-    for _ in range(steps - 1):
-      out, mut = model.apply({"params": p, **mut}, tokens[-1][:, None], decode=True,
-                             mutable=["cache"])
-      tokens.append(jnp.argmax(out["logits"][:, -1], -1))
-    return np.stack(tokens, 1), out["logits"]
-
-  t0, last0 = greedy(unrolled, params)
-  t1, last1 = greedy(scanned, stacked)
+  t0, last0 = greedy_cached(unrolled, params, ids, 4)
+  t1, last1 = greedy_cached(scanned, stacked, ids, 4)
   np.testing.assert_array_equal(t0, t1)
   _close(last0, last1, 1e-5)
 

@@ -21,7 +21,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.pytree import layers
 from reparam_jax.reparam.api import Reparam
-
+from tests.helpers import greedy_cached
 from tests.reparam.specs import COMPOSITIONS, EXAMPLES, initializable, smooth
 
 CFG = transformer_config(dict(vocab_size=50, num_layers=3, num_heads=2, embed_dim=16,
@@ -195,19 +195,8 @@ def test_runs_in_the_encoder_decoder_and_in_cached_decoding():
   lm_stacked = layers.like(lm_params, jax.eval_shape(lm_scanned.init, jax.random.key(0),
                                                      IDS)["params"])
 
-  def greedy(model, p, steps=3):
-    slots = jnp.zeros((2, IDS.shape[1] + steps), jnp.int32)
-    cache = model.init(jax.random.key(0), slots, decode=True)["cache"]
-    out, mut = model.apply({"params": p, "cache": cache}, IDS, decode=True, mutable=["cache"])
-    tokens = [jnp.argmax(out["logits"][:, -1], -1)]
-    for _ in range(steps - 1):
-      out, mut = model.apply({"params": p, **mut}, tokens[-1][:, None], decode=True,
-                             mutable=["cache"])
-      tokens.append(jnp.argmax(out["logits"][:, -1], -1))
-    return np.stack(tokens, 1), out["logits"]
-
-  t0, last0 = greedy(lm_unrolled, lm_params)
-  t1, last1 = greedy(lm_scanned, lm_stacked)
+  t0, last0 = greedy_cached(lm_unrolled, lm_params, IDS, 3)
+  t1, last1 = greedy_cached(lm_scanned, lm_stacked, IDS, 3)
   np.testing.assert_array_equal(t0, t1)
   np.testing.assert_allclose(last0, last1, rtol=1e-5, atol=1e-6)
 
