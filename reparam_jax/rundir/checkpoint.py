@@ -219,19 +219,16 @@ def _structure_check(state_dir: epath.Path, abstract_state: Any) -> tuple[str, s
     tree = array_metadata(state_dir)
   except Exception as e:  # noqa: BLE001
     return _short(e), ""
-  have = sorted((tuple(m.shape), str(m.dtype)) for m in jax.tree.leaves(tree, is_leaf=_is_array))
+  have = sorted((tuple(m.shape), str(m.dtype))
+                for m in jax.tree.leaves(tree, is_leaf=sharded.is_array))
   want = sorted((tuple(a.shape), str(a.dtype))
-                for a in jax.tree.leaves(abstract_state, is_leaf=_is_array))
+                for a in jax.tree.leaves(abstract_state, is_leaf=sharded.is_array))
   if have == want:
     return "", ""
   extra = [x for x in have if x not in want][:2]
   missing = [x for x in want if x not in have][:2]
   return "", (f"{len(have)} arrays saved vs {len(want)} expected; e.g. saved {extra or 'none'} "
               f"but expected {missing or 'none'}")
-
-
-def _is_array(x: Any) -> bool:
-  return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
 def array_metadata(path: epath.Path) -> Any:

@@ -49,7 +49,7 @@ def abstract_spread(tree: PyTree, mesh: Mesh | None = None) -> PyTree:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype,
                                      sharding=storage_sharding(tuple(x.shape), mesh)),
-      tree, is_leaf=_is_array)
+      tree, is_leaf=is_array)
 
 
 def apply_spread(fn: Callable[..., PyTree], *args: Any) -> PyTree:
@@ -104,5 +104,6 @@ def _index_key(index: tuple) -> tuple:
   return tuple((s.start, s.stop) if isinstance(s, slice) else s for s in index)
 
 
-def _is_array(x: Any) -> bool:
+def is_array(x: Any) -> bool:
+  """An array, an abstract one or orbax's metadata of one (a leaf with shape and dtype)."""
   return hasattr(x, "shape") and hasattr(x, "dtype")
