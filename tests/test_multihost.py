@@ -132,3 +132,32 @@ def test_compress_on_two_processes_writes_what_one_process_writes(single_process
   assert flat_got.keys() == flat_want.keys()
   for k in flat_want:
     np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=str(k))
+
+
+def test_sensitivity_pruning_on_two_processes_prunes_what_one_process_prunes(
+    single_process, tmp_path):
+  """`python -m reparam_jax.sparsity.sensitivity` with the weights and masks split over 2
+  processes: the same pruned heads, evaluations and saved masks as in one process."""
+  from reparam_jax.sparsity import sensitivity
+
+  flags = ["--target=0.5", "--granularity=heads", "--max_batches=1"]
+  port = free_port()
+  outs = run_process_group(
+      [["-m", "reparam_jax.sparsity.sensitivity", f"--workdir={single_process}",
+        f"--out={tmp_path / 'two'}", *flags, f"--coordinator_address=localhost:{port}",
+        "--num_processes=2", f"--process_id={i}"] for i in range(2)], GLOBAL_DEVICES // 2)
+  assert "full validation split" in outs[0] and "full validation split" not in outs[1], outs
+  one = sensitivity.main([f"--workdir={single_process}", f"--out={tmp_path / 'one'}", *flags])
+  with open(tmp_path / "two" / "sensitivity.json") as f:
+    two = json.load(f)
+  assert [h.get("units") for h in two["history"]] == [h.get("units") for h in one["history"]]
+  assert len(one["history"]) == 2 and one["history"][1]["units"]  # a head was pruned
+  np.testing.assert_allclose([h["metric"] for h in two["history"]],
+                             [h["metric"] for h in one["history"]], rtol=1e-5)
+  got = checkpoint.load_params(str(tmp_path / "two" / "masks"))
+  want = checkpoint.load_params(str(tmp_path / "one" / "masks"))
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
+  assert flat_got.keys() == flat_want.keys() and flat_want
+  for k in flat_want:
+    np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=str(k))

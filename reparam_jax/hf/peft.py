@@ -16,9 +16,12 @@ with rsLoRA) in both.  DoRA's magnitude is one value per output unit in both
 layouts (PEFT: the norm over dim 1 of `[d_out, d_in]`; here over the d_in axis
 of `[d_in, d_out]`), so it copies unchanged.
 
-The functions are pure (numpy in, numpy out; no torch): `export_peft_adapter`
+The functions are pure (arrays in, numpy out; no torch): `export_peft_adapter`
 writes a folder from θ params and their reparam rules; `import_peft_adapter`
 turns dense params plus a folder into θ params and the rules that describe them.
+Exporting works on params split over the processes of a multi-host run: each
+process calls it, the adapter's small tensors are gathered one at a time (a
+W₀ only when DoRA needs its norm), and process 0 writes the folder.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 from flax.core import meta
+from jax.experimental import multihost_utils
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf.files import read_weights
@@ -44,6 +48,7 @@ from reparam_jax.pytree.paths import set_path, subtree
 from reparam_jax.reparam.api import Reparam
 from reparam_jax.reparam.compose import stages
 from reparam_jax.reparam.rules import map_theta
+from reparam_jax.rundir import sharded
 
 PyTree = Any
 ADAPTER_CONFIG = "adapter_config.json"
@@ -85,7 +90,8 @@ class Adapter:
 
 
 def _np(x: Any) -> np.ndarray:
-  return np.asarray(jax.device_get(meta.unbox(x)), np.float32)
+  """`x` whole on this host as float32 (a collective when `x` spans several processes)."""
+  return np.asarray(sharded.host_copy(meta.unbox(x)), np.float32)
 
 
 def _column_norm(w_DxO: np.ndarray) -> np.ndarray:
@@ -95,8 +101,9 @@ def _column_norm(w_DxO: np.ndarray) -> np.ndarray:
 
 # --- export ---------------------------------------------------------------------------------
 
-def _read_theta(path: str, rule: Any, theta: Any) -> tuple[Adapter, np.ndarray] | None:
-  """(adapter, W₀) of one θ whose rule has a lora stage; None for other rules."""
+def _read_theta(path: str, rule: Any, theta: Any) -> tuple[Adapter, Any] | None:
+  """(adapter, W₀) of one θ whose rule has a lora stage; None for other rules.  The
+  factors are gathered to this host; W₀ is left where it is (it can be large)."""
   parts = list(stages(rule.node))
   names = [t.name for t in parts]
   if "lora" not in names:
@@ -120,12 +127,12 @@ def _read_theta(path: str, rule: Any, theta: Any) -> tuple[Adapter, np.ndarray] 
   adapter = Adapter(path[:-len("/kernel")], int(lora.rank), float(lora.alpha),
                     bool(getattr(lora, "rslora", False)), _np(theta["lora_a"]),
                     _np(theta["lora_b"]), magnitude, float(getattr(lora, "dropout", 0.0)))
-  return adapter, _np(theta["base"])
+  return adapter, theta["base"]
 
 
-def collect_adapters(params: PyTree, rp: Reparam) -> list[tuple[Adapter, np.ndarray]]:
-  """(adapter, W₀) of every weight a lora rule covers, in tree order."""
-  found: list[tuple[Adapter, np.ndarray]] = []
+def collect_adapters(params: PyTree, rp: Reparam) -> list[tuple[Adapter, Any]]:
+  """(adapter, W₀) of every weight a lora rule covers, in tree order; W₀ as stored."""
+  found: list[tuple[Adapter, Any]] = []
 
   def visit(path, rule, theta):
     if rule is not None:
@@ -199,8 +206,8 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
     tensors[f"{key}.lora_A.weight"] = a.lora_a.T
     tensors[f"{key}.lora_B.weight"] = a.lora_b.T
     if dora:
-      m = a.magnitude if a.magnitude is not None else _column_norm(
-          w0 + a.scale * (a.lora_a @ a.lora_b))
+      m = a.magnitude if a.magnitude is not None else _column_norm(  # one W₀ on the host
+          _np(w0) + a.scale * (a.lora_a @ a.lora_b))
       tensors[f"{key}.{MAGNITUDE_KEY}"] = m
     if a.rank != r:
       rank_pattern[name] = a.rank
@@ -212,7 +219,7 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
   saved = []
   if modules_to_save:
     adapted = {a.path for a, _ in found}
-    dense = rp.to_dense(tree)
+    dense = sharded.apply_spread(rp.to_dense, tree)
     for path in modules_to_save:
       name = table.hf_name(path)
       if path in adapted:
@@ -235,12 +242,15 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
       "fan_in_fan_out": False, "modules_to_save": saved or None, "init_lora_weights": True,
       "inference_mode": True, "layers_to_transform": None, "layers_pattern": None,
   }
-  os.makedirs(out_dir, exist_ok=True)
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-  safetensors.numpy.save_file(tensors, os.path.join(out_dir, ADAPTER_WEIGHTS),
-                              metadata={"format": "pt"})
-  with open(os.path.join(out_dir, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
-    json.dump(config, f, indent=2)
+  if jax.process_index() == 0:  # every process holds the same tensors; one writes them
+    os.makedirs(out_dir, exist_ok=True)
+    safetensors.numpy.save_file(tensors, os.path.join(out_dir, ADAPTER_WEIGHTS),
+                                metadata={"format": "pt"})
+    with open(os.path.join(out_dir, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2)
+  if jax.process_count() > 1:  # every process returns once the folder is complete
+    multihost_utils.sync_global_devices("reparam_jax:export_peft_adapter")
   return {"modules": len(found), "tensors": len(tensors),
           "values": sum(v.size for v in tensors.values()), "config": config}
 

@@ -14,16 +14,17 @@ import json
 import os
 from typing import Any
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf import pretrained
-from reparam_jax.hf.common import flatten
 from reparam_jax.hf.importer import SOURCE_FILE
 from reparam_jax.hf.peft import collect_adapters, export_peft_adapter
 from reparam_jax.pytree import layers
+from reparam_jax.pytree.paths import dict_leaves
 from reparam_jax.reparam import Reparam
-from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import checkpoint, sharded
 from reparam_jax.rundir import workdir as rundir
 
 
@@ -39,14 +40,25 @@ def _base_name(init_from: str) -> str | None:
   return None
 
 
+@jax.jit
+def _equal(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.array_equal(a, b)
+
+
+def _same(value: jax.Array, base: Any) -> bool:
+  """`value` == `base` elementwise, compared where `value` lives (no host gathers either:
+  in a multi-host run both may be split over the processes)."""
+  return bool(_equal(value, sharded.reshard(base, value.sharding)))
+
+
 def check_against_base(params: Any, rp: Reparam, base: Any, saved: tuple[str, ...],
                        where: str) -> None:
   """UserError naming the first parameter, outside the adapters and `saved` module paths,
   whose value differs from (or is absent in) the base model's."""
-  dense = flatten(rp.to_dense(params))
+  dense = dict(dict_leaves(sharded.apply_spread(rp.to_dense, params)))
   for adapter, w0 in collect_adapters(params, rp):
-    dense[f"{adapter.path}/kernel"] = w0
-  base_flat = flatten(base)
+    dense[f"{adapter.path}/kernel"] = jnp.asarray(w0)
+  base_flat = dict(dict_leaves(base))
   for path, value in dense.items():
     if any(path.startswith(s + "/") for s in saved):
       continue
@@ -54,7 +66,7 @@ def check_against_base(params: Any, rp: Reparam, base: Any, saved: tuple[str, ..
       raise UserError(f"parameter {path} is not in the base model {where}; a PEFT adapter "
                       "carries only LoRA factors and the classifier, so export the merged "
                       "model with --to instead")
-    if base_flat[path].shape != value.shape or not np.array_equal(base_flat[path], value):
+    if base_flat[path].shape != value.shape or not _same(value, base_flat[path]):
       raise UserError(f"parameter {path} differs from the base model {where} (the run trained "
                       "it); a PEFT adapter carries only LoRA factors and the classifier, so "
                       "export the merged model with --to instead")

@@ -71,6 +71,12 @@ def reshard(x: Any, sharding: jax.sharding.Sharding, dtype: Any = None) -> jax.A
   return jax.device_put(jax.numpy.asarray(x, dtype), sharding)
 
 
+def spread(tree: PyTree) -> PyTree:
+  """`tree`'s arrays in the storage layout.  Host data, or an array on this process's
+  devices alone, must hold the same values on every process (as `jax.device_put` assumes)."""
+  return jax.tree.map(lambda x: reshard(x, storage_sharding(tuple(np.shape(x)))), tree)
+
+
 def host_copy(x: Any) -> np.ndarray:
   """One array whole on this host (a collective: every process calls it for the same array).
 

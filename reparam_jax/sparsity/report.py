@@ -15,6 +15,7 @@ import sys
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
@@ -36,9 +37,9 @@ def sparsity_rows(params: PyTree, rp: Reparam, masks: PyTree | None = None,
   for path, w in dict_leaves(dense):
     if not pattern.fullmatch(path):
       continue
-    w = np.asarray(jax.device_get(w))
-    zeros = int(w.size - np.count_nonzero(w))
-    rows.append(dict(path=path, size=int(w.size), zeros=zeros, sparsity=zeros / max(w.size, 1)))
+    size = int(np.size(w))
+    zeros = size - int(jnp.count_nonzero(w))  # where `w` lives: it may span several hosts
+    rows.append(dict(path=path, size=size, zeros=zeros, sparsity=zeros / max(size, 1)))
   size = sum(r["size"] for r in rows)
   zeros = sum(r["zeros"] for r in rows)
   rows.append(dict(path="global", size=size, zeros=zeros, sparsity=zeros / max(size, 1)))

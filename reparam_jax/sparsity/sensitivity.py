@@ -15,6 +15,11 @@ Masks keep their shapes, so the jitted eval step compiles once.
 
   python -m reparam_jax.sparsity.sensitivity --workdir=RUN --target=0.25 \
       --granularity=heads --out=DIR [--max_drop=0.05 --per_round=2 --max_batches=4]
+
+Multi-host: every process runs the same command with the trainer's flags
+(`--distributed`, or `--coordinator_address=... --num_processes=N
+--process_id=I`); the weights and masks stay split over the processes, and
+process 0 writes the report.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan
 from reparam_jax.reparam.transforms.mask_update import Entry, _expand_groups, collect, write_back
-from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import checkpoint, sharded
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.rundir.workdir import load_run
 from reparam_jax.sparsity.report import format_sparsity, sparsity_rows
+from reparam_jax.training import devices
 from reparam_jax.training.evaluate import Evaluator
 
 PyTree = Any
@@ -89,8 +95,9 @@ def apply_units(entries: list[Entry], masks: PyTree, pruned: set[Unit]) -> PyTre
   return write_back(masks, new)
 
 
-def sensitivity_prune(params: PyTree, masks: PyTree, rules: tuple, metric: Callable[[PyTree], float],
-                      target: float, max_drop: float = float("inf"), per_round: int = 1,
+def sensitivity_prune(params: PyTree, masks: PyTree, rules: tuple,
+                      metric: Callable[[PyTree], float], target: float,
+                      max_drop: float = float("inf"), per_round: int = 1,
                       log: Callable[[str], None] = print) -> tuple[PyTree, list[dict]]:
   """Greedy sensitivity pruning; returns (masks, history rows)."""
   entries = collect(Plan.from_config({"rules": rules}), params, masks)
@@ -139,27 +146,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--max_drop", type=float, default=float("inf"))
   parser.add_argument("--per_round", type=int, default=1)
   parser.add_argument("--max_batches", type=int, default=4)
+  devices.add_distributed_flags(parser)
   args = parser.parse_args(argv)
+  devices.init_distributed_from_args(args)
+  writer = jax.process_index() == 0  # one report, not one per process
   run = load_run(args.workdir)
   if run.config.reparam.get("rules"):
     raise UserError("sensitivity pruning starts from a dense run (config.reparam.rules is set)")
   rules = group_rules(args.granularity, run.config.model.num_heads, run.config.model.mlp_dim,
                       args.neuron_block)
   rp = Reparam.from_config({"rules": rules})
-  theta = rp.from_dense(run.params)
+  theta = sharded.apply_spread(rp.from_dense, run.params)
   masks = rp.init_state(theta)
   evaluator = Evaluator(run.config, run.workdir)
   metric = lambda m: evaluator(theta, rules, m, args.max_batches)["loss"]  # noqa: E731
   masks, history = sensitivity_prune(theta, masks, rules, metric, args.target, args.max_drop,
-                                     args.per_round)
+                                     args.per_round, log=print if writer else lambda _: None)
   full = evaluator(theta, rules, masks)
-  os.makedirs(args.out, exist_ok=True)
-  checkpoint.save_params(rundir.path(args.out, rundir.MASKS), jax.device_get(masks))
+  masks = sharded.spread(masks)  # each process saves its shards (orbax)
+  checkpoint.save_params(rundir.path(args.out, rundir.MASKS), masks)
   result = dict(history=history, final=full, rules=rules)
-  with open(os.path.join(args.out, "sensitivity.json"), "w") as f:
-    json.dump(result, f, indent=2, default=str)
-  print(format_sparsity(sparsity_rows(theta, rp, masks)))
-  print(f"full validation split: {full}")
+  table = format_sparsity(sparsity_rows(theta, rp, masks))
+  if writer:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "sensitivity.json"), "w") as f:
+      json.dump(result, f, indent=2, default=str)
+    print(table)
+    print(f"full validation split: {full}")
   return result
 
 
