@@ -23,7 +23,7 @@ from reparam_jax.rundir import checkpoint
 from tests.helpers import free_port, run_process_group
 
 PROCESSES, DEVICES_EACH = 2, 2
-LOWRANK = "configs/sst2/minilm_lowrank.py"
+LORA = "configs/sst2/minilm_lora.py"
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +47,15 @@ def _arrays(tree) -> dict[str, np.ndarray]:
 
 
 def test_convert_splits_the_checkpoint_over_the_processes(minilm, tmp_path):
-  outs = _group("reparam_jax.convert", [f"--config={LOWRANK}", "--direction=to_reparam",
+  outs = _group("reparam_jax.convert", [f"--config={LORA}", "--direction=to_reparam",
                                         f"--src={minilm}", f"--dst={tmp_path / 'group'}"])
   for i, out in enumerate(outs):
     assert f"process {i} of {PROCESSES} held 50% of the converted values" in out, out
-  convert.main([f"--config={LOWRANK}", "--direction=to_reparam", f"--src={minilm}",
+  convert.main([f"--config={LORA}", "--direction=to_reparam", f"--src={minilm}",
                 f"--dst={tmp_path / 'one'}"])
   group = _arrays(checkpoint.load_params(str(tmp_path / "group")))
   one = _arrays(checkpoint.load_params(str(tmp_path / "one")))
-  assert group.keys() == one.keys() and any("/u" in k for k in one)
+  assert group.keys() == one.keys() and any("/lora_a" in k for k in one)
   for k in one:
     np.testing.assert_array_equal(group[k], one[k], err_msg=k)
 
