@@ -120,6 +120,7 @@ def _flat(tree):
              reparam__rules="((r'block_\\d+/attn/(query|value)/kernel', 'lora(rank=2, alpha=2)'),)"),
         r".*/lora_[ab]$", marks=pytest.mark.slow),  # ~40 s on the loaded shared CPU
 ])
+@pytest.mark.heavy
 def test_frozen_params_are_bit_identical_after_training(tmp_path, raw_data_dir, tfds_dir,
                                                         overrides, trainable):
   args = tiny_args(str(tmp_path), raw_data_dir, tfds_dir, num_steps=3, model__num_layers=2,

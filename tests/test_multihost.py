@@ -88,6 +88,7 @@ def test_processes_match_one_process(num_processes, single_process, tmp_path, ra
   _check_matches_single_process(str(tmp_path), single_process)
 
 
+@pytest.mark.heavy
 def test_slurm_one_process_per_node(single_process, tmp_path, raw_data_dir, tfds_dir):
   """`srun` + `--distributed` with REPARAM_PER=node: 2 "nodes", 2 devices each."""
   job_id = _slurm_job_id_with_free_port()
@@ -106,6 +107,7 @@ def test_local_device_ids_from_environment():
       devices.local_device_ids({"REPARAM_LOCAL_DEVICE_IDS": bad})
 
 
+@pytest.mark.heavy
 def test_compress_on_two_processes_writes_what_one_process_writes(single_process, tmp_path):
   """`reparam_jax.compress` with the weights split over 2 processes (tests/test_multihost_tools.py
   has convert, adapters and export): the same compressed weights and evaluations."""
@@ -134,6 +136,7 @@ def test_compress_on_two_processes_writes_what_one_process_writes(single_process
     np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=str(k))
 
 
+@pytest.mark.heavy
 def test_sensitivity_pruning_on_two_processes_prunes_what_one_process_prunes(
     single_process, tmp_path):
   """`python -m reparam_jax.sparsity.sensitivity` with the weights and masks split over 2

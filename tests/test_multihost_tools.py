@@ -22,6 +22,9 @@ from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 from tests.helpers import free_port, run_process_group
 
+# Minutes of 2-process runs: `make test` runs them on the current stack only.
+pytestmark = pytest.mark.heavy
+
 PROCESSES, DEVICES_EACH = 2, 2
 LORA = "configs/sst2/minilm_lora.py"
 

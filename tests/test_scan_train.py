@@ -26,6 +26,7 @@ def dense_run(tmp_path_factory, raw_data_dir, tfds_dir):
   return workdir, final
 
 
+@pytest.mark.heavy
 def test_a_scanned_lora_run_starts_from_an_unrolled_checkpoint(dense_run, tmp_path, raw_data_dir,
                                                                tfds_dir):
   dense_dir, dense_final = dense_run
@@ -54,6 +55,7 @@ def test_a_scanned_lora_run_starts_from_an_unrolled_checkpoint(dense_run, tmp_pa
 ONE_LAYER = r"--config.reparam.rules=(('block_1/mlp/fc_in/kernel', 'lowrank(rank=4)'),)"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("rules", [None, ONE_LAYER], ids=["dense", "one_layer_lowrank"])
 def test_scanned_and_unrolled_runs_train_alike(dense_run, tmp_path, raw_data_dir, tfds_dir,
                                                rules):

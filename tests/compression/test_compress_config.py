@@ -39,6 +39,7 @@ def classifier(tmp_path_factory, raw_data_dir, tfds_dir):
   return workdir
 
 
+@pytest.mark.heavy
 def test_int8_of_a_classifier_through_train(classifier, raw_data_dir, tfds_dir, tmp_path):
   out = str(tmp_path / "int8")
   done = train.main(_args(out, raw_data_dir, tfds_dir, init_from=classifier,
@@ -71,6 +72,7 @@ def test_a_compress_config_needs_a_trained_run(raw_data_dir, tfds_dir, tmp_path,
   assert len(err) == 1 and "compress.recipe needs init_from" in err[0]
 
 
+@pytest.mark.heavy
 def test_pipeline_with_fine_tuning_from_a_run_whose_config_left_causal_unset(
     classifier, raw_data_dir, tfds_dir, tmp_path):
   """Runs started from a Hugging Face folder up to 262dcdb wrote model.causal = null."""

@@ -42,6 +42,7 @@ def greedy_without_cache(model, params, prompt, n):
 PROMPTS = [[3, 14, 15, 9, 2, 6], [5], [35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 2]]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("overrides", [{}, {"rope": True}, {"pre_norm": False}])
 def test_greedy_with_the_cache_is_the_argmax_of_full_forwards(overrides):
   model = tiny(**overrides)
@@ -124,6 +125,7 @@ def greedy_in_windows_without_cache(model, params, prompt, n):
   return new
 
 
+@pytest.mark.heavy
 def test_decoding_past_the_context_restarts_from_the_last_half_context():
   model = tiny()
   params = init(model)

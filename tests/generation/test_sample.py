@@ -16,6 +16,7 @@ def run(tmp_path_factory, raw_data_dir, tfds_dir):
   return workdir
 
 
+@pytest.mark.heavy
 def test_a_prompt_file_in_batches_gives_each_rows_own_greedy_text(run, tmp_path):
   prompts = ["ROMEO:", "O", "First Citizen:"]  # the tiny run's context is 16 characters
   path = tmp_path / "prompts.txt"

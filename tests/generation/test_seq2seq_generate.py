@@ -34,6 +34,7 @@ def _logp(model, params, inputs, prefix):
   return np.asarray(jax.nn.log_softmax(out["logits"][0, -1].astype(jnp.float32)))
 
 
+@pytest.mark.heavy
 def test_greedy_equals_uncached_argmax():
   model, params = _model()
   inputs = [[5, 9, 12, 3, 7], [8, 2, 30]]
@@ -46,6 +47,7 @@ def test_greedy_equals_uncached_argmax():
     assert (got.tokens[row, got.lengths[row]:] == PAD).all()
 
 
+@pytest.mark.heavy
 def test_beam_search_with_enough_beams_is_exhaustive_search():
   vocab, steps = 5, 3
   model, params = _model(vocab=vocab, spread=1.0)
@@ -65,6 +67,7 @@ def test_beam_search_with_enough_beams_is_exhaustive_search():
   assert greedy.tokens[0, :greedy.lengths[0]].tolist() != best  # the case is not trivial
 
 
+@pytest.mark.heavy
 def test_beam_search_beats_or_ties_greedy_and_rows_are_independent():
   model, params = _model()
   inputs = [[5, 9, 12, 3, 7], [8, 2, 30], [4, 4, 4, 4, 4, 4, 4, 4, 4]]

@@ -22,6 +22,7 @@ from reparam_jax.rundir import checkpoint
 QV = r"block_\d+/attn/(query|value)/kernel"
 
 
+@pytest.mark.heavy
 def test_a_run_starts_from_a_peft_adapter(raw_data_dir, tfds_dir, tmp_path):
   folder = os.path.join(raw_data_dir, "models", "all-MiniLM-L6-v2")
   rp = Reparam.from_config({"rules": ((QV, "lora(rank=8, alpha=16)"),)})

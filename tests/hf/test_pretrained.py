@@ -107,6 +107,7 @@ def test_minilm_configs_resolve_from_the_hugging_face_folder(raw_data_dir, monke
   assert not [k for k, v in c.model.items() if v is None]
 
 
+@pytest.mark.heavy
 def test_a_few_fine_tuning_steps_from_the_minilm_folder(raw_data_dir, tfds_dir, tmp_path):
   """From the HF folder itself: its weights load, its tokenizer is saved, training moves."""
   from helpers import run_train_subprocess

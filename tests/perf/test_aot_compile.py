@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIELDS = ("arguments_bytes", "outputs_bytes", "temp_bytes", "aliased_bytes", "total_bytes",
           "ideal_bytes")
@@ -32,6 +34,7 @@ def _smoke(tmp_path, *args: str) -> list[dict]:
   return rows
 
 
+@pytest.mark.heavy
 def test_aot_compile_smoke_fsdp_shrinks_state_and_lora_has_no_base_moments(tmp_path):
   (one,) = _smoke(tmp_path, "--devices=1", "--variants=dense")
   rows = {r["variant"]: r for r in _smoke(tmp_path, "--devices=8", "--variants=dense,lora")}

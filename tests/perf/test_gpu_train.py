@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from bench import gpu_train
 
 
+@pytest.mark.heavy
 def test_tiny_run_builds_times_and_profiles(tmp_path):
   out = tmp_path / "r.json"
   result = gpu_train.main(["--size", "tiny", "--steps", "2", "--warmup", "1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from bench import student_forward
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
@@ -21,6 +23,7 @@ def _args(config, workdir, raw, tfds, **extra):
       f"--config.{k}={v}" for k, v in cfg.items()]
 
 
+@pytest.mark.heavy
 def test_teacher_and_distilled_student_forward(tmp_path, raw_data_dir, tfds_dir):
   teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
   train.main(_args("encoder.py", teacher, raw_data_dir, tfds_dir, **{"model.num_layers": 2}))

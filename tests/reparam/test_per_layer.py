@@ -164,6 +164,7 @@ def test_a_rule_selecting_some_layers_scans_the_stack_in_runs_of_alike_layers():
   assert {k for k in dense_runs if layers.is_stack(k, dense_runs[k])} == set(runs)
 
 
+@pytest.mark.heavy
 def test_runs_in_the_encoder_decoder_and_in_cached_decoding():
   """Runs are found under each stack's own path (`decoder/block_1/...`), and a decoder
   scanned in runs decodes token by token as the unrolled one does."""
@@ -227,6 +228,7 @@ def _temp_bytes(per_layer: bool, scan: bool) -> int:
   return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.heavy
 def test_the_per_layer_view_does_not_keep_every_layers_weights():
   """Compiled (not run): with remat, the whole-model view keeps all 4 layers' effective
   weights (and the transform's intermediates) through the backward pass; per layer, one."""

@@ -186,6 +186,7 @@ CASES = [(SPECS[0], "pretrained"), (SPECS[1], "scratch"),
          pytest.param(SPECS[1], "pretrained", marks=pytest.mark.slow)]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("spec,start", CASES)
 def test_storage_base_with_lora_trains_in_the_trainer(spec, start, tmp_path, dense_run,
                                                       raw_data_dir, tfds_dir):

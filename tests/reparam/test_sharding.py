@@ -95,6 +95,7 @@ def on_8_devices(check: str) -> None:
     pytest.fail(proc.stderr[-3000:])
 
 
+@pytest.mark.heavy
 def test_theta_shardings_follow_weight_axes():
   on_8_devices("check_shardings")
 

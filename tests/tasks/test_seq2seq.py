@@ -57,6 +57,7 @@ def test_span_accuracy_counts_a_span_right_only_if_all_its_tokens_are():
   assert metrics["span_accuracy"] == 0.5 and metrics["accuracy"] == pytest.approx(5 / 6)
 
 
+@pytest.mark.heavy
 def test_span_corruption_trains_lowrank_cross_attention_and_samples(
     tmp_path, raw_data_dir, tfds_dir, capsys):
   workdir = str(tmp_path / "s2s")
