@@ -72,7 +72,9 @@ def check_shardings() -> None:
     # Sharded values compute the same as on one device (the hand-derived specs: a compile
     # each, so not for every registered example).
     params = jax.jit(init, out_shardings=shardings)(jax.random.key(0))["params"]
-    assert params["block_0"]["mlp"]["fc_in"]["kernel"] is not None
+    placed = jax.tree.map(lambda b: b.value.sharding.spec, params["block_0"]["mlp"]["fc_in"]
+                          ["kernel"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert placed == got, (spec, placed, got)
     forward = jax.jit(lambda p: wrapped.apply({"params": p}, ids)["logits"])  # noqa: B023
     y, y_ref = forward(params), forward(jax.device_get(params))
     assert len(y_ref.sharding.device_set) == 1 < len(y.sharding.device_set)
