@@ -1,9 +1,23 @@
-"""Test setup: 8 simulated CPU devices (set before JAX initialises) and data paths."""
+"""Test setup: 8 simulated CPU devices (set before JAX initialises), one compilation
+cache for the whole run, and data paths."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Most of the suite's time is XLA compiling the same tiny programs again: every
+# subprocess trainer compiles the train step of the same tiny config, and tests
+# that rebuild a model re-jit identical functions.  JAX's persistent cache,
+# shared through the environment by this process and every process it starts,
+# compiles each program once per run.  A fresh folder per run (the suite's
+# figures are from a cold cache); set JAX_COMPILATION_CACHE_DIR to keep one.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="reparam-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402
 
@@ -64,6 +78,8 @@ def pytest_unconfigure(config):
   green summary.  Everything has been reported by now, so skip the joins.
   """
   import sys
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(_EXIT_STATUS["code"])

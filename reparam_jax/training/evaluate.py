@@ -27,12 +27,26 @@ PyTree = Any
 def evaluate(eval_step: Callable, state: steps.TrainState, task: Any, batch_sharding: Any
              ) -> dict[str, float]:
   """`eval/<metric>` over the task's whole validation split (sums, then the task's metrics)."""
-  sums = None
-  for batch in task.eval_batches():
-    out = eval_step(state, to_global(batch, batch_sharding))
-    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-  sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+  sums = sum_over_batches(eval_step, state,
+                          (to_global(batch, batch_sharding) for batch in task.eval_batches()))
   return {f"eval/{k}": v for k, v in task.eval_metrics(sums).items()}
+
+
+def sum_over_batches(eval_step: Callable, state: Any, batches: Any) -> dict[str, float]:
+  """The eval step's sums over `batches`, one batch in flight at a time.
+
+  Each batch's sums are fetched before the next batch is dispatched and added
+  on the host in their own dtype (float32 sums add as XLA adds them, bit for
+  bit).  Dispatching every batch asynchronously deadlocked multi-process CPU
+  runs (gloo collectives, 2 processes × 2 devices, a loaded machine: both
+  processes waiting forever in the eval loop, 2 of 6 tries), and the eval step
+  is not the hot loop, so waiting for each batch costs little.
+  """
+  sums = None
+  for batch in batches:
+    out = jax.device_get(eval_step(state, batch))
+    sums = out if sums is None else {k: np.add(sums[k], v) for k, v in out.items()}
+  return {k: float(v) for k, v in sums.items()}
 
 
 class Evaluator:
@@ -82,12 +96,8 @@ class Evaluator:
       with jax.set_mesh(self.mesh):
         out = evaluate(step, state, self.task, self.batch_sharding)
       return {k.removeprefix("eval/"): v for k, v in out.items()}
-    sums = None
     with jax.set_mesh(self.mesh):
-      for batch in self.batches()[:max_batches]:
-        out = step(state, batch)
-        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-    sums = {k: float(np.asarray(v)) for k, v in jax.device_get(sums).items()}
+      sums = sum_over_batches(step, state, self.batches()[:max_batches])
     return self.task.eval_metrics(sums)
 
 

@@ -22,6 +22,9 @@ def _loss_and_grads(remat: bool):
 
 def test_remat_changes_nothing_but_memory():
   (l0, g0), (l1, g1) = _loss_and_grads(False), _loss_and_grads(True)
-  assert float(l0) == float(l1)
+  # Remat recomputes the same operations, but XLA may fuse the two programs
+  # differently, and float32 sums in another order differ in the last bits (seen:
+  # 1 ulp on jax 0.10.2 on one CPU, bit-equal on others): equal within rounding.
+  np.testing.assert_allclose(float(l1), float(l0), rtol=4 * np.finfo(np.float32).eps)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
