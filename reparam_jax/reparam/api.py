@@ -159,16 +159,18 @@ class Reparam:
         self.plan, dense_params, lambda path, node, w: node.from_dense(w, path_key(key, path)))
 
   def adopt_dense(self, checkpoint_params: PyTree, model_params: PyTree,
-                  key: jax.Array | None = None) -> PyTree:
+                  key: jax.Array) -> PyTree:
     """`checkpoint_params` with every dense weight the model holds as θ turned into θ.
 
     Starting a LoRA, low-rank or pruning run from a dense pretrained checkpoint
     needs no separate `convert` step: each weight a rule reparameterizes is
     converted with its transform's `from_dense` (LoRA: W₀ = the weight, B = 0;
     low-rank: truncated SVD).  θ the checkpoint already holds (a reparameterized
-    run's) and weights no rule selects are left as they are.
+    run's) and weights no rule selects are left as they are.  `key` seeds the
+    randomized conversions (LoRA's A, an ALS start), one key per weight path; it
+    is required so that runs of different seeds start from different adapters
+    (the trainer derives it from `config.seed`).
     """
-    key = jax.random.key(0) if key is None else key
     if layers.has_stack(model_params) or layers.has_stack(checkpoint_params):
       # Paths are the unrolled ones (block_{i}): convert there, then to the model's layout.
       shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),

@@ -64,12 +64,24 @@ class LoRAKernel:
   dropout: float = flax.struct.field(pytree_node=False, default=0.0)
   dropout_rng: Array | None = None
 
+  @property
+  def drops_input(self) -> bool:
+    """Whether `left_matmul` drops out the adapter's input (training with dropout)."""
+    return self.dropout > 0 and self.dropout_rng is not None
+
+  def dropped(self, x: Array) -> Array:
+    """The adapter's input: `x` dropped out and rescaled by 1/(1−p), or `x` itself."""
+    if not self.drops_input:
+      return x
+    keep = jax.random.bernoulli(self.dropout_rng, 1.0 - self.dropout, x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+
+  def adapter_matmul(self, x_adapter: Array) -> Array:
+    """`s·(x_adapter A) B`: the update's product, on an input already dropped out."""
+    return self.scale * ((x_adapter @ self.a) @ self.b)
+
   def left_matmul(self, x: Array) -> Array:
-    x_adapter = x
-    if self.dropout > 0 and self.dropout_rng is not None:
-      keep = jax.random.bernoulli(self.dropout_rng, 1.0 - self.dropout, x.shape)
-      x_adapter = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
-    return matmul(x, self.base) + self.scale * ((x_adapter @ self.a) @ self.b)
+    return matmul(x, self.base) + self.adapter_matmul(self.dropped(x))
 
   def dense(self) -> Array:
     return materialize(self.base) + self.scale * (self.a @ self.b)
@@ -99,12 +111,22 @@ class ColumnScaledKernel:
 
   Multiplies `(x @ inner) * scale`, so a factored `inner` (LoRA's W₀ + s·AB)
   is never materialized in the forward product.
+
+  DoRA with LoRA dropout in training computes what PEFT's does (`lora.Linear.forward`
+  with `use_dora`, and `DoraLinearLayer.forward` given no `base_result`): the base
+  output on the undropped x plus the DoRA term on x_d = drop(x),
+  `x W₀ + (c − 1)·(x_d W₀) + c·s·(x_d A) B` with c = `scale`.  That is two products
+  with W₀, as in PEFT; without dropout (evaluation) both read `c·(x W₀ + s·(x A) B)`.
   """
 
   inner: Any
   scale: Array
 
   def left_matmul(self, x: Array) -> Array:
+    if isinstance(self.inner, LoRAKernel) and self.inner.drops_input:
+      lora, x_d = self.inner, self.inner.dropped(x)
+      dora_term = matmul(x_d, lora.base) * (self.scale - 1) + lora.adapter_matmul(x_d) * self.scale
+      return matmul(x, lora.base) + dora_term
     return matmul(x, self.inner) * self.scale
 
   def dense(self) -> Array:

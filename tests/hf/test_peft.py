@@ -425,7 +425,7 @@ def test_start_from_adapter_checks_the_run_rules(tmp_path):
   good = Reparam.from_config({"rules": ((QV, "lora(rank=4, alpha=8, dropout=0.1)"),)})
   theta = peft_io.start_from_adapter(str(tmp_path / "a"), params, good)
   # adopt_dense keeps the imported θ (it converts only dense weights)
-  adopted = good.adopt_dense(theta, good.from_dense(params))
+  adopted = good.adopt_dense(theta, good.from_dense(params), jax.random.key(0))
   np.testing.assert_array_equal(adopted["block_1"]["attn"]["value"]["kernel"]["lora_b"],
                                 theta["block_1"]["attn"]["value"]["kernel"]["lora_b"])
   bad = Reparam.from_config({"rules": ((QV, "lora(rank=4, alpha=16)"),)})

@@ -1,5 +1,6 @@
 """Merging LoRA adapters (linear, TIES, DARE) into the base or a new adapter, and unmerging,
-checked against independent numpy implementations of the papers' formulas."""
+checked against independent numpy implementations of the papers' formulas (TIES in PEFT's
+form: trim and sign election on the unweighted task vectors, weights applied after)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,18 @@ def np_trim(t, density):
   return out.reshape(t.shape)
 
 
-def np_disjoint_mean(ts):
-  ts = np.stack(ts)
-  gamma = np.sign(ts.sum(0))
+def np_ties(taus, weights, sign_method="total"):
+  """PEFT's `ties` on trimmed task vectors (peft/utils/merge_utils.py), restated in numpy:
+  the sign is elected on the unweighted τ_i (their sum, or with "frequency" the sum of their
+  signs; a tie elects +), the weights enter after, and the weighted entries that agree with
+  the sign are averaged (the count of agreeing entries, at least 1, divides)."""
+  ts = np.stack(taus)
+  votes = ts.sum(0) if sign_method == "total" else np.sign(ts).sum(0)
+  elected = np.where(votes >= 0, 1.0, -1.0)
   num, den = np.zeros(ts.shape[1:]), np.zeros(ts.shape[1:])
-  for t in ts:
-    agree = (t != 0) & (np.sign(t) == gamma)
-    num += np.where(agree, t, 0)
+  for t, w in zip(ts, weights):
+    agree = np.sign(t) == elected
+    num += np.where(agree, w * t, 0)
     den += agree
   return num / np.maximum(den, 1)
 
@@ -72,11 +78,32 @@ def test_linear_and_ties_match_numpy():
   for w in ("w", "v"):
     want = sum(wi * np_delta(ad, w) for wi, ad in zip(WEIGHTS, ADS))
     np.testing.assert_allclose(got[f"{w}/kernel"], want, rtol=1e-5, atol=1e-5)
-  got = merge_deltas(rp, ADS, WEIGHTS, "ties", density=0.3)
-  want = np_disjoint_mean([np_trim(wi * np_delta(ad), 0.3) for wi, ad in zip(WEIGHTS, ADS)])
-  np.testing.assert_allclose(got["w/kernel"], want, rtol=1e-5, atol=1e-5)
+  for sign_method in ("total", "frequency"):
+    got = merge_deltas(rp, ADS, WEIGHTS, "ties", density=0.3, majority_sign_method=sign_method)
+    want = np_ties([np_trim(np_delta(ad), 0.3) for ad in ADS], WEIGHTS, sign_method)
+    np.testing.assert_allclose(got["w/kernel"], want, rtol=1e-5, atol=1e-5)
   # Not the plain weighted sum: TIES changes the result.
   assert np.abs(want - sum(wi * np_delta(ad) for wi, ad in zip(WEIGHTS, ADS))).max() > 0.1
+
+
+def test_ties_trims_and_elects_on_the_unweighted_task_vectors():
+  # One entry, by hand: τ = (+1, −3) with weights (4, 1).  The sign is elected on τ (sum −2:
+  # minus), so only the second survives and the result is 1·(−3); electing on w·τ = (+4, −3)
+  # would keep the first instead (+4).  Trimming at density 1/2 keeps each τ's larger entry
+  # (the 0.1 and 0.2 are trimmed).
+  ad = lambda a, b: {"w/kernel/lora_a": np.array([[a], [b]], np.float32),
+                     "w/kernel/lora_b": np.array([[1.0]], np.float32)}
+  rp = Reparam.from_config({"rules": ((r"w/kernel", "lora(rank=1, alpha=1)"),)})
+  got = merge_deltas(rp, [ad(1.0, 0.1), ad(-3.0, 0.2)], [4.0, 1.0], "ties", density=0.5)
+  np.testing.assert_allclose(np.asarray(got["w/kernel"]), [[-3.0], [0.0]], rtol=1e-6)
+  # A tied vote (+2, −2, weights 1, 1) elects + as PEFT does: the + entry survives alone.
+  got = merge_deltas(rp, [ad(2.0, 0.0), ad(-2.0, 0.0)], [1.0, 1.0], "ties", density=1.0)
+  np.testing.assert_allclose(np.asarray(got["w/kernel"]), [[2.0], [0.0]])
+  # "frequency" counts signs: (+1, +1, −5) elects + where "total" elects −.
+  three = [ad(1.0, 0.0), ad(1.0, 0.0), ad(-5.0, 0.0)]
+  for method, want in (("total", -5.0), ("frequency", 1.0)):
+    got = merge_deltas(rp, three, [1.0] * 3, "ties", density=1.0, majority_sign_method=method)
+    assert float(got["w/kernel"][0, 0]) == pytest.approx(want)
 
 
 def test_dare_drops_rescales_and_combines_like_numpy():
@@ -97,8 +124,7 @@ def test_dare_drops_rescales_and_combines_like_numpy():
   np.testing.assert_allclose(got, sum(w * m for w, m in zip(WEIGHTS, masked)), rtol=1e-5,
                              atol=1e-5)
   got = merge_deltas(rp, ADS, WEIGHTS, "dare_ties", drop=p, key=key)["w/kernel"]
-  np.testing.assert_allclose(got, np_disjoint_mean([w * m for w, m in zip(WEIGHTS, masked)]),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, np_ties(masked, WEIGHTS), rtol=1e-5, atol=1e-5)
 
 
 def test_merge_into_base_and_unmerge_round_trip():
@@ -133,7 +159,7 @@ def test_merge_to_adapter_linear_concat_is_exact_svd_is_truncated():
   # TIES at the adapters' own rank: the best rank-2 approximation of the TIES delta.
   new, rp_same = merge_to_adapter(rp, ADS, WEIGHTS, "ties", density=0.5)
   assert rp_same.plan.match("w/kernel").node.outer.rank == RANK
-  tau = np_disjoint_mean([np_trim(wi * np_delta(ad), 0.5) for wi, ad in zip(WEIGHTS, ADS)])
+  tau = np_ties([np_trim(np_delta(ad), 0.5) for ad in ADS], WEIGHTS)
   u, s, vt = np.linalg.svd(tau)
   best = (u[:, :RANK] * s[:RANK]) @ vt[:RANK]
   got = S * np.asarray(new["w/kernel/lora_a"]) @ np.asarray(new["w/kernel/lora_b"])
@@ -150,6 +176,8 @@ def test_bad_merges_are_one_line_errors():
     merge_deltas(rp, ADS[:2], [1.0])
   with pytest.raises(UserError, match="unknown merge method 'avg'"):
     merge_deltas(rp, ADS[:2], [1, 1], "avg")
+  with pytest.raises(UserError, match="majority_sign_method='count'; expected total or frequency"):
+    merge_deltas(rp, ADS[:2], [1, 1], "ties", majority_sign_method="count")
   with pytest.raises(UserError, match="pass key="):
     merge_deltas(rp, ADS[:2], [1, 1], "dare")
   dora_like = rp_for("lowrank(rank=2)")

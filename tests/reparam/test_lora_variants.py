@@ -96,6 +96,40 @@ def _qerr(node, theta, w):
   return float(np.linalg.norm(np.asarray(materialize(node.apply(theta))) - w))
 
 
+def _quantizer(spec):
+  """q of LoftQ's Algorithm 1 as a numpy function: the project's quantizer, round trip."""
+  node = parse_spec(spec)
+  return lambda x: np.asarray(materialize(node.apply(node.from_dense(jnp.asarray(x)))))
+
+
+def loftq_reference(w, quantize, rank, iters):
+  """LoftQ, Algorithm 1 of Li et al. 2023, restated in numpy: A₀B₀ᵀ = 0; for t = 1..T,
+  Q_t = q(W − A_{t−1}B_{t−1}ᵀ) and A_t B_tᵀ = SVD_r(W − Q_t); returns (Q_T, A_T B_Tᵀ)."""
+  low = np.zeros_like(w)
+  for _ in range(iters):
+    q = quantize(w - low)
+    u, sv, vt = np.linalg.svd(w - q, full_matrices=False)
+    low = (u[:, :rank] * sv[:rank]) @ vt[:rank]
+  return q, low
+
+
+@pytest.mark.parametrize("bits,iters", [(2, 1), (2, 3), (4, 1), (4, 4)])
+def test_loftq_is_algorithm_1(bits, iters):
+  w = _w(2, (32, 16))
+  base_spec = f"qweight(bits={bits})"
+  # alpha=8 at rank 4: s = 2, so the factors carry 1/s (s·A B is the paper's A Bᵀ).
+  node = parse_spec(f"{base_spec}|lora(rank=4, init=loftq, iters={iters})")
+  theta = node.from_dense(jnp.asarray(w))
+  assert theta["base"]["q"].dtype == jnp.int8  # the base stays quantized
+  q_t, low_t = loftq_reference(w, _quantizer(base_spec), 4, iters)
+  base = np.asarray(materialize(parse_spec(base_spec).apply(theta["base"])))
+  np.testing.assert_allclose(base, q_t, atol=1e-5)  # Q_T, not a further q(W − A_T B_Tᵀ)
+  a, b = np.asarray(theta["lora_a"]), np.asarray(theta["lora_b"])
+  np.testing.assert_allclose(2.0 * a @ b, low_t, atol=1e-4)
+  # Q_T + A_T B_Tᵀ is Q_T plus the best rank-4 fit of what Q_T lost: never further from W.
+  assert _qerr(node, theta, w) < np.linalg.norm(w - q_t)
+
+
 def test_loftq_starts_closer_to_w_than_the_quantized_base():
   w = _w(2, (32, 16))
   plain = parse_spec("qweight(bits=4)")
@@ -103,21 +137,9 @@ def test_loftq_starts_closer_to_w_than_the_quantized_base():
   errs = []
   for iters in (1, 4):
     node = parse_spec(f"qweight(bits=4)|lora(rank=4, init=loftq, iters={iters})")
-    theta = node.from_dense(jnp.asarray(w))
-    assert theta["base"]["q"].dtype == jnp.int8  # the base stays quantized
-    errs.append(_qerr(node, theta, w))
+    errs.append(_qerr(node, node.from_dense(jnp.asarray(w)), w))
   assert errs[0] < 0.9 * err_quant, (errs, err_quant)
   assert errs[1] <= errs[0] * 1.001, errs
-  # One alternation by hand: Q = q(W), A B = SVD_r(W − deq(Q)) / s, base = q(W − s·A B).
-  q = plain.from_dense(jnp.asarray(w))
-  lost = w - np.asarray(materialize(plain.apply(q)))
-  u, sv, vt = np.linalg.svd(lost, full_matrices=False)
-  low = (u[:, :4] * sv[:4]) @ vt[:4]
-  base = plain.from_dense(jnp.asarray(w - low))
-  expected = np.asarray(materialize(plain.apply(base))) + low
-  node = parse_spec("qweight(bits=4)|lora(rank=4, init=loftq, iters=1)")
-  np.testing.assert_allclose(materialize(node.apply(node.from_dense(jnp.asarray(w)))), expected,
-                             atol=1e-4)
 
 
 def test_loftq_needs_a_lossy_base():
@@ -177,6 +199,30 @@ def test_dora_detaches_the_norm_as_the_paper_does():
   np.testing.assert_allclose(g_detached, expected, atol=1e-3)
   _, g_through = grads(f"lora(rank={R})|magnitude(detach_norm=False)")
   assert not np.allclose(g_through, expected, atol=1e-3)
+
+
+def test_dora_with_lora_dropout_is_peft_training_forward():
+  """PEFT's `lora.Linear.forward` with DoRA and dropout in training: `result = base(x)` on
+  the undropped x, plus DoRA's term on x_d = dropout(x) (`dora.py`, base_result=None):
+  (c − 1)·(x_d W₀) + c·s·(x_d A) B, with c = m/‖W₀ + s·A B‖_c.  In evaluation dropout is
+  the identity and this is c·(x W₀ + s·(x A) B) = x W."""
+  w = _w(6)
+  node = parse_spec(f"lora(rank={R}, alpha=6, dropout=0.5)|magnitude")
+  theta = _with_b(node.from_dense(jnp.asarray(w), jax.random.key(0)))
+  theta["magnitude"] = theta["magnitude"] * jnp.linspace(0.5, 1.5, N)  # c ≠ 1
+  inner = theta["base"]
+  w0, a, b = (np.asarray(inner[k], np.float64) for k in ("base", "lora_a", "lora_b"))
+  s = 6.0 / R
+  c = np.asarray(theta["magnitude"], np.float64) / np.linalg.norm(w0 + s * a @ b, axis=0)
+  x = np.asarray(jax.random.normal(jax.random.key(2), (5, M)), np.float64)
+  y_eval = node.apply(theta, None).left_matmul(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(y_eval, c * (x @ w0 + s * (x @ a) @ b), atol=1e-4)
+  kernel = node.apply(theta, jax.random.key(3))
+  keep = np.asarray(jax.random.bernoulli(kernel.inner.dropout_rng, 0.5, x.shape))
+  x_d = np.where(keep, x / 0.5, 0.0)
+  peft = x @ w0 + (c - 1) * (x_d @ w0) + c * (s * (x_d @ a) @ b)
+  np.testing.assert_allclose(kernel.left_matmul(jnp.asarray(x, jnp.float32)), peft, atol=1e-4)
+  assert 0.3 < keep.mean() < 0.7
 
 
 def test_stacks_of_the_family_compose():

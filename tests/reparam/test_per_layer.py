@@ -118,7 +118,8 @@ def test_a_scanned_lora_model_starts_from_an_unrolled_dense_checkpoint():
   rp = _rp("lora(rank=2)", "auto")
   scanned = rp.wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
   model_params = scanned.init(jax.random.key(1), IDS)["params"]
-  adopted = rp.adopt_dense(jax.tree.map(np.asarray, dense), model_params)
+  adopted = rp.adopt_dense(jax.tree.map(np.asarray, dense), model_params,
+                           jax.random.key(2))
   assert "blocks" in adopted and "block_0" not in adopted
   # LoRA starts at W₀ = the checkpoint's weight: the logits are the dense model's.
   ref = Transformer(CFG).apply({"params": dense}, IDS)["logits"]

@@ -30,7 +30,7 @@ def test_a_dense_checkpoint_becomes_lora_theta_at_the_start():
   dense = _params(seed=1)  # "the pretrained model"
   rules = ((QV, "lora(rank=2, alpha=4)"),)
   rp = Reparam.from_config(ml_collections.ConfigDict(dict(rules=rules)))
-  adopted = rp.adopt_dense(dense, _params(rules))
+  adopted = rp.adopt_dense(dense, _params(rules), jax.random.key(0))
   q = adopted["block_1"]["attn"]["query"]["kernel"]
   np.testing.assert_array_equal(q["base"], dense["block_1"]["attn"]["query"]["kernel"])
   assert q["lora_a"].shape == (16, 2) and not np.any(q["lora_b"])
@@ -44,7 +44,7 @@ def test_a_dense_checkpoint_becomes_lora_theta_at_the_start():
       a, b = a[k], b[k]
     np.testing.assert_allclose(a, b, atol=1e-6)
   # θ already in the checkpoint (a LoRA run's) is kept as it is.
-  again = rp.adopt_dense(adopted, _params(rules))
+  again = rp.adopt_dense(adopted, _params(rules), jax.random.key(0))
   for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(adopted)):
     np.testing.assert_array_equal(x, y)
 
@@ -54,7 +54,7 @@ def test_delta_with_l2_on_theta_is_l2sp():
   rules = ((KERNELS, "delta"),)
   rcfg = ml_collections.ConfigDict(dict(rules=rules))
   rp = Reparam.from_config(rcfg)
-  theta = rp.adopt_dense(dense, _params(rules))
+  theta = rp.adopt_dense(dense, _params(rules), jax.random.key(0))
   reg = base_config().reg
   reg.rules = ((KERNELS, "l2(1.0, on=theta)"),)
   l2sp = Regularizer(reg, rp.plan)

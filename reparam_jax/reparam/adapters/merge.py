@@ -6,13 +6,21 @@ this file is LoRA-only: a rule whose node is not `<base>|lora(...)` (DoRA's
 `lora|magnitude`, VeRA, ...) is a `UserError`.
 
   linear     Σ w_i ΔW_i
-  ties       TIES-merging (Yadav et al. 2023): trim each w_i ΔW_i to its top
-             `density` fraction by magnitude (per weight matrix, as PEFT does),
-             elect each entry's sign by the summed trimmed values, average the
-             entries that agree with it (disjoint mean)
+  ties       TIES-merging (Yadav et al. 2023) as PEFT's `ties` computes it:
+             trim each ΔW_i to its top `density` fraction by magnitude (per
+             weight matrix), elect each entry's sign from the trimmed ΔW_i
+             (`majority_sign_method` "total": the sign of their sum;
+             "frequency": the sign held by more of them; a tie elects +),
+             then average w_i ΔW_i over the i whose entry has the elected
+             sign (disjoint mean: Σ w_i ΔW_i / their count)
   dare       DARE (Yu et al. 2024): drop each entry of ΔW_i with probability
              `drop`, rescale the rest by 1/(1 - drop), then Σ w_i ΔW̃_i
   dare_ties  DARE's drop and rescale, then TIES's sign election and disjoint mean
+
+The weights enter after the trim and the sign election, as in PEFT, so a
+weight scales an adapter's contribution without changing which entries or
+signs survive; this is PEFT's `ties_svd` / `dare_ties_svd` on the dense
+ΔW_i (its `ties` combination applies TIES to the A and B factors apart).
 
 `merge_deltas` gives `{weight path: ΔW}`; `merge_into_base` adds it to each
 frozen base W₀ and `unmerge_from_base` subtracts it again (exact up to float
@@ -46,6 +54,7 @@ from reparam_jax.reparam.transforms.identity import Identity
 Array = jax.Array
 PyTree = Any
 METHODS = ("linear", "ties", "dare", "dare_ties")
+SIGN_METHODS = ("total", "frequency")
 
 
 # --- which weights, which LoRA stage -------------------------------------------------------
@@ -101,12 +110,18 @@ def trim(tau: Array, density: float) -> Array:
   return jnp.zeros_like(flat).at[keep].set(flat[keep]).reshape(tau.shape)
 
 
-def disjoint_mean(taus_NxIxO: Array) -> Array:
-  """TIES's elect + disjoint merge: the mean of the entries whose sign is the summed sign."""
-  sign = jnp.sign(taus_NxIxO.sum(0))
-  agree = (taus_NxIxO != 0) & (jnp.sign(taus_NxIxO) == sign)
-  count = agree.sum(0)
-  return jnp.where(agree, taus_NxIxO, 0).sum(0) / jnp.maximum(count, 1)
+def disjoint_mean(taus_NxIxO: Array, weights: Sequence[float],
+                  majority_sign_method: str = "total") -> Array:
+  """TIES's elect + disjoint merge (PEFT's `calculate_majority_sign_mask` and
+  `disjoint_merge`): each entry's sign is elected from the unweighted τ_i ("total":
+  their sum, "frequency": their signs' sum; ≥ 0 elects +), and the result is
+  Σ w_i τ_i over the i whose τ_i has that sign, divided by their count (at least 1)."""
+  signs = jnp.sign(taus_NxIxO)
+  votes = taus_NxIxO.sum(0) if majority_sign_method == "total" else signs.sum(0)
+  elected = jnp.where(votes >= 0, 1.0, -1.0)
+  agree = signs == elected  # a zero (trimmed or dropped) entry never agrees
+  w = jnp.asarray(weights, taus_NxIxO.dtype).reshape((-1,) + (1,) * (taus_NxIxO.ndim - 1))
+  return jnp.where(agree, w * taus_NxIxO, 0).sum(0) / jnp.maximum(agree.sum(0), 1)
 
 
 def dare(tau: Array, drop: float, key: Array) -> Array:
@@ -116,23 +131,27 @@ def dare(tau: Array, drop: float, key: Array) -> Array:
 
 
 def combine(taus: Sequence[Array], weights: Sequence[float], method: str, *, density: float,
-            drop: float, keys: Sequence[Array] | None) -> Array:
+            drop: float, keys: Sequence[Array] | None,
+            majority_sign_method: str = "total") -> Array:
   """One weight's merged update from its task vectors (see the module docstring)."""
   w = [float(x) for x in weights]
   if method == "linear":
     return sum(wi * t for wi, t in zip(w, taus))
   if method == "ties":
-    return disjoint_mean(jnp.stack([trim(wi * t, density) for wi, t in zip(w, taus)]))
+    return disjoint_mean(jnp.stack([trim(t, density) for t in taus]), w, majority_sign_method)
   rescaled = [dare(t, drop, k) for t, k in zip(taus, keys)]
   if method == "dare":
     return sum(wi * t for wi, t in zip(w, rescaled))
-  return disjoint_mean(jnp.stack([wi * t for wi, t in zip(w, rescaled)]))  # dare_ties
+  return disjoint_mean(jnp.stack(rescaled), w, majority_sign_method)  # dare_ties
 
 
 def _check_args(method: str, weights: Sequence[float], n: int, density: float, drop: float,
-                key: Array | None) -> None:
+                key: Array | None, majority_sign_method: str = "total") -> None:
   if method not in METHODS:
     raise UserError(f"unknown merge method {method!r}; known: {', '.join(METHODS)}")
+  if majority_sign_method not in SIGN_METHODS:
+    raise UserError(f"majority_sign_method={majority_sign_method!r}; expected "
+                    f"{' or '.join(SIGN_METHODS)}")
   if len(weights) != n:
     raise UserError(f"merge got {n} adapters but {len(weights)} weights; give one weight each")
   if method == "ties" and not 0 < density <= 1:
@@ -146,15 +165,17 @@ def _check_args(method: str, weights: Sequence[float], n: int, density: float, d
 
 def merge_deltas(rp: Reparam, adapters: Sequence[Mapping[str, Any]], weights: Sequence[float],
                  method: str = "linear", *, density: float = 0.5, drop: float = 0.5,
-                 key: Array | None = None, names: Sequence[str] | None = None
-                 ) -> dict[str, Array]:
+                 key: Array | None = None, names: Sequence[str] | None = None,
+                 majority_sign_method: str = "total") -> dict[str, Array]:
   """`{weight path: merged ΔW}` of LoRA `adapters` (`{leaf path: array}` each).
 
   DARE's masks are drawn from `key` per (adapter index, weight path), so the
   same arguments give the same deltas (what `unmerge_from_base` needs).
+  `majority_sign_method` ("total" or "frequency", PEFT's argument) picks how
+  ties / dare_ties elect each entry's sign.
   """
   names = list(names or [f"#{i}" for i in range(len(adapters))])
-  _check_args(method, weights, len(adapters), density, drop, key)
+  _check_args(method, weights, len(adapters), density, drop, key, majority_sign_method)
   out = {}
   for path in check_same_targets(adapters, names):
     taus = [_delta(rp, path, ad) for ad in adapters]
@@ -162,7 +183,8 @@ def merge_deltas(rp: Reparam, adapters: Sequence[Mapping[str, Any]], weights: Se
     if key is not None:
       salt = zlib.crc32(path.encode()) & 0x7FFFFFFF
       keys = [jax.random.fold_in(jax.random.fold_in(key, i), salt) for i in range(len(taus))]
-    out[path] = combine(taus, weights, method, density=density, drop=drop, keys=keys)
+    out[path] = combine(taus, weights, method, density=density, drop=drop, keys=keys,
+                        majority_sign_method=majority_sign_method)
   return out
 
 
@@ -231,8 +253,8 @@ def _factor(delta: Array, rank: int, scale: float) -> tuple[Array, Array]:
 def merge_to_adapter(rp: Reparam, adapters: Sequence[Mapping[str, Any]],
                      weights: Sequence[float], method: str = "linear", *,
                      rank: int | None = None, density: float = 0.5, drop: float = 0.5,
-                     key: Array | None = None, names: Sequence[str] | None = None
-                     ) -> tuple[dict[str, Array], Reparam]:
+                     key: Array | None = None, names: Sequence[str] | None = None,
+                     majority_sign_method: str = "total") -> tuple[dict[str, Array], Reparam]:
   """A new adapter merging `adapters`, and the `Reparam` it belongs to (its LoRA rank).
 
   linear with `rank` None (or ≥ the ranks' sum): the ranks concatenated, exact.
@@ -240,7 +262,7 @@ def merge_to_adapter(rp: Reparam, adapters: Sequence[Mapping[str, Any]],
   own rank, so the result fits the same model), approximate.
   """
   names = list(names or [f"#{i}" for i in range(len(adapters))])
-  _check_args(method, weights, len(adapters), density, drop, key)
+  _check_args(method, weights, len(adapters), density, drop, key, majority_sign_method)
   paths = check_same_targets(adapters, names)
   out: dict[str, Array] = {}
   ranks: dict[str, int] = {}
@@ -263,7 +285,7 @@ def merge_to_adapter(rp: Reparam, adapters: Sequence[Mapping[str, Any]],
     else:
       if deltas is None:
         deltas = merge_deltas(rp, adapters, weights, method, density=density, drop=drop,
-                              key=key, names=names)
+                              key=key, names=names, majority_sign_method=majority_sign_method)
       a, b = _factor(deltas[path], target, scale)
     out[f"{path}/lora_a"], out[f"{path}/lora_b"] = a.astype(dtype), b.astype(dtype)
     ranks[path] = target

@@ -9,20 +9,31 @@ W = W₀ + s · A B, with A: [d_in, r], B: [r, d_out].  (The paper writes
   independent of r, so large ranks keep learning).
 * `dropout`: dropout on the adapter's input during training (the `lora_dropout`
   of Hu et al.'s code and PEFT), `x W₀ + s·(drop(x) A) B`; off in evaluation.
-* `init`: how A, B (and the base) start —
-  - `gaussian` (default): A ~ N(0, 1/d_in), B = 0, so the adapted model
-    starts exactly at the base model;
+  Under DoRA (`lora(...)|magnitude`) it is PEFT's DoRA forward (magnitude.py).
+* `init`: how A, B (and the base) start.  The random inits set B = 0, so the
+  adapted model starts exactly at the base model, and draw A (`[d_in, r]`,
+  the transpose of PEFT's `[r, d_in]` lora_A weight, fan-in d_in):
+  - `kaiming` (default): A ~ U(−1/√d_in, 1/√d_in), std 1/√(3·d_in): PEFT's
+    default `init_lora_weights=True` and Hu et al.'s loralib, both
+    `kaiming_uniform_(a=√5)` (gain √(1/3) times the bound √(3/fan_in));
+  - `gaussian`: A ~ N(0, 1/r²), PEFT's `init_lora_weights="gaussian"`;
+  - `normal_fan_in`: A ~ N(0, 1/d_in), so x A has entries of x's scale
+    (√3 times the default's std);
+  the others derive A, B from the weight and change the frozen base:
   - `pissa` (Meng et al. 2024): A, B are the top-r singular directions of W,
     A = U_r √(S_r/s), B = √(S_r/s) V_rᵀ, and the frozen base stores the
     residual W − s·A B: the model starts at W, and training moves its
     principal part;
   - `olora` (Büyükakyüz 2024): the same with the first r columns of a QR
     decomposition of W (PEFT's convention: QR of the `[d_out, d_in]` weight);
-  - `loftq` (Li et al. 2023): for a lossy base (a quantized stage before
-    `lora`, e.g. `q4|lora(init=loftq)`), alternate `iters` times between
-    quantizing W − s·A B and setting A B to the rank-r SVD of what the
-    quantization lost, so base + adapter start closer to W than the
-    quantized base alone.
+  - `loftq` (Li et al. 2023, Algorithm 1): for a lossy base (a quantized
+    stage before `lora`, e.g. `q4|lora(init=loftq)`), starting from A B = 0,
+    `iters` times: Q = q(W − s·A B), then s·A B = the rank-r SVD of W − Q
+    (what that quantization lost).  The base keeps the last Q and the
+    adapter the last A, B, so base + adapter is Q plus the best rank-r fit
+    of Q's error.  (PEFT's `loftq_init` gives the same Q with unscaled
+    factors, B_peft A_peft = SVD_r(W − Q), so its model is this one at
+    lora_alpha = r.)
   PiSSA/OLoRA/LoftQ apply when the weight is first represented: converting a
   pretrained checkpoint (`from_dense`, `Reparam.adopt_dense`) or, from
   scratch, the model's own initial weight.
@@ -61,7 +72,8 @@ from reparam_jax.reparam.kernels import LoRAKernel, materialize
 from reparam_jax.reparam.numerics import need_2d
 from reparam_jax.reparam.transforms.identity import Identity
 
-INITS = ("gaussian", "pissa", "olora", "loftq")
+RANDOM_INITS = ("kaiming", "gaussian", "normal_fan_in")  # B = 0: the base is W itself
+INITS = RANDOM_INITS + ("pissa", "olora", "loftq")
 
 
 @register
@@ -81,8 +93,14 @@ class LoRA(WrapperTransform):
   alpha: float = 8.0
   rslora: bool = False
   dropout: float = 0.0
-  init: str = "gaussian"
+  init: str = "kaiming"
   iters: int = 1  # LoftQ's alternations
+
+  @property
+  def keeps_base(self) -> bool:
+    """Whether the frozen base is the weight itself (a random init), so A, B apply to the
+    pretrained model as they are (PEFT export); PiSSA/OLoRA/LoftQ store a modified base."""
+    return self.init in RANDOM_INITS
 
   @property
   def scale(self) -> float:
@@ -100,28 +118,33 @@ class LoRA(WrapperTransform):
     if not 1 <= self.rank <= min(shape):
       raise UserError(f"lora: rank must be in [1, {min(shape)}] for a {tuple(shape)} weight, "
                       f"got {self.rank}")
+    for problem in self.arg_problems():  # also for specs that skip config validation
+      raise UserError(f"lora: {problem}")
 
   def wrap_init(self, key, base, shape, dtype, std):
     m, n = shape
-    # A ~ N(0, 1/d_in): x A has unit-scale entries; B = 0 makes ΔW = 0 exactly.
-    a = jax.random.normal(key, (m, self.rank), dtype) / jnp.sqrt(m).astype(dtype)
-    return {"lora_a": a, "lora_b": jnp.zeros((self.rank, n), dtype)}
+    # PiSSA/OLoRA/LoftQ derive A from a weight; with none to derive it from (`init`
+    # without a sample, a null adapter whose B = 0 makes A moot) A is the default draw.
+    init = self.init if self.keeps_base else "kaiming"
+    return {"lora_a": random_a(init, key, (m, self.rank), dtype),
+            "lora_b": jnp.zeros((self.rank, n), dtype)}  # B = 0 makes ΔW = 0 exactly
 
   def split(self, inner, w, key):
-    if self.init == "gaussian":
+    if self.keeps_base:
       return super().split(inner, w, key)
     w32 = w.astype(jnp.float32)
     if self.init == "loftq":
       if isinstance(inner, Identity):
         raise UserError("lora(init=loftq) needs a lossy (quantized) stage before it, e.g. "
                         "q4|lora(init=loftq); for an exact base use init=pissa")
+      # Algorithm 1: Q_t = q(W − s·A_{t−1} B_{t−1}), s·A_t B_t = SVD_r(W − Q_t); the result
+      # is (Q_T, A_T, B_T), the pair whose error the last SVD fitted (no further q).
       a = jnp.zeros((w.shape[0], self.rank), jnp.float32)
       b = jnp.zeros((self.rank, w.shape[1]), jnp.float32)
       for _ in range(self.iters):
         base = inner.from_dense((w32 - self.scale * a @ b).astype(w.dtype), fold_key(key, 0))
         lost = w32 - materialize(inner.apply(base)).astype(jnp.float32)
         a, b = principal_factors(lost, self.rank, self.scale)
-      base = inner.from_dense((w32 - self.scale * a @ b).astype(w.dtype), fold_key(key, 0))
     else:
       factors = principal_factors if self.init == "pissa" else qr_factors
       a, b = factors(w32, self.rank, self.scale)
@@ -129,7 +152,7 @@ class LoRA(WrapperTransform):
     return base, {"lora_a": a.astype(w.dtype), "lora_b": b.astype(w.dtype)}
 
   def split_init(self, inner, key, w_init):
-    if self.init == "gaussian":
+    if self.keeps_base:
       return super().split_init(inner, key, w_init)
     return self.split(inner, w_init, key)
 
@@ -142,6 +165,20 @@ class LoRA(WrapperTransform):
   def wrap_flops(self, theta, base_flops, shape=None):
     (m, r), n = theta["lora_a"].shape, theta["lora_b"].shape[1]
     return base_flops + 2 * r * (m + n)
+
+
+def random_a(init: str, key: Array, shape_MxR: tuple[int, int], dtype: Any) -> Array:
+  """A `[d_in, r]` drawn by the random `init` (see the module docstring; fan-in = d_in)."""
+  d_in, rank = shape_MxR
+  if init == "kaiming":  # kaiming_uniform_(a=√5): bound = √(1/3)·√(3/d_in) = 1/√d_in
+    bound = 1.0 / math.sqrt(d_in)
+    return jax.random.uniform(key, shape_MxR, dtype, -bound, bound)
+  if init == "gaussian":
+    return jax.random.normal(key, shape_MxR, dtype) / jnp.asarray(rank, dtype)
+  if init == "normal_fan_in":
+    return jax.random.normal(key, shape_MxR, dtype) / jnp.sqrt(d_in).astype(dtype)
+  raise UserError(f"lora: init={init!r} draws no random A; expected one of "
+                  f"{', '.join(RANDOM_INITS)}")
 
 
 def principal_factors(w_MxN: Array, rank: int, scale: float) -> tuple[Array, Array]:

@@ -16,7 +16,10 @@ differentiates through it.
 This stage is a wrapper that does *not* freeze what it wraps: the stages
 before it keep their own trainable flags (LoRA's A and B train, its W₀ does
 not).  The forward product stays factored: `(x W₀ + s·(x A) B) · (m/‖V‖_c)`;
-the norm itself needs V, one d_in×d_out materialization per step.
+the norm itself needs V, one d_in×d_out materialization per step.  With
+`lora(dropout>0)` in training the product is PEFT's: the base output on the
+undropped x plus DoRA's term on x_d = drop(x), `x W₀ + (c − 1)·(x_d W₀) +
+c·s·(x_d A) B` with c = m/‖V‖_c (kernels.ColumnScaledKernel).
 """
 
 from __future__ import annotations
