@@ -5,7 +5,9 @@ in `round(num_noise / mean_span)` runs.  The inputs keep the other tokens,
 each noise run replaced by one sentinel; the targets list each run after its
 sentinel.  Both end with EOS.  The corrupted lengths depend only on the raw
 length, so `raw_length_for` picks the raw window that fills a fixed inputs
-length exactly, as T5's `random_spans_helper` does.
+length exactly, with T5's `random_spans_helper`'s figures (including its
+special case at noise density 0.5, which makes the targets length equal the
+inputs length).
 
 All randomness comes from the `np.random.Generator` the caller passes: the
 train pipeline's `random_map` seeds it from (seed, element index) and
@@ -58,7 +60,16 @@ def corrupted_lengths(raw_length: int, noise_density: float,
 
 def raw_length_for(inputs_length: int, noise_density: float,
                    mean_span: float) -> tuple[int, int]:
-  """(largest raw length whose corrupted inputs fit `inputs_length`, its targets length)."""
+  """(raw length, targets length) for `inputs_length`, as T5's `random_spans_helper`.
+
+  The raw length is the largest whose corrupted inputs fit `inputs_length`,
+  with its corrupted targets length; except at noise_density 0.5 when those
+  targets come out longer than those inputs: then, as in T5, one raw token
+  less and one targets slot less (inputs_length 512, mean span 3: 766 raw
+  tokens and 512 targets rather than 767 and 513).  That targets length is
+  an upper bound, one more than the corrupted targets for some lengths
+  (`make_transform` pads the rest).
+  """
   shortest = corrupted_lengths(2, noise_density, mean_span)[0]  # 1 kept token, 1 span, EOS
   if inputs_length < shortest:
     raise UserError(f"inputs_length {inputs_length} is too short for span corruption; "
@@ -68,7 +79,12 @@ def raw_length_for(inputs_length: int, noise_density: float,
   raw = 2
   while corrupted_lengths(raw + 1, noise_density, mean_span)[0] <= inputs_length:
     raw += 1
-  return raw, corrupted_lengths(raw, noise_density, mean_span)[1]
+  fitted_inputs, targets = corrupted_lengths(raw, noise_density, mean_span)
+  # T5's "minor hack to get the targets length to be equal to inputs length", which is
+  # more likely a round number.  (It never fires at raw = 2, whose lengths are (3, 3).)
+  if noise_density == 0.5 and targets > fitted_inputs:
+    raw, targets = raw - 1, targets - 1
+  return raw, targets
 
 
 def _segment(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:

@@ -53,21 +53,32 @@ def test_inputs_and_targets_rebuild_the_window_exactly():
     assert list(inputs[np.isin(inputs, SENTINELS)]) == list(SENTINELS[:num_spans])
 
 
+# T5's counts (random_spans_noise_mask): num_noise = round(n · density) and num_spans =
+# round(num_noise / mean_span), worked out by hand at density 0.15, mean span 3.  Both
+# round half to even (tf.round): 10·0.15 = 1.5 → 2, 30·0.15 = 4.5 → 4, 70·0.15 = 10.5 → 10.
+T5_COUNTS = {10: (2, 1), 30: (4, 1), 64: (10, 3), 70: (10, 3), 114: (17, 6), 568: (85, 28)}
+
+
 def test_noise_count_and_mean_span_length():
-  for n in (10, 64, 114, 568):
-    num_noise, num_spans = sc.split_lengths(n, **KW)
-    assert num_noise == round(n * 0.15)
-    lengths = []
-    for seed in range(200):
+  for n, (num_noise, num_spans) in T5_COUNTS.items():
+    assert sc.split_lengths(n, **KW) == (num_noise, num_spans)
+    for seed in range(50):
       mask = sc.noise_mask(n, **KW, rng=np.random.default_rng(seed))
       assert mask.shape == (n,) and mask.dtype == bool
       assert mask.sum() == num_noise and not mask[0]  # starts with a non-noise run, as in T5
-      runs = _runs(mask)
-      assert len(runs) == len(_runs(~mask)) == num_spans  # non-noise and noise runs alternate
-      lengths.extend(runs)
-    assert np.mean(lengths) == pytest.approx(num_noise / num_spans)
-    if n >= 114:  # shorter windows have few spans, so rounding their count moves the mean more
-      assert abs(np.mean(lengths) - 3.0) < 0.2
+      # non-noise and noise runs alternate, num_spans of each
+      assert len(_runs(mask)) == len(_runs(~mask)) == num_spans
+
+
+def test_span_lengths_are_a_uniform_random_composition():
+  # T5: "all masks are equally likely", i.e. the noise (and the non-noise) run lengths are a
+  # uniformly random composition of N tokens into k runs; in one, a given run has length 1
+  # with probability C(N−2, k−2) / C(N−1, k−1) = (k − 1) / (N − 1).
+  masks = [sc.noise_mask(568, **KW, rng=np.random.default_rng(s)) for s in range(300)]
+  for runs, total in (([_runs(m) for m in masks], 85), ([_runs(~m) for m in masks], 483)):
+    runs = np.concatenate(runs)
+    assert abs(np.mean(runs == 1) - 27 / (total - 1)) < 0.02
+    assert np.mean(runs) == pytest.approx(total / 28)
 
 
 def test_span_lengths_vary_and_cover_the_composition():
@@ -83,8 +94,54 @@ def test_split_lengths_clamps():
   assert sc.split_lengths(100, noise_density=0.5, mean_span=1.0) == (50, 50)
 
 
+def t5_random_spans_helper(inputs_length, noise_density, mean_noise_span_length,
+                           extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1):
+  """T5's `random_spans_helper` (t5/data/preprocessors.py), restated line by line."""
+  def _tokens_length_to_inputs_length_targets_length(tokens_length):
+    num_noise_tokens = int(round(tokens_length * noise_density))  # noqa: RUF046 (T5 verbatim)
+    num_nonnoise_tokens = tokens_length - num_noise_tokens
+    num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))  # noqa: RUF046
+    return (num_nonnoise_tokens + num_noise_spans * extra_tokens_per_span_inputs + 1,
+            num_noise_tokens + num_noise_spans * extra_tokens_per_span_targets + 1)
+
+  tokens_length = inputs_length - 1
+  while _tokens_length_to_inputs_length_targets_length(tokens_length + 1)[0] <= inputs_length:
+    tokens_length += 1
+  inputs_length, targets_length = _tokens_length_to_inputs_length_targets_length(tokens_length)
+  # T5: "minor hack to get the targets length to be equal to inputs length"
+  if noise_density == 0.5 and targets_length > inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length
+
+
+@pytest.mark.parametrize("noise_density,mean_span", [(0.15, 3.0), (0.5, 3.0), (0.5, 2.0),
+                                                     (0.5, 8.0), (0.3, 3.0)])
+def test_raw_length_for_is_t5_random_spans_helper(noise_density, mean_span):
+  # From 32 on, T5's unclamped counts give at least one span (shorter windows are clamped to
+  # one span here, as T5's random_spans_noise_mask does, but not in its helper).
+  for inputs_length in range(32, 300):
+    raw, targets_length = sc.raw_length_for(inputs_length, noise_density, mean_span)
+    assert (raw, targets_length) == t5_random_spans_helper(inputs_length, noise_density,
+                                                           mean_span), inputs_length
+    # What make_transform needs: the corrupted window fits (T5's special case may leave
+    # one targets slot of padding).
+    fitted_inputs, fitted_targets = sc.corrupted_lengths(raw, noise_density, mean_span)
+    assert fitted_inputs <= inputs_length and fitted_targets <= targets_length
+    assert targets_length <= fitted_targets + 1
+
+
+def test_raw_length_for_at_t5_settings():
+  assert t5_random_spans_helper(512, 0.15, 3.0) == (568, 114)
+  assert sc.raw_length_for(512, **KW) == (568, 114)
+  # Density 0.5: the largest raw length that fits (767) corrupts to targets 513 > inputs 512,
+  # so T5 takes one token less: 766 raw tokens, 512 inputs and 512 targets.
+  assert t5_random_spans_helper(512, 0.5, 3.0) == (766, 512)
+  assert sc.raw_length_for(512, noise_density=0.5, mean_span=3.0) == (766, 512)
+  assert sc.corrupted_lengths(766, noise_density=0.5, mean_span=3.0) == (512, 512)
+
+
 def test_raw_length_for_is_the_largest_that_fits():
-  assert sc.raw_length_for(512, **KW) == (568, 114)  # the figures of T5's random_spans_helper
   for inputs_length in range(3, 300):
     raw, targets_length = sc.raw_length_for(inputs_length, **KW)
     fitted_inputs, fitted_targets = sc.corrupted_lengths(raw, **KW)
