@@ -46,3 +46,66 @@ def test_greedy_tokens_equal_transformers_generate(tmp_path, size):
                            max_new_tokens=new, do_sample=False, pad_token_id=0)
     assert got.tokens[row].tolist() == ref[0, len(prompt):].tolist(), f"prompt {row}"
   assert max(len(set(row)) for row in got.tokens.tolist()) >= 4  # not one repeated token
+
+
+# Beam search of an imported T5 against `transformers`' beam search.  A vocabulary of 12 makes
+# EOS likely enough that hypotheses end at many lengths, where the length penalty, the
+# stopping rule and which candidates may finish decide the winner.
+T5_VOCAB, BEAMS, NEW = 12, 3, 8
+
+
+def _t5_folder(tmp_path) -> tuple:
+  torch.manual_seed(0)
+  config = transformers.T5Config(vocab_size=T5_VOCAB, d_model=16, d_kv=8, num_heads=2, d_ff=32,
+                                 num_layers=2, dropout_rate=0.0)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  # Matrices drawn from N(0, 1): varied, confident log-probs (init scale is nearly uniform,
+  # where float error could flip a ranking).
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.ndim == 2:
+        p.normal_(0.0, 1.0, generator=g)
+  return model, hf_refs.save_model(model, str(tmp_path / "hf"), True)
+
+
+def test_t5_beam_search_equals_transformers_generate(tmp_path):
+  from reparam_jax.generation import seq2seq
+
+  model, folder = _t5_folder(tmp_path)
+  params, cfg, heads, _ = importer.import_folder(folder)
+  ours = importer.build_model(cfg, heads, encoder_decoder=True)
+  rng = np.random.default_rng(0)
+  inputs = [rng.integers(2, T5_VOCAB, n).tolist() for n in rng.integers(3, 9, 12)]
+  # Three inputs (found by a search over 200) where transformers' default stopping rule and
+  # early_stopping="never" give different outputs for length_penalty ≥ 1.
+  inputs += [[5, 3, 2, 5], [11, 11, 3, 8, 8, 5, 2, 7], [3, 2, 6, 4]]
+  ids = np.zeros((len(inputs), 8), np.int64)  # right-padded with T5's pad id, masked
+  for row, src in enumerate(inputs):
+    ids[row, :len(src)] = src
+  mask = (np.arange(8) < np.array([len(s) for s in inputs])[:, None]).astype(np.int64)
+  outputs = {}
+  for alpha in (0.0, 0.6, 1.0, 2.0):
+    for early_stopping in (False, True, "never"):
+      got = seq2seq.generate(ours, params, inputs, NEW, start_id=0, eos_id=1, pad_id=0,
+                             beam=seq2seq.Beam(BEAMS, alpha, early_stopping))
+      with torch.no_grad():
+        ref = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             num_beams=BEAMS, length_penalty=alpha,
+                             early_stopping=early_stopping, max_new_tokens=NEW,
+                             do_sample=False, decoder_start_token_id=0, eos_token_id=1,
+                             pad_token_id=0)
+      case = f"length_penalty={alpha}, early_stopping={early_stopping!r}"
+      rows = []
+      for row in range(len(inputs)):
+        expected = ref[row, 1:].tolist()  # after the decoder start token; EOS fills the rest
+        expected = expected[:expected.index(1) + 1] if 1 in expected else expected
+        assert got.tokens[row, :got.lengths[row]].tolist() == expected, f"{case}, input {row}"
+        assert (got.tokens[row, got.lengths[row]:] == 0).all()
+        rows.append(tuple(expected))
+      outputs[alpha, early_stopping] = rows
+  lengths = {len(r) for r in outputs[0.0, False]}
+  assert min(lengths) < NEW and max(lengths) == NEW  # ends by EOS and at the length limit
+  # The three stopping rules pick different outputs here: a mix-up would show.
+  assert any(outputs[a, False] != outputs[a, "never"] for a in (0.6, 1.0, 2.0))
+  assert any(outputs[a, False] != outputs[a, True] for a in (0.0, 0.6, 1.0, 2.0))
