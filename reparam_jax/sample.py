@@ -1,13 +1,19 @@
-r"""Generates text from a training run's latest checkpoint (a decoder LM or an encoder–decoder).
+r"""Generates text from a decoder LM or an encoder–decoder run.
 
   python -m reparam_jax.sample --workdir=DIR --prompt="ROMEO:" [--num_tokens=300]
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--seed=0]
   python -m reparam_jax.sample --workdir=DIR --prompt_file=prompts.txt [--batch_size=8]
       [--stop_token_ids=50256]
 
+DIR is a training workdir (its latest checkpoint) or `compress` output, a
+Hugging Face GPT-2 folder, or a `convert_hf` output of one; a GPT-2 encodes
+and decodes with its own tokenizer (the folder's tokenizer.json, else
+vocab.json + merges.txt).
+
 An encoder–decoder run (task seq2seq) reads each prompt as its input, with
 `<extra_id_N>` for a sentinel, and prints the decoder's output; --beams=K is
-beam search (--length_penalty: score = Σ log p / length^alpha).
+beam search (--length_penalty: score = Σ log p / length^alpha;
+--early_stopping: transformers' stopping rule, false, true or never).
 
 One prompt per line of --prompt_file; the prompts of a batch decode together
 (left-padded, each row independent of the others).  --temperature=0 is greedy
@@ -39,10 +45,15 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
     raise UserError(f"cannot read --prompt_file={prompt_file}: {e.strerror}") from None
 
 
+# --early_stopping's values: transformers' `early_stopping` (generation/seq2seq.py's Beam).
+EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
+
+
 @exit_on_user_error
 def main(argv: Sequence[str]) -> list[str]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--workdir", required=True, help="training workdir, compress output, "
+                      "Hugging Face GPT-2 folder or convert_hf output")
   parser.add_argument("--prompt", default=None)
   parser.add_argument("--prompt_file", default=None, help="one prompt per line")
   parser.add_argument("--batch_size", type=int, default=0, help="prompts per call; 0 = all")
@@ -55,6 +66,8 @@ def main(argv: Sequence[str]) -> list[str]:
   parser.add_argument("--beams", type=int, default=1, help="encoder–decoder: beam search width")
   parser.add_argument("--length_penalty", type=float, default=1.0,
                       help="beam search: score = sum log p / length^alpha")
+  parser.add_argument("--early_stopping", choices=list(EARLY_STOPPING), default="false",
+                      help="beam search stopping rule, as transformers' early_stopping")
   args = parser.parse_args(argv)
   try:
     stops = [int(t) for t in args.stop_token_ids.split(",") if t.strip()]
@@ -63,7 +76,8 @@ def main(argv: Sequence[str]) -> list[str]:
                     "integers") from None
   texts = sample_run(args.workdir, read_prompts(args.prompt, args.prompt_file), args.num_tokens,
                      Sampling(args.temperature, args.top_k, args.top_p), args.seed, stops,
-                     args.batch_size, args.beams, args.length_penalty)
+                     args.batch_size, args.beams, args.length_penalty,
+                     EARLY_STOPPING[args.early_stopping])
   print("\n\n".join(texts))
   return texts
 

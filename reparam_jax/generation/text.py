@@ -1,38 +1,62 @@
-"""Text from a trained run: a decoder LM continues prompts, an encoder–decoder answers them.
+"""Text from a model: a decoder LM continues prompts, an encoder–decoder answers them.
 
-Both decode with the cached on-device generators (decode.py, seq2seq.py).
+The model is a training run's latest checkpoint (or a `compress` output), or a
+pretrained decoder LM: a Hugging Face GPT-2 folder or its `convert_hf` output,
+decoded with the folder's own tokenizer.  Both kinds of model decode with the
+cached on-device generators (decode.py, seq2seq.py).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import os
+from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 
-from reparam_jax.data.tokenizers import load_tokenizer
+from reparam_jax.data import hf_tokenizers
+from reparam_jax.data.tokenizers import Tokenizer, load_tokenizer
 from reparam_jax.errors import UserError
 from reparam_jax.generation import seq2seq
 from reparam_jax.generation.decode import Sampling, decoding_params, generate
-from reparam_jax.rundir.workdir import Run, load_run
+from reparam_jax.hf import family, pretrained
+from reparam_jax.hf.files import read_config
+from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, import_folder
+from reparam_jax.models import Transformer, transformer_config
+from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir.workdir import CONFIG, Run, load_run
 from reparam_jax.tasks import seq2seq as seq2seq_task
 from reparam_jax.tasks.lm import lm_model
 
 
 def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: Sampling,
                seed: int = 0, stop_token_ids: Sequence[int] = (), batch_size: int = 0,
-               beams: int = 1, length_penalty: float = 1.0) -> list[str]:
-  """Each prompt followed by up to `num_tokens` tokens from the run's latest checkpoint.
+               beams: int = 1, length_penalty: float = 1.0,
+               early_stopping: bool | str = False) -> list[str]:
+  """Each prompt followed by up to `num_tokens` tokens from the model at `workdir`.
 
-  For an encoder–decoder run the prompt is the encoder's input (`<extra_id_N>`
-  marks a sentinel) and the output is the decoder's text; `beams > 1` is beam search.
+  `workdir` is a training workdir (its latest checkpoint), a `compress` output,
+  a Hugging Face GPT-2 folder or a `convert_hf` output of one.  For an
+  encoder–decoder run the prompt is the encoder's input (`<extra_id_N>` marks a
+  sentinel) and the output is the decoder's text; `beams > 1` is beam search.
   """
   if not prompts:
     raise UserError("no prompts given; pass --prompt=TEXT or --prompt_file=FILE")
+  source = pretrained.kind(workdir)
+  if source in ("hf", "converted"):
+    if beams > 1:
+      raise UserError("--beams is for encoder–decoder runs; a language model samples or "
+                      "decodes greedily (--temperature=0)")
+    model, params, tokenizer = pretrained_lm(workdir, source)
+    return _continue(model, params, tokenizer, prompts, num_tokens, sampling, seed,
+                     stop_token_ids, batch_size)
+  _check_is_run(workdir)
   run = load_run(workdir)  # config, params and, for pruned runs, their masks
   config = run.config
   if config.get("task", "lm") == "seq2seq":
     return _answer(run, prompts, num_tokens, sampling, seed, batch_size,
-                   seq2seq.Beam(beams, length_penalty))
+                   seq2seq.Beam(beams, length_penalty, early_stopping))
   if beams > 1:
     raise UserError("--beams is for encoder–decoder runs; a language model samples or decodes "
                     "greedily (--temperature=0)")
@@ -43,6 +67,14 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
   model = lm_model(config, tokenizer.vocab_size)
   # The reparameterization's effective weights, once for the whole call (not per token).
   params = decoding_params(run.params, config.reparam, run.masks)
+  return _continue(model, params, tokenizer, prompts, num_tokens, sampling, seed,
+                   stop_token_ids, batch_size)
+
+
+def _continue(model: nn.Module, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
+              num_tokens: int, sampling: Sampling, seed: int, stop_token_ids: Sequence[int],
+              batch_size: int) -> list[str]:
+  """Each prompt followed by the decoder LM's continuation, in batches of `batch_size`."""
   ids = [tokenizer.encode(p).tolist() for p in prompts]
   empty = [i for i, p in enumerate(ids) if not p]
   if empty:
@@ -56,6 +88,57 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
     for row, prompt in enumerate(prompts[start:start + batch]):
       texts.append(prompt + tokenizer.decode(out.tokens[row, :out.lengths[row]].tolist()))
   return texts
+
+
+def _check_is_run(workdir: str) -> None:
+  """A one-line error for a folder that holds no model `sample` reads."""
+  config_path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(config_path):
+    raise UserError(f"--workdir={workdir} is neither a training workdir or compress output "
+                    f"({CONFIG} + checkpoint), a convert_hf output ({MODEL_FILE} + params/) "
+                    "nor a Hugging Face model folder (config.json + weights)")
+  found = _read_json(config_path)
+  if "model_type" in found:  # a Hugging Face folder of a family the project does not read
+    family(found["model_type"], config_path)
+
+
+def pretrained_lm(path: str, source: str) -> tuple[Transformer, Any, Tokenizer]:
+  """(model, params, tokenizer) of a Hugging Face GPT-2 folder (`source` 'hf') or its
+  `convert_hf` output ('converted'): the decoder LM and the folder's own tokenizer.
+
+  The checks (a decoder? a tokenizer?) read only the small files, before the weights.
+  """
+  if source == "converted":
+    section = _read_json(os.path.join(path, MODEL_FILE))
+    what = _read_json(os.path.join(path, SOURCE_FILE)).get("architecture") or "model"
+  else:
+    hf = read_config(path)
+    section = family(hf.get("model_type"), os.path.join(path, "config.json")).model_fields(hf)
+    what = (hf.get("architectures") or [hf.get("model_type")])[0]
+  if not section.get("causal"):
+    raise UserError(f"{path} holds a {what}, not a decoder language model: sample generates "
+                    "with a decoder LM (a GPT-2 folder, its convert_hf output or an lm training "
+                    "run) or an encoder–decoder training run (task seq2seq)")
+  tokenizer = hf_tokenizers.load(path)
+  if tokenizer is None:
+    raise UserError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
+                    "sample needs the model's own to encode prompts and decode its tokens")
+  if source == "converted":
+    params = checkpoint.load_params(path)
+    cfg = transformer_config({k: tuple(v) if isinstance(v, list) else v
+                              for k, v in section.items()})
+  else:
+    params, cfg, _, _ = import_folder(path)
+  return Transformer(cfg), params, tokenizer
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      found = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return {}
+  return found if isinstance(found, dict) else {}
 
 
 def _answer(run: Run, prompts: Sequence[str], num_tokens: int, sampling: Sampling, seed: int,

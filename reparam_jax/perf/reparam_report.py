@@ -1,41 +1,164 @@
-"""What a config's reparameterization does to its Transformer: parameters and FLOPs per weight.
+"""What a config's reparameterization does to its model: parameters and FLOPs per weight.
 
 `python -m reparam_jax.report` prints these rows; the trainer writes the
 same table (of the built model) to `WORKDIR/reparam_report.txt`.
+
+The model is the one the trainer builds: the task's (`tasks/*.py`: a
+decoder LM, an encoder with its task heads, an encoder–decoder, a VAE),
+wrapped by the reparameterization and initialised under `jax.eval_shape`
+(nothing is allocated).  A task's model depends on its data only through
+the tokenizer's vocabulary size, so the data is not read: the vocabulary is
+`config.model.vocab_size`, else that of the tokenizer the run inherits
+(`init_from`'s, a distillation teacher's), else `--vocab_size`.  The
+trainable counts are the trainer's: the reparameterization's mask ANDed with
+`finetune.freeze`'s (`training/freezing.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from types import SimpleNamespace
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from reparam_jax.data import span_corruption
+from reparam_jax.data.tokenizers import has_tokenizer, load_tokenizer
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.intercept import structured_for
+from reparam_jax.tasks import seq2seq as seq2seq_task
+from reparam_jax.tasks.classify import ClassificationTask
+from reparam_jax.tasks.distill import StudentWithTeacher
+from reparam_jax.tasks.encoder import (
+  classifier_init_args,
+  encoder_model,
+  read_run_config,
+  section,
+)
+from reparam_jax.tasks.lm import lm_model
+from reparam_jax.tasks.text_vae import vae_model
+from reparam_jax.training import freezing
 
 
-def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = None
-               ) -> list[dict[str, Any]]:
-  """`report_rows` for the Transformer of `config` (plus its tied output layer)."""
-  model_cfg = dict(config.model)
-  model_cfg["vocab_size"] = model_cfg.get("vocab_size") or vocab_size
-  if not model_cfg["vocab_size"]:
+@dataclasses.dataclass
+class AbstractModel:
+  """The wrapped model of a config, initialised abstractly."""
+
+  model: nn.Module  # the task's model, before wrapping
+  rp: Reparam
+  boxed: Any  # the θ params collection, with its logical-axis boxes (ShapeDtypeStructs)
+  params: Any  # the same, unboxed
+  trainable: Any  # the trainer's mask (None: every parameter trains)
+
+
+def task_vocab_size(config: Any, vocab_size: int = 0) -> int:
+  """The tokenizer's vocabulary size the task would find, read without the data (`vocab_size`
+  when the run fits its own tokenizer; unused when `config.model.vocab_size` is set)."""
+  task = config.get("task")
+  if config.model.get("vocab_size"):
+    return vocab_size
+  if task == "distill":
+    inherited = section(config, "distill").teacher
+  elif task == "text_vae":
+    inherited = ""
+  else:  # lm, mlm, classify and seq2seq take init_from's tokenizer when it has one
+    inherited = config.get("init_from", "")
+  if inherited and has_tokenizer(inherited):
+    return load_tokenizer(inherited).vocab_size
+  return vocab_size
+
+
+def task_model(config: Any, vocab_size: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
+  """The model `make_task(config, ...).model()` builds, and inputs for its `init`.
+
+  `vocab_size`: the tokenizer's, used where `config.model.vocab_size` is 0
+  and the run inherits no tokenizer.  A config without a `task` gives the
+  bare Transformer of its `model` section.
+  """
+  task = config.get("task")
+  vocab = task_vocab_size(config, vocab_size)
+  if not (config.model.get("vocab_size") or vocab):
     raise UserError("config.model.vocab_size is 0 (taken from the tokenizer at train time); "
                     "pass --vocab_size=N to the report")
-  seq_len = int(config.get("seq_len") or model_cfg.get("max_len") or 1)
-  model_cfg["max_len"] = model_cfg.get("max_len") or seq_len
-  cfg = transformer_config(model_cfg)
-  model = Transformer(cfg)
+  seq_len = int(config.get("seq_len") or config.model.get("max_len") or 1)
+  ids = np.zeros((1, seq_len), np.int32)
+  if task is None:
+    model_cfg = dict(config.model, vocab_size=config.model.get("vocab_size") or vocab)
+    model_cfg["max_len"] = model_cfg.get("max_len") or seq_len
+    return Transformer(transformer_config(model_cfg)), (ids,)
+  if task == "lm":
+    return lm_model(config, vocab), (ids,)
+  if task == "text_vae":
+    return vae_model(config, vocab), (ids, np.ones((1, seq_len), bool), ids)
+  if task == "seq2seq":
+    s = config.seq2seq
+    size = seq2seq_task.Vocabulary(SimpleNamespace(vocab_size=vocab), s.num_sentinels).size
+    _, targets_length = span_corruption.raw_length_for(seq_len, s.noise_density, s.mean_span)
+    return seq2seq_task.seq2seq_model(config, size), (ids, np.zeros((1, targets_length),
+                                                                    np.int32))
+  if task == "mlm":
+    heads = ("mlm", "nsp") if section(config, "mlm").nsp else ("mlm",)
+    model = encoder_model(config.model, config.encoder, vocab, seq_len, heads)
+    # The MLM head's positions: any count gives the same parameters.
+    return model, (ids, np.ones((1, seq_len), bool), ids, np.zeros((1, 1), np.int32))
+  if task in ("classify", "distill"):
+    student = encoder_model(config.model, config.encoder, vocab, seq_len,
+                            ClassificationTask.heads)
+    if task == "classify":
+      return student, classifier_init_args(seq_len)
+    return _with_teacher(config, student, vocab, seq_len), classifier_init_args(seq_len)
+  raise UserError(f"unknown task {task!r}; the report builds the models of lm, text_vae, mlm, "
+                  "classify, distill and seq2seq")
+
+
+def _with_teacher(config: Any, student: nn.Module, vocab: int, seq_len: int) -> nn.Module:
+  """The distillation model (tasks/distill.py) with an abstract teacher: the teacher's
+  weights are another collection, so only their shapes matter here."""
+  dcfg = section(config, "distill")
+  run = read_run_config(dcfg.teacher)
+  teacher = encoder_model(run["model"], run["encoder"], vocab, run["seq_len"],
+                          ClassificationTask.heads)
+  boxed = jax.eval_shape(teacher.init, jax.random.key(0), *classifier_init_args(seq_len))
+  zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), boxed["params"])  # noqa: E731
+  project = bool(dcfg.hidden_weight) and student.cfg.embed_dim != teacher.cfg.embed_dim
+  return StudentWithTeacher(student, teacher, zeros, project)
+
+
+def abstract_model(config: Any, vocab_size: int = 0) -> AbstractModel:
+  """The trainer's wrapped model of `config`, its abstract params and trainable mask."""
+  model, init_args = task_model(config, vocab_size)
   rp = Reparam.from_config(config.reparam)
   wrapped = rp.wrap(model)
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  abstract = jax.eval_shape(lambda k: wrapped.init({"params": k}, ids, train=False),
+  abstract = jax.eval_shape(lambda k: wrapped.init({"params": k}, *init_args, train=False),
                             jax.random.key(0))
-  rows = rp.report_rows(abstract["params"], tokens_per_seq, structured_for(rp.plan, model))
-  if cfg.causal and cfg.tie_embeddings:
+  params = nn.meta.unbox(abstract["params"])
+  # The trainer's mask (training/loop.py): the reparameterization's AND finetune.freeze's.
+  trainable = freezing.combine(rp.trainable_mask(params),
+                               freezing.trainable_mask(params, config.get("finetune")))
+  return AbstractModel(model, rp, abstract["params"], params, trainable)
+
+
+def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = None,
+               built: AbstractModel | None = None) -> list[dict[str, Any]]:
+  """`report_rows` for the model of `config` (plus a causal LM's tied output layer), with
+  trainable counts under `finetune.freeze`."""
+  built = built or abstract_model(config, vocab_size)
+  model, rp = built.model, built.rp
+  rows = rp.report_rows(built.boxed, tokens_per_seq, structured_for(rp.plan, model))
+  if freezing.trainable_mask(built.params, config.get("finetune")) is not None:
+    sizes, trains = _flat_trainable(built.params, built.trainable)
+    for row in rows[:-1]:
+      row["trainable"] = sum(n for p, n in sizes.items()
+                             if trains[p] and (p == row["path"] or p.startswith(row["path"] + "/")))
+    rows[-1]["trainable"] = freezing.count_trainable(built.params, built.trainable)
+  cfg = getattr(model, "cfg", None)
+  if isinstance(model, Transformer) and cfg.causal and cfg.tie_embeddings:
     # The tied output layer multiplies by the (materialized) embedding table.
     f = 2 * cfg.vocab_size * cfg.embed_dim
     tied = dict(path="(tied output logits)", spec="", shape=(cfg.embed_dim, cfg.vocab_size),
@@ -49,3 +172,39 @@ def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = No
       total["flops_per_seq"] = total["flops"] * tokens_per_seq
     rows.insert(len(rows) - 1, tied)
   return rows
+
+
+def module_rows(built: AbstractModel) -> list[dict[str, Any]]:
+  """Stored and trainable parameters per top-level module: `embed`, the blocks in order,
+  then the rest (`ln_final`, `pooler`, `classifier`, ...) by name."""
+  sizes, trains = _flat_trainable(built.params, built.trainable)
+  rows: dict[str, dict[str, Any]] = {}
+  for path, n in sizes.items():
+    row = rows.setdefault(path.split("/")[0], dict(stored=0, trainable=0))
+    row["stored"] += n
+    row["trainable"] += n if trains[path] else 0
+
+  def order(name: str) -> tuple[int, int, str]:
+    block = re.fullmatch(r"block_(\d+)", name)
+    return (0, 0, "") if name == "embed" else (1, int(block.group(1)), "") if block else (
+        2, 0, name)
+
+  return [dict(module=k, **rows[k]) for k in sorted(rows, key=order)]
+
+
+def format_modules(rows: list[dict[str, Any]]) -> str:
+  width = max([len("module")] + [len(r["module"]) for r in rows])
+  lines = [f"{'module':<{width}} {'stored':>14} {'trainable':>14}"]
+  lines += [f"{r['module']:<{width}} {r['stored']:>14,} {r['trainable']:>14,}" for r in rows]
+  return "\n".join(lines)
+
+
+def _flat_trainable(params: Any, mask: Any) -> tuple[dict[str, int], dict[str, bool]]:
+  """({leaf path: entries}, {leaf path: trains}) of `params` under a `combine`d mask."""
+  full = (jax.tree.map(lambda _: True, params) if mask is None else
+          jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params))
+  name = lambda kp: "/".join(str(getattr(k, "key", k)) for k in kp)  # noqa: E731
+  sizes = {name(kp): int(np.prod(x.shape)) for kp, x in
+           jax.tree_util.tree_flatten_with_path(params)[0]}
+  trains = {name(kp): bool(t) for kp, t in jax.tree_util.tree_flatten_with_path(full)[0]}
+  return sizes, trains

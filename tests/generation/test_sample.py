@@ -1,11 +1,27 @@
-"""`python -m reparam_jax.sample` on a tiny trained run: prompt files, batches, errors."""
+"""`python -m reparam_jax.sample` on a tiny trained run and on pretrained GPT-2 folders:
+prompt files, batches, the model's own tokenizer, errors."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
 
-from reparam_jax import sample, train
-from tests.helpers import tiny_args
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tokenizers
+
+from reparam_jax import convert_hf, sample, train
+from reparam_jax.data import hf_tokenizers
+from reparam_jax.generation import decode
+from reparam_jax.hf import exporter, gpt2, importer
+from reparam_jax.models import Transformer, TransformerConfig
+from reparam_jax.rundir import checkpoint
+from tests.helpers import REPO, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +66,81 @@ def test_bad_input_is_one_line_and_exit_2(run, capsys, args, message):
   assert exit_info.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and message in err[0]
+
+
+# --- Pretrained GPT-2s: a Hugging Face folder and its convert_hf output ------------------
+
+LINES = ["ROMEO: But soft, what light through yonder window breaks?",
+         "JULIET: O Romeo, Romeo, wherefore art thou Romeo?",
+         "First Citizen: Before we proceed any further, hear me speak."]
+PROMPTS = ["ROMEO: But soft", "JULIET: wherefore", "First"]
+
+
+def _subprocess(module: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+  """A tiny random GPT2LMHeadModel folder (config.json, model.safetensors, tokenizer.json)
+  written by the project's own exporter, with a byte-level BPE trained on a few lines;
+  and the params and tokenizer it holds."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(LINES * 4, vocab_size=300, special_tokens=["<|endoftext|>"])
+  # Untied output layer and larger weights: a tiny tied random model repeats its last token.
+  cfg = TransformerConfig(**gpt2.model_fields(dict(
+      n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=bpe.get_vocab_size(),
+      tie_word_embeddings=False)))
+  model = Transformer(cfg)
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params = jax.tree.map(lambda x: np.asarray(x * 4.0 if x.ndim == 2 else x), params)
+  ckpt = tmp_path_factory.mktemp("ckpt")
+  checkpoint.save_params(str(ckpt / "params"), params)
+  (ckpt / importer.MODEL_FILE).write_text(json.dumps(importer.model_section(cfg)))
+  bpe.save(str(ckpt / hf_tokenizers.FILENAME))
+  folder = str(tmp_path_factory.mktemp("gpt2"))
+  exporter.export(str(ckpt), folder)
+  return folder, model, params, hf_tokenizers.load(folder)
+
+
+def _greedy_texts(model, params, tokenizer, n):
+  """The project's own greedy continuation of each prompt, decoded with `tokenizer`."""
+  ids = [tokenizer.encode(p).tolist() for p in PROMPTS]
+  out = decode.generate(model, params, ids, n, decode.Sampling(temperature=0.0))
+  return [p + tokenizer.decode(out.tokens[r, :out.lengths[r]].tolist())
+          for r, p in enumerate(PROMPTS)]
+
+
+def test_sample_decodes_a_hugging_face_gpt2_folder_and_its_convert_hf_output(gpt2_folder,
+                                                                            tmp_path):
+  folder, model, params, tokenizer = gpt2_folder
+  assert tokenizer.kind == "BPE" and len(tokenizer.encode(PROMPTS[0])) < len(PROMPTS[0])
+  expected = "\n\n".join(_greedy_texts(model, params, tokenizer, 12)) + "\n"
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("\n".join(PROMPTS) + "\n")
+  args = [f"--prompt_file={prompts}", "--num_tokens=12", "--temperature=0"]
+  direct = _subprocess("reparam_jax.sample", f"--workdir={folder}", *args)
+  assert direct.returncode == 0, direct.stderr
+  assert direct.stdout == expected
+  converted = str(tmp_path / "converted")
+  convert_hf.main([f"--from={folder}", f"--to={converted}"])
+  from_converted = _subprocess("reparam_jax.sample", f"--workdir={converted}", *args)
+  assert from_converted.returncode == 0, from_converted.stderr
+  assert from_converted.stdout == expected
+
+
+def test_a_folder_that_is_not_a_decoder_lm_is_one_line_and_exit_2(raw_data_dir, tmp_path,
+                                                                   capsys):
+  minilm = os.path.join(raw_data_dir, "models", "all-MiniLM-L6-v2")
+  if not os.path.isdir(minilm):
+    pytest.skip(f"{minilm} not found")
+  cases = [(minilm, "not a decoder language model"),
+           (str(tmp_path), "neither a training workdir")]
+  for workdir, message in cases:
+    with pytest.raises(SystemExit) as exit_info:
+      sample.main([f"--workdir={workdir}", "--prompt=hello", "--num_tokens=4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

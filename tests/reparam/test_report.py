@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
+import flax.linen as nn
+import jax
 import ml_collections
 import pytest
 
+from reparam_jax.config import load as config_load
+from reparam_jax.hf import pretrained
 from reparam_jax.perf.reparam_report import model_rows
-from reparam_jax.reparam import format_report
+from reparam_jax.reparam import Reparam, format_report
 from reparam_jax.report import main
+from reparam_jax.tasks import make_task
+from reparam_jax.training import freezing, steps
+from tests.helpers import REPO
 
 MODEL = dict(vocab_size=32, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=8)
 
@@ -95,3 +103,59 @@ def test_rule_summary_counts_each_adapter():
   # fc_out 32x16: the input scale (32) trains, the 512-entry kernel is frozen; no matmul added.
   assert (ia3["trainable"], ia3["frozen_bytes"], ia3["extra_flops"]) == (32, 4 * 512, 0)
   assert "lora(rank=2)|magnitude" in format_rule_summary(rows)
+
+
+# --- The trainer's model: the task's heads and its finetune.freeze ------------------------
+
+def _minilm_config(raw_data_dir):
+  if not os.path.isdir(os.path.join(raw_data_dir, "models", "all-MiniLM-L6-v2")):
+    pytest.skip("the MiniLM folder is not in the raw data")
+  return os.path.join(REPO, "configs", "sst2", "minilm_projection_frozen.py")
+
+
+def _module_lines(out):
+  """{module: (stored, trainable)} of the report's per-module lines."""
+  found = {}
+  for line in out.splitlines():
+    parts = line.split()
+    if len(parts) == 3 and parts[1].replace(",", "").isdigit():
+      found[parts[0]] = tuple(int(p.replace(",", "")) for p in parts[1:])
+  return found
+
+
+def test_report_on_a_classifier_lists_its_heads_and_counts_only_the_unfrozen(
+    raw_data_dir, monkeypatch, capsys):
+  monkeypatch.setenv("REPARAM_DATA_DIR", raw_data_dir)
+  main([f"--config={_minilm_config(raw_data_dir)}", "--config.seq_len=16"])
+  out = capsys.readouterr().out
+  modules = _module_lines(out)
+  # MiniLM's pooler (a 384x384 Dense) comes with the checkpoint and is frozen; the fresh
+  # head (projection 384→128, LayerNorm, 128→2) is all that trains (finetune.freeze).
+  head = 384 * 128 + 128 + 2 * 128 + 128 * 2 + 2
+  assert modules["pooler"] == (384 * 384 + 384, 0)
+  assert modules["classifier"] == (head, head)
+  assert modules["block_5"][1] == 0 and modules["embed"][1] == 0
+  assert f"trainable {head:,};" in out
+  assert f"of {22_713_216 + head:,} dense params" in out  # MiniLM's BertModel + the head
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("freeze", [dict(freeze="top_k", top_k=2), dict(freeze="none")])
+def test_report_counts_what_the_trainer_counts(raw_data_dir, tfds_dir, monkeypatch, freeze):
+  """The report's model is the trainer's (`make_task(...).model()`, which reads the data),
+  and its trainable total the trainer's `params/trainable`."""
+  monkeypatch.setenv("REPARAM_DATA_DIR", raw_data_dir)
+  args = [f"--config={_minilm_config(raw_data_dir)}", "--config.seq_len=16",
+          f"--config.data.raw_dir={raw_data_dir}", f"--config.data.tfds_dir={tfds_dir}"] + [
+          f"--config.finetune.{k}={v}" for k, v in freeze.items()]
+  config = pretrained.resolve(config_load.load(args)[0])
+  task = make_task(config, None)
+  model = Reparam.from_config(config.reparam).wrap(task.model())
+  abstract = jax.eval_shape(steps.init_variables_fn(model, task.init_args()), jax.random.key(0))
+  params = nn.meta.unbox(abstract["params"])
+  rp = Reparam.from_config(config.reparam)
+  mask = freezing.combine(rp.trainable_mask(params),
+                          freezing.trainable_mask(params, config.get("finetune")))
+  rows = model_rows(config)
+  assert rows[-1]["stored"] == steps.count_params(params)
+  assert rows[-1]["trainable"] == freezing.count_trainable(params, mask)
