@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 from reparam_jax.errors import UserError
 from reparam_jax.hf.files import read_weights
 from reparam_jax.hf.peft_names import Modules, modules
+from reparam_jax.pytree.layers import has_stack, unstack_layers
 from reparam_jax.pytree.paths import set_path, subtree
 from reparam_jax.reparam.api import Reparam
 from reparam_jax.reparam.compose import stages
@@ -115,7 +116,7 @@ def _read_theta(path: str, rule: Any, theta: Any) -> tuple[Adapter, Any] | None:
   if not path.endswith("/kernel"):
     raise UserError(f"parameter {path}: PEFT export covers linear kernels only")
   lora = parts[1]
-  if getattr(lora, "init", "gaussian") != "gaussian":
+  if not lora.keeps_base:
     # PiSSA/OLoRA/LoftQ store a residual (or quantized) W₀, not the pretrained weight
     # a PEFT user loads as the base model.
     raise UserError(f"parameter {path}: lora(init={lora.init}) trains on a modified base "
@@ -375,7 +376,7 @@ def _rules_for(adapters: list[Adapter]) -> tuple[tuple[str, str], ...]:
   return tuple(rules)
 
 
-def import_peft_adapter(folder: str, params: PyTree
+def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None = None
                         ) -> tuple[PyTree, tuple[tuple[str, str], ...]]:
   """(θ params, config.reparam.rules) of dense BERT `params` with the PEFT adapter in `folder`.
 
@@ -386,11 +387,18 @@ def import_peft_adapter(folder: str, params: PyTree
   (`lora(rank=.., alpha=..[, rslora=True])[|magnitude]`, one per distinct
   rank/alpha) make `Reparam.from_config({'rules': rules})` compute with them,
   e.g. `--config.reparam.rules=...` to keep training.
+
+  `model_params`: the params (dense or θ, stacked layers or not; shapes suffice)
+  of the model the result is for, when it has modules `params` lack: a
+  classifier head the base folder has no weights for.  Module names are then
+  read from the model's tree, and a modules_to_save tensor of such a module
+  (PEFT's SEQ_CLS `classifier`) is added to the result at the model's path.
   """
   config, tensors = read_peft_folder(folder)
   where = os.path.join(folder, ADAPTER_WEIGHTS)
   tree = meta.unbox(params)
-  table = modules(tree)
+  model = None if model_params is None else _unrolled_shapes(model_params)
+  table = modules(tree if model is None else model)
   _check_targets(config.get("target_modules"), table, os.path.join(folder, ADAPTER_CONFIG))
   saved = set(config.get("modules_to_save") or ())
   lora, whole = _parse_keys(tensors, saved, where)
@@ -445,16 +453,45 @@ def import_peft_adapter(folder: str, params: PyTree
     module, leaf = name.rsplit(".", 1)
     path = table.our_path(module)
     if path is None or leaf not in ("weight", "bias"):
+      hint = ("; the base has no classifier: pass the params of the model with one "
+              "(model_params)" if module == "classifier" and model is None else "")
       raise UserError(f"{where}: modules_to_save tensor {KEY_PREFIX}{name} has no place in this "
-                      "BERT model")
+                      f"BERT model{hint}")
     ours = f"{path}/kernel" if leaf == "weight" else f"{path}/bias"
     old = subtree(out, ours)
+    if old is None and model is not None:  # a head the model has and the base lacks
+      _check_head(model, path, f"{where}: modules_to_save tensor {KEY_PREFIX}{name}")
+      old = subtree(model, ours)
     new = value.T if leaf == "weight" else value
+    if (path == "classifier/out" and old is not None and not isinstance(old, Mapping)
+        and tuple(np.shape(old))[-1:] != new.shape[-1:]):
+      raise UserError(f"{where}: modules_to_save tensor {KEY_PREFIX}{name} is a classifier for "
+                      f"{new.shape[-1]} classes but this model's classifier/out has "
+                      f"{np.shape(old)[-1]} (encoder.num_classes, the task's labels); use an "
+                      f"adapter trained for {np.shape(old)[-1]} labels (num_labels)")
     if old is None or isinstance(old, Mapping) or tuple(np.shape(old)) != new.shape:
       raise UserError(f"{where}: modules_to_save tensor {KEY_PREFIX}{name} {value.shape} does "
                       f"not fit parameter {ours}")
-    set_path(out, ours, np.ascontiguousarray(new))
+    set_path(out, ours, np.ascontiguousarray(new), create=True)
   return out, _rules_for(adapters)
+
+
+def _unrolled_shapes(params: PyTree) -> PyTree:
+  """The shapes of `params` (boxed or not) in the unrolled layout (`block_{i}`)."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), meta.unbox(params))
+  return unstack_layers(shapes) if has_stack(shapes) else shapes
+
+
+def _check_head(model: PyTree, path: str, what: str) -> None:
+  """UserError unless the model's classifier at `path` computes what PEFT's saved one does:
+  Hugging Face's BertForSequenceClassification has dropout → linear on the pooled output."""
+  if path != "classifier/out":
+    return
+  extra = sorted(set(subtree(model, "classifier") or {}) - {"out"})
+  if extra:
+    raise UserError(f"{what} is Hugging Face's classifier (dropout -> linear) but this model's "
+                    f"classifier also has {', '.join(extra)}; set encoder.classifier_norm=False "
+                    "and encoder.classifier_feature_proj_dim=0")
 
 
 def _copy_dicts(tree: Any) -> Any:
@@ -463,12 +500,15 @@ def _copy_dicts(tree: Any) -> Any:
   return tree
 
 
-def start_from_adapter(folder: str, dense_params: PyTree, rp: Reparam) -> PyTree:
+def start_from_adapter(folder: str, dense_params: PyTree, rp: Reparam,
+                       model_params: PyTree | None = None) -> PyTree:
   """`import_peft_adapter` for a run whose config.reparam.rules must already describe the
   adapter (a `config.init_adapter` next to `config.init_from`): each adapted kernel's rule
   needs the folder's rank, alpha, rsLoRA and DoRA, else a UserError with the rules to use.
-  θ the result holds passes `Reparam.adopt_dense` unchanged."""
-  theta, rules = import_peft_adapter(folder, dense_params)
+  θ the result holds passes `Reparam.adopt_dense` unchanged.  `model_params`: the run's
+  (fresh) params, whose classifier head receives the folder's saved `classifier` (a
+  SEQ_CLS adapter's modules_to_save) though `dense_params` (a base model) has none."""
+  theta, rules = import_peft_adapter(folder, dense_params, model_params)
   want = Reparam.from_config({"rules": rules})
 
   def visit(path, rule, node):
@@ -492,5 +532,5 @@ def _same_adapter(theirs: Any, mine: Any) -> bool:
                                                                               "frozen"):
     return False
   la, lb = a[1], b[1]
-  return (la.rank, float(la.alpha), la.rslora, getattr(lb, "init", "gaussian")) == (
-      lb.rank, float(lb.alpha), lb.rslora, "gaussian")
+  return (la.rank, float(la.alpha), la.rslora, lb.keeps_base) == (
+      lb.rank, float(lb.alpha), lb.rslora, True)

@@ -3,7 +3,9 @@
 Layout of a workdir:
 
   checkpoints/<step>/state   train state (sharded arrays; restored onto any mesh)
-  checkpoints/<step>/data    grain iterator state, one file per process
+  checkpoints/<step>/data    grain iterator state, one file per process, with
+                             what the trainer carries across a resume (the
+                             metrics of the steps since its last log; `DataSnapshot`)
   params/                    a params-only checkpoint (`save_params`), e.g.
                              an imported pretrained model or a converted one
 
@@ -17,6 +19,7 @@ used; see docs/reliability.md.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -193,6 +196,49 @@ class Checkpointer:
     _warn(f"checkpoint {src} is corrupt or incomplete ({problem}); moved it to "
           f"{dst.name} and trying an older one")
     self._manager.reload()
+
+
+# The `data` item of a checkpoint saved with `DataSnapshot`: {"format": DATA_FORMAT,
+# "iterator": the iterator's state, "extra": the trainer's JSON}.  A bare iterator state
+# (a checkpoint written without `extra`) restores too.
+DATA_FORMAT = "reparam_jax.data/1"
+
+
+class DataSnapshot:
+  """A checkpoint's `data` item: the iterator's position now (an asynchronous save must
+  not see later batches) and `extra`, JSON the trainer restores with it (the logging
+  window: the per-step metrics since the last log, so a resumed run logs the same means)."""
+
+  def __init__(self, iterator: Any, extra: dict[str, Any] | None = None):
+    state = iterator.get_state()  # a DatasetIterator's is a dict, a DataLoader's JSON bytes
+    state = json.loads(state) if isinstance(state, bytes) else state
+    self._state = json.dumps({"format": DATA_FORMAT, "iterator": state,
+                              "extra": extra or {}}).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+class DataRestore:
+  """What `Checkpointer.restore` restores a `DataSnapshot` into: sets `iterator`'s
+  position and keeps the snapshot's `extra` ({} for a checkpoint without one)."""
+
+  def __init__(self, iterator: Any):
+    self.iterator = iterator
+    self.extra: dict[str, Any] = {}
+
+  def set_state(self, state: bytes) -> None:
+    saved = json.loads(state)
+    self.extra = {}
+    if isinstance(saved, dict) and saved.get("format") == DATA_FORMAT:
+      saved, self.extra = saved["iterator"], saved["extra"]
+    # grain hands a DatasetIterator its state parsed, other iterators theirs as bytes
+    self.iterator.set_state(saved if isinstance(self.iterator, grain.DatasetIterator)
+                            else json.dumps(saved).encode())
+
+  def start_prefetch(self) -> None:
+    if hasattr(self.iterator, "start_prefetch"):
+      self.iterator.start_prefetch()
 
 
 # Files every complete checkpoint of `Checkpointer` has (orbax layout, one

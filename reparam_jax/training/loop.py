@@ -10,7 +10,6 @@ from its flags before calling this.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -84,10 +83,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.get("init_layers"):
       loaded = pretrained.select_layers(loaded, config.init_layers, config.init_from)
     if config.get("init_adapter"):  # a PEFT adapter on top of the pretrained weights
-      loaded = peft.start_from_adapter(os.path.expandvars(config.init_adapter), loaded, rp)
+      # The model's params name where a saved classifier goes: the base folder has none.
+      loaded = peft.start_from_adapter(os.path.expandvars(config.init_adapter), loaded, rp,
+                                       model_params=state.params)
+    # Converting draws LoRA's A from the seed (rng inits the model, fold 1 drives the steps).
     params, init_summary = checkpoint.load_matching_params(
         config.init_from, steps.abstract_like(state.params, state_shardings.params),
-        state.params, rp.adopt_dense(loaded, state.params))
+        state.params, rp.adopt_dense(loaded, state.params, jax.random.fold_in(rng, 2)))
     state = state.replace(params=params)
     if is_main:
       print(init_summary, flush=True)
@@ -114,8 +116,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  async_save=config.async_checkpointing,
                                  save_retries=rel.save_retries,
                                  retry_wait_s=rel.save_retry_wait_s)
+  data = checkpoint.DataRestore(train_iter)
   start_step, restored = ckpt.restore_latest_good(
-      steps.abstract_like(state, state_shardings), train_iter)
+      steps.abstract_like(state, state_shardings), data)
+  # The metrics of the steps between the last log and the checkpoint: the first log after
+  # a resume averages over the same steps as an uninterrupted run's.
+  window: list[dict[str, float]] = data.extra.get("log_window", []) if start_step else []
   if start_step:
     state = restored
     if is_main:
@@ -169,12 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           divergence.observe(step - len(unchecked) + 1, jax.device_get(unchecked))
           unchecked = []
         if is_log:
-          summary = _train_summary(jax.device_get(pending), pending_tokens,
+          summary = _train_summary(window, jax.device_get(pending), pending_tokens,
                                    time.perf_counter() - t0, divergence, mfu_meter)
           writer.write(step, summary)
           bar.set_postfix(loss=f"{summary['train/loss']:.4f}", refresh=False)
           bar.update(len(pending))
-          pending, pending_tokens = [], 0
+          pending, pending_tokens, window = [], 0, []
 
         if step % config.eval_every == 0 or step == config.num_steps:
           last_eval = evaluate(eval_step, state, task, batch_sharding)
@@ -184,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           early.observe(step, last_eval, state.params)
         finished = early.finished(step, config.num_steps)  # then the best params are saved
         if is_save and not finished:
-          ckpt.save(step, state, _Snapshot(train_iter), force=True)
+          ckpt.save(step, state, checkpoint.DataSnapshot(
+              train_iter, {"log_window": window + _host_metrics(pending)}), force=True)
           divergence.last_good_checkpoint = step
         t0 = time.perf_counter() if is_log else t0
         if finished:
@@ -202,7 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, last_eval = early.restore_best(
             state, steps.abstract_like(state.params, state_shardings.params),
             lambda s: evaluate(eval_step, s, task, batch_sharding))
-        ckpt.save(early.final_step(config.num_steps), state, _Snapshot(train_iter), force=True)
+        ckpt.save(early.final_step(config.num_steps), state, checkpoint.DataSnapshot(train_iter),
+                  force=True)
       if not last_eval:  # resumed from the final checkpoint of a run killed before done.json
         last_eval = evaluate(eval_step, state, task, batch_sharding)
         if not any("eval/loss" in r and r["step"] == config.num_steps
@@ -239,13 +247,16 @@ def _describe(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
       f.write(report + "\n")
 
 
-def _train_summary(fetched: list[dict], tokens: int, seconds: float,
+def _train_summary(window: list[dict], fetched: list[dict], tokens: int, seconds: float,
                    divergence: reliability.DivergenceMonitor, mfu_meter: MfuMeter | None
                    ) -> dict[str, float]:
-  """`train/*` means over the steps since the last log (non-finite steps left out)."""
-  bad = [m["nonfinite"] for m in fetched]
-  summary = {f"train/{k}": reliability.finite_mean([m[k] for m in fetched], bad)
-             for k in fetched[0] if k != "nonfinite"}
+  """`train/*` means over the steps since the last log (non-finite steps left out): those
+  a resumed run restored from its checkpoint (`window`) and this process's (`fetched`).
+  The timing fields time this process's steps, `tokens` and `seconds`, only."""
+  steps_since_log = window + fetched
+  bad = [m["nonfinite"] for m in steps_since_log]
+  summary = {f"train/{k}": reliability.finite_mean([m[k] for m in steps_since_log], bad)
+             for k in steps_since_log[0] if k != "nonfinite"}
   if divergence.policy == "skip":
     summary["train/skipped_steps"] = len(divergence.skipped)
   summary["train/step_time_ms"] = 1000 * seconds / len(fetched)
@@ -257,14 +268,9 @@ def _train_summary(fetched: list[dict], tokens: int, seconds: float,
   return summary
 
 
-class _Snapshot:
-  """The iterator's position now: an async save must not see later batches."""
-
-  def __init__(self, iterator: Any):
-    self._state = json.dumps(iterator.get_state()).encode()
-
-  def get_state(self) -> bytes:
-    return self._state
+def _host_metrics(pending: list[dict]) -> list[dict[str, float]]:
+  """Per-step metrics as JSON floats (exact for float32), for a checkpoint's log window."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
 
 
 def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:

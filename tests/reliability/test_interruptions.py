@@ -152,6 +152,56 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
   _assert_same_run(workdir, reference, exact=False)
 
 
+# Logged every 4 steps, checkpointed every 3: a run stopped at a checkpoint is mid-window.
+OFF_GRID = {"num_steps": 10, "log_every": 4, "checkpoint_every": 3, "eval_every": 5,
+            "keep_checkpoints": 4}
+# Fields that time the process that ran the steps (a resumed run's first window is timed over
+# the steps it ran itself): the only ones a resumed run's metrics.jsonl may differ in.
+TIMING = ("train/step_time_ms", "train/tokens_per_sec", "train/tokens_per_sec_per_device",
+          "train/tflops_per_device", "train/mfu")
+
+
+def _untimed(workdir) -> list[dict]:
+  return [{k: v for k, v in r.items() if not k.startswith(TIMING)}
+          for r in rundir.read_metrics(workdir)]
+
+
+def test_a_run_stopped_off_the_log_grid_logs_the_uninterrupted_curve(
+    tmp_path, raw_data_dir, tfds_dir, monkeypatch):
+  """Preempted after the checkpoints of steps 3 and 6 (windows 1-4 and 5-8 half done): each
+  resume carries the pending steps' metrics, so step 4 logs the mean over 1-4 and step 8 over
+  5-8, as the uninterrupted run does; metrics.jsonl is the same record for record."""
+  ref = str(tmp_path / "reference")
+  train.main(tiny_args(ref, raw_data_dir, tfds_dir, **OFF_GRID))
+  from reparam_jax.training import reliability
+  monkeypatch.setattr(reliability.PreemptionWatcher, "should_stop",
+                      lambda self, step: step in (3, 6))  # a SIGTERM seen at those steps
+  workdir = str(tmp_path / "run")
+  args = tiny_args(workdir, raw_data_dir, tfds_dir, **OFF_GRID)
+  assert train.main(args) == {"step": 3, "preempted": True}
+  assert train.main(args) == {"step": 6, "preempted": True}
+  assert train.main(args)["step"] == 10
+  got, want = _untimed(workdir), _untimed(ref)
+  assert [r["step"] for r in got if "train/loss" in r] == [4, 8, 10]
+  assert got == want
+
+
+def test_a_checkpoint_data_item_with_or_without_a_log_window_restores_the_iterator():
+  import json
+
+  import grain.python as grain
+  source = grain.MapDataset.range(10).to_iter_dataset()
+  ran = iter(source)
+  next(ran), next(ran)
+  fresh = iter(source)
+  data = checkpoint.DataRestore(fresh)
+  data.set_state(json.dumps(ran.get_state()).encode())  # a bare iterator state
+  assert (next(fresh), data.extra) == (2, {})
+  window = {"log_window": [{"loss": 4.25, "nonfinite": 0.0}]}
+  data.set_state(checkpoint.DataSnapshot(ran, window).get_state())
+  assert (next(fresh), data.extra) == (2, window)
+
+
 def test_grace_period_bounds_a_stuck_shutdown():
   """If the checkpoint after a signal hangs, the watchdog exits (143) at the grace period."""
   code = ("import os, signal, time\n"
