@@ -4,7 +4,7 @@
 # Two environments (see README, "Tests"):
 #   .venv        Python >= 3.12, jax 0.12: training, and the whole test suite
 #   .venv-py311  Python 3.11, jax 0.10.2 + torch's CPU wheel: the suite again but for
-#                the `heavy` end-to-end runs, now with the torch/transformers peer
+#                the `heavy` end-to-end runs, with the torch/transformers peer
 #                tests (tests/hf/)
 
 # The first interpreter of the given versions that runs: pythonX.Y on PATH,

@@ -12,8 +12,9 @@ Hardware: 1 CPU host (2 cores), 2 CPU devices as in the quick start.
 Runtime: not measured at 2000 steps (median train step 160 ms vs dense 51 ms at
 1000 steps, experiments/results/reparam_comparison/table.md).
 Expected: validation loss 2.264 at 1000 steps vs dense 2.104
-(experiments/results/reparam_comparison/table.md); not re-measured at 2000 steps
-since the angles stopped being weight-decayed (the older figure is in that README).
+(experiments/results/reparam_comparison/table.md; the angles are not
+weight-decayed); no 2000-step figure without weight decay on the angles is
+recorded (the one with it is in that folder's README).
 """
 
 from configs.lm import shakespeare_char

@@ -2,7 +2,7 @@ r"""SST-2 with QLoRA on MiniLM: every block matrix stored as packed 4-bit NF4, L
 
 minilm_lora_all.py's adapters (r = 8, α = 16 on q, k, v, the attention output and
 both MLP matrices of all six layers, head trained, the rest frozen) over a base
-that is no longer a float weight: each block matrix is stored as `q4(format=nf4,
+that is not a float weight: each block matrix is stored as `q4(format=nf4,
 block_size=64)` (Dettmers et al. 2023; reparam_jax/reparam/transforms/q4.py,
 docs/qlora.md), 4.5 bits per weight (0.28x the bf16 bytes).  The pretrained
 checkpoint is quantized when the run starts (`Reparam.adopt_dense`), so the run

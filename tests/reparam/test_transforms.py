@@ -232,7 +232,7 @@ def test_latent_noise_on_w_is_sigma_ratio_of_its_rms(kw, start):
 
 
 def test_latent_learned_conversion_of_a_latent_wider_than_the_matrix():
-  """k1 ≤ d_in and k2 ≤ d_out pass the shape check; min(d_in, d_out) < k used to crash."""
+  """k1 ≤ d_in and k2 ≤ d_out pass the shape check; min(d_in, d_out) < k must not crash."""
   w = _w((8, 6))
   t = Latent(dim=7, dim_out=5)
   theta = t.from_dense(w)
