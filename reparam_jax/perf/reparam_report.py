@@ -18,31 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from types import SimpleNamespace
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from reparam_jax.data import span_corruption
+from reparam_jax import tasks
 from reparam_jax.data.tokenizers import has_tokenizer, load_tokenizer
 from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.intercept import structured_for
-from reparam_jax.tasks import seq2seq as seq2seq_task
-from reparam_jax.tasks.classify import ClassificationTask
-from reparam_jax.tasks.distill import StudentWithTeacher
-from reparam_jax.tasks.encoder import (
-  classifier_init_args,
-  encoder_model,
-  read_run_config,
-  section,
-)
-from reparam_jax.tasks.lm import lm_model
-from reparam_jax.tasks.text_vae import vae_model
 from reparam_jax.training import freezing
 
 
@@ -60,15 +47,9 @@ class AbstractModel:
 def task_vocab_size(config: Any, vocab_size: int = 0) -> int:
   """The tokenizer's vocabulary size the task would find, read without the data (`vocab_size`
   when the run fits its own tokenizer; unused when `config.model.vocab_size` is set)."""
-  task = config.get("task")
-  if config.model.get("vocab_size"):
+  if config.model.get("vocab_size") or config.get("task") is None:
     return vocab_size
-  if task == "distill":
-    inherited = section(config, "distill").teacher
-  elif task == "text_vae":
-    inherited = ""
-  else:  # lm, mlm, classify and seq2seq take init_from's tokenizer when it has one
-    inherited = config.get("init_from", "")
+  inherited = tasks.task_class(config).inherited_tokenizer(config)
   if inherited and has_tokenizer(inherited):
     return load_tokenizer(inherited).vocab_size
   return vocab_size
@@ -81,53 +62,16 @@ def task_model(config: Any, vocab_size: int = 0) -> tuple[nn.Module, tuple[Any, 
   and the run inherits no tokenizer.  A config without a `task` gives the
   bare Transformer of its `model` section.
   """
-  task = config.get("task")
   vocab = task_vocab_size(config, vocab_size)
   if not (config.model.get("vocab_size") or vocab):
     raise UserError("config.model.vocab_size is 0 (taken from the tokenizer at train time); "
                     "pass --vocab_size=N to the report")
   seq_len = int(config.get("seq_len") or config.model.get("max_len") or 1)
-  ids = np.zeros((1, seq_len), np.int32)
-  if task is None:
+  if config.get("task") is None:
     model_cfg = dict(config.model, vocab_size=config.model.get("vocab_size") or vocab)
     model_cfg["max_len"] = model_cfg.get("max_len") or seq_len
-    return Transformer(transformer_config(model_cfg)), (ids,)
-  if task == "lm":
-    return lm_model(config, vocab), (ids,)
-  if task == "text_vae":
-    return vae_model(config, vocab), (ids, np.ones((1, seq_len), bool), ids)
-  if task == "seq2seq":
-    s = config.seq2seq
-    size = seq2seq_task.Vocabulary(SimpleNamespace(vocab_size=vocab), s.num_sentinels).size
-    _, targets_length = span_corruption.raw_length_for(seq_len, s.noise_density, s.mean_span)
-    return seq2seq_task.seq2seq_model(config, size), (ids, np.zeros((1, targets_length),
-                                                                    np.int32))
-  if task == "mlm":
-    heads = ("mlm", "nsp") if section(config, "mlm").nsp else ("mlm",)
-    model = encoder_model(config.model, config.encoder, vocab, seq_len, heads)
-    # The MLM head's positions: any count gives the same parameters.
-    return model, (ids, np.ones((1, seq_len), bool), ids, np.zeros((1, 1), np.int32))
-  if task in ("classify", "distill"):
-    student = encoder_model(config.model, config.encoder, vocab, seq_len,
-                            ClassificationTask.heads)
-    if task == "classify":
-      return student, classifier_init_args(seq_len)
-    return _with_teacher(config, student, vocab, seq_len), classifier_init_args(seq_len)
-  raise UserError(f"unknown task {task!r}; the report builds the models of lm, text_vae, mlm, "
-                  "classify, distill and seq2seq")
-
-
-def _with_teacher(config: Any, student: nn.Module, vocab: int, seq_len: int) -> nn.Module:
-  """The distillation model (tasks/distill.py) with an abstract teacher: the teacher's
-  weights are another collection, so only their shapes matter here."""
-  dcfg = section(config, "distill")
-  run = read_run_config(dcfg.teacher)
-  teacher = encoder_model(run["model"], run["encoder"], vocab, run["seq_len"],
-                          ClassificationTask.heads)
-  boxed = jax.eval_shape(teacher.init, jax.random.key(0), *classifier_init_args(seq_len))
-  zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), boxed["params"])  # noqa: E731
-  project = bool(dcfg.hidden_weight) and student.cfg.embed_dim != teacher.cfg.embed_dim
-  return StudentWithTeacher(student, teacher, zeros, project)
+    return Transformer(transformer_config(model_cfg)), (np.zeros((1, seq_len), np.int32),)
+  return tasks.task_class(config).model_from_config(config, vocab)
 
 
 def abstract_model(config: Any, vocab_size: int = 0) -> AbstractModel:

@@ -81,6 +81,18 @@ class ClassificationTask:
   def init_args(self) -> tuple[np.ndarray, ...]:
     return classifier_init_args(self.config.seq_len)
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
+    return config.get("init_from", "")
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) without reading data (see `LanguageModelTask`)."""
+    return (encoder_model(config.model, config.encoder, vocab_size, config.seq_len, cls.heads),
+            classifier_init_args(config.seq_len))
+
   def train_iterator(self) -> Iterator[Batch]:
     source, buckets = self.sources["train"], buckets_for(self.config)
     if buckets:

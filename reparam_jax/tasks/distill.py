@@ -102,6 +102,26 @@ class DistillationTask(ClassificationTask):
     return encoder_model(run["model"], run["encoder"], self.tokenizer.vocab_size, run["seq_len"],
                          ("classifier",))
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The teacher's: student and teacher read the same ids."""
+    return section(config, "distill").teacher
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) without reading data or the teacher's weights: the
+    teacher's parameters are another collection, so zeros of their shapes stand in."""
+    student, init_args = super().model_from_config(config, vocab_size)
+    dcfg = section(config, "distill")
+    run = read_run_config(dcfg.teacher)
+    teacher = encoder_model(run["model"], run["encoder"], vocab_size, run["seq_len"],
+                            ("classifier",))
+    boxed = jax.eval_shape(teacher.init, jax.random.key(0), *init_args)["params"]
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), boxed)  # noqa: E731
+    project = bool(dcfg.hidden_weight) and student.cfg.embed_dim != teacher.cfg.embed_dim
+    return StudentWithTeacher(student, teacher, zeros, project), init_args
+
   def model(self) -> nn.Module:
     student = super().model()
     teacher = self._teacher_model()

@@ -48,6 +48,18 @@ class LanguageModelTask:
   def model(self) -> nn.Module:
     return lm_model(self.config, self.tokenizer.vocab_size)
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
+    return config.get("init_from", "")
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) from the config and the tokenizer's vocabulary size alone,
+    without reading data (what `python -m reparam_jax.report` sizes)."""
+    return lm_model(config, vocab_size), (np.zeros((1, config.seq_len), np.int32),)
+
   def init_args(self) -> tuple[np.ndarray, ...]:
     """Model inputs of the right shapes, for `init`."""
     return (np.zeros((1, self.config.seq_len), np.int32),)

@@ -61,6 +61,22 @@ class MaskedLanguageModelTask:
     return (np.zeros((1, L), np.int32), np.ones((1, L), bool), np.zeros((1, L), np.int32),
             np.zeros((1, P), np.int32))
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
+    return config.get("init_from", "")
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) without reading data (see `LanguageModelTask`); the MLM
+    head's positions P come from the data, and any P gives the same parameters."""
+    L = config.seq_len
+    heads = ("mlm", "nsp") if section(config, "mlm").nsp else ("mlm",)
+    model = encoder_model(config.model, config.encoder, vocab_size, L, heads)
+    return model, (np.zeros((1, L), np.int32), np.ones((1, L), bool), np.zeros((1, L), np.int32),
+                   np.zeros((1, 1), np.int32))
+
   def train_iterator(self) -> Iterator[Batch]:
     examples, buckets = self.examples["train"], buckets_for(self.config)
     if buckets and not self.cfg.nsp:  # an NSP pair's length is only known once drawn

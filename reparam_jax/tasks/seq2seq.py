@@ -144,6 +144,21 @@ class Seq2SeqTask:
   def model(self) -> nn.Module:
     return seq2seq_model(self.config, self.vocab.size)
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
+    return config.get("init_from", "")
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) without reading data (see `LanguageModelTask`)."""
+    s = config.seq2seq
+    _, targets_length = span_corruption.raw_length_for(config.seq_len, s.noise_density,
+                                                       s.mean_span)
+    return (seq2seq_model(config, vocab_size + OFFSET + s.num_sentinels),
+            (np.zeros((1, config.seq_len), np.int32), np.zeros((1, targets_length), np.int32)))
+
   def init_args(self) -> tuple[np.ndarray, ...]:
     return (np.zeros((1, self.config.seq_len), np.int32),
             np.zeros((1, self.targets_length), np.int32))

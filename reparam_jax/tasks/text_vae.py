@@ -86,6 +86,19 @@ class TextVAETask:
   def model(self) -> nn.Module:
     return vae_model(self.config, self.tokenizer.vocab_size)
 
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """Always fits its own tokenizer on the corpus lines."""
+    return ""
+
+  @classmethod
+  def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
+                        ) -> tuple[nn.Module, tuple[np.ndarray, ...]]:
+    """(`model()`, `init_args()`) without reading data (see `LanguageModelTask`)."""
+    L = config.seq_len
+    return vae_model(config, vocab_size), (np.zeros((1, L), np.int32), np.ones((1, L), bool),
+                                           np.zeros((1, L), np.int32))
+
   def init_args(self) -> tuple[np.ndarray, ...]:
     L = self.config.seq_len
     return (np.zeros((1, L), np.int32), np.ones((1, L), bool), np.zeros((1, L), np.int32))
