@@ -97,7 +97,7 @@ def _check_is_run(workdir: str) -> None:
     raise UserError(f"--workdir={workdir} is neither a training workdir or compress output "
                     f"({CONFIG} + checkpoint), a convert_hf output ({MODEL_FILE} + params/) "
                     "nor a Hugging Face model folder (config.json + weights)")
-  found = _read_json(config_path)
+  found = pretrained.read_json(config_path)
   if "model_type" in found:  # a Hugging Face folder of a family the project does not read
     family(found["model_type"], config_path)
 
@@ -109,8 +109,8 @@ def pretrained_lm(path: str, source: str) -> tuple[Transformer, Any, Tokenizer]:
   The checks (a decoder? a tokenizer?) read only the small files, before the weights.
   """
   if source == "converted":
-    section = _read_json(os.path.join(path, MODEL_FILE))
-    what = _read_json(os.path.join(path, SOURCE_FILE)).get("architecture") or "model"
+    section = pretrained.read_json(os.path.join(path, MODEL_FILE))
+    what = pretrained.read_json(os.path.join(path, SOURCE_FILE)).get("architecture") or "model"
   else:
     hf = read_config(path)
     section = family(hf.get("model_type"), os.path.join(path, "config.json")).model_fields(hf)
@@ -130,15 +130,6 @@ def pretrained_lm(path: str, source: str) -> tuple[Transformer, Any, Tokenizer]:
   else:
     params, cfg, _, _ = import_folder(path)
   return Transformer(cfg), params, tokenizer
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      found = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return {}
-  return found if isinstance(found, dict) else {}
 
 
 def _answer(run: Run, prompts: Sequence[str], num_tokens: int, sampling: Sampling, seed: int,

@@ -56,7 +56,7 @@ def kind(path: str) -> str | None:
     return None
   if os.path.exists(os.path.join(path, MODEL_FILE)):
     return "converted"
-  found = _json(os.path.join(path, "config.json"))
+  found = read_json(os.path.join(path, "config.json"))
   if found.get("model_type") in FAMILIES:
     return "hf"
   if isinstance(found.get("model"), dict) and "task" in found:
@@ -64,7 +64,8 @@ def kind(path: str) -> str | None:
   return None
 
 
-def _json(path: str) -> dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
+  """The JSON object in `path`, or {} where it is missing, unreadable or not an object."""
   try:
     with open(path, encoding="utf-8") as f:
       found = json.load(f)
@@ -76,9 +77,9 @@ def _json(path: str) -> dict[str, Any]:
 def checkpoint_model(path: str) -> dict[str, Any]:
   """The `model` section of the pretrained model at `path` (starts no JAX backend)."""
   if kind(path) == "converted":
-    return _json(os.path.join(path, MODEL_FILE))
+    return read_json(os.path.join(path, MODEL_FILE))
   if kind(path) == "run":
-    run = _json(os.path.join(path, "config.json"))
+    run = read_json(os.path.join(path, "config.json"))
     return dict(run["model"], causal=run["task"] == "lm")
   weights = weights_file(path)
   return dict(_hf_model_section(weights, os.path.getmtime(weights)))

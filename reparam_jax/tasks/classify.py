@@ -40,6 +40,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.objectives.classification import classification_loss, confusion_counts
 from reparam_jax.objectives.contrastive import info_nce
 from reparam_jax.tasks import classify_report
+from reparam_jax.tasks.base import Task
 from reparam_jax.tasks.encoder import (
   buckets_for,
   classifier_init_args,
@@ -52,7 +53,7 @@ from reparam_jax.tasks.encoder import (
 Batch = dict[str, Any]
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
   heads = ("classifier",)
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
@@ -80,11 +81,6 @@ class ClassificationTask:
 
   def init_args(self) -> tuple[np.ndarray, ...]:
     return classifier_init_args(self.config.seq_len)
-
-  @classmethod
-  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
-    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
-    return config.get("init_from", "")
 
   @classmethod
   def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int

@@ -14,6 +14,7 @@ import optax
 from reparam_jax.data import lm_text
 from reparam_jax.data.pipeline import prepare_once, train_loader
 from reparam_jax.models import Transformer, transformer_config
+from reparam_jax.tasks.base import Task
 
 Batch = dict[str, Any]
 
@@ -37,7 +38,7 @@ def lm_model(config: ml_collections.ConfigDict, vocab_size: int) -> Transformer:
   return Transformer(transformer_config(model_cfg))
 
 
-class LanguageModelTask:
+class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.splits = lm_text.load_splits(config.data)
@@ -47,11 +48,6 @@ class LanguageModelTask:
 
   def model(self) -> nn.Module:
     return lm_model(self.config, self.tokenizer.vocab_size)
-
-  @classmethod
-  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
-    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
-    return config.get("init_from", "")
 
   @classmethod
   def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int

@@ -25,6 +25,7 @@ from reparam_jax.data.sst2 import encode_all, encoder_tokenizer, padded_eval_bat
 from reparam_jax.objectives.contrastive import info_nce
 from reparam_jax.objectives.mlm import mlm_loss, mlm_sums
 from reparam_jax.objectives.nsp import nsp_loss
+from reparam_jax.tasks.base import Task
 from reparam_jax.tasks.encoder import (
   buckets_for,
   encoder_model,
@@ -36,7 +37,7 @@ from reparam_jax.tasks.encoder import (
 Batch = dict[str, Any]
 
 
-class MaskedLanguageModelTask:
+class MaskedLanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.cfg = section(config, "mlm")
@@ -60,11 +61,6 @@ class MaskedLanguageModelTask:
     L, P = self.config.seq_len, self.examples["train"].max_predictions
     return (np.zeros((1, L), np.int32), np.ones((1, L), bool), np.zeros((1, L), np.int32),
             np.zeros((1, P), np.int32))
-
-  @classmethod
-  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
-    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
-    return config.get("init_from", "")
 
   @classmethod
   def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int

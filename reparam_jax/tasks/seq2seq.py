@@ -29,6 +29,7 @@ from reparam_jax.data.tokenizers import Tokenizer
 from reparam_jax.errors import UserError
 from reparam_jax.models import transformer_config
 from reparam_jax.models.seq2seq import EncoderDecoder
+from reparam_jax.tasks.base import Task
 
 Batch = dict[str, Any]
 PAD, EOS, OFFSET = 0, 1, 2
@@ -124,7 +125,7 @@ def smoothed_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return optax.softmax_cross_entropy(logits_BxTxV.astype(jnp.float32), labels)
 
 
-class Seq2SeqTask:
+class Seq2SeqTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     s = config.seq2seq
@@ -143,11 +144,6 @@ class Seq2SeqTask:
 
   def model(self) -> nn.Module:
     return seq2seq_model(self.config, self.vocab.size)
-
-  @classmethod
-  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
-    """The folder whose tokenizer this task takes instead of fitting one ('' for none)."""
-    return config.get("init_from", "")
 
   @classmethod
   def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int

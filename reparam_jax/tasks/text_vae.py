@@ -28,6 +28,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.models import transformer_config
 from reparam_jax.models.text_vae import TextVAE
 from reparam_jax.objectives import vae as vae_obj
+from reparam_jax.tasks.base import Task
 from reparam_jax.tasks.lm import cross_entropy
 
 Batch = dict[str, Any]
@@ -66,7 +67,7 @@ def _inputs(tokens_BxL1: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, ja
   return enc, enc != lines.PAD, dec, targets
 
 
-class TextVAETask:
+class TextVAETask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     if "vae" not in config:
       raise UserError("config has no 'vae' section; VAE configs set "

@@ -1,0 +1,15 @@
+"""What every task shares (the interface itself is in `tasks/__init__.py`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class Task:
+  """Defaults for the task classmethods that need no data."""
+
+  @classmethod
+  def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
+    """The folder whose tokenizer this task takes instead of fitting one ('' for none):
+    `init_from`'s, for a run that starts from a pretrained model."""
+    return config.get("init_from", "")
