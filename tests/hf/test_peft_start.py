@@ -86,7 +86,8 @@ def _peft_classifier_adapter(minilm: str, folder: str, num_labels: int = 2):
   return model.eval()
 
 
-@pytest.mark.heavy
+# Not `heavy`: it needs torch and peft, which only the compatibility leg has, and that
+# leg skips `heavy` tests (heavy here would mean it never runs in CI).
 def test_a_run_starts_from_an_adapter_peft_wrote_with_its_classifier(
     raw_data_dir, tfds_dir, tmp_path, monkeypatch):
   from reparam_jax.hf import importer
