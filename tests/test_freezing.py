@@ -1,5 +1,6 @@
 """Freezing strategies: the masks, and frozen weights bit-identical after real trainer steps."""
 
+import json
 import re
 
 import flax.linen as nn
@@ -153,3 +154,27 @@ def test_lora_strategy_trains_every_adapter_stage(spec, leaf):
   adapter = [p for p in flat if p.endswith("/" + leaf)]
   assert adapter and all(flat[p] for p in adapter), flat
   assert not flat["block_0/attn/query/kernel/base" + ("/base" if "magnitude" in spec else "")]
+
+
+def _report_total_trainable(report: str) -> int:
+  """The `trainable` cell of the total row of a `format_report` table."""
+  lines = report.splitlines()
+  end = lines[0].index("trainable") + len("trainable")  # right-aligned under its header
+  total = next(line for line in lines if line.startswith("total"))
+  return int(total[:end].split()[-1].replace(",", ""))
+
+
+@pytest.mark.heavy
+def test_the_trainers_reparam_report_counts_what_finetune_freeze_trains(tmp_path, raw_data_dir,
+                                                                         tfds_dir):
+  """WORKDIR/reparam_report.txt's trainable total is the run's (done.json), freezing included."""
+  args = tiny_args(str(tmp_path), raw_data_dir, tfds_dir, num_steps=1, model__num_layers=2,
+                   checkpoint_every=1, eval_every=1, eval_batch_size=1024,
+                   finetune__freeze="top_k", finetune__top_k=1,
+                   reparam__rules="((r'block_\\d+/mlp/fc_in/kernel', 'lowrank(rank=2)'),)")
+  train.main(args)
+  with open(tmp_path / "reparam_report.txt") as f:
+    reported = _report_total_trainable(f.read())
+  with open(tmp_path / "done.json") as f:
+    done = json.load(f)
+  assert reported == done["params/trainable"] < done["params/stored"]

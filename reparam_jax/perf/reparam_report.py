@@ -96,11 +96,7 @@ def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = No
   model, rp = built.model, built.rp
   rows = rp.report_rows(built.boxed, tokens_per_seq, structured_for(rp.plan, model))
   if freezing.trainable_mask(built.params, config.get("finetune")) is not None:
-    sizes, trains = _flat_trainable(built.params, built.trainable)
-    for row in rows[:-1]:
-      row["trainable"] = sum(n for p, n in sizes.items()
-                             if trains[p] and (p == row["path"] or p.startswith(row["path"] + "/")))
-    rows[-1]["trainable"] = freezing.count_trainable(built.params, built.trainable)
+    rows = with_trainable(rows, built.params, built.trainable)
   cfg = getattr(model, "cfg", None)
   if isinstance(model, Transformer) and cfg.causal and cfg.tie_embeddings:
     # The tied output layer multiplies by the (materialized) embedding table.
@@ -115,6 +111,18 @@ def model_rows(config: Any, vocab_size: int = 0, tokens_per_seq: int | None = No
       tied["flops_per_seq"] = f * tokens_per_seq
       total["flops_per_seq"] = total["flops"] * tokens_per_seq
     rows.insert(len(rows) - 1, tied)
+  return rows
+
+
+def with_trainable(rows: list[dict[str, Any]], params: Any, trainable: Any
+                   ) -> list[dict[str, Any]]:
+  """`rows` (the last one the total) with trainable counts under the trainer's mask
+  (`freezing.combine` of the reparameterization's and `finetune.freeze`'s)."""
+  sizes, trains = _flat_trainable(params, trainable)
+  for row in rows[:-1]:
+    row["trainable"] = sum(n for p, n in sizes.items()
+                           if trains[p] and (p == row["path"] or p.startswith(row["path"] + "/")))
+  rows[-1]["trainable"] = freezing.count_trainable(params, trainable)
   return rows
 
 

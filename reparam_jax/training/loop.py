@@ -24,6 +24,7 @@ from reparam_jax import regularizers
 from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.hf import peft, pretrained
+from reparam_jax.perf import reparam_report
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
 from reparam_jax.rundir import checkpoint
@@ -101,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # What the optimizer never updates (an adapter's base): the bytes QLoRA shrinks.
   frozen_bytes = param_bytes - freezing.count_trainable(state.params, train_mask, "nbytes")
   if is_main:
-    _describe(config, workdir, mesh, rp, state.params, n_params)
+    _describe(config, workdir, mesh, rp, state.params, n_params, train_mask)
   mfu_meter = MfuMeter.for_run(config, task, state.params)
   if is_main and mfu_meter is not None:
     print(mfu_meter.describe(), flush=True)
@@ -236,12 +237,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _describe(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-              rp: Reparam, params: Any, n_params: int) -> None:
-  """Prints the model's size and mesh, and the reparameterization's table (also to a file)."""
+              rp: Reparam, params: Any, n_params: int, train_mask: Any) -> None:
+  """Prints the model's size and mesh, and the reparameterization's table (also to a file),
+  with the trainable counts of `train_mask` when `finetune.freeze` freezes more."""
   print(f"model: {n_params:,} stored parameters; mesh {dict(mesh.shape)}; "
         f"{jax.device_count()} devices, {jax.process_count()} processes", flush=True)
   if rp.active:  # the same table `python -m reparam_jax.report` prints
-    report = format_report(rp.report_rows(params, tokens_per_seq=config.seq_len))
+    rows = rp.report_rows(params, tokens_per_seq=config.seq_len)
+    if freezing.trainable_mask(params, config.get("finetune")) is not None:
+      rows = reparam_report.with_trainable(rows, params, train_mask)
+    report = format_report(rows)
     print(report, flush=True)
     with open(rundir.path(workdir, rundir.REPARAM_REPORT), "w") as f:
       f.write(report + "\n")
