@@ -8,7 +8,6 @@ cached on-device generators (decode.py, seq2seq.py).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
