@@ -3,9 +3,8 @@
 #
 # Two environments (see README, "Tests"):
 #   .venv        Python >= 3.12, jax 0.12: training, and the whole test suite
-#   .venv-py311  Python 3.11, jax 0.10.2 + torch's CPU wheel: the suite again but for
-#                the `heavy` end-to-end runs, with the torch/transformers peer
-#                tests (tests/hf/)
+#   .venv-py311  Python 3.11, jax 0.10.2 + torch's CPU wheel: the `peer` tests,
+#                which compare with torch / transformers / peft (tests/hf/ mostly)
 
 # The first interpreter of the given versions that runs: pythonX.Y on PATH,
 # else pyenv's.  Empty if there is none.
@@ -48,24 +47,30 @@ quickstart: $(VENV)/.installed
 	$(PY) -m reparam_jax.train --config=configs/lm/shakespeare_char.py --workdir=$(WORKDIR)
 	$(PY) -m reparam_jax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_tokens=200
 
-# The two legs run side by side (each is mostly one busy core: compiles and
-# tiny steps), each leg's output printed whole when it ends.  Each leg prepares
-# its TFDS datasets in its own folder under $TFDS_DATA_DIR: two preparations of
-# one folder at once would race.
+# The two legs run side by side, each leg's output printed whole when it ends.
+# They share $TFDS_DATA_DIR (one TFDS version for both, requirements.txt): the
+# first process to need a dataset prepares it while the others wait for it
+# (data/tfds_builders.py).
 test:
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-main test-peers
 
 PYTEST_ARGS ?= --durations=15
-# The compatibility leg skips the `heavy` end-to-end runs (20 s or more each; the
-# current-stack leg runs them): with them it took longer than the rest of CI.
-# PEER_MARKERS="not slow" runs them there too.
-PEER_MARKERS ?= not slow and not heavy
+# The compatibility leg (Python 3.11, jax 0.10.2, torch) runs the `peer` tests:
+# those that compare with torch, transformers or peft, which only it has.  The
+# current-stack leg runs everything else.  PEER_MARKERS="not slow" runs the
+# whole suite on the compatibility stack (an hour on 2 cores).
+PEER_MARKERS ?= peer and not slow
+
+# pytest-xdist workers per leg; a test file stays on one worker, so its
+# module fixtures (trained tiny runs) are built once.
+MAIN_WORKERS ?= 2
+PEER_WORKERS ?= 1
 
 test-main: $(VENV)/.test-installed
-	env $${TFDS_DATA_DIR:+TFDS_DATA_DIR=$$TFDS_DATA_DIR/main} $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(MAIN_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-peers: $(PEER_VENV)/.test-installed
-	env $${TFDS_DATA_DIR:+TFDS_DATA_DIR=$$TFDS_DATA_DIR/peers} $(PEER_PY) -m pytest -m "$(PEER_MARKERS)" $(PYTEST_ARGS)
+	$(PEER_PY) -m pytest -n $(PEER_WORKERS) --dist loadfile -m "$(PEER_MARKERS)" $(PYTEST_ARGS)
 
 test-all: $(VENV)/.test-installed
 	$(PY) -m pytest -m "slow or not slow"

@@ -5,6 +5,12 @@ import os
 import shutil
 import tempfile
 
+# The suite compiles thousands of tiny programs and runs each a few times, so
+# XLA's LLVM optimisation passes cost far more compile time than they save at
+# run time (a quarter of the wall time of the compile-bound tests).  Tests check
+# what programs compute, not how fast; every process a test starts inherits
+# the setting.  Training and the benchmarks keep XLA's defaults.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -14,6 +20,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # shared through the environment by this process and every process it starts,
 # compiles each program once per run.  A fresh folder per run (the suite's
 # figures are from a cold cache); set JAX_COMPILATION_CACHE_DIR to keep one.
+# pytest-xdist's workers inherit the folder their controller made.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="reparam-jax-cache-")
@@ -59,6 +66,26 @@ def raw_data_dir() -> str:
 def tfds_dir(tmp_path_factory) -> str:
   """One prepared-TFDS folder shared by the whole session (preparing is slow)."""
   return os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+
+
+# The reference implementations the `peer` tests compare with.  They are
+# installed only in the Python 3.11 environment, where `make test` runs just
+# these tests (the rest runs on the current stack).
+PEER_LIBRARIES = ("torch", "transformers", "peft")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+  """Marks `peer` every test of a module that imported a peer library.
+
+  A module that needs one imports it at module level (`pytest.importorskip`),
+  so where the library is missing the whole module skips; a test that imports
+  one inside its body carries `@pytest.mark.peer` itself.
+  """
+  for item in items:
+    module = getattr(item, "module", None)
+    if module is not None and any(name in vars(module) for name in PEER_LIBRARIES):
+      item.add_marker(pytest.mark.peer)
 
 
 _EXIT_STATUS = {"code": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,12 @@ TINY = {
 }
 
 
+def xla_flags(devices: int) -> str:
+  """This run's XLA_FLAGS (the user's, if any) with `devices` CPU devices."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  return f"--xla_force_host_platform_device_count={devices} {flags.strip()}".strip()
+
+
 def tiny_args(workdir: str, raw_dir: str, tfds_dir: str, **overrides: str) -> list[str]:
   cfg = dict(TINY, **{"data.raw_dir": raw_dir, "data.tfds_dir": tfds_dir})
   cfg.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
@@ -34,7 +41,7 @@ def tiny_args(workdir: str, raw_dir: str, tfds_dir: str, **overrides: str) -> li
 def run_train_subprocess(args: list[str], env: dict | None = None, devices: int = 1,
                          timeout: int = 300) -> subprocess.CompletedProcess:
   full_env = dict(os.environ, **(env or {}))
-  full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  full_env["XLA_FLAGS"] = xla_flags(devices)
   full_env["JAX_PLATFORMS"] = "cpu"
   full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "reparam_jax.train", *args], env=full_env,
@@ -56,7 +63,7 @@ def run_process_group(argvs: list[list[str]], devices_each: int, envs: list[dict
   """
   procs = []
   for i, argv in enumerate(argvs):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices_each),
                JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **((envs or [{}] * len(argvs))[i]))
     procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -1,5 +1,9 @@
 """Data: offline TFDS preparation, deterministic resumable order, exact eval coverage."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -29,6 +33,20 @@ def test_missing_raw_dataset_names_expected_path(tmp_path):
   with pytest.raises(UserError, match=r"expected .*tinyshakespeare/input.txt"):
     tfds_builders.load_builder("tiny_shakespeare", raw_dir=str(tmp_path / "empty"),
                                tfds_dir=str(tmp_path / "tfds"))
+
+
+def test_processes_preparing_one_folder_at_once_all_get_the_dataset(raw_data_dir, tmp_path):
+  """Test workers, sweep points and the processes of a one-machine run share a data folder."""
+  code = ("import sys; from reparam_jax.data import tfds_builders; "
+          "b = tfds_builders.load_builder('tiny_shakespeare', raw_dir=sys.argv[1], tfds_dir=sys.argv[2]); "
+          "print(len(b.as_data_source()['train'][0]['text']))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", code, raw_data_dir, str(tmp_path / "tfds")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], "\n-----\n".join(o[-1500:] for o in outs)
+  assert [o.split()[-1] for o in outs] == ["1003854"] * 3
 
 
 def _take(it, n):

@@ -21,7 +21,7 @@ from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.training import optim, sharding, steps
-from tests.helpers import REPO, run_train_subprocess, tensorboard_scalars, tiny_args
+from tests.helpers import REPO, run_train_subprocess, tensorboard_scalars, tiny_args, xla_flags
 
 
 def _losses(workdir):
@@ -76,7 +76,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, 
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "run")
   args = tiny_args(workdir, raw_data_dir, tfds_dir, num_steps=12)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   proc = subprocess.Popen([sys.executable, "-m", "reparam_jax.train", *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -13,6 +13,8 @@ A missing raw file is a `UserError` naming the expected path.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from typing import TYPE_CHECKING
 
@@ -32,8 +34,37 @@ def load_builder(name: str, *, raw_dir: str | None = None, tfds_dir: str | None 
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
   from reparam_jax.data.tfds_datasets import BUILDERS  # imports TFDS: only when data is read
   data_dir = tfds_dir or os.environ.get("TFDS_DATA_DIR") or None
-  builder = BUILDERS[name](raw_dir=raw_dir, data_dir=data_dir, file_format="array_record",
-                           skip_malformed=skip_malformed)
+
+  def make():
+    return BUILDERS[name](raw_dir=raw_dir, data_dir=data_dir, file_format="array_record",
+                          skip_malformed=skip_malformed)
+
+  builder = make()
   if prepare and not builder.is_prepared():
-    builder.download_and_prepare()
+    with _exclusive(builder.data_dir):
+      builder = make()  # prepared meanwhile by the process that held the lock?
+      if not builder.is_prepared():
+        builder.download_and_prepare()
   return builder
+
+
+@contextlib.contextmanager
+def _exclusive(dataset_dir: str):
+  """Holds a lock beside a local dataset folder while it is prepared.
+
+  Processes that share a machine and a data folder (the workers of a sweep or
+  a test run, the processes of a one-machine jax.distributed run) would
+  otherwise prepare one folder at once and corrupt it; the ones that wait
+  find it prepared.  Remote folders (gs://...) are not locked.
+  """
+  if "://" in dataset_dir:
+    yield
+    return
+  parent = os.path.dirname(os.path.normpath(dataset_dir))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, ".prepare.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)

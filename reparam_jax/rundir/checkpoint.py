@@ -30,9 +30,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 
 from reparam_jax.errors import CheckpointError, UserError
 from reparam_jax.rundir import sharded
+
+# Orbax splits the write of a replicated array among its replicas by slicing
+# it on device, and each distinct slice is an XLA program compiled on first
+# use: on an 8-device host mesh that costs several seconds of compiles per
+# process for a checkpoint of tiny arrays.  Splitting pays only for large
+# writes, so arrays whose per-replica slice is under 1 MiB are written whole
+# by one replica (orbax's own rule for them, with a threshold).  Otherwise the
+# handler is orbax's default one.  Orbax's public `register_type_handler` logs
+# a warning to stderr on every override, which would be the first line of
+# every command's output, hence the registry itself (pinned orbax version).
+_REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
+type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+    jax.Array, ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=_REPLICA_PARALLEL_MIN_SLICE_BYTES,
+        array_metadata_store=array_metadata_store.Store()), override=True, ignore_warnings=True)
 
 
 class Checkpointer:

@@ -19,6 +19,7 @@ from reparam_jax import convert_hf, export_hf  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
 from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.hf.common import flatten  # noqa: E402
+from tests.helpers import xla_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,7 +94,7 @@ def test_unexportable_models_are_user_errors(tmp_path):
 
 def _run(module, *args, env=None):
   full_env = dict(os.environ, JAX_PLATFORMS="cpu",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=1", **(env or {}))
+                  XLA_FLAGS=xla_flags(1), **(env or {}))
   result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=REPO, env=full_env, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

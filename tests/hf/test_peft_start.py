@@ -86,8 +86,9 @@ def _peft_classifier_adapter(minilm: str, folder: str, num_labels: int = 2):
   return model.eval()
 
 
-# Not `heavy`: it needs torch and peft, which only the compatibility leg has, and that
-# leg skips `heavy` tests (heavy here would mean it never runs in CI).
+# `peer`, not `heavy`: it needs torch and peft, which only the compatibility leg has,
+# and that leg skips `heavy` tests (heavy here would mean it never runs in CI).
+@pytest.mark.peer
 def test_a_run_starts_from_an_adapter_peft_wrote_with_its_classifier(
     raw_data_dir, tfds_dir, tmp_path, monkeypatch):
   from reparam_jax.hf import importer
@@ -138,6 +139,7 @@ def test_a_run_starts_from_an_adapter_peft_wrote_with_its_classifier(
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
 
 
+@pytest.mark.peer
 def test_an_adapter_classifier_for_other_labels_is_a_one_line_error(raw_data_dir, tmp_path,
                                                                      monkeypatch):
   from reparam_jax.errors import UserError

@@ -10,13 +10,15 @@ import sys
 
 import pytest
 
+from tests.helpers import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.heavy
 def test_bench_smoke_writes_every_section(tmp_path):
   out = tmp_path / "bench.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1),
              PYTHONPATH=REPO)
   # The PyTorch peer runs where torch is (the Python 3.11 test environment);
   # elsewhere the section must say it was skipped, not fail.
@@ -88,7 +90,7 @@ def test_minilm_bench_times_the_same_model_on_the_same_batches(raw_data_dir, tfd
   transformers (where torch is: the Python 3.11 test environment)."""
   if importlib.util.find_spec("torch") is None:
     pytest.skip("the transformers peer needs torch (the Python 3.11 test environment)")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1),
              PYTHONPATH=REPO, REPARAM_DATA_DIR=raw_data_dir, TFDS_DATA_DIR=tfds_dir)
   proc = subprocess.run([sys.executable, "-m", "bench.minilm_vs_torch", "--batches=2",
                          "--rounds=2", "--chunk=1", f"--torch_python={sys.executable}"],

@@ -18,14 +18,14 @@ import pytest
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
-from tests.helpers import REPO, tiny_args
+from tests.helpers import REPO, tiny_args, xla_flags
 
 STEPS = 16
 COMMON = dict(num_steps=STEPS, checkpoint_every=2, eval_every=8, keep_checkpoints=3)
 
 
 def _env(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices),
               JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 
 

@@ -52,7 +52,7 @@ def test_per_layer_view_is_the_whole_model_view(spec):
   variables = unrolled.init(jax.random.key(0), IDS)
   # Same θ tree as the whole-model lift builds (the per-layer init differs only in its keys).
   assert (jax.tree.structure(meta.unbox(variables))
-          == jax.tree.structure(meta.unbox(whole.init(jax.random.key(0), IDS))))
+          == jax.tree.structure(meta.unbox(jax.eval_shape(whole.init, jax.random.key(0), IDS))))
   ref = whole.apply(variables, IDS)["logits"]
   np.testing.assert_array_equal(unrolled.apply(variables, IDS)["logits"], ref)
   stacked = _stack_variables(variables)

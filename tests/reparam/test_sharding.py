@@ -10,6 +10,7 @@ import sys
 import jax
 import pytest
 
+from tests.helpers import xla_flags
 from tests.reparam.specs import COMPOSITIONS, EXAMPLES, initializable  # noqa: E402
 
 # Hand-derived shardings for some; every registered example is also checked
@@ -87,7 +88,7 @@ def on_8_devices(check: str) -> None:
   if jax.device_count() >= 8:
     globals()[check]()
     return
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   code = f"from tests.reparam.test_sharding import {check}; {check}()"
