@@ -105,6 +105,19 @@ def test_malformed_tsv_rows_are_reported_with_file_and_line(tmp_path):
   assert rows == [("good movie", 1), ("fine", 0)]
 
 
+def test_read_all_gives_what_tfds_decodes(raw_data_dir, tfds_dir):
+  """The direct proto parse of every record equals TFDS's own per-record decoding."""
+  source = tfds_builders.load_builder("sst2", raw_dir=raw_data_dir,
+                                      tfds_dir=tfds_dir).as_data_source()
+  for split in ("train", "validation"):
+    columns = tfds_builders.read_all(source[split], ("idx", "label", "sentence"))
+    assert all(len(v) == len(source[split]) for v in columns.values())
+    for i in (*range(0, len(source[split]), 97), len(source[split]) - 1):
+      row = source[split][i]
+      assert [columns[k][i] for k in ("idx", "label", "sentence")] == [
+          row["idx"], row["label"], row["sentence"]], (split, i)
+
+
 def test_sst2_prepares_offline(raw_data_dir, tfds_dir):
   source = tfds_builders.load_builder("sst2", raw_dir=raw_data_dir,
                                       tfds_dir=tfds_dir).as_data_source()

@@ -45,8 +45,8 @@ def load_lines(data: ml_collections.ConfigDict) -> dict[str, list[str]]:
       text = _str(source[split][0]["text"])
       out[split] = [line for line in text.split("\n") if line.strip()]
     else:
-      rows = source[split]
-      out[split] = [_str(rows[i]["sentence"]) for i in range(len(rows))]
+      sentences = tfds_builders.read_all(source[split], ("sentence",))["sentence"]
+      out[split] = [_str(s) for s in sentences]
   return out
 
 

@@ -38,10 +38,10 @@ def load_sst2(data: ml_collections.ConfigDict) -> dict[str, tuple[list[str], np.
   source = builder.as_data_source()
   out = {}
   for split in ("train", "validation"):
-    rows = source[split].__getitems__(list(range(len(source[split]))))  # one batched read
-    rows.sort(key=lambda r: int(r["idx"]))  # the TSV's order, whatever the shard layout
-    sentences = [_text(r["sentence"]) for r in rows]
-    out[split] = (sentences, np.asarray([int(r["label"]) for r in rows], np.int32))
+    rows = tfds_builders.read_all(source[split], ("idx", "sentence", "label"))
+    order = np.argsort(rows["idx"], kind="stable")  # the TSV's order, whatever the shard layout
+    sentences = [_text(rows["sentence"][i]) for i in order]
+    out[split] = (sentences, np.asarray(rows["label"], np.int32)[order])
   return out
 
 

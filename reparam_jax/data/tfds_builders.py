@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from reparam_jax.errors import UserError
 
@@ -46,6 +47,26 @@ def load_builder(name: str, *, raw_dir: str | None = None, tfds_dir: str | None 
       if not builder.is_prepared():
         builder.download_and_prepare()
   return builder
+
+
+def read_all(split: Any, fields: Sequence[str]) -> dict[str, list]:
+  """Every record of one split of `load_builder(...).as_data_source()`, one list per field.
+
+  TFDS decodes a record at a time through its feature specs, about 80 µs each:
+  5 s of every SST-2 run's start for 67k sentences.  The project's builders
+  store flat `tf.train.Example` protos of int64 and bytes scalars, which
+  protobuf parses directly in a fifteenth of that.  Values come as stored
+  (ints, bytes), in record order.
+  """
+  from tensorflow_datasets.proto import tf_example_pb2
+  records = split.data_source.__getitems__(list(range(len(split))))
+  out: dict[str, list] = {name: [] for name in fields}
+  for record in records:
+    features = tf_example_pb2.Example.FromString(record).features.feature
+    for name in fields:
+      value = features[name]
+      out[name].append(getattr(value, value.WhichOneof("kind")).value[0])
+  return out
 
 
 @contextlib.contextmanager
