@@ -1,14 +1,17 @@
 """Ablation tables: run what is missing, then tabulate mean ± std over seeds.
 
   python -m reparam_jax.ablate experiments/<name>.py [--workdir=ROOT] [--render-only]
-      [--parallel=N] [--dry-run] [--launcher=local|slurm|tpu] [--launcher_args="..."]
+      [--variant=LABEL ...] [--parallel=N] [--dry-run] [--launcher=local|slurm|tpu] [--launcher_args="..."]
       [--seeds=N] [--train_module=M] [--config.a.b=v ...]
 
 writes ``ROOT/table.md``, ``table.csv``, ``table.tex``, one PNG per declared
 plot (``<y>_vs_<x>.png``) and ``curves.png``. ROOT defaults to
 ``runs/ablate/<name>``. Points are run through `reparam_jax.sweep` (each in
 ``ROOT/<point name>``, finished ones skipped), so re-running with every point
-done only re-renders; ``--render-only`` never runs anything.
+done only re-renders; ``--render-only`` never runs anything. ``--variant=LABEL``
+(repeatable) runs and tabulates only those rows (plus the rows they reference
+with ``{variant:...}``): after a fix that touches some rows, re-run them in a
+fresh ROOT and the table holds just those.
 
 Experiment file format
 ----------------------
@@ -70,7 +73,13 @@ from pathlib import Path
 from typing import Sequence
 
 from reparam_jax.errors import exit_on_user_error
-from reparam_jax.sweeps.experiment import check_configs, expand, load_experiment, run_waves
+from reparam_jax.sweeps.experiment import (
+  check_configs,
+  expand,
+  load_experiment,
+  run_waves,
+  select_variants,
+)
 from reparam_jax.sweeps.launchers import add_runner_flags, report, run_points
 from reparam_jax.sweeps.points import split_overrides, validate_points
 from reparam_jax.sweeps.tables import render
@@ -84,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--render-only", "--render_only", dest="render_only", action="store_true",
                       help="only re-render tables and plots from finished points")
   parser.add_argument("--seeds", type=int, default=None, help="override the experiment's seeds")
+  parser.add_argument("--variant", action="append", default=[], metavar="LABEL",
+                      help="only this row (repeatable), with the rows it references")
   add_runner_flags(parser)
   args, unknown = parser.parse_known_args(argv)
   extra = split_overrides(unknown, parser)
-  exp = load_experiment(args.experiment)
+  exp = select_variants(load_experiment(args.experiment), args.variant)
   root = args.workdir or os.path.join("runs", "ablate", exp.name)
   points, entries = expand(exp, root, args.seeds, extra)
   status = 0

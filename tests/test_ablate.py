@@ -222,6 +222,40 @@ def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
     experiment.expand(exp, tmp_path / "root")
 
 
+def test_variant_flag_runs_and_tabulates_only_those_rows(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG.replace('"size": 1', '"size": 1, "teacher": ""'))
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
+  (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
+      from reparam_jax.sweeps.experiment import Experiment, Metric
+      def get_experiment():
+        return Experiment(name="kd", config={str(tmp_path / "cfg.py")!r}, seeds=2,
+                          variants={{"student": {{"size": 2, "teacher": "{{variant:teacher}}"}},
+                                    "teacher": {{"size": 1}}, "other": {{"size": 4}}}},
+                          metrics=[Metric("eval/loss", fmt=".2f")])
+  '''))
+  exp = experiment.load_experiment(tmp_path / "exp.py")
+  assert list(experiment.select_variants(exp, ["other"]).variants) == ["other"]
+  # The student needs its teacher's runs, so selecting it brings the teacher.
+  assert list(experiment.select_variants(exp, ["student"]).variants) == ["student", "teacher"]
+  assert experiment.select_variants(exp, []) is exp
+
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+  root = tmp_path / "root"
+  out = run_ablate(str(tmp_path / "exp.py"), f"--workdir={root}", "--train_module=fake_train",
+                   "--variant=other")
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["size=4,seed=0",
+                                                                   "size=4,seed=1"]
+  table = (root / "table.md").read_text()
+  assert "| other | 1.12 ± 0.18 |" in table and "student" not in table
+
+  out = run_ablate(str(tmp_path / "exp.py"), f"--workdir={root}", "--variant=others")
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("error: experiment kd: no variant 'others' "
+                                "(variants: 'student', 'teacher', 'other')")
+
+
 @pytest.mark.parametrize("name,n_points,n_rows", [
     ("lowrank_rank_sweep", 6, 6), ("reparam_comparison", 8, 8), ("regularization", 4, 5),
     ("sst2", 3, 3)])

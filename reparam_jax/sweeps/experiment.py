@@ -127,6 +127,35 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
   return exp
 
 
+def select_variants(exp: Experiment, labels: Sequence[str]) -> Experiment:
+  """`exp` with only the rows `labels` and the rows they reference (`{variant:...}`).
+
+  Re-running a few rows after a fix (`ablate --variant=LABEL`) keeps the
+  other rows' points untouched; a referenced row (a student's teacher) comes
+  along because the selected row cannot run without it.
+  """
+  if not labels:
+    return exp
+  if exp.variants is None:
+    raise UserError(f"experiment {exp.name}: --variant selects rows of variants=; "
+                    "this experiment has sweep=")
+  unknown = [label for label in labels if label not in exp.variants]
+  if unknown:
+    raise UserError(f"experiment {exp.name}: no variant {unknown[0]!r} "
+                    f"(variants: {', '.join(map(repr, exp.variants))})")
+  wanted = set(labels)
+  todo = list(labels)
+  while todo:
+    v = exp.variants[todo.pop()]
+    for value in (v.overrides if isinstance(v, Variant) else v).values():
+      m = _VARIANT_REF_RE.match(value) if isinstance(value, str) else None
+      if m and m.group(1) in exp.variants and m.group(1) not in wanted:
+        wanted.add(m.group(1))
+        todo.append(m.group(1))
+  kept = {label: v for label, v in exp.variants.items() if label in wanted}
+  return dataclasses.replace(exp, variants=kept)
+
+
 def expand(exp: Experiment, root: str | os.PathLike[str], seeds: int | None = None,
            extra_args: Sequence[str] = ()) -> tuple[list[RunPoint], list[Entry]]:
   """Unique run points and the table entries that read them."""
