@@ -41,7 +41,19 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "tiny_shakespeare"
-  c.data.tokenizer = "char"  # "char" or "sentencepiece"
+  # "char", "sentencepiece" (fitted on the training text), or a path: a Hugging Face
+  # tokenizer folder, its tokenizer.json, or a SentencePiece .model file
+  c.data.tokenizer = "char"
+  # A text source (data/sources): "jsonl:/corpus/*.jsonl?field=text", "tfds:lm1b",
+  # "text:/books/*.txt", "parquet:...", "arrayrecord:..."; python -m reparam_jax.prepare_data
+  # tokenizes it into data.prepared.
+  c.data.source = ""
+  c.data.prepared = ""  # a prepare_data folder of token shards: the LM task trains on it
+  # Documents of data.prepared into rows: "concat" (concatenated and cut, nanoGPT) or
+  # "first_fit" (whole documents packed with segment ids: attention stays in a document)
+  c.data.packing = "concat"
+  c.data.eval_prepared = ""  # the held-out prepare_data folder evaluated with data.prepared
+  c.data.eval_batches = 8  # eval_batch_size rows each, concatenated in file order
   c.data.vocab_size = 0  # sentencepiece vocabulary size (char: derived from the text)
   c.data.raw_dir = ""  # raw downloads; "" = $REPARAM_DATA_DIR, unset = download via TFDS
   c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets

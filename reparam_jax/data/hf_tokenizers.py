@@ -77,6 +77,28 @@ class HfTokenizer:
       types += [1] * (len(ids_b) + 1)
     return np.asarray(ids, np.int32), np.asarray(types, np.int32)
 
+  def document_boundaries(self) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) a document in a concatenated pre-training stream.
+
+    BOS where the folder's tokenizer adds one to every text (Llama 3's
+    template, `add_bos_token` in Llama 2's config); EOS after every document
+    (GPT-2's `<|endoftext|>`, Llama's `</s>` / `<|end_of_text|>`); [SEP] for
+    WordPiece vocabularies, which have no EOS.
+    """
+    def token_id(key: str) -> int | None:
+      name = _token_name(self.config.get(key))
+      return self.backend.token_to_id(name) if name else None
+
+    if self.kind == "WordPiece":
+      return [], [self.sep_id] if self.sep_id is not None else []
+    bos, eos = token_id("bos_token"), token_id("eos_token")
+    if eos is None and "<|endoftext|>" in self.special_tokens:  # GPT-2 folders without a config
+      eos = self.backend.token_to_id("<|endoftext|>")
+    template = self.backend.encode("", add_special_tokens=True).ids  # what the folder prepends
+    adds_bos = bool(template) and template[0] == bos if bos is not None else False
+    adds_bos = adds_bos or bool(self.config.get("add_bos_token"))
+    return ([bos] if adds_bos and bos is not None else []), ([eos] if eos is not None else [])
+
   def save(self, directory: str) -> None:
     """`tokenizer.json`, `tokenizer_config.json` and the model's vocabulary files."""
     self.backend.save(os.path.join(directory, FILENAME))
@@ -91,7 +113,7 @@ _TOKENIZER_CLASS = {"WordPiece": "BertTokenizer", "BPE": "GPT2Tokenizer"}
 # The tokenizer_config.json options a saved tokenizer carries on.
 _KEPT_OPTIONS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
                  "unk_token", "cls_token", "sep_token", "pad_token", "mask_token", "bos_token",
-                 "eos_token")
+                 "eos_token", "add_bos_token")
 
 
 def _token_name(value: Any) -> str | None:

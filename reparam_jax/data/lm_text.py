@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import ml_collections
 import numpy as np
@@ -64,11 +64,34 @@ def eval_chunks(tokens: np.ndarray, length: int, global_batch: int) -> Iterator[
     yield host_slice({"tokens": rows, "weights": w})
 
 
+def concatenated_rows(documents: Any, length: int, num_rows: int) -> np.ndarray:
+  """The first `num_rows` rows of `length + 1` tokens of the documents concatenated in order.
+
+  Rows overlap by one token so that every token after the first is a target
+  once; fewer rows when the documents run out, none is padded.
+  """
+  need = num_rows * length + 1
+  parts, have = [], 0
+  for i in range(len(documents)):
+    if have >= need:
+      break
+    ids = documents[i]["tokens"]
+    parts.append(ids)
+    have += len(ids)
+  stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+  rows = max(0, min(num_rows, (len(stream) - 1) // length))
+  if not rows:
+    raise UserError(f"the held-out documents hold {len(stream)} tokens, fewer than one row "
+                    f"of seq_len {length} + 1")
+  return np.stack([stream[r * length:r * length + length + 1] for r in range(rows)])
+
+
 def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:
   """The raw text of each split of a text dataset."""
   if data.name != "tiny_shakespeare":
-    raise UserError(f"the language-modelling task reads tiny_shakespeare, got data.name="
-                    f"{data.name!r}")
+    raise UserError(f"the language-modelling task reads tiny_shakespeare or a prepared corpus, "
+                    f"got data.name={data.name!r}; for other text set --config.data.source, "
+                    "run python -m reparam_jax.prepare_data and set --config.data.prepared")
   raw_dir = raw_files.raw_dir_from(data.raw_dir)
   builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,
                          tfds_dir=data.tfds_dir or None)

@@ -42,7 +42,7 @@ def load_builder(name: str, *, raw_dir: str | None = None, tfds_dir: str | None 
 
   builder = make()
   if prepare and not builder.is_prepared():
-    with _exclusive(builder.data_dir):
+    with exclusive(builder.data_dir):
       builder = make()  # prepared meanwhile by the process that held the lock?
       if not builder.is_prepared():
         builder.download_and_prepare()
@@ -70,7 +70,7 @@ def read_all(split: Any, fields: Sequence[str]) -> dict[str, list]:
 
 
 @contextlib.contextmanager
-def _exclusive(dataset_dir: str):
+def exclusive(dataset_dir: str):
   """Holds a lock beside a local dataset folder while it is prepared.
 
   Processes that share a machine and a data folder (the workers of a sweep or

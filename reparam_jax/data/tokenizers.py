@@ -126,3 +126,34 @@ def load_tokenizer(directory: str) -> Tokenizer:
   raise UserError(f"no tokenizer in {directory} (expected {CharTokenizer.FILENAME}, "
                   f"{SentencePieceTokenizer.FILENAME}, or a Hugging Face vocab.json + merges.txt "
                   "or vocab.txt); is it a training workdir?")
+
+
+def open_tokenizer(spec: str) -> Tokenizer:
+  """A tokenizer named by a path: a Hugging Face / run folder, its `tokenizer.json`, or a
+  SentencePiece `.model` file (T5's, Llama 2's)."""
+  path = os.path.expanduser(spec)
+  if os.path.isdir(path):
+    return load_tokenizer(path)
+  if os.path.isfile(path) and path.endswith(".model"):
+    with open(path, "rb") as f:
+      return SentencePieceTokenizer(f.read())
+  if os.path.isfile(path) and os.path.basename(path) == hf_tokenizers.FILENAME:
+    return load_tokenizer(os.path.dirname(path) or ".")
+  raise UserError(f"tokenizer {spec!r}: not a tokenizer folder, tokenizer.json or "
+                  "SentencePiece .model file; give one of those, 'char' or 'sentencepiece'")
+
+
+def document_boundaries(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+  """(ids before, ids after) every document when documents are concatenated for training.
+
+  What each tokenizer's own convention puts there: GPT-2 ends a document with
+  `<|endoftext|>`; Llama 2 (SentencePiece) and Llama 3 (`tokenizer.json`)
+  start one with BOS and end it with EOS; T5 ends one with `</s>`; BERT's
+  WordPiece separates with `[SEP]`.  The char tokenizer has no special ids.
+  """
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    sp = tokenizer._sp  # pylint: disable=protected-access
+    return ([sp.bos_id()] if sp.bos_id() >= 0 else []), ([sp.eos_id()] if sp.eos_id() >= 0 else [])
+  if isinstance(tokenizer, hf_tokenizers.HfTokenizer):
+    return tokenizer.document_boundaries()
+  return [], []

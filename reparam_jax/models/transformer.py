@@ -145,6 +145,10 @@ class Transformer(nn.Module):
   Returns a dict with `hidden` [B, L, D], `logits` [B, L, V] when the model
   is causal (tied or untied output layer), and `pooled` [B, D] with a pooler.
   `padding_mask_BxL` is True on real tokens; padded keys are never attended.
+  `segment_ids_BxL` marks the documents packed into one row (1, 2, ...; 0 is
+  padding): a token attends only to tokens of its own segment, so a packed
+  row computes what each document alone would (with `positions_BxL`
+  restarting at 0 in each document).
 
   `decode=True` (causal models; generation/decode.py) keeps keys and values in
   the 'cache' collection: the `init` call sizes it (its input length is the
@@ -158,7 +162,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, ids_BxL: Array, *, padding_mask_BxL: Array | None = None,
                token_types_BxL: Array | None = None, positions_BxL: Array | None = None,
-               train: bool = False, decode: bool = False) -> dict[str, Array]:
+               segment_ids_BxL: Array | None = None, train: bool = False,
+               decode: bool = False) -> dict[str, Array]:
     cfg = self.cfg
     B, L = ids_BxL.shape
     if L > cfg.max_len and not decode:
@@ -172,12 +177,18 @@ class Transformer(nn.Module):
     mask, cache_index = None, None
     # With the cuDNN kernel a plain causal mask is not built: attention passes
     # is_causal instead (the kernel's own causal mode, no [L, L] mask in memory).
-    plain_causal = cfg.attention == "cudnn" and padding_mask_BxL is None and not decode
+    plain_causal = (cfg.attention == "cudnn" and padding_mask_BxL is None
+                    and segment_ids_BxL is None and not decode)
     if cfg.causal and not plain_causal:
       mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
     if padding_mask_BxL is not None:
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
       mask = pad if mask is None else mask & pad
+    if segment_ids_BxL is not None:
+      if decode:
+        raise ValueError("segment_ids_BxL is for training on packed rows, not decode=True")
+      same = segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :]
+      mask = same if mask is None else mask & same
     if decode:
       if not cfg.causal:
         raise ValueError("decode=True needs a causal (decoder) model")

@@ -1,4 +1,11 @@
-"""Causal language modelling on a character- or sentencepiece-tokenized text."""
+"""Causal language modelling: a built-in text (Tiny Shakespeare), or a prepared corpus.
+
+With `data.prepared` (a `python -m reparam_jax.prepare_data` folder) the task
+trains on its token shards, packed into rows (`data.packing`, data/corpus.py),
+with the folder's tokenizer, and evaluates on `data.eval_prepared`'s first
+`data.eval_batches` rows, concatenated in file order (the same rows at every
+evaluation).  Without it, on the text of `data.name`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from reparam_jax.data import lm_text
-from reparam_jax.data.pipeline import prepare_once, train_loader
+from reparam_jax.data import corpus, lm_text, token_shards
+from reparam_jax.data.pipeline import host_slice, prepare_once, train_loader
+from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.tasks.base import Task
 
@@ -38,9 +46,33 @@ def lm_model(config: ml_collections.ConfigDict, vocab_size: int) -> Transformer:
   return Transformer(transformer_config(model_cfg))
 
 
+def packed_inputs(batch: Batch) -> dict[str, jax.Array]:
+  """The model's segment ids and positions of a first-fit packed row's inputs (none if unpacked)."""
+  if "segment_ids" not in batch:
+    return {}
+  return {"segment_ids_BxL": batch["segment_ids"][:, :-1],
+          "positions_BxL": batch["positions"][:, :-1]}
+
+
+def target_weights(batch: Batch) -> jax.Array | None:
+  """1 where a target is predicted from its own document: not padding, not a document's
+  first token (whose input is the previous document's last)."""
+  if "segment_ids" not in batch:
+    return batch.get("weights")
+  seg = batch["segment_ids"]
+  return ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
+
+
 class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
+    self.shards = None
+    if corpus.prepared_folder(config.data):
+      self.shards = token_shards.TokenShards(corpus.prepared_folder(config.data))
+      self.tokenizer = self.shards.tokenizer()
+      if workdir and jax.process_index() == 0:
+        self.tokenizer.save(workdir)  # what `sample` decodes with
+      return
     self.splits = lm_text.load_splits(config.data)
     self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
                                   config.get("init_from", ""))
@@ -61,23 +93,44 @@ class LanguageModelTask(Task):
     return (np.zeros((1, self.config.seq_len), np.int32),)
 
   def train_iterator(self) -> Iterator[Batch]:
+    if self.shards is not None:
+      return corpus.packed_train_loader(self.shards, self.config.seq_len, self.config.batch_size,
+                                        self.config.seed, self.config.data.packing)
     source = lm_text.WindowSource(self.tokens["train"], self.config.seq_len)
     return train_loader(source, self.config.batch_size, self.config.seed)
 
   def eval_batches(self) -> Iterable[Batch]:
+    if self.shards is not None:
+      return self._prepared_eval_batches()
     return lm_text.eval_chunks(self.tokens["validation"], self.config.seq_len,
                                self.config.eval_batch_size)
 
+  def _prepared_eval_batches(self) -> Iterator[Batch]:
+    data = self.config.data
+    if not data.get("eval_prepared"):
+      raise UserError("data.prepared needs a held-out folder too: prepare one from a "
+                      "validation source and set --config.data.eval_prepared")
+    held_out = token_shards.TokenShards(data.eval_prepared)
+    if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
+      raise UserError(f"{data.eval_prepared} was tokenized with another tokenizer than "
+                      f"{data.prepared}; prepare both with the same data.tokenizer")
+    rows = lm_text.concatenated_rows(held_out, self.config.seq_len,
+                                     self.config.eval_batch_size * data.eval_batches)
+    for b in range(0, len(rows), self.config.eval_batch_size):
+      chunk = rows[b:b + self.config.eval_batch_size]
+      yield host_slice({"tokens": chunk, "weights": np.ones((len(chunk), self.config.seq_len),
+                                                            np.float32)})
+
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    out = apply_fn(batch["tokens"][:, :-1], train=train)
-    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], batch.get("weights"))
+    out = apply_fn(batch["tokens"][:, :-1], train=train, **packed_inputs(batch))
+    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], target_weights(batch))
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss}
 
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
-    out = apply_fn(batch["tokens"][:, :-1], train=False)
-    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], batch["weights"])
+    out = apply_fn(batch["tokens"][:, :-1], train=False, **packed_inputs(batch))
+    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], target_weights(batch))
     return {"loss_sum": total, "tokens": count}
 
   @staticmethod

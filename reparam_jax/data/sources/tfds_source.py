@@ -1,0 +1,98 @@
+"""`tfds:NAME[:VERSION][?split=train&feature=text]`: any TFDS dataset, read as ArrayRecord.
+
+`c4/en:3.1.0`, `lm1b`, `wiki40b/en`, `wikipedia/20230601.en`, ...: TFDS's
+name, config and version.  The dataset must be prepared in the ArrayRecord
+file format (random access, no TensorFlow); where it is not, it is prepared
+here (`download_and_prepare`, needing the network and, for the large web
+corpora, TFDS's Beam pipeline) under a lock so that the processes of one
+machine prepare it once.  On a machine without network, prepare it elsewhere
+(`tfds build NAME --file_format=array_record`) and point `TFDS_DATA_DIR` at it.
+
+Pieces are ranges of 10,000 records, so the processes of a `prepare_data`
+run split a single-file dataset too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from reparam_jax.data.sources.array_record import example_bytes_feature
+from reparam_jax.data.sources.base import Source
+from reparam_jax.errors import UserError
+
+PIECE_RECORDS = 10_000
+
+
+class TfdsDataset(Source):
+  scheme = "tfds"
+  option_defaults = {"split": "train", "feature": "text"}
+  summary = "a TFDS dataset by name[:version], prepared as ArrayRecord"
+
+  def __init__(self, spec, **kwargs):
+    super().__init__(spec, **kwargs)
+    self._split = None
+
+  def _data_source(self) -> Any:
+    if self._split is None:
+      self._split = load_split(self.spec.text, self.spec.target, self.options["split"],
+                               self.tfds_dir)
+    return self._split
+
+  def pieces(self) -> list[str]:
+    n = len(self._data_source())
+    return [f"{a}:{min(n, a + PIECE_RECORDS)}" for a in range(0, n, PIECE_RECORDS)]
+
+  def documents(self, piece: str) -> Iterator[str]:
+    split = self._data_source()
+    start, stop = map(int, piece.split(":"))
+    feature = self.options["feature"]
+    raw = getattr(split, "data_source", None)  # serialized records, parsed without TFDS's decoders
+    for first in range(start, stop, 1024):
+      indices = list(range(first, min(stop, first + 1024)))
+      records = raw.__getitems__(indices) if raw is not None else [split[i] for i in indices]
+      for i, record in zip(indices, records):
+        where = f"{self.options['split']}[{i}]"
+        value = (example_bytes_feature(record, feature) if isinstance(record, bytes)
+                 else record.get(feature))
+        if value is None:
+          self.malformed(where, f"has no text feature {feature!r}; name it with ?feature=")
+          continue
+        text = self.decode(value, where) if isinstance(value, bytes) else value
+        if text is not None:
+          yield text
+
+
+def load_split(spec_text: str, name: str, split: str, tfds_dir: str | None) -> Any:
+  """`builder.as_data_source()[split]` of a TFDS dataset, prepared as ArrayRecord if needed."""
+  import tensorflow_datasets as tfds
+
+  from reparam_jax.data.tfds_builders import exclusive
+  data_dir = tfds_dir or os.environ.get("TFDS_DATA_DIR") or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # DatasetNotFoundError, DatasetVariantBlockedError, ...
+    raise UserError(f"data source {spec_text!r}: TFDS has no dataset {name!r} "
+                    f"({str(e).splitlines()[0][:160]}); check the name and version") from None
+  if not builder.is_prepared():
+    with exclusive(builder.data_dir):
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        try:
+          builder.download_and_prepare()  # in the builder's file format: ArrayRecord
+        except Exception as e:
+          raise UserError(
+              f"data source {spec_text!r}: could not prepare TFDS dataset {name!r} in "
+              f"{builder.data_dir} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+              f"prepare it where there is network (tfds build {name} "
+              "--file_format=array_record) and set TFDS_DATA_DIR to that folder") from None
+  if split not in builder.info.splits:
+    raise UserError(f"data source {spec_text!r}: no split {split!r} (splits: "
+                    f"{', '.join(builder.info.splits)}); choose one with ?split=")
+  try:
+    return builder.as_data_source(split=split)
+  except NotImplementedError:
+    raise UserError(f"data source {spec_text!r}: {builder.data_dir} is prepared as "
+                    f"{builder.info.file_format}, not ArrayRecord; re-prepare it with "
+                    f"tfds build {name} --file_format=array_record") from None

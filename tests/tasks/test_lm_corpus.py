@@ -1,0 +1,93 @@
+"""The LM task on a prepared corpus: prepare_data, then train with packing, evaluate, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reparam_jax.rundir import workdir as rundir
+from tests.helpers import REPO, run_train_subprocess, tiny_args
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, raw_data_dir) -> tuple[str, str]:
+  """Tiny Shakespeare's speeches as a JSON Lines corpus (3 train files, 1 held out), prepared."""
+  root = tmp_path_factory.mktemp("corpus")
+  text = Path(raw_data_dir, "tinyshakespeare", "input.txt").read_text()
+  speeches = [s for s in text.split("\n\n") if s.strip()]
+  cut = len(speeches) * 9 // 10
+  (root / "train").mkdir()
+  (root / "val").mkdir()
+  for i in range(3):
+    part = speeches[i * cut // 3:(i + 1) * cut // 3]
+    (root / "train" / f"part-{i}.jsonl").write_text(
+        "".join(json.dumps({"text": s}) + "\n" for s in part))
+  (root / "val" / "part-0.jsonl").write_text(
+      "".join(json.dumps({"text": s}) + "\n" for s in speeches[cut:]))
+  outs = []
+  for split, tokenizer in (("train", "char"), ("val", str(root / "train_shards" / "tokenizer"))):
+    out = str(root / f"{split}_shards")
+    result = subprocess.run(
+        [sys.executable, "-m", "reparam_jax.prepare_data",
+         "--config=configs/lm/shakespeare_char.py", f"--out={out}", "--no_progress",
+         f"--config.data.source=jsonl:{root}/{split}/*.jsonl",
+         f"--config.data.tokenizer={tokenizer}"],
+        cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "prepare_data:" in result.stdout
+    outs.append(out)
+  return outs[0], outs[1]
+
+
+def _args(workdir: str, prepared: tuple[str, str], raw_data_dir: str, tfds_dir: str,
+          packing: str, **overrides) -> list[str]:
+  return tiny_args(workdir, raw_data_dir, tfds_dir, **{
+      "data.prepared": prepared[0], "data.eval_prepared": prepared[1],
+      "data.packing": packing, "data.eval_batches": 2, "seq_len": 32, **overrides})
+
+
+def _records(workdir: str) -> list[dict]:
+  return rundir.read_metrics(workdir)
+
+
+@pytest.mark.parametrize("packing", ["concat", "first_fit"])
+def test_train_on_prepared_corpus_then_resume_equals_uninterrupted(
+    tmp_path, prepared, raw_data_dir, tfds_dir, packing) -> None:
+  straight = str(tmp_path / "straight")
+  result = run_train_subprocess(_args(straight, prepared, raw_data_dir, tfds_dir, packing,
+                                      num_steps=10))
+  assert result.returncode == 0, result.stderr
+  evals = [r["eval/loss"] for r in _records(straight) if "eval/loss" in r]
+  assert len(evals) == 2 and evals[1] < evals[0] < 5.0
+  # The saved tokenizer is the corpus's: sample can decode.
+  assert os.path.exists(os.path.join(straight, "tokenizer.json"))
+
+  resumed = str(tmp_path / "resumed")
+  assert run_train_subprocess(_args(resumed, prepared, raw_data_dir, tfds_dir, packing,
+                                    num_steps=10)).returncode == 0
+  # As if killed after step 7: its checkpoint at 5 is the last.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "10"))
+  os.remove(os.path.join(resumed, "done.json"))
+  again = run_train_subprocess(_args(resumed, prepared, raw_data_dir, tfds_dir, packing,
+                                     num_steps=10))
+  assert again.returncode == 0, again.stderr
+  assert "resumed from step 5" in again.stdout
+  loss = lambda wd: {r["step"]: r["train/loss"] for r in _records(wd) if "train/loss" in r}
+  assert loss(resumed) == loss(straight)
+
+
+def test_prepared_corpus_without_held_out_folder_is_a_one_line_error(
+    tmp_path, prepared, raw_data_dir, tfds_dir) -> None:
+  args = _args(str(tmp_path), prepared, raw_data_dir, tfds_dir, "concat", num_steps=2)
+  args = [a for a in args if not a.startswith("--config.data.eval_prepared")]
+  result = run_train_subprocess(args)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: data.prepared needs a held-out folder too: prepare one from a validation source "
+      "and set --config.data.eval_prepared")
