@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import raw_files, tfds_builders
+from reparam_jax.data import hf_tokenizers, raw_files, tfds_builders
 from reparam_jax.data.pipeline import host_slice, prepare_once
 from reparam_jax.data.tokenizers import (
   CharTokenizer,
@@ -84,6 +84,13 @@ def concatenated_rows(documents: Any, length: int, num_rows: int) -> np.ndarray:
     raise UserError(f"the held-out documents hold {len(stream)} tokens, fewer than one row "
                     f"of seq_len {length} + 1")
   return np.stack([stream[r * length:r * length + length + 1] for r in range(rows)])
+
+
+def decode_text(tokenizer: Tokenizer, ids: np.ndarray) -> str:
+  """`ids` as text without special tokens (BOS/EOS/[SEP] are not text)."""
+  if isinstance(tokenizer, hf_tokenizers.HfTokenizer):
+    return tokenizer.decode(ids, skip_special_tokens=True)
+  return tokenizer.decode(ids)  # char: no special ids; SentencePiece decodes BOS/EOS to ""
 
 
 def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:

@@ -114,12 +114,22 @@ class LanguageModelTask(Task):
     if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
       raise UserError(f"{data.eval_prepared} was tokenized with another tokenizer than "
                       f"{data.prepared}; prepare both with the same data.tokenizer")
-    rows = lm_text.concatenated_rows(held_out, self.config.seq_len,
-                                     self.config.eval_batch_size * data.eval_batches)
-    for b in range(0, len(rows), self.config.eval_batch_size):
-      chunk = rows[b:b + self.config.eval_batch_size]
-      yield host_slice({"tokens": chunk, "weights": np.ones((len(chunk), self.config.seq_len),
-                                                            np.float32)})
+    size, length = self.config.eval_batch_size, self.config.seq_len
+    rows = lm_text.concatenated_rows(held_out, length, size * data.eval_batches)
+    # UTF-8 bytes of each row's targets, special tokens excluded: bits per byte
+    # compares runs whose tokenizers differ.  A byte-level BPE character cut by
+    # a row edge is counted as U+FFFD's 3 bytes, a few bytes in a row's thousands.
+    row_bytes = np.asarray([[len(lm_text.decode_text(self.tokenizer, r[1:]).encode("utf-8"))]
+                            for r in rows], np.float32)  # [rows, 1]: batch arrays are 2-D
+    for b in range(0, len(rows), size):
+      tokens, weights, nbytes = (rows[b:b + size], np.ones((len(rows[b:b + size]), length),
+                                                           np.float32), row_bytes[b:b + size])
+      pad = size - len(tokens)  # static shapes: the last batch is padded with empty rows
+      if pad:
+        tokens = np.concatenate([tokens, np.zeros((pad, length + 1), np.int32)])
+        weights = np.concatenate([weights, np.zeros((pad, length), np.float32)])
+        nbytes = np.concatenate([nbytes, np.zeros((pad, 1), np.float32)])
+      yield host_slice({"tokens": tokens, "weights": weights, "bytes": nbytes})
 
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -131,9 +141,15 @@ class LanguageModelTask(Task):
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
     out = apply_fn(batch["tokens"][:, :-1], train=False, **packed_inputs(batch))
     total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], target_weights(batch))
-    return {"loss_sum": total, "tokens": count}
+    sums = {"loss_sum": total, "tokens": count}
+    if "bytes" in batch:
+      sums["bytes"] = batch["bytes"].sum()
+    return sums
 
   @staticmethod
   def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
     loss = sums["loss_sum"] / max(sums["tokens"], 1.0)
-    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
+    metrics = {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
+    if sums.get("bytes"):
+      metrics["bits_per_byte"] = sums["loss_sum"] / np.log(2.0) / sums["bytes"]
+    return metrics

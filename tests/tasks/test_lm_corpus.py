@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -56,30 +57,41 @@ def _records(workdir: str) -> list[dict]:
   return rundir.read_metrics(workdir)
 
 
-@pytest.mark.parametrize("packing", ["concat", "first_fit"])
-def test_train_on_prepared_corpus_then_resume_equals_uninterrupted(
-    tmp_path, prepared, raw_data_dir, tfds_dir, packing) -> None:
-  straight = str(tmp_path / "straight")
-  result = run_train_subprocess(_args(straight, prepared, raw_data_dir, tfds_dir, packing,
+def test_train_on_prepared_corpus_concatenated(tmp_path, prepared, raw_data_dir,
+                                               tfds_dir) -> None:
+  workdir = str(tmp_path)
+  result = run_train_subprocess(_args(workdir, prepared, raw_data_dir, tfds_dir, "concat",
                                       num_steps=10))
   assert result.returncode == 0, result.stderr
-  evals = [r["eval/loss"] for r in _records(straight) if "eval/loss" in r]
-  assert len(evals) == 2 and evals[1] < evals[0] < 5.0
+  evals = [r for r in _records(workdir) if "eval/loss" in r]
+  assert len(evals) == 2 and evals[1]["eval/loss"] < evals[0]["eval/loss"] < 5.0
+  # Char tokens of ASCII text are one byte each: bits per byte is the loss in bits.
+  for r in evals:
+    assert r["eval/bits_per_byte"] == pytest.approx(r["eval/loss"] / math.log(2), rel=1e-6)
   # The saved tokenizer is the corpus's: sample can decode.
-  assert os.path.exists(os.path.join(straight, "tokenizer.json"))
+  assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
 
-  resumed = str(tmp_path / "resumed")
-  assert run_train_subprocess(_args(resumed, prepared, raw_data_dir, tfds_dir, packing,
-                                    num_steps=10)).returncode == 0
+
+def test_first_fit_packed_run_resumed_equals_uninterrupted(tmp_path, prepared, raw_data_dir,
+                                                          tfds_dir) -> None:
+  workdir = str(tmp_path)
+  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "first_fit", num_steps=10)
+  result = run_train_subprocess(args)
+  assert result.returncode == 0, result.stderr
+  evals = [r["eval/loss"] for r in _records(workdir) if "eval/loss" in r]
+  assert len(evals) == 2 and evals[1] < evals[0] < 5.0
+
+  def losses() -> dict[int, float]:  # the last record of each step
+    return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
+
+  uninterrupted = losses()
   # As if killed after step 7: its checkpoint at 5 is the last.
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "10"))
-  os.remove(os.path.join(resumed, "done.json"))
-  again = run_train_subprocess(_args(resumed, prepared, raw_data_dir, tfds_dir, packing,
-                                     num_steps=10))
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "10"))
+  os.remove(os.path.join(workdir, "done.json"))
+  again = run_train_subprocess(args)
   assert again.returncode == 0, again.stderr
   assert "resumed from step 5" in again.stdout
-  loss = lambda wd: {r["step"]: r["train/loss"] for r in _records(wd) if "train/loss" in r}
-  assert loss(resumed) == loss(straight)
+  assert losses() == uninterrupted and sorted(uninterrupted) == list(range(1, 11))
 
 
 def test_prepared_corpus_without_held_out_folder_is_a_one_line_error(
