@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   # tokenizes it into data.prepared.
   c.data.source = ""
   c.data.prepared = ""  # a prepare_data folder of token shards: the LM task trains on it
+  # Or several, with weights: "0.7:/shards/web,0.3:/shards/books" (same tokenizer)
+  c.data.mixture = ""
   # Documents of data.prepared into rows: "concat" (concatenated and cut, nanoGPT) or
   # "first_fit" (whole documents packed with segment ids: attention stays in a document)
   c.data.packing = "concat"

@@ -6,6 +6,10 @@ turns a prepared folder into this host's rows of each global batch:
 * documents are shuffled globally by the seed (one permutation per epoch) and
   host h of n reads documents h, h+n, ... of that order, so each process
   reads only its own share;
+* a mixture (`data.mixture = "0.7:/shards/web,0.3:/shards/books"`) interleaves
+  the folders' shuffled documents in those proportions, deterministically,
+  and the LM task logs each folder's share of the trained tokens
+  (`train/mixture/<i>`, folders in the order written);
 * `concat` (nanoGPT, GPT-2/3): documents with their boundary tokens are
   concatenated and cut into rows of `seq_len + 1` tokens; a row may span
   documents, the EOS between them tells the model;
@@ -23,12 +27,14 @@ of processes (as in MaxText); resuming needs the same number.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from reparam_jax.data import sources, token_shards
 from reparam_jax.data.pipeline import per_host_batch_size
@@ -93,37 +99,81 @@ def prepare_from_config(config: ml_collections.ConfigDict, out: str = "", *,
   return {**summary, "out": out}
 
 
-def packed_train_loader(shards: token_shards.TokenShards, seq_len: int, global_batch: int,
-                        seed: int, packing: str) -> grain.DatasetIterator:
-  """This host's rows of each global batch: `tokens [b, seq_len + 1]` (+ segment_ids,
-  positions for first_fit)."""
+def packed_train_loader(shards: Sequence[token_shards.TokenShards], weights: Sequence[float],
+                        seq_len: int, global_batch: int, seed: int,
+                        packing: str) -> grain.DatasetIterator:
+  """This host's rows of each global batch: `tokens [b, seq_len + 1]` (+ `segment_ids`,
+  `positions` for first_fit; + `source`, each token's folder index, for a mixture)."""
   per_host = per_host_batch_size(global_batch)
-  packed = pack(shards, seq_len + 1, per_host, seed, packing)
-  fields = (("tokens",) if packing == "concat" else ("tokens", "segment_ids", "positions"))
+  packed = pack(shards, weights, seq_len + 1, per_host, seed, packing)
+  fields = ["tokens"] if packing == "concat" else ["tokens", "segment_ids", "positions"]
+  if len(shards) > 1:
+    fields.append("source")
   return iter(packed.map(lambda r: {k: r[_GRAIN_NAMES[k]] for k in fields})
               .batch(per_host, drop_remainder=True))
 
 
 _GRAIN_NAMES = {"tokens": "tokens", "segment_ids": "tokens_segment_ids",
-                "positions": "tokens_positions"}
+                "positions": "tokens_positions", "source": "source"}
 
 
-def pack(shards: token_shards.TokenShards, row: int, per_host: int, seed: int,
-         packing: str) -> grain.IterDataset:
-  """This host's documents packed into rows of `row` tokens, with grain's segment fields."""
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+  """`"0.7:/shards/web,0.3:/shards/books"` → [(folder, weight), ...], weights normalised."""
+  entries = []
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    weight, sep, folder = part.partition(":")
+    try:
+      w = float(weight)
+    except ValueError:
+      w = -1.0
+    if not sep or not folder or w <= 0:
+      raise UserError(f"data.mixture entry {part!r}: write WEIGHT:FOLDER with a positive "
+                      "weight, e.g. 0.7:/shards/web,0.3:/shards/books")
+    entries.append((os.path.expanduser(folder), w))
+  if len(entries) < 2:
+    raise UserError(f"data.mixture {text!r} names {len(entries)} folder(s); a mixture needs "
+                    "two or more (one folder: data.prepared)")
+  total = sum(w for _, w in entries)
+  return [(f, w / total) for f, w in entries]
+
+
+def pack(shards: Sequence[token_shards.TokenShards], weights: Sequence[float], row: int,
+         per_host: int, seed: int, packing: str) -> grain.IterDataset:
+  """This host's documents packed into rows of `row` tokens, with grain's segment fields.
+
+  Each folder's documents are shuffled by (seed, folder) and repeated; a
+  mixture interleaves them deterministically in the weights' proportions
+  (grain's `MapDataset.mix`), and tags every token with its folder (`source`).
+  """
   if packing not in PACKINGS:
     raise UserError(f"unknown data.packing {packing!r}; use one of {', '.join(PACKINGS)}")
   n, h = jax.process_count(), jax.process_index()
-  docs = grain.MapDataset.source(shards).shuffle(seed=seed).repeat()[h::n]
+  streams = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat()
+             for i, s in enumerate(shards)]
+  if len(streams) > 1:
+    streams = [d.map(functools.partial(_tag, source=i)) for i, d in enumerate(streams)]
+    docs = grain.MapDataset.mix(streams, list(weights))
+  else:
+    docs = streams[0]
+  docs = docs[h::n]
+  features = {"tokens": row, **({"source": row} if len(shards) > 1 else {})}
   if packing == "concat":
     return grain.experimental.ConcatThenSplitIterDataset(docs.to_iter_dataset(),
-                                                         length_struct={"tokens": row})
-  docs = docs.map(lambda d: {"tokens": d["tokens"][:row]})
+                                                         length_struct=features)
+  docs = docs.map(lambda d: {k: v[:row] for k, v in d.items()})
   return grain.experimental.FirstFitPackIterDataset(
-      docs.to_iter_dataset(), length_struct={"tokens": row},
+      docs.to_iter_dataset(), length_struct=features,
       num_packing_bins=max(per_host, PACKING_BINS), seed=seed, shuffle_bins=False)
 
 
-def prepared_folder(data: ml_collections.ConfigDict) -> str:
-  path = data.get("prepared", "")
-  return os.path.expanduser(path) if path else ""
+def _tag(doc: dict[str, np.ndarray], source: int) -> dict[str, np.ndarray]:
+  return {**doc, "source": np.full(len(doc["tokens"]), source, np.int32)}
+
+
+def training_folders(data: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+  """[(folder, weight)] the LM task trains on: data.mixture's, or data.prepared alone."""
+  if data.get("mixture") and data.get("prepared"):
+    raise UserError("set data.prepared or data.mixture, not both")
+  if data.get("mixture"):
+    return parse_mixture(data.mixture)
+  return [(os.path.expanduser(data.prepared), 1.0)] if data.get("prepared") else []

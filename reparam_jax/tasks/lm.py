@@ -67,8 +67,15 @@ class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None
-    if corpus.prepared_folder(config.data):
-      self.shards = token_shards.TokenShards(corpus.prepared_folder(config.data))
+    folders = corpus.training_folders(config.data)
+    if folders:
+      self.mixture = [(token_shards.TokenShards(f), w) for f, w in folders]
+      self.shards = self.mixture[0][0]
+      for other, _ in self.mixture[1:]:
+        if other.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
+          raise UserError(f"data.mixture: {other.out_dir} was tokenized with another "
+                          f"tokenizer than {self.shards.out_dir}; prepare every folder with "
+                          "the same data.tokenizer")
       self.tokenizer = self.shards.tokenizer()
       if workdir and jax.process_index() == 0:
         self.tokenizer.save(workdir)  # what `sample` decodes with
@@ -94,8 +101,9 @@ class LanguageModelTask(Task):
 
   def train_iterator(self) -> Iterator[Batch]:
     if self.shards is not None:
-      return corpus.packed_train_loader(self.shards, self.config.seq_len, self.config.batch_size,
-                                        self.config.seed, self.config.data.packing)
+      return corpus.packed_train_loader(
+          [s for s, _ in self.mixture], [w for _, w in self.mixture], self.config.seq_len,
+          self.config.batch_size, self.config.seed, self.config.data.packing)
     source = lm_text.WindowSource(self.tokens["train"], self.config.seq_len)
     return train_loader(source, self.config.batch_size, self.config.seed)
 
@@ -134,9 +142,15 @@ class LanguageModelTask(Task):
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     out = apply_fn(batch["tokens"][:, :-1], train=train, **packed_inputs(batch))
-    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], target_weights(batch))
+    weights = target_weights(batch)
+    total, count = cross_entropy(out["logits"], batch["tokens"][:, 1:], weights)
     loss = total / jnp.maximum(count, 1.0)
-    return loss, {"loss": loss}
+    metrics = {"loss": loss}
+    if "source" in batch:  # a mixture: each folder's share of this batch's trained tokens
+      w = jnp.ones_like(batch["source"][:, 1:], jnp.float32) if weights is None else weights
+      for i in range(len(self.mixture)):
+        metrics[f"mixture/{i}"] = (w * (batch["source"][:, 1:] == i)).sum() / w.sum()
+    return loss, metrics
 
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
     out = apply_fn(batch["tokens"][:, :-1], train=False, **packed_inputs(batch))

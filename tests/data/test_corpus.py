@@ -105,7 +105,7 @@ def _rows(tmp_path: Path, packing: str, seq_len: int = 16, batch: int = 4, steps
   config = corpus_config(f"jsonl:{tmp_path}/corpus/*.jsonl", tmp_path / "out")
   corpus.prepare_from_config(config, progress=False)
   shards = token_shards.TokenShards(str(tmp_path / "out"))
-  it = corpus.packed_train_loader(shards, seq_len, batch, seed=3, packing=packing)
+  it = corpus.packed_train_loader([shards], [1.0], seq_len, batch, seed=3, packing=packing)
   return docs, shards, [next(it) for _ in range(steps)], it
 
 
@@ -113,7 +113,7 @@ def test_concat_rows_are_full_cuts_of_documents(tmp_path: Path) -> None:
   _, shards, batches, _ = _rows(tmp_path, "concat")
   assert all(b["tokens"].shape == (4, 17) and set(b) == {"tokens"} for b in batches)
   text = [bytes(shards[i]["tokens"].astype(np.uint8)) for i in range(len(shards))]
-  raw = corpus.pack(shards, 17, 4, seed=3, packing="concat")
+  raw = corpus.pack([shards], [1.0], 17, 4, seed=3, packing="concat")
   rows = [next(iter(raw)) for _ in range(1)] + list(itertools.islice(iter(raw), 30))
   for r in rows:
     assert (r["tokens_segment_ids"] > 0).all()  # no padding: every row is full
@@ -143,7 +143,7 @@ def test_packed_iterator_resumes_from_its_state(tmp_path: Path) -> None:
     _, shards, _, it = _rows(tmp_path / packing, packing)
     state = it.get_state()
     expected = [next(it) for _ in range(3)]
-    fresh = corpus.packed_train_loader(shards, 16, 4, seed=3, packing=packing)
+    fresh = corpus.packed_train_loader([shards], [1.0], 16, 4, seed=3, packing=packing)
     fresh.set_state(state)
     for want in expected:
       got = next(fresh)
@@ -200,3 +200,33 @@ def test_document_boundaries_follow_each_tokenizers_convention() -> None:
                                  minloglevel=2, hard_vocab_limit=False)
   assert document_boundaries(SentencePieceTokenizer(model.getvalue())) == ([], [1])
   assert document_boundaries(CharTokenizer("ab")) == ([], [])
+
+
+def test_mixture_interleaves_folders_in_their_weights(tmp_path: Path) -> None:
+  write_corpus(tmp_path / "a", files=2, docs_per_file=40)
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "x.jsonl").write_text("".join(json.dumps({"text": "to be " * (i % 7 + 1)}) + "\n"
+                                                  for i in range(30)))
+  corpus.prepare_from_config(corpus_config(f"jsonl:{tmp_path}/a/*.jsonl", tmp_path / "sa"),
+                             progress=False)
+  corpus.prepare_from_config(
+      corpus_config(f"jsonl:{tmp_path}/b/*.jsonl", tmp_path / "sb", str(tmp_path / "sa" / "tokenizer")),
+      progress=False)
+  folders = corpus.parse_mixture(f"3:{tmp_path}/sa, 1:{tmp_path}/sb")
+  assert [w for _, w in folders] == [0.75, 0.25]
+  shards = [token_shards.TokenShards(f) for f, _ in folders]
+  it = corpus.packed_train_loader(shards, [0.75, 0.25], 63, 4, seed=0, packing="first_fit")
+  docs = {0: 0, 1: 0}
+  for _ in range(20):
+    b = next(it)
+    starts = (b["positions"] == 0) & (b["segment_ids"] > 0)
+    for src in (0, 1):
+      docs[src] += int((starts & (b["source"] == src)).sum())
+    # Every token of a document carries its folder.
+    for seg, src in zip(b["segment_ids"], b["source"]):
+      for s in set(seg.tolist()) - {0}:
+        assert len(set(src[seg == s].tolist())) == 1
+  assert abs(docs[0] / (docs[0] + docs[1]) - 0.75) < 0.05
+  for bad in ("0.7:/a", "x:/a,1:/b", "0:/a,1:/b"):
+    with pytest.raises(UserError, match="data.mixture"):
+      corpus.parse_mixture(bad)

@@ -17,22 +17,24 @@ from tests.helpers import REPO, run_train_subprocess, tiny_args
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, raw_data_dir) -> tuple[str, str]:
-  """Tiny Shakespeare's speeches as a JSON Lines corpus (3 train files, 1 held out), prepared."""
+def prepared(tmp_path_factory, raw_data_dir) -> tuple[str, str, str]:
+  """Tiny Shakespeare's speeches as JSON Lines (3 train files, 1 held out), prepared into
+  folders: train (files 0-1), more (file 2), val; all with train's tokenizer."""
   root = tmp_path_factory.mktemp("corpus")
   text = Path(raw_data_dir, "tinyshakespeare", "input.txt").read_text()
   speeches = [s for s in text.split("\n\n") if s.strip()]
   cut = len(speeches) * 9 // 10
-  (root / "train").mkdir()
-  (root / "val").mkdir()
+  for split in ("train", "more", "val"):
+    (root / split).mkdir()
   for i in range(3):
     part = speeches[i * cut // 3:(i + 1) * cut // 3]
-    (root / "train" / f"part-{i}.jsonl").write_text(
+    (root / ("train" if i < 2 else "more") / f"part-{i}.jsonl").write_text(
         "".join(json.dumps({"text": s}) + "\n" for s in part))
   (root / "val" / "part-0.jsonl").write_text(
       "".join(json.dumps({"text": s}) + "\n" for s in speeches[cut:]))
   outs = []
-  for split, tokenizer in (("train", "char"), ("val", str(root / "train_shards" / "tokenizer"))):
+  for split in ("train", "more", "val"):
+    tokenizer = "char" if split == "train" else str(root / "train_shards" / "tokenizer")
     out = str(root / f"{split}_shards")
     result = subprocess.run(
         [sys.executable, "-m", "reparam_jax.prepare_data",
@@ -43,13 +45,13 @@ def prepared(tmp_path_factory, raw_data_dir) -> tuple[str, str]:
     assert result.returncode == 0, result.stderr
     assert "prepare_data:" in result.stdout
     outs.append(out)
-  return outs[0], outs[1]
+  return outs[0], outs[1], outs[2]
 
 
-def _args(workdir: str, prepared: tuple[str, str], raw_data_dir: str, tfds_dir: str,
+def _args(workdir: str, prepared: tuple[str, str, str], raw_data_dir: str, tfds_dir: str,
           packing: str, **overrides) -> list[str]:
   return tiny_args(workdir, raw_data_dir, tfds_dir, **{
-      "data.prepared": prepared[0], "data.eval_prepared": prepared[1],
+      "data.prepared": prepared[0], "data.eval_prepared": prepared[2],
       "data.packing": packing, "data.eval_batches": 2, "seq_len": 32, **overrides})
 
 
@@ -57,25 +59,33 @@ def _records(workdir: str) -> list[dict]:
   return rundir.read_metrics(workdir)
 
 
-def test_train_on_prepared_corpus_concatenated(tmp_path, prepared, raw_data_dir,
-                                               tfds_dir) -> None:
+def test_train_on_a_mixture_packed_first_fit(tmp_path, prepared, raw_data_dir,
+                                            tfds_dir) -> None:
   workdir = str(tmp_path)
-  result = run_train_subprocess(_args(workdir, prepared, raw_data_dir, tfds_dir, "concat",
-                                      num_steps=10))
+  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "first_fit", num_steps=10,
+               **{"data.prepared": "", "data.mixture": f"3:{prepared[0]},1:{prepared[1]}"})
+  result = run_train_subprocess(args)
   assert result.returncode == 0, result.stderr
-  evals = [r for r in _records(workdir) if "eval/loss" in r]
+  records = _records(workdir)
+  evals = [r for r in records if "eval/loss" in r]
   assert len(evals) == 2 and evals[1]["eval/loss"] < evals[0]["eval/loss"] < 5.0
   # Char tokens of ASCII text are one byte each: bits per byte is the loss in bits.
   for r in evals:
     assert r["eval/bits_per_byte"] == pytest.approx(r["eval/loss"] / math.log(2), rel=1e-6)
+  # Each folder's share of the trained tokens is logged; over 10 steps it is near 3:1
+  # (documents interleave 3:1 exactly; their lengths differ).
+  shares = [(r["train/mixture/0"], r["train/mixture/1"]) for r in records
+            if "train/mixture/0" in r]
+  assert len(shares) == 10 and all(a + b == pytest.approx(1.0) for a, b in shares)
+  assert 0.6 < sum(a for a, _ in shares) / 10 < 0.9
   # The saved tokenizer is the corpus's: sample can decode.
   assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
 
 
-def test_first_fit_packed_run_resumed_equals_uninterrupted(tmp_path, prepared, raw_data_dir,
-                                                          tfds_dir) -> None:
+def test_concatenated_run_resumed_equals_uninterrupted(tmp_path, prepared, raw_data_dir,
+                                                       tfds_dir) -> None:
   workdir = str(tmp_path)
-  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "first_fit", num_steps=10)
+  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "concat", num_steps=10)
   result = run_train_subprocess(args)
   assert result.returncode == 0, result.stderr
   evals = [r["eval/loss"] for r in _records(workdir) if "eval/loss" in r]
