@@ -12,6 +12,7 @@ Every problem is reported, one line each, as a single `UserError` (exit 2).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Iterator
 
 import ml_collections
@@ -64,7 +65,11 @@ CHECKS: tuple[_Check, ...] = (
     ("checkpoint_every", _positive, "a positive integer"),
     ("keep_checkpoints", _positive, "a positive integer"),
     ("data.vocab_size", _non_negative, "0 (derived) or a positive integer"),
-    ("data.tokenizer", lambda v: v in ("char", "sentencepiece"), "'char' or 'sentencepiece'"),
+    ("data.tokenizer", lambda v: v in ("char", "sentencepiece") or os.path.exists(
+        os.path.expanduser(v)), "'char', 'sentencepiece' or the path of a tokenizer folder, "
+     "tokenizer.json or SentencePiece .model"),
+    ("data.packing", lambda v: v in ("concat", "first_fit"), "'concat' or 'first_fit'"),
+    ("data.eval_batches", _positive, "a positive integer"),
     ("model.num_layers", _positive, "a positive integer"),
     ("model.num_heads", _positive, "a positive integer"),
     ("model.embed_dim", _positive, "a positive integer"),
@@ -125,6 +130,12 @@ def _problems(config: ConfigDict) -> Iterator[str]:
     for applies, ok, expected in _BY_NAME:
       if applies(leaf) and not any(key == c[0] for c in CHECKS) and not _safe(ok, value):
         yield f"config.{key}={value!r}: expected {expected}"
+  data = config.get("data") or {}
+  if data.get("prepared") and data.get("mixture"):
+    yield "config.data.prepared and config.data.mixture are both set: train on one of them"
+  if (data.get("prepared") or data.get("mixture")) and not data.get("eval_prepared"):
+    yield ("config.data.eval_prepared is empty: a prepared corpus needs a held-out folder too "
+           "(prepare_data on a validation source)")
   if config.get("init_adapter") and not config.get("init_from"):
     yield (f"config.init_adapter={config.init_adapter!r} needs config.init_from: the model the "
            "adapter was trained on")

@@ -111,5 +111,5 @@ def test_prepared_corpus_without_held_out_folder_is_a_one_line_error(
   result = run_train_subprocess(args)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: data.prepared needs a held-out folder too: prepare one from a validation source "
-      "and set --config.data.eval_prepared")
+      "error: config.data.eval_prepared is empty: a prepared corpus needs a held-out folder too "
+      "(prepare_data on a validation source)")
