@@ -12,7 +12,6 @@ Every problem is reported, one line each, as a single `UserError` (exit 2).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Iterator
 
 import ml_collections
@@ -65,9 +64,11 @@ CHECKS: tuple[_Check, ...] = (
     ("checkpoint_every", _positive, "a positive integer"),
     ("keep_checkpoints", _positive, "a positive integer"),
     ("data.vocab_size", _non_negative, "0 (derived) or a positive integer"),
-    ("data.tokenizer", lambda v: v in ("char", "sentencepiece") or os.path.exists(
-        os.path.expanduser(v)), "'char', 'sentencepiece' or the path of a tokenizer folder, "
-     "tokenizer.json or SentencePiece .model"),
+    # A path is checked where it is opened (prepare_data, fine-tuning): a run on a
+    # prepared corpus takes the corpus's tokenizer and never reads this one.
+    ("data.tokenizer", lambda v: isinstance(v, str) and bool(v.strip()),
+     "'char', 'sentencepiece' or the path of a tokenizer folder, tokenizer.json or "
+     "SentencePiece .model"),
     ("data.packing", lambda v: v in ("concat", "first_fit"), "'concat' or 'first_fit'"),
     ("data.eval_batches", _positive, "a positive integer"),
     ("model.num_layers", _positive, "a positive integer"),
