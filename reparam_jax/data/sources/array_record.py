@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from reparam_jax.data.sources.base import Source, expand_glob
+from reparam_jax.data.sources.base import FileSource
 from reparam_jax.errors import UserError
 
 _BLOCK = 1024
@@ -26,17 +26,10 @@ def example_bytes_feature(record: bytes, name: str) -> bytes | None:
   return values[0] if values else None
 
 
-class ArrayRecordFiles(Source):
+class ArrayRecordFiles(FileSource):
   scheme = "arrayrecord"
   option_defaults = {"feature": ""}
   summary = "ArrayRecord files of UTF-8 records (or tf.train.Example with ?feature=)"
-
-  def __init__(self, spec, **kwargs):
-    super().__init__(spec, **kwargs)
-    self._files = expand_glob(spec)
-
-  def pieces(self) -> list[str]:
-    return list(self._files)
 
   def documents(self, piece: str) -> Iterator[str]:
     from array_record.python import array_record_module

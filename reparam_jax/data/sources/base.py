@@ -123,3 +123,14 @@ def expand_glob(spec: Spec) -> list[str]:
     hint = ("no such file" if not globlib.has_magic(pattern) else "the glob matches no file")
     raise UserError(f"data source {spec.text!r}: {hint} ({pattern}); check the path")
   return files
+
+
+class FileSource(Source):
+  """A source whose pieces are the files its glob matches, in sorted order."""
+
+  def __init__(self, spec: Spec, **kwargs):
+    super().__init__(spec, **kwargs)
+    self._files = expand_glob(spec)
+
+  def pieces(self) -> list[str]:
+    return list(self._files)

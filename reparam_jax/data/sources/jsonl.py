@@ -11,22 +11,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from reparam_jax.data.sources.base import Source, expand_glob
+from reparam_jax.data.sources.base import FileSource
 from reparam_jax.data.sources.files import open_binary
 
 
-class JsonLines(Source):
+class JsonLines(FileSource):
   scheme = "jsonl"
   option_defaults = {"field": "text"}
   summary = "JSON Lines; the document is a named string field of each line"
 
   def __init__(self, spec, **kwargs):
     super().__init__(spec, **kwargs)
-    self._files = expand_glob(spec)
     self._path = self.options["field"].split(".")
-
-  def pieces(self) -> list[str]:
-    return list(self._files)
 
   def documents(self, piece: str) -> Iterator[str]:
     field = self.options["field"]

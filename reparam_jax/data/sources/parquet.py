@@ -8,23 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from reparam_jax.data.sources.base import Source, expand_glob
+from reparam_jax.data.sources.base import FileSource
 from reparam_jax.errors import UserError
 
 _BATCH_ROWS = 4096
 
 
-class ParquetFiles(Source):
+class ParquetFiles(FileSource):
   scheme = "parquet"
   option_defaults = {"column": "text"}
   summary = "Parquet files; the document is a named string column of each row"
-
-  def __init__(self, spec, **kwargs):
-    super().__init__(spec, **kwargs)
-    self._files = expand_glob(spec)
-
-  def pieces(self) -> list[str]:
-    return list(self._files)
 
   def documents(self, piece: str) -> Iterator[str]:
     import pyarrow.parquet as pq  # only for Parquet sources

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from reparam_jax.data.sources.base import Source, expand_glob
+from reparam_jax.data.sources.base import FileSource
 from reparam_jax.data.sources.files import open_binary
 from reparam_jax.errors import UserError
 
 _UNITS = ("file", "line", "paragraph")
 
 
-class TextFiles(Source):
+class TextFiles(FileSource):
   scheme = "text"
   option_defaults = {"doc": "file"}
   summary = "plain-text files; a document per file, per line or per blank-line block"
@@ -27,10 +27,6 @@ class TextFiles(Source):
     if self.options["doc"] not in _UNITS:
       raise UserError(f"data source {spec.text!r}: doc={self.options['doc']!r}; use one of "
                       f"{', '.join(_UNITS)}")
-    self._files = expand_glob(spec)
-
-  def pieces(self) -> list[str]:
-    return list(self._files)
 
   def documents(self, piece: str) -> Iterator[str]:
     unit = self.options["doc"]
