@@ -6,12 +6,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from reparam_jax.config.load import load_config_file
+from reparam_jax.data import corpus
 from reparam_jax.rundir import workdir as rundir
 from tests.helpers import REPO, run_train_subprocess, tiny_args
 
@@ -33,17 +33,12 @@ def prepared(tmp_path_factory, raw_data_dir) -> tuple[str, str, str]:
   (root / "val" / "part-0.jsonl").write_text(
       "".join(json.dumps({"text": s}) + "\n" for s in speeches[cut:]))
   outs = []
-  for split in ("train", "more", "val"):
-    tokenizer = "char" if split == "train" else str(root / "train_shards" / "tokenizer")
+  for split in ("train", "more", "val"):  # in process: the command is tested in test_corpus.py
+    config = load_config_file(os.path.join(REPO, "configs", "lm", "shakespeare_char.py"))
+    config.data.source = f"jsonl:{root}/{split}/*.jsonl"
+    config.data.tokenizer = "char" if split == "train" else str(root / "train_shards" / "tokenizer")
     out = str(root / f"{split}_shards")
-    result = subprocess.run(
-        [sys.executable, "-m", "reparam_jax.prepare_data",
-         "--config=configs/lm/shakespeare_char.py", f"--out={out}", "--no_progress",
-         f"--config.data.source=jsonl:{root}/{split}/*.jsonl",
-         f"--config.data.tokenizer={tokenizer}"],
-        cwd=REPO, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "prepare_data:" in result.stdout
+    assert corpus.prepare_from_config(config, out, progress=False)["documents"] > 0
     outs.append(out)
   return outs[0], outs[1], outs[2]
 
