@@ -13,10 +13,11 @@ Command:
       --config=configs/sst2/minilm_int8.py --workdir=workdirs/sst2_minilm_int8
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: about 40 s (two evaluations of the dev set).
-Expected: dev accuracy 0.874 from the fine-tuned 0.877, 20.1 MB on disk against the
-float model's 84.1 MB (23.9 %; the stored arrays: 25.2 % of the float bytes)
-(one seed, commit e170b6f; experiments/results/sst2_pretrained/table.md).
+Runtime: about 40 s on a quiet machine (two evaluations of the dev set; 80 s
+beside other work at commit 50fb52d).
+Expected: dev accuracy 0.874 from the fine-tuned 0.877, 20.2 MB on disk against the
+float model's 84.2 MB (24.0 %; the stored arrays: 25.2 % of the float bytes)
+(one seed, commit 50fb52d; experiments/results/sst2_pretrained/table.md).
 """
 
 from configs.sst2 import minilm
