@@ -15,7 +15,7 @@ Command:
 
 Hardware: 1 CPU host (2 cores, shared).
 Runtime: about 8.5 min on the 2-core CPU box (600 steps, commit 259f96c).
-Expected: dev accuracy 0.868 ± 0.006 over seeds 0–1 (commit 259f96c,
+Expected: dev accuracy 0.867 ± 0.004 over seeds 0–2 (commit 259f96c,
 experiments/results/adapters/README.md); minilm_lora_all.py, the same adapters on
 the float base: 0.865 ± 0.001.
 """
