@@ -48,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   # "text:/books/*.txt", "parquet:...", "arrayrecord:..."; python -m reparam_jax.prepare_data
   # tokenizes it into data.prepared.
   c.data.source = ""
+  # The classify task reads labelled examples from data.source (training) and
+  # data.eval_source (evaluation) when data.source is set (data/labelled):
+  # "tsv:/glue/RTE/train.tsv?text=sentence1&pair=sentence2", "tfds:glue/cola?split=validation"
+  c.data.eval_source = ""
+  c.data.label_names = ()  # class names, in class-number order; () = the source's or sorted
   c.data.prepared = ""  # a prepare_data folder of token shards: the LM task trains on it
   # Or several, with weights: "0.7:/shards/web,0.3:/shards/books" (same tokenizer)
   c.data.mixture = ""
@@ -59,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 0  # sentencepiece vocabulary size (char: derived from the text)
   c.data.raw_dir = ""  # raw downloads; "" = $REPARAM_DATA_DIR, unset = download via TFDS
   c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-  c.data.skip_malformed = False  # labelled TSVs: skip and count bad rows instead of failing
+  c.data.skip_malformed = False  # skip and count malformed rows/documents instead of failing
 
   c.seq_len = 64
   c.batch_size = 12  # global, summed over all devices and hosts

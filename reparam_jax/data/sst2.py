@@ -102,10 +102,13 @@ def encode_all(tok: EncoderTokenizer, lines: Sequence[str]) -> list[np.ndarray]:
 
 
 class ClassificationSource:
-  """Record `i`: `[CLS] sentence [SEP]` padded, its padding mask and label (shape [1])."""
+  """Record `i`: `[CLS] a [SEP]` (or `[CLS] a [SEP] b [SEP]` with `pairs`) padded, its padding
+  mask, its token types (pairs only) and label (shape [1])."""
 
-  def __init__(self, tokens: list[np.ndarray], labels: np.ndarray, seq_len: int, sp: Specials):
+  def __init__(self, tokens: list[np.ndarray], labels: np.ndarray, seq_len: int, sp: Specials,
+               pairs: list[np.ndarray] | None = None):
     self._tokens, self._labels, self._seq_len, self._sp = tokens, labels, seq_len, sp
+    self._pairs = pairs
 
   def __len__(self) -> int:
     return len(self._tokens)
@@ -114,13 +117,19 @@ class ClassificationSource:
     return self.record(i, self._seq_len)
 
   def record(self, i: int, seq_len: int) -> dict[str, np.ndarray]:
-    rec = pack(self._tokens[i], None, seq_len, self._sp)
-    return {"ids": rec["ids"], "padding_mask": rec["padding_mask"],
-            "label": np.asarray([self._labels[i]], np.int32)}
+    rec = pack(self._tokens[i], None if self._pairs is None else self._pairs[i], seq_len, self._sp)
+    out = {"ids": rec["ids"], "padding_mask": rec["padding_mask"],
+           "label": np.asarray([self._labels[i]], np.int32)}
+    if self._pairs is not None:
+      out["token_types"] = rec["token_types"]
+    return out
 
   def lengths(self) -> np.ndarray:
-    """Packed length of each record (with [CLS] and [SEP]), capped at seq_len."""
-    return np.minimum([len(t) + 2 for t in self._tokens], self._seq_len)
+    """Packed length of each record (with [CLS] and the [SEP]s), capped at seq_len."""
+    if self._pairs is None:
+      return np.minimum([len(t) + 2 for t in self._tokens], self._seq_len)
+    return np.minimum([len(a) + len(b) + 3 for a, b in zip(self._tokens, self._pairs)],
+                      self._seq_len)
 
   def batch(self, indices: np.ndarray, seq_len: int, rng: np.random.Generator) -> dict:
     del rng  # nothing random in a classification record

@@ -1,4 +1,9 @@
-"""Sequence classification (SST-2, or data.name's dataset) by fine-tuning an encoder.
+"""Sequence (or sentence-pair) classification by fine-tuning an encoder.
+
+Data: SST-2 or another built-in dataset (`data.name`), or any labelled source
+(`data.source` and `data.eval_source`: TSV, JSON Lines, TFDS; GLUE's tasks in
+configs/glue/); a sentence pair is packed `[CLS] a [SEP] b [SEP]` with token
+types 0 and 1.
 
 Model: the encoder, pooled (`encoder.pooling`), then the seeds' head
 LayerNorm → Dropout → Linear; loss: cross-entropy (optionally label-smoothed)
@@ -59,17 +64,21 @@ class ClassificationTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config, self.workdir = config, workdir
     self.cfg = section(config, "classify")
-    # data.name: sst2 or shakespeare_order (data/classification.py).
+    # data.source/eval_source, or data.name: sst2, shakespeare_order (data/classification.py).
     self.names, data = load_classification(config.data)
+    self.dataset = config.data.get("source") or config.data.name
     if section(config, "encoder").num_classes != len(self.names):
-      raise UserError(f"encoder.num_classes={config.encoder.num_classes} but {config.data.name} "
-                      f"has {len(self.names)} classes")
-    self.tokenizer = prepare_once(encoder_tokenizer, config.data, data["train"][0], workdir,
+      raise UserError(f"encoder.num_classes={config.encoder.num_classes} but {self.dataset} "
+                      f"has {len(self.names)} classes ({', '.join(self.names[:8])}); set "
+                      f"--config.encoder.num_classes={len(self.names)}")
+    texts, _, pairs = data["train"]
+    self.tokenizer = prepare_once(encoder_tokenizer, config.data, texts + (pairs or []), workdir,
                                   self.tokenizer_sources())
     sp = specials(self.tokenizer)
-    self.sources = {split: ClassificationSource(encode_all(self.tokenizer, sentences), labels,
-                                                config.seq_len, sp)
-                    for split, (sentences, labels) in data.items()}
+    self.sources = {
+        split: ClassificationSource(encode_all(self.tokenizer, texts), labels, config.seq_len, sp,
+                                    encode_all(self.tokenizer, pairs) if pairs else None)
+        for split, (texts, labels, pairs) in data.items()}
 
   def tokenizer_sources(self) -> tuple[str, ...]:
     """Runs whose tokenizer this one must reuse (their token ids are in the weights)."""
@@ -105,9 +114,14 @@ class ClassificationTask(Task):
     source = self.sources["validation"]
     return padded_eval_batches(source.__getitem__, len(source), self.config.eval_batch_size)
 
+  @staticmethod
+  def inputs(batch: Batch) -> list[jax.Array]:
+    """The encoder's arguments; token types only for sentence pairs (None adds type 0)."""
+    return [batch["ids"], batch["padding_mask"], batch.get("token_types")]
+
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    inputs = [batch["ids"], batch["padding_mask"]]
+    inputs = self.inputs(batch)
     if self.cfg.contrastive_weight and train:
       out, view2 = two_views(apply_fn, inputs, train)
     else:
@@ -124,7 +138,7 @@ class ClassificationTask(Task):
     return total, metrics
 
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
-    out = apply_fn(batch["ids"], batch["padding_mask"], train=False)
+    out = apply_fn(*self.inputs(batch), train=False)
     return self.classification_sums(out["logits"], batch)
 
   @staticmethod
@@ -146,6 +160,6 @@ class ClassificationTask(Task):
         f.write(report)
       classify_report.plot_confusion(cm, self.names,
                                      os.path.join(self.workdir, "confusion_matrix.png"),
-                                     title=f"{self.config.data.name} dev, accuracy {out['accuracy']:.3f}")
+                                     title=f"{self.dataset} dev, accuracy {out['accuracy']:.3f}")
       print(report, flush=True)
     return out

@@ -67,12 +67,13 @@ class StudentWithTeacher(nn.Module):
     if self.project:
       self.distill_proj = Dense(self.teacher.cfg.embed_dim, ("embed", None), name="distill_proj")
 
-  def __call__(self, ids_BxL: jax.Array, padding_mask_BxL: jax.Array, *,
+  def __call__(self, ids_BxL: jax.Array, padding_mask_BxL: jax.Array,
+               token_types_BxL: jax.Array | None = None, *,
                train: bool = False) -> dict[str, jax.Array]:
-    out = dict(self.student(ids_BxL, padding_mask_BxL, train=train))
+    out = dict(self.student(ids_BxL, padding_mask_BxL, token_types_BxL, train=train))
     teacher = self.teacher.clone(parent=None).apply(
         {"params": nn.meta.unbox(self.teacher_params.value)}, ids_BxL, padding_mask_BxL,
-        train=False)
+        token_types_BxL, train=False)
     out["teacher_logits"] = jax.lax.stop_gradient(teacher["logits"])
     out["teacher_hidden"] = jax.lax.stop_gradient(teacher["hidden"])
     if self.project:
@@ -138,7 +139,7 @@ class DistillationTask(ClassificationTask):
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     d = self.dcfg
-    inputs = [batch["ids"], batch["padding_mask"]]
+    inputs = self.inputs(batch)
     if d.gamma and train:
       out, view2 = two_views(apply_fn, inputs, train)
     else:
@@ -160,7 +161,7 @@ class DistillationTask(ClassificationTask):
     return total, metrics
 
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
-    out = apply_fn(batch["ids"], batch["padding_mask"], train=False)
+    out = apply_fn(*self.inputs(batch), train=False)
     sums = self.classification_sums(out["logits"], batch)
     teacher_right = jnp.argmax(out["teacher_logits"], -1) == batch["label"][:, 0]
     sums["teacher_correct"] = (teacher_right * batch["weights"][:, 0]).sum()

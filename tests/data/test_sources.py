@@ -153,3 +153,14 @@ def test_undecodable_text_names_file_and_byte(tmp_path: Path) -> None:
     docs_of(f"text:{tmp_path}/x.txt?doc=line")
   src = sources.open_source(f"text:{tmp_path}/x.txt?doc=line", skip_malformed=True)
   assert list(src) == ["fine", "fine again"] and src.skipped == 1
+
+
+@pytest.mark.parametrize("name", ["c4/en:3.1.0", "wiki40b/en", "glue/sst2"])
+def test_tfds_builders_that_tfds_imports_lazily_are_found(name: str) -> None:
+  """c4, wiki40b, glue, ... live in TFDS's pre-`datasets/` collections, which `import
+  tensorflow_datasets` registers only when first touched (TFDS's mock data: no download)."""
+  import tensorflow_datasets as tfds
+  feature = "sentence" if name.startswith("glue") else "text"
+  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+    docs = docs_of(f"tfds:{name}?split=validation&feature={feature}")
+  assert len(docs) == 3 and all(isinstance(d, str) for d in docs)

@@ -44,7 +44,8 @@ def test_real_splits_by_position(raw_data_dir, tfds_dir):
     text = f.read()
   cut = int(len(text) * 0.9)  # the LM builder's split by character position
   part = {"train": text[:cut], "validation": text[cut:]}
-  for split, (sentences, labels) in splits.items():
+  for split, (sentences, labels, pairs) in splits.items():
+    assert pairs is None
     bags = {tuple(sorted(l.split())) for l in part[split].split("\n")}
     assert all(tuple(sorted(s.split())) in bags for s in sentences), split
     assert abs(labels.mean() - 0.5) < 1e-3

@@ -1,5 +1,6 @@
 """Classifier head, loss, exact report numbers, partial init_from, bucketed batches."""
 
+import os
 
 import jax
 import jax.numpy as jnp
@@ -130,3 +131,56 @@ def test_bucketed_batches_cover_each_epoch_pad_to_bucket_and_resume():
     got = next(again)
     for k in w:
       np.testing.assert_array_equal(got[k], w[k])
+
+
+def _pairs_corpus(path, n, seed):
+  """Sentence pairs labelled by whether both halves use the same word set."""
+  import json  # noqa: PLC0415
+  rng = np.random.default_rng(seed)
+  words = ["red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps", "sings"]
+  with open(path, "w") as f:
+    for _ in range(n):
+      a = list(rng.choice(words, 4))
+      same = bool(rng.integers(2))
+      b = list(rng.permutation(a)) if same else list(rng.choice(words, 4))
+      f.write(json.dumps({"q": " ".join(a), "d": " ".join(b), "y": "same" if same else "other"})
+              + "\n")
+
+
+@pytest.mark.heavy
+def test_a_sentence_pair_jsonl_source_trains_with_token_types(tmp_path, capsys):
+  """`data.source`/`eval_source` of sentence pairs through the real trainer: the batches carry
+  token types (1 on the second sentence) and the model reads them."""
+  from reparam_jax import train  # noqa: PLC0415
+  from reparam_jax.config import load as config_load  # noqa: PLC0415
+  from reparam_jax.tasks.classify import ClassificationTask  # noqa: PLC0415
+  from tests.helpers import REPO  # noqa: PLC0415
+  _pairs_corpus(tmp_path / "train.jsonl", 256, 0)
+  _pairs_corpus(tmp_path / "dev.jsonl", 40, 1)
+  spec = "jsonl:{}?text=q&pair=d&label=y"
+  args = [f"--config={REPO}/configs/sst2/encoder.py", f"--workdir={tmp_path / 'run'}"] + [
+      f"--config.{k}={v}" for k, v in {
+          "data.source": spec.format(tmp_path / "train.jsonl"),
+          "data.eval_source": spec.format(tmp_path / "dev.jsonl"),
+          "data.vocab_size": 40, "model.num_layers": 1, "model.num_heads": 2,
+          "model.embed_dim": 16, "model.mlp_dim": 32, "seq_len": 16, "batch_size": 16,
+          "eval_batch_size": 32, "num_steps": 2, "log_every": 1, "eval_every": 2,
+          "checkpoint_every": 2}.items()]
+  final = train.main(args)
+  assert final["eval/accuracy"] >= 0 and "report.txt" in os.listdir(tmp_path / "run")
+  report = open(tmp_path / "run" / "report.txt").read()
+  assert "other" in report and "same" in report  # the labels' own names (sorted)
+
+  config, _ = config_load.load(args)
+  task = ClassificationTask(config, str(tmp_path / "run"))  # reuses the run's tokenizer
+  batch = next(iter(task.eval_batches()))
+  types, ids = batch["token_types"], batch["ids"]
+  sep = task.tokenizer.piece_id("[SEP]")
+  first_sep = np.argmax(ids == sep, axis=1)
+  for row in range(4):
+    assert not types[row, :first_sep[row] + 1].any() and types[row, first_sep[row] + 1]
+  model = task.model()
+  params = init_params(model, ids, batch["padding_mask"])
+  with_types = model.apply({"params": params}, *task.inputs(batch))["logits"]
+  without = model.apply({"params": params}, ids, batch["padding_mask"])["logits"]
+  assert not np.allclose(with_types, without)

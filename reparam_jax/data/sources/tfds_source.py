@@ -51,7 +51,10 @@ class TfdsDataset(Source):
     raw = getattr(split, "data_source", None)  # serialized records, parsed without TFDS's decoders
     for first in range(start, stop, 1024):
       indices = list(range(first, min(stop, first + 1024)))
-      records = raw.__getitems__(indices) if raw is not None else [split[i] for i in indices]
+      try:
+        records = raw.__getitems__(indices) if raw is not None else [split[i] for i in indices]
+      except TypeError:  # TFDS's mock data source (tfds.testing.mock_data) reads one by one
+        records = [split[i] for i in indices]
       for i, record in zip(indices, records):
         where = f"{self.options['split']}[{i}]"
         value = (example_bytes_feature(record, feature) if isinstance(record, bytes)
@@ -64,6 +67,28 @@ class TfdsDataset(Source):
           yield text
 
 
+# TFDS's collections of builders written before its `datasets/` layout (c4, wiki40b,
+# wikipedia, glue, ...): `import tensorflow_datasets` imports them lazily, so the
+# registry does not know their names until their module is imported.
+_LEGACY_COLLECTIONS = ("text", "summarization", "question_answering", "translate",
+                       "text_simplification", "structured")
+
+
+def _builder(name: str, data_dir: str | None) -> Any:
+  import importlib
+
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    for collection in _LEGACY_COLLECTIONS:
+      try:
+        importlib.import_module(f"tensorflow_datasets.{collection}")
+      except Exception:  # noqa: BLE001 -- a collection needing an absent extra; others may do
+        pass
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+
 def load_split(spec_text: str, name: str, split: str, tfds_dir: str | None) -> Any:
   """`builder.as_data_source()[split]` of a TFDS dataset, prepared as ArrayRecord if needed."""
   import tensorflow_datasets as tfds
@@ -71,7 +96,7 @@ def load_split(spec_text: str, name: str, split: str, tfds_dir: str | None) -> A
   from reparam_jax.data.tfds_builders import exclusive
   data_dir = tfds_dir or os.environ.get("TFDS_DATA_DIR") or None
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder = _builder(name, data_dir)
   except Exception as e:  # DatasetNotFoundError, DatasetVariantBlockedError, ...
     raise UserError(f"data source {spec_text!r}: TFDS has no dataset {name!r} "
                     f"({str(e).splitlines()[0][:160]}); check the name and version") from None
@@ -87,7 +112,8 @@ def load_split(spec_text: str, name: str, split: str, tfds_dir: str | None) -> A
               f"{builder.data_dir} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
               f"prepare it where there is network (tfds build {name} "
               "--file_format=array_record) and set TFDS_DATA_DIR to that folder") from None
-  if split not in builder.info.splits:
+  # (TFDS's mock data, tfds.testing.mock_data, has a builder without split metadata.)
+  if builder.info.splits and split not in builder.info.splits:
     raise UserError(f"data source {spec_text!r}: no split {split!r} (splits: "
                     f"{', '.join(builder.info.splits)}); choose one with ?split=")
   try:

@@ -1,0 +1,22 @@
+r"""GLUE WNLI: Winograd-schema entailment (635 train, 71 dev), fine-tuned from MiniLM.
+
+configs/glue/common.py's recipe (3 epochs, batch 32, AdamW lr 1e-4).  Reads
+TFDS's `glue/wnli`; with `:FOLDER`, GLUE's own download of the task
+(`glue_data/WNLI`: train.tsv and dev.tsv).
+
+Command:
+  REPARAM_DATA_DIR=/path/to/raw_data python -m reparam_jax.train \
+      --config=configs/glue/wnli.py --workdir=workdirs/glue_wnli
+
+Hardware: one GPU or TPU host (TFDS prepares glue/wnli on first use, which
+needs the network).
+Runtime: not measured (not run: this project's machines have no network for
+TFDS's GLUE download).
+Expected: not measured.
+"""
+
+from configs.glue import common
+
+
+def get_config(arg=None):
+  return common.glue_config("wnli", arg)
