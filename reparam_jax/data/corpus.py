@@ -1,7 +1,8 @@
 """A config's corpus: its source, its tokenizer, its prepared shards, and packed batches.
 
-`prepare_from_config` is `python -m reparam_jax.prepare_data`; `packed_train_loader`
-turns a prepared folder into this host's rows of each global batch:
+`prepare_from_config` is `python -m reparam_jax.prepare_data` (`prepare_in_run`
+the same, on the fly, into a run's workdir); `packed_train_loader` turns a
+prepared folder into this host's rows of each global batch:
 
 * documents are shuffled globally by the seed (one permutation per epoch) and
   host h of n reads documents h, h+n, ... of that order, so each process
@@ -37,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from reparam_jax.data import sources, token_shards
-from reparam_jax.data.pipeline import per_host_batch_size
+from reparam_jax.data.pipeline import per_host_batch_size, prepare_once
 from reparam_jax.data.tokenizers import (
   CharTokenizer,
   SentencePieceTokenizer,
@@ -62,6 +63,24 @@ def open_config_source(data: ml_collections.ConfigDict) -> sources.Source:
   return sources.open_source(data.source, skip_malformed=data.get("skip_malformed", False),
                              raw_dir=data.get("raw_dir") or None,
                              tfds_dir=data.get("tfds_dir") or None)
+
+
+def documents_in_memory(data: ml_collections.ConfigDict) -> dict[str, list[str]]:
+  """`{"train": documents of data.source, "validation": of data.eval_source}`, read whole.
+
+  For the tasks that hold their (small) corpus in memory: masked-LM
+  pre-training, the sentence-level seq2seq and VAE tasks.
+  """
+  if not data.get("eval_source"):
+    raise UserError("config.data.eval_source is empty: name the held-out text to evaluate on "
+                    "beside config.data.source")
+  out = {}
+  for split, spec in (("train", data.source), ("validation", data.eval_source)):
+    held = ml_collections.ConfigDict({**data.to_dict(), "source": spec})
+    out[split] = [doc for doc in open_config_source(held) if doc.strip()]
+    if not out[split]:
+      raise UserError(f"data source {spec!r} has no documents")
+  return out
 
 
 def tokenizer_for(config: ml_collections.ConfigDict, source: sources.Source) -> Tokenizer:
@@ -97,6 +116,46 @@ def prepare_from_config(config: ml_collections.ConfigDict, out: str = "", *,
   summary = token_shards.prepare(source, tokenizer, out, process_index=process_index,
                                  process_count=process_count, progress=progress)
   return {**summary, "out": out}
+
+
+def prepare_in_run(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[str, str]:
+  """`data.source` and `data.eval_source` tokenized into the run's own folders (on the fly).
+
+  For corpora small enough to tokenize at the start of a run: the folders are
+  `<workdir>/corpus/train` and `.../eval` (the held-out one with the training
+  folder's tokenizer), written as `prepare_data` writes them, so a restarted run
+  finds them done.  Process 0 tokenizes first; the others then find the shards
+  there (or, on a disk of their own, write them too).
+  """
+  data = config.data
+  if not workdir:
+    raise UserError("data.source without data.prepared is tokenized into the run's workdir; "
+                    "give --workdir, or prepare it with python -m reparam_jax.prepare_data")
+  if not data.get("eval_source"):
+    raise UserError("config.data.eval_source is empty: name the held-out text to evaluate on "
+                    "(tokenized with data.source into the workdir), or set data.prepared and "
+                    "data.eval_prepared to prepare_data folders")
+  train_dir = os.path.join(workdir, "corpus", "train")
+  eval_dir = os.path.join(workdir, "corpus", "eval")
+  tokenizer_dir = os.path.join(train_dir, token_shards.TOKENIZER_DIR)
+
+  def with_data(**fields: str) -> ml_collections.ConfigDict:
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.data.update(fields)
+    return copy
+
+  progress = jax.process_index() == 0
+
+  def prepare_train() -> dict[str, Any]:
+    # Once the folder has its tokenizer (process 0's, or a restarted run's), it is the one.
+    fitted = os.path.isdir(tokenizer_dir)
+    return prepare_from_config(with_data(tokenizer=tokenizer_dir) if fitted else config,
+                               train_dir, progress=progress)
+
+  prepare_once(prepare_train)
+  prepare_once(prepare_from_config, with_data(source=data.eval_source, tokenizer=tokenizer_dir),
+               eval_dir, progress=progress)
+  return train_dir, eval_dir
 
 
 def packed_train_loader(shards: Sequence[token_shards.TokenShards], weights: Sequence[float],

@@ -11,7 +11,8 @@ A line longer than seq_len − 1 tokens is cut (and then has no EOS).
 
 Tiny Shakespeare uses the LM builder's 90/10 character split, cut into its
 non-empty lines (29,242 train / 3,536 validation, at most 63 characters);
-SST-2 uses the GLUE train/dev sentences.
+SST-2 uses the GLUE train/dev sentences; any text source (`data.source`,
+held out `data.eval_source`) the non-empty lines of its documents.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import raw_files, tfds_builders
+from reparam_jax.data import corpus, raw_files, tfds_builders
 from reparam_jax.data.pipeline import host_slice, per_host_batch_size, prepare_once
 from reparam_jax.errors import UserError
 
@@ -33,9 +34,13 @@ OFFSET = 3
 
 def load_lines(data: ml_collections.ConfigDict) -> dict[str, list[str]]:
   """The sentences of each split ('train', 'validation')."""
+  if data.get("source"):  # any text source: the non-empty lines of its documents
+    return {split: [line for doc in docs for line in doc.splitlines() if line.strip()]
+            for split, docs in corpus.documents_in_memory(data).items()}
   raw_dir = raw_files.raw_dir_from(data.raw_dir)
   if data.name not in ("tiny_shakespeare", "sst2"):
-    raise UserError(f"line-level data reads tiny_shakespeare or sst2, got data.name={data.name!r}")
+    raise UserError(f"line-level data reads tiny_shakespeare or sst2, got data.name={data.name!r}; "
+                    "or set data.source and data.eval_source (reparam_jax/data/sources)")
   builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,
                          tfds_dir=data.tfds_dir or None)
   source = builder.as_data_source()

@@ -7,7 +7,9 @@ Corpora (`config.data.name`):
   of the same review sentence), so it supports MLM only;
 * `tiny_shakespeare`: documents are the speeches (blank-line separated),
   segments their lines; with NSP an example is `[CLS] A [SEP] B [SEP]` where
-  B is A's next line or a line from another speech (50/50).
+  B is A's next line or a line from another speech (50/50);
+* any text source (`data.source`, held out `data.eval_source`; data/sources):
+  its documents, segmented at line breaks.
 
 `MlmExamples(k, rng)` builds example `k` from the generator the pipeline
 hands it, so masks and NSP coins are a pure function of (seed, position).
@@ -18,7 +20,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from reparam_jax.data import lm_text
+from reparam_jax.data import corpus, lm_text
 from reparam_jax.data.masking import mask_tokens, max_predictions_for
 from reparam_jax.data.sst2 import load_sst2
 from reparam_jax.data.text_pairs import NspPairs, Specials, pack
@@ -27,13 +29,18 @@ from reparam_jax.errors import UserError
 
 def load_documents(data: ml_collections.ConfigDict) -> dict[str, list[list[str]]]:
   """`{split: documents}`, a document being a list of segments (text lines)."""
+  if data.get("source"):  # any text source: its documents, segmented at line breaks
+    return {split: [segments for doc in docs
+                    if (segments := [line for line in doc.splitlines() if line.strip()])]
+            for split, docs in corpus.documents_in_memory(data).items()}
   if data.name == "sst2":
     return {split: [[s] for s in sentences] for split, (sentences, _) in load_sst2(data).items()}
   if data.name == "tiny_shakespeare":
     return {split: [[line for line in speech.splitlines() if line.strip()]
                     for speech in text.split("\n\n") if speech.strip()]
             for split, text in lm_text.load_splits(data).items()}
-  raise UserError(f"masked-LM pre-training reads sst2 or tiny_shakespeare, got {data.name!r}")
+  raise UserError(f"masked-LM pre-training reads sst2 or tiny_shakespeare, got {data.name!r}; "
+                  "or set data.source and data.eval_source (reparam_jax/data/sources)")
 
 
 class MlmExamples:

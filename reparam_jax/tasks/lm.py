@@ -4,7 +4,9 @@ With `data.prepared` (a `python -m reparam_jax.prepare_data` folder) the task
 trains on its token shards, packed into rows (`data.packing`, data/corpus.py),
 with the folder's tokenizer, and evaluates on `data.eval_prepared`'s first
 `data.eval_batches` rows, concatenated in file order (the same rows at every
-evaluation).  Without it, on the text of `data.name`.
+evaluation).  With `data.source` (and `data.eval_source`) alone, it first
+tokenizes them into the workdir the same way (`corpus.prepare_in_run`: for
+small corpora).  Otherwise, on the text of `data.name`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,12 @@ class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None
+    self.eval_folder = config.data.get("eval_prepared", "")
     folders = corpus.training_folders(config.data)
+    if not folders and config.data.get("source"):  # a small corpus, tokenized on the fly
+      train_dir, eval_dir = corpus.prepare_in_run(config, workdir)
+      folders = [(train_dir, 1.0)]
+      self.eval_folder = eval_dir
     if folders:
       self.mixture = [(token_shards.TokenShards(f), w) for f, w in folders]
       self.shards = self.mixture[0][0]
@@ -115,13 +122,10 @@ class LanguageModelTask(Task):
 
   def _prepared_eval_batches(self) -> Iterator[Batch]:
     data = self.config.data
-    if not data.get("eval_prepared"):
-      raise UserError("data.prepared needs a held-out folder too: prepare one from a "
-                      "validation source and set --config.data.eval_prepared")
-    held_out = token_shards.TokenShards(data.eval_prepared)
+    held_out = token_shards.TokenShards(self.eval_folder)
     if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
-      raise UserError(f"{data.eval_prepared} was tokenized with another tokenizer than "
-                      f"{data.prepared}; prepare both with the same data.tokenizer")
+      raise UserError(f"{held_out.out_dir} was tokenized with another tokenizer than "
+                      f"{self.shards.out_dir}; prepare both with the same data.tokenizer")
     size, length = self.config.eval_batch_size, self.config.seq_len
     rows = lm_text.concatenated_rows(held_out, length, size * data.eval_batches)
     # UTF-8 bytes of each row's targets, special tokens excluded: bits per byte

@@ -230,3 +230,25 @@ def test_mixture_interleaves_folders_in_their_weights(tmp_path: Path) -> None:
   for bad in ("0.7:/a", "x:/a,1:/b", "0:/a,1:/b"):
     with pytest.raises(UserError, match="data.mixture"):
       corpus.parse_mixture(bad)
+
+
+def test_in_memory_tasks_read_a_source_and_its_held_out_source(tmp_path: Path) -> None:
+  """Masked-LM pre-training (documents of line segments) and the sentence-level tasks (lines)
+  read `data.source` / `data.eval_source` like the LM task does."""
+  import ml_collections  # noqa: PLC0415
+
+  from reparam_jax.data import lines, mlm_corpus  # noqa: PLC0415
+  (tmp_path / "train.jsonl").write_text(
+      json.dumps({"text": "First line.\nSecond line.\n\n"}) + "\n"
+      + json.dumps({"text": "  \n"}) + "\n" + json.dumps({"text": "Alone."}) + "\n")
+  (tmp_path / "val.txt").write_text("held out\n\nand more\n")
+  data = ml_collections.ConfigDict(base_config.base_config().data.to_dict())
+  data.source, data.eval_source = f"jsonl:{tmp_path}/train.jsonl", f"text:{tmp_path}/val.txt"
+  assert mlm_corpus.load_documents(data) == {
+      "train": [["First line.", "Second line."], ["Alone."]],
+      "validation": [["held out", "and more"]]}
+  assert lines.load_lines(data) == {"train": ["First line.", "Second line.", "Alone."],
+                                    "validation": ["held out", "and more"]}
+  data.eval_source = ""
+  with pytest.raises(UserError, match="config.data.eval_source is empty"):
+    lines.load_lines(data)

@@ -104,7 +104,7 @@ def test_bad_specs_and_missing_settings(tmp_path: Path) -> None:
     labelled.open_labelled(f"tsv:{tmp_path}/*.tsv").examples()
   os.environ.pop("REPARAM_NO_SUCH_VAR", None)
   with pytest.raises(UserError, match="names an unset environment variable"):
-    labelled.open_labelled("tsv:$REPARAM_NO_SUCH_VAR/train.tsv")
+    labelled.open_labelled("tsv:$REPARAM_NO_SUCH_VAR/train.tsv").examples()
   with pytest.raises(UserError, match="config.data.eval_source is empty"):
     load_classification(_data(f"tsv:{tmp_path}/x.tsv", ""))
   (tmp_path / "one.tsv").write_text("sentence\tlabel\na\t0\nb\t0\n")

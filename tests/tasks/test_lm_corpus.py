@@ -6,6 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,14 @@ import pytest
 from reparam_jax.config.load import load_config_file
 from reparam_jax.data import corpus
 from reparam_jax.rundir import workdir as rundir
-from tests.helpers import REPO, run_train_subprocess, tiny_args
+from tests.helpers import (
+  REPO,
+  free_port,
+  run_process_group,
+  run_train_subprocess,
+  tiny_args,
+  xla_flags,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +88,26 @@ def test_train_on_a_mixture_packed_first_fit(tmp_path, prepared, raw_data_dir,
   assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
 
 
-def test_concatenated_run_resumed_equals_uninterrupted(tmp_path, prepared, raw_data_dir,
-                                                       tfds_dir) -> None:
+def test_a_source_tokenized_on_the_fly_trains_and_resumes_as_uninterrupted(
+    tmp_path, prepared, raw_data_dir, tfds_dir) -> None:
+  """`data.source` and `data.eval_source` alone: the run tokenizes them into its workdir
+  (as prepare_data would; a restart finds them done), trains concatenated rows, and a
+  resumed run logs the uninterrupted run's losses."""
   workdir = str(tmp_path)
-  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "concat", num_steps=10)
+  root = os.path.dirname(prepared[0])
+  args = _args(workdir, prepared, raw_data_dir, tfds_dir, "concat", num_steps=10, **{
+      "data.prepared": "", "data.eval_prepared": "", "data.source": f"jsonl:{root}/train/*.jsonl",
+      "data.eval_source": f"jsonl:{root}/val/*.jsonl"})
   result = run_train_subprocess(args)
   assert result.returncode == 0, result.stderr
   evals = [r["eval/loss"] for r in _records(workdir) if "eval/loss" in r]
   assert len(evals) == 2 and evals[1] < evals[0] < 5.0
+  # The same token shards prepare_data wrote from the same files and tokenizer.
+  on_the_fly = corpus.token_shards.TokenShards(os.path.join(workdir, "corpus", "train"))
+  ahead = corpus.token_shards.TokenShards(prepared[0])
+  assert on_the_fly.manifest["tokenizer_sha256"] == ahead.manifest["tokenizer_sha256"]
+  assert [on_the_fly[i]["tokens"].tolist() for i in (0, 7, len(ahead) - 1)] == [
+      ahead[i]["tokens"].tolist() for i in (0, 7, len(ahead) - 1)]
 
   def losses() -> dict[int, float]:  # the last record of each step
     return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
@@ -108,3 +131,54 @@ def test_prepared_corpus_without_held_out_folder_is_a_one_line_error(
   assert result.stderr.strip().splitlines()[-1] == (
       "error: config.data.eval_prepared is empty: a prepared corpus needs a held-out folder too "
       "(prepare_data on a validation source)")
+
+
+def test_a_source_on_the_fly_needs_a_held_out_source_and_a_workdir(tmp_path) -> None:
+  config = load_config_file(os.path.join(REPO, "configs", "lm", "shakespeare_char.py"))
+  config.data.source = f"jsonl:{tmp_path}/*.jsonl"
+  with pytest.raises(corpus.UserError, match="config.data.eval_source is empty"):
+    corpus.prepare_in_run(config, str(tmp_path))
+  with pytest.raises(corpus.UserError, match="give --workdir"):
+    corpus.prepare_in_run(config, None)
+
+
+@pytest.mark.slow  # 3 starts of a 2-process group: ~2 min on an idle 2-core machine
+def test_two_processes_killed_mid_run_resume_the_uninterrupted_mixture(
+    tmp_path, prepared, raw_data_dir, tfds_dir) -> None:
+  """Two processes train a first_fit mixture; SIGKILLed after a checkpoint, restarted, they
+  log every step's loss as a run that was never interrupted (the packing iterators' state,
+  per process, is in the checkpoint)."""
+  def argvs(workdir: str) -> list[list[str]]:
+    port = free_port()
+    args = _args(workdir, prepared, raw_data_dir, tfds_dir, "first_fit", num_steps=12,
+                 checkpoint_every=4, eval_every=12, batch_size=8,
+                 **{"data.prepared": "", "data.mixture": f"3:{prepared[0]},1:{prepared[1]}"})
+    return [["-m", "reparam_jax.train", *args, f"--coordinator_address=localhost:{port}",
+             "--num_processes=2", f"--process_id={i}"] for i in range(2)]
+
+  def losses(workdir: str) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
+
+  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+  run_process_group(argvs(whole), 1)
+  procs = [subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu",
+                                     PYTHONPATH=REPO))
+           for argv in argvs(killed)]
+  deadline = time.monotonic() + 300
+  try:
+    saved = os.path.join(killed, "checkpoints", "4")  # orbax renames it there once committed
+    while time.monotonic() < deadline and not (os.path.isdir(saved)
+                                               and max(losses(killed), default=0) >= 6):
+      assert all(p.poll() is None for p in procs), "the group ended before it was killed"
+      time.sleep(0.05)
+  finally:
+    for p in procs:
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+  assert 6 <= max(losses(killed)) < 12
+  outs = run_process_group(argvs(killed), 1)
+  assert "resumed from step" in outs[0]
+  want = losses(whole)
+  assert sorted(want) == list(range(1, 13)) and losses(killed) == want

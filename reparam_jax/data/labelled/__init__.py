@@ -6,8 +6,6 @@ them.  See base.py for the spec format and how class names are found.
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 
@@ -24,14 +22,8 @@ _BY_SCHEME = {cls.scheme: cls for cls in LABELLED_SOURCES}
 
 def open_labelled(text: str, *, skip_malformed: bool = False,
                   tfds_dir: str | None = None) -> LabelledSource:
-  """The labelled source a spec names; `$VARS` in a file path are expanded."""
+  """The labelled source a spec names; `$VARS` in a file path are expanded when it is read."""
   spec = parse_spec(text, tuple(_BY_SCHEME), default_scheme="tfds")
-  if spec.scheme != "tfds":
-    target = os.path.expandvars(spec.target)
-    if "$" in target:
-      raise UserError(f"data source {text!r}: {target} names an unset environment variable; "
-                      "set it (e.g. REPARAM_DATA_DIR) or write the path out")
-    spec = type(spec)(spec.scheme, target, spec.options, spec.text)
   return _BY_SCHEME[spec.scheme](spec, skip_malformed=skip_malformed, tfds_dir=tfds_dir)
 
 

@@ -11,6 +11,8 @@
     tfds:c4/en:3.1.0?split=train&feature=text
     tiny_shakespeare                      # a name alone: a built-in dataset, else TFDS
 
+(`$VARIABLES` and `~` in a path are expanded.)
+
 A source yields documents (`str`) in a fixed order, split into *pieces*
 (files, or index ranges of a random-access dataset) that can be read
 independently: `prepare_data` gives each process its share of the pieces and
@@ -114,7 +116,10 @@ class Source(abc.ABC):
 
 def expand_glob(spec: Spec) -> list[str]:
   """The files a path glob names, sorted (`**` recurses); none is a one-line error."""
-  pattern = os.path.expanduser(spec.target)
+  pattern = os.path.expandvars(os.path.expanduser(spec.target))
+  if "$" in pattern:
+    raise UserError(f"data source {spec.text!r}: {pattern} names an unset environment "
+                    "variable; set it (e.g. REPARAM_DATA_DIR) or write the path out")
   if os.path.isdir(pattern):
     raise UserError(f"data source {spec.text!r}: {pattern} is a folder; give a glob of its "
                     f"files, e.g. {os.path.join(pattern, '*')}")
