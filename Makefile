@@ -62,12 +62,13 @@ PYTEST_ARGS ?= --durations=15
 PEER_MARKERS ?= peer and not slow
 
 # pytest-xdist workers per leg; a test file stays on one worker, so its
-# module fixtures (trained tiny runs) are built once.
+# module fixtures (trained tiny runs) are built once.  Files go out in
+# collection order, which tests/conftest.py starts with the heavy ones.
 MAIN_WORKERS ?= 2
 PEER_WORKERS ?= 1
 
 test-main: $(VENV)/.test-installed
-	$(PY) -m pytest -n $(MAIN_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(MAIN_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-peers: $(PEER_VENV)/.test-installed
 	$(PEER_PY) -m pytest -n $(PEER_WORKERS) --dist loadfile -m "$(PEER_MARKERS)" $(PYTEST_ARGS)

@@ -6,8 +6,8 @@ r"""Forward speed of a distilled student against its teacher, on the SST-2 dev s
 
 Both models are read back from their runs (latest checkpoint, their own config
 and tokenizer) and run as plain classifiers: the jitted forward (logits) of
-each, over the same 872 dev sentences in batches padded to the config's
-seq_len.  Compilation happens before timing; the two alternate round by round,
+each, over the same dev sentences (SST-2's 872, or the runs' own labelled
+`data.eval_source`) in batches padded to the config's seq_len.  Compilation happens before timing; the two alternate round by round,
 so drift in the machine's load falls on both; each figure is the median over
 rounds of one pass over the dev set.  Goal (issue 18): teacher/student ≥ 2.
 """

@@ -88,6 +88,26 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.peer)
 
 
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)  # after `-m`
+def pytest_heavy_modules_first(config, items):
+  """Puts the modules holding `heavy` tests first, most heavy tests first, order kept within
+  a module.
+
+  pytest-xdist hands each worker whole modules (`--dist loadfile`) in this order
+  (`--no-loadscope-reorder`); its default order, most tests first, left the
+  one-test end-to-end modules for last, where one worker ran them alone.
+  """
+  del config
+  def module(item) -> str:
+    return item.nodeid.split("::")[0]
+
+  heavy: dict[str, int] = {}
+  for item in items:
+    heavy[module(item)] = heavy.get(module(item), 0) + (item.get_closest_marker("heavy") is not None)
+  position = {path: i for i, path in enumerate(heavy)}
+  items.sort(key=lambda item: (-heavy[module(item)], position[module(item)]))
+
+
 _EXIT_STATUS = {"code": 0}
 
 

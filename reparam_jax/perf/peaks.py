@@ -9,6 +9,8 @@ model's compute dtype); `config.perf.peak_flops` overrides either.
 
 from __future__ import annotations
 
+import functools
+
 import time
 from typing import Any
 
@@ -57,6 +59,13 @@ def measure_matmul_flops(n: int = 1024, dtype: Any = jnp.float32, repeats: int =
   return 4 * 2 * n**3 / best
 
 
+@functools.cache
+def _measured_once(dtype_name: str, device: Any) -> float:
+  """A device's matmul FLOP/s, measured once per process (it does not change within one;
+  a process that trains several runs, as the test suite's workers do, pays once)."""
+  return measure_matmul_flops(dtype=jnp.dtype(dtype_name), device=device)
+
+
 def device_peak_flops(override: float = 0.0, dtype: Any = jnp.float32,
                       device: Any = None) -> tuple[float, str]:
   """(peak FLOP/s per device, where the number comes from).
@@ -72,7 +81,7 @@ def device_peak_flops(override: float = 0.0, dtype: Any = jnp.float32,
   found = published_peak(device.device_kind)
   if found is not None:
     return found[1], f"published dense bf16 peak of {found[0]}"
-  measured = measure_matmul_flops(dtype=dtype, device=device)
+  measured = _measured_once(jnp.dtype(dtype).name, device)
   shared = sum(1 for d in jax.local_devices() if d.platform == device.platform)
   note = f"measured {jnp.dtype(dtype).name} matmul on {device.platform}"
   if shared > 1:

@@ -8,13 +8,18 @@ scikit-learn's `classification_report`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _pyplot() -> Any:
+  """matplotlib's pyplot, imported when a plot is drawn: every trainer imports this module,
+  and matplotlib costs half a second of each start."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")  # files only, no display
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  return plt
 
 
 def per_class(cm_CxC: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,6 +71,7 @@ def format_report(cm_CxC: np.ndarray, names: Sequence[str], digits: int = 4) -> 
 
 def plot_confusion(cm_CxC: np.ndarray, names: Sequence[str], path: str, title: str = "") -> None:
   cm = np.asarray(cm_CxC)
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(names), 2.8 + 0.4 * len(names)))
   ax.imshow(cm, cmap="Blues")
   for i in range(cm.shape[0]):

@@ -1,9 +1,15 @@
-"""bench/student_forward.py on a tiny teacher and its distilled student (CI-sized)."""
+"""bench/student_forward.py on a tiny teacher and its distilled student (CI-sized).
+
+The runs read a small labelled JSON Lines set the test writes (the bench takes
+whatever labelled data the runs were trained on); configs/sst2/distill.py's
+SST-2 pipeline is the slow end-to-end test in tests/tasks/test_classify_end_to_end.py."""
 
 from __future__ import annotations
 
+import json
 import os
 
+import numpy as np
 import pytest
 
 from bench import student_forward
@@ -12,22 +18,35 @@ from reparam_jax.rundir import checkpoint
 from tests.helpers import REPO
 
 TINY = {"model.num_heads": 2, "model.embed_dim": 16, "model.mlp_dim": 32,
-        "data.vocab_size": 300, "batch_size": 16, "eval_batch_size": 128, "num_steps": 2,
+        "data.vocab_size": 60, "batch_size": 16, "eval_batch_size": 128, "num_steps": 2,
         "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "optimizer.warmup_steps": 1,
         "seq_len": 32, "model.max_len": 32, "encoder.length_buckets": "()"}
+WORDS = ["good", "bad", "fine", "awful", "film", "plot", "acting", "very", "not", "the"]
 
 
-def _args(config, workdir, raw, tfds, **extra):
-  cfg = dict(TINY, **{"data.raw_dir": raw, "data.tfds_dir": tfds}, **extra)
+def _write(path, n: int, seed: int) -> None:
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for _ in range(n):
+      words = list(rng.choice(WORDS, int(rng.integers(3, 12))))
+      f.write(json.dumps({"sentence": " ".join(words), "label": int("good" in words)}) + "\n")
+
+
+def _args(config, workdir, data_dir, **extra):
+  spec = f"jsonl:{data_dir}/{{}}.jsonl"
+  cfg = dict(TINY, **{"data.source": spec.format("train"), "data.eval_source": spec.format("dev")},
+             **extra)
   return [f"--config={os.path.join(REPO, 'configs', 'sst2', config)}", f"--workdir={workdir}"] + [
       f"--config.{k}={v}" for k, v in cfg.items()]
 
 
 @pytest.mark.heavy
-def test_teacher_and_distilled_student_forward(tmp_path, raw_data_dir, tfds_dir):
+def test_teacher_and_distilled_student_forward(tmp_path):
+  _write(tmp_path / "train.jsonl", 256, 0)
+  _write(tmp_path / "dev.jsonl", 300, 1)
   teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
-  train.main(_args("encoder.py", teacher, raw_data_dir, tfds_dir, **{"model.num_layers": 2}))
-  train.main(_args("distill.py", student, raw_data_dir, tfds_dir, **{
+  train.main(_args("encoder.py", teacher, tmp_path, **{"model.num_layers": 2}))
+  train.main(_args("distill.py", student, tmp_path, **{
       "model.num_layers": 1, "model.embed_dim": 8, "distill.teacher": teacher,
       "distill.hidden_weight": 1.0}))
   # A narrower student learns a projection to the teacher's width for the hidden-state
@@ -36,8 +55,8 @@ def test_teacher_and_distilled_student_forward(tmp_path, raw_data_dir, tfds_dir)
 
   out = student_forward.compare(teacher, student, rounds=2, batch_size=128)
   assert (out["teacher"]["layers"], out["student"]["layers"]) == (2, 1)
-  # The 872 dev sentences in batches of 128, padded to seq_len.
-  assert out["teacher"]["batches"] == out["student"]["batches"] == 7
+  # The 300 dev sentences in batches of 128, padded to seq_len.
+  assert out["teacher"]["batches"] == out["student"]["batches"] == 3
   assert out["teacher"]["tokens_per_batch"] == 128 * 32
   assert out["student"]["params"] < out["teacher"]["params"]
   assert all(len(v) == 2 for v in out["dev_pass_s_all"].values())
