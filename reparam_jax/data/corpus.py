@@ -14,11 +14,13 @@ prepared folder into this host's rows of each global batch:
 * `concat` (nanoGPT, GPT-2/3): documents with their boundary tokens are
   concatenated and cut into rows of `seq_len + 1` tokens; a row may span
   documents, the EOS between them tells the model;
-* `first_fit` (T5X/seqio, MaxText): whole documents (cut at `seq_len + 1`)
-  are packed first-fit into rows, with `segment_ids` (1, 2, ... per
-  document, 0 on padding) and per-document `positions`; the model attends
-  within a segment only and the loss skips padding and the first token of
-  each document (nothing before it to predict it from).
+* `first_fit` (T5X/seqio, MaxText): whole documents are packed first-fit
+  into rows, with `segment_ids` (1, 2, ... per document, 0 on padding) and
+  per-document `positions`; the model attends within a segment only and the
+  loss skips padding and the first token of each segment (nothing before it
+  to predict it from).  A document longer than a row goes in as consecutive
+  row-sized pieces, each its own segment: nothing is dropped (seqio's
+  `trim_and_pack` keeps only the first row's worth).
 
 The iterator is grain's: its state (a few integers) goes into the checkpoint,
 so a resumed run sees the batches an uninterrupted run would.  Packing runs on
@@ -219,10 +221,24 @@ def pack(shards: Sequence[token_shards.TokenShards], weights: Sequence[float], r
   if packing == "concat":
     return grain.experimental.ConcatThenSplitIterDataset(docs.to_iter_dataset(),
                                                          length_struct=features)
-  docs = docs.map(lambda d: {k: v[:row] for k, v in d.items()})
+  pieces = grain.experimental.FlatMapIterDataset(docs.to_iter_dataset(), _RowPieces(row))
   return grain.experimental.FirstFitPackIterDataset(
-      docs.to_iter_dataset(), length_struct=features,
+      pieces, length_struct=features,
       num_packing_bins=max(per_host, PACKING_BINS), seed=seed, shuffle_bins=False)
+
+
+class _RowPieces(grain.experimental.FlatMapTransform):
+  """A document as consecutive pieces of at most `row` tokens: a document longer than a
+  row is packed as several segments instead of being cut to its first row."""
+
+  max_fan_out = 1 << 20  # not a bound grain's iterator enforces; documents may be long
+
+  def __init__(self, row: int):
+    self.row = row
+
+  def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    n = len(element["tokens"])
+    return [{k: v[i:i + self.row] for k, v in element.items()} for i in range(0, n, self.row)]
 
 
 def _tag(doc: dict[str, np.ndarray], source: int) -> dict[str, np.ndarray]:

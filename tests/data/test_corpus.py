@@ -125,9 +125,20 @@ def test_concat_rows_are_full_cuts_of_documents(tmp_path: Path) -> None:
   assert starts >= 10
 
 
-def test_first_fit_rows_hold_whole_documents_with_segments_and_positions(tmp_path: Path) -> None:
+def test_first_fit_rows_hold_documents_in_row_sized_pieces_with_segments_and_positions(
+    tmp_path: Path) -> None:
+  """Every document is packed whole, or, longer than a row, as consecutive row-sized pieces
+  (each its own segment): over a few epochs every piece shows up, no token is dropped."""
   _, shards, batches, _ = _rows(tmp_path, "first_fit", seq_len=63)
-  whole = {tuple(shards[i]["tokens"][:64]) for i in range(len(shards))}  # cut at seq_len + 1
+  docs = [shards[i]["tokens"] for i in range(len(shards))]
+  assert max(len(d) for d in docs) > 64  # some documents need more than one row
+  whole = {tuple(d[i:i + 64]) for d in docs for i in range(0, len(d), 64)}
+  raw = corpus.pack([shards], [1.0], 64, 4, seed=3, packing="first_fit")
+  seen = set()
+  for r in itertools.islice(iter(raw), 200):
+    for s in set(r["tokens_segment_ids"].tolist()) - {0}:
+      seen.add(tuple(r["tokens"][r["tokens_segment_ids"] == s]))
+  assert seen == whole
   for b in batches:
     for tokens, seg, pos in zip(b["tokens"], b["segment_ids"], b["positions"]):
       for s in set(seg.tolist()) - {0}:
@@ -215,7 +226,8 @@ def test_mixture_interleaves_folders_in_their_weights(tmp_path: Path) -> None:
   folders = corpus.parse_mixture(f"3:{tmp_path}/sa, 1:{tmp_path}/sb")
   assert [w for _, w in folders] == [0.75, 0.25]
   shards = [token_shards.TokenShards(f) for f, _ in folders]
-  it = corpus.packed_train_loader(shards, [0.75, 0.25], 63, 4, seed=0, packing="first_fit")
+  # Rows of 512 hold every document whole: segment starts count documents.
+  it = corpus.packed_train_loader(shards, [0.75, 0.25], 511, 4, seed=0, packing="first_fit")
   docs = {0: 0, 1: 0}
   for _ in range(20):
     b = next(it)

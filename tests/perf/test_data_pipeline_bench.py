@@ -28,7 +28,7 @@ def test_each_measurement_on_a_tiny_corpus(tmp_path) -> None:
   for packing in ("concat", "first_fit"):
     loader = bench.measure_loader(str(tmp_path / "shards"), packing, 64, 4, 5)
     assert loader["batches"] == 5 and loader["tokens_s"] > 0
-    assert (loader["non_padding"] == 1.0) == (packing == "concat")
+    assert loader["non_padding"] == 1.0 if packing == "concat" else 0.5 < loader["non_padding"] <= 1
   loss = bench.packing_loss(str(tmp_path / "shards"), 256, 40)
   assert 0.5 < loss["first_fit_non_padding"] <= 1.0
-  assert 0 < loss["first_fit_tokens_cut"] < 1 and 0 < loss["concat_documents_split"] < 1
+  assert 0 < loss["first_fit_documents_split"] < loss["concat_documents_split"] < 1
