@@ -7,12 +7,13 @@ The two corpora are on every machine that has this project's data folder:
   1.0 MB) are held out;
 - **sst2**: the 67,349 SST-2 training sentences (built-in, from
   `$REPARAM_DATA_DIR`), one short document each.
-A SentencePiece unigram vocabulary of 8,192 pieces is fitted on the code's
+A SentencePiece unigram vocabulary of 2,048 pieces is fitted on the code's
 training files; the other folders take its tokenizer.  Training mixes
 documents 0.7 code : 0.3 sst2 (`data.mixture`), packs them first-fit into rows
-of 257 tokens (segment ids: attention stays within a document), and reports
-the held-out code's loss and bits per byte.  The model is the quick start's
-shape (4 layers, width 128) over 256 tokens.
+of 129 tokens (segment ids: attention stays within a document; a longer
+document goes in as row-sized pieces), and reports the held-out code's loss
+and bits per byte.  The model is the quick start's shape (4 layers, width
+128) over 128 tokens, batch 12.
 
 The config's argument picks what `prepare_data` tokenizes (`code_train`,
 `code_eval`, `sst2_train`); without one it is the training run:
@@ -47,13 +48,13 @@ SOURCES = {
 def get_config(arg=None):
   c = shakespeare_char.get_config()
   c.data.tokenizer = "sentencepiece"
-  c.data.vocab_size = 8192
+  c.data.vocab_size = 2048
   c.data.mixture = f"0.7:{CORPUS}/code_train,0.3:{CORPUS}/sst2_train"
   c.data.eval_prepared = f"{CORPUS}/code_eval"
   c.data.packing = "first_fit"
   c.data.eval_batches = 8
-  c.seq_len = 256
-  c.batch_size = 16
+  c.seq_len = 128
+  c.batch_size = 12
   c.eval_batch_size = 16
   c.num_steps = 2000
   if arg:  # a prepare_data run: one source into its folder
