@@ -19,7 +19,7 @@ QUICKSTART = os.path.join(REPO, "configs", "lm", "shakespeare_char.py")
 # A model small enough that a few steps take well under a second.
 TINY = {
     "model.num_layers": "1", "model.num_heads": "2", "model.embed_dim": "16",
-    "model.mlp_dim": "32", "seq_len": "16", "batch_size": "8", "eval_batch_size": "64",
+    "model.mlp_dim": "32", "seq_len": "16", "batch_size": "8", "eval_batch_size": "512",
     "log_every": "1", "eval_every": "5", "checkpoint_every": "5",
     "optimizer.warmup_steps": "2",
 }
