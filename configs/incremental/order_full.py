@@ -13,7 +13,7 @@ Command (after sst2_full):
       --config.init_from=workdirs/incremental/sst2_full
 
 Hardware: 1 CPU host (2 cores shared with other work), 1 CPU device.
-Runtime: 4.0 min (one run, 2026-11-26, shared box, working tree of 4cde687).
+Runtime: 10.3 min (one run, 2026-12-06, commit 9092cf9, box shared with other work).
 Expected: word-order dev accuracy 0.899 at step 200 (one seed).
 All four: experiments/results/incremental/README.md.
 """

@@ -11,8 +11,8 @@ Command:
       --config=configs/incremental/order_lora.py --workdir=workdirs/incremental/order_lora
 
 Hardware: 1 CPU host (2 cores shared with other work), 1 CPU device.
-Runtime: 3.4 min (one run, 2026-11-26, shared box, working tree of 4cde687).
-Expected: word-order dev accuracy 0.871 at step 200 (one seed, 2,407 lines).
+Runtime: 5.2 min (one run, 2026-12-06, commit 9092cf9, box shared with other work).
+Expected: word-order dev accuracy 0.875 at step 200 (one seed, 2,407 lines).
 All four: experiments/results/incremental/README.md.
 """
 

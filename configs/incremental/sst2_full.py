@@ -8,7 +8,7 @@ Command:
       --config=configs/incremental/sst2_full.py --workdir=workdirs/incremental/sst2_full
 
 Hardware: 1 CPU host (2 cores shared with other work), 1 CPU device.
-Runtime: 5.6 min (one run, 2026-11-26, shared box, working tree of 4cde687).
+Runtime: 7.1 min (one run, 2026-12-06, commit 9092cf9, box shared with other work).
 Expected: SST-2 dev accuracy 0.839 at step 200 (one seed); 0.509 (the majority-class
 rate) with order_full.py's encoder and this run's head.
 All four: experiments/results/incremental/README.md.

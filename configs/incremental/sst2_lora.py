@@ -11,8 +11,8 @@ Command:
       --config=configs/incremental/sst2_lora.py --workdir=workdirs/incremental/sst2_lora
 
 Hardware: 1 CPU host (2 cores shared with other work), 1 CPU device.
-Runtime: 4.0 min (one run, 2026-11-26, shared box, working tree of 4cde687).
-Expected: SST-2 dev accuracy 0.803 at step 200 (one seed; 74,498 trainable parameters:
+Runtime: 6.5 min (one run, 2026-12-06, commit 9092cf9, box shared with other work).
+Expected: SST-2 dev accuracy 0.807 at step 200 (one seed; 74,498 trainable parameters:
 73,728 LoRA + 770 head); the same after order_lora.py trains (bit-identical logits).
 All four: experiments/results/incremental/README.md.
 """
