@@ -127,3 +127,28 @@ def greedy_cached(model, params, ids, steps: int):
                            mutable=["cache"])
     tokens.append(jnp.argmax(out["logits"][:, -1], -1))
   return np.stack(tokens, 1), out["logits"]
+
+
+LABELLED_WORDS = ["good", "bad", "fine", "awful", "film", "plot", "acting", "very", "not", "the"]
+
+
+def tiny_labelled_corpus(folder, train: int = 256, dev: int = 300,
+                        made_up_words: int = 0) -> dict[str, str]:
+  """`train.jsonl` and `dev.jsonl` of short sentences labelled by whether "good" occurs;
+  the `data.source` / `data.eval_source` config overrides that read them.  A classifier
+  run on these needs no SST-2 (no 67k-sentence tokenizer fit and encoding).
+  `made_up_words` random 6-letter words join the vocabulary (for a tokenizer of a few
+  hundred pieces, where the size of the embedding matters)."""
+  import json  # noqa: PLC0415
+
+  import numpy as np  # noqa: PLC0415
+  letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+  made_up = ["".join(np.random.default_rng(i).choice(letters, 6)) for i in range(made_up_words)]
+  vocabulary = LABELLED_WORDS + made_up
+  for name, n, seed in (("train", train, 0), ("dev", dev, 1)):
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
+      for _ in range(n):
+        words = list(rng.choice(vocabulary, int(rng.integers(3, 12))))
+        f.write(json.dumps({"sentence": " ".join(words), "label": int("good" in words)}) + "\n")
+  return {"data.source": f"jsonl:{folder}/train.jsonl", "data.eval_source": f"jsonl:{folder}/dev.jsonl"}

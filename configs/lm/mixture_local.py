@@ -9,11 +9,12 @@ The two corpora are on every machine that has this project's data folder:
   `$REPARAM_DATA_DIR`), one short document each.
 A SentencePiece unigram vocabulary of 2,048 pieces is fitted on the code's
 training files; the other folders take its tokenizer.  Training mixes
-documents 0.7 code : 0.3 sst2 (`data.mixture`), packs them first-fit into rows
-of 129 tokens (segment ids: attention stays within a document; a longer
-document goes in as row-sized pieces), and reports the held-out code's loss
-and bits per byte.  The model is the quick start's shape (4 layers, width
-128) over 128 tokens, batch 12.
+0.7 code : 0.3 sst2 by tokens (`data.mixture`; a code file is 126 times
+longer than a sentence on average, so about 1 document in 55 is code), packs
+them first-fit into rows of 129 tokens (segment ids: attention stays within a
+document; a longer document goes in as row-sized pieces), and reports the
+held-out code's loss and bits per byte.  The model is the quick start's
+shape (4 layers, width 128) over 128 tokens, batch 12.
 
 The config's argument picks what `prepare_data` tokenizes (`code_train`,
 `code_eval`, `sst2_train`); without one it is the training run:

@@ -7,10 +7,11 @@ prepared folder into this host's rows of each global batch:
 * documents are shuffled globally by the seed (one permutation per epoch) and
   host h of n reads documents h, h+n, ... of that order, so each process
   reads only its own share;
-* a mixture (`data.mixture = "0.7:/shards/web,0.3:/shards/books"`) interleaves
-  the folders' shuffled documents in those proportions, deterministically,
-  and the LM task logs each folder's share of the trained tokens
-  (`train/mixture/<i>`, folders in the order written);
+* a mixture (`data.mixture = "0.7:/shards/web,0.3:/shards/books"`: shares of
+  the tokens) interleaves the folders' shuffled documents deterministically,
+  each folder drawn in proportion to its weight over its mean document
+  length, and the LM task logs each folder's realised share of the trained
+  tokens (`train/mixture/<i>`, folders in the order written);
 * `concat` (nanoGPT, GPT-2/3): documents with their boundary tokens are
   concatenated and cut into rows of `seq_len + 1` tokens; a row may span
   documents, the EOS between them tells the model;
@@ -203,8 +204,9 @@ def pack(shards: Sequence[token_shards.TokenShards], weights: Sequence[float], r
   """This host's documents packed into rows of `row` tokens, with grain's segment fields.
 
   Each folder's documents are shuffled by (seed, folder) and repeated; a
-  mixture interleaves them deterministically in the weights' proportions
-  (grain's `MapDataset.mix`), and tags every token with its folder (`source`).
+  mixture interleaves them deterministically (grain's `MapDataset.mix`) so
+  that each folder gives its weight's share of the tokens (`document_weights`),
+  and tags every token with its folder (`source`).
   """
   if packing not in PACKINGS:
     raise UserError(f"unknown data.packing {packing!r}; use one of {', '.join(PACKINGS)}")
@@ -213,7 +215,7 @@ def pack(shards: Sequence[token_shards.TokenShards], weights: Sequence[float], r
              for i, s in enumerate(shards)]
   if len(streams) > 1:
     streams = [d.map(functools.partial(_tag, source=i)) for i, d in enumerate(streams)]
-    docs = grain.MapDataset.mix(streams, list(weights))
+    docs = grain.MapDataset.mix(streams, document_weights(shards, weights))
   else:
     docs = streams[0]
   docs = docs[h::n]
@@ -239,6 +241,19 @@ class _RowPieces(grain.experimental.FlatMapTransform):
   def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     n = len(element["tokens"])
     return [{k: v[i:i + self.row] for k, v in element.items()} for i in range(0, n, self.row)]
+
+
+def document_weights(shards: Sequence[token_shards.TokenShards],
+                     token_weights: Sequence[float]) -> list[float]:
+  """Document-sampling weights under which each folder gives `token_weights` of the tokens.
+
+  A mixture's weights are shares of the tokens trained on (as a data mixture is
+  usually stated: "70 % web, 30 % books"); documents are drawn in proportion to
+  weight / mean document length, so a folder of short documents is not
+  drowned by one of long ones.
+  """
+  raw = [w * s.num_documents / max(s.num_tokens, 1) for s, w in zip(shards, token_weights)]
+  return [r / sum(raw) for r in raw]
 
 
 def _tag(doc: dict[str, np.ndarray], source: int) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from reparam_jax import train
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.rundir.workdir import load_run
 from reparam_jax.training.evaluate import Evaluator
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_labelled_corpus
 
 TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 16, "model.mlp_dim": 32,
         "data.vocab_size": 300, "batch_size": 16, "eval_batch_size": 128, "num_steps": 4,
@@ -26,23 +26,30 @@ TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 16, "mod
 KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel|embed/token/embedding"
 
 
-def _args(workdir, raw, tfds, **extra):
-  cfg = dict(TINY, **{"data.raw_dir": raw, "data.tfds_dir": tfds}, **extra)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+  """A small labelled set: the data does not matter here, the compress path does."""
+  # Made-up words: a 300-piece vocabulary, so int8 storage of the embedding shows.
+  return tiny_labelled_corpus(str(tmp_path_factory.mktemp("labelled")), made_up_words=600)
+
+
+def _args(workdir, data, **extra):
+  cfg = dict(TINY, **data, **extra)
   return [f"--config={os.path.join(REPO, 'configs', 'sst2', 'encoder.py')}",
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in cfg.items()]
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, raw_data_dir, tfds_dir):
+def classifier(tmp_path_factory, data):
   workdir = str(tmp_path_factory.mktemp("classifier"))
-  train.main(_args(workdir, raw_data_dir, tfds_dir))
+  train.main(_args(workdir, data))
   return workdir
 
 
 @pytest.mark.heavy
-def test_int8_of_a_classifier_through_train(classifier, raw_data_dir, tfds_dir, tmp_path):
+def test_int8_of_a_classifier_through_train(classifier, data, tmp_path):
   out = str(tmp_path / "int8")
-  done = train.main(_args(out, raw_data_dir, tfds_dir, init_from=classifier,
+  done = train.main(_args(out, data, init_from=classifier,
                           **{"compress.recipe": "quantize(int8)", "compress.kernels": KERNELS}))
   assert rundir.read_done(out) == done
   report = json.load(open(os.path.join(out, "report.json")))
@@ -63,9 +70,9 @@ def test_int8_of_a_classifier_through_train(classifier, raw_data_dir, tfds_dir, 
   assert got["accuracy"] == pytest.approx(done["eval/accuracy"])
 
 
-def test_a_compress_config_needs_a_trained_run(raw_data_dir, tfds_dir, tmp_path, capsys):
+def test_a_compress_config_needs_a_trained_run(data, tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    train.main(_args(str(tmp_path / "x"), raw_data_dir, tfds_dir,
+    train.main(_args(str(tmp_path / "x"), data,
                      **{"compress.recipe": "quantize(int8)"}))
   assert exit_info.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
@@ -74,7 +81,7 @@ def test_a_compress_config_needs_a_trained_run(raw_data_dir, tfds_dir, tmp_path,
 
 @pytest.mark.heavy
 def test_pipeline_with_fine_tuning_from_a_run_whose_config_left_causal_unset(
-    classifier, raw_data_dir, tfds_dir, tmp_path):
+    classifier, data, tmp_path):
   """Runs started from a Hugging Face folder up to 262dcdb wrote model.causal = null."""
   import shutil
   legacy = str(tmp_path / "legacy")
@@ -85,7 +92,7 @@ def test_pipeline_with_fine_tuning_from_a_run_whose_config_left_causal_unset(
   with open(os.path.join(legacy, "config.json"), "w") as f:
     json.dump(config, f)
   out = str(tmp_path / "pipeline")
-  done = train.main(_args(out, raw_data_dir, tfds_dir, init_from=legacy, **{
+  done = train.main(_args(out, data, init_from=legacy, **{
       "compress.recipe": "prune(magnitude, 0.5), quantize(int8)",
       "compress.finetune_steps": 2}))
   assert done["compress/kernel_sparsity"] == pytest.approx(0.5, abs=0.01)

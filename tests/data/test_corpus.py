@@ -226,19 +226,28 @@ def test_mixture_interleaves_folders_in_their_weights(tmp_path: Path) -> None:
   folders = corpus.parse_mixture(f"3:{tmp_path}/sa, 1:{tmp_path}/sb")
   assert [w for _, w in folders] == [0.75, 0.25]
   shards = [token_shards.TokenShards(f) for f, _ in folders]
+  # The weights are token shares: documents are drawn by weight / mean document length.
+  mean_len = [s.num_tokens / s.num_documents for s in shards]
+  assert mean_len[0] > 2 * mean_len[1]
+  want = [0.75 / mean_len[0], 0.25 / mean_len[1]]
+  assert corpus.document_weights(shards, [0.75, 0.25]) == pytest.approx(
+      [w / sum(want) for w in want])
   # Rows of 512 hold every document whole: segment starts count documents.
   it = corpus.packed_train_loader(shards, [0.75, 0.25], 511, 4, seed=0, packing="first_fit")
-  docs = {0: 0, 1: 0}
-  for _ in range(20):
+  docs, tokens = {0: 0, 1: 0}, {0: 0, 1: 0}
+  for _ in range(40):
     b = next(it)
     starts = (b["positions"] == 0) & (b["segment_ids"] > 0)
     for src in (0, 1):
       docs[src] += int((starts & (b["source"] == src)).sum())
+      tokens[src] += int(((b["segment_ids"] > 0) & (b["source"] == src)).sum())
     # Every token of a document carries its folder.
     for seg, src in zip(b["segment_ids"], b["source"]):
       for s in set(seg.tolist()) - {0}:
         assert len(set(src[seg == s].tolist())) == 1
-  assert abs(docs[0] / (docs[0] + docs[1]) - 0.75) < 0.05
+  doc_share = corpus.document_weights(shards, [0.75, 0.25])[0]
+  assert abs(docs[0] / (docs[0] + docs[1]) - doc_share) < 0.03  # interleaved exactly
+  assert abs(tokens[0] / (tokens[0] + tokens[1]) - 0.75) < 0.05  # the weights, in tokens
   for bad in ("0.7:/a", "x:/a,1:/b", "0:/a,1:/b"):
     with pytest.raises(UserError, match="data.mixture"):
       corpus.parse_mixture(bad)

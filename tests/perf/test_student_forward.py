@@ -6,47 +6,33 @@ SST-2 pipeline is the slow end-to-end test in tests/tasks/test_classify_end_to_e
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import pytest
 
 from bench import student_forward
 from reparam_jax import train
 from reparam_jax.rundir import checkpoint
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_labelled_corpus
 
 TINY = {"model.num_heads": 2, "model.embed_dim": 16, "model.mlp_dim": 32,
         "data.vocab_size": 60, "batch_size": 16, "eval_batch_size": 128, "num_steps": 2,
         "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "optimizer.warmup_steps": 1,
         "seq_len": 32, "model.max_len": 32, "encoder.length_buckets": "()"}
-WORDS = ["good", "bad", "fine", "awful", "film", "plot", "acting", "very", "not", "the"]
 
 
-def _write(path, n: int, seed: int) -> None:
-  rng = np.random.default_rng(seed)
-  with open(path, "w") as f:
-    for _ in range(n):
-      words = list(rng.choice(WORDS, int(rng.integers(3, 12))))
-      f.write(json.dumps({"sentence": " ".join(words), "label": int("good" in words)}) + "\n")
-
-
-def _args(config, workdir, data_dir, **extra):
-  spec = f"jsonl:{data_dir}/{{}}.jsonl"
-  cfg = dict(TINY, **{"data.source": spec.format("train"), "data.eval_source": spec.format("dev")},
-             **extra)
+def _args(config, workdir, data, **extra):
+  cfg = dict(TINY, **data, **extra)
   return [f"--config={os.path.join(REPO, 'configs', 'sst2', config)}", f"--workdir={workdir}"] + [
       f"--config.{k}={v}" for k, v in cfg.items()]
 
 
 @pytest.mark.heavy
 def test_teacher_and_distilled_student_forward(tmp_path):
-  _write(tmp_path / "train.jsonl", 256, 0)
-  _write(tmp_path / "dev.jsonl", 300, 1)
+  data = tiny_labelled_corpus(str(tmp_path))
   teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
-  train.main(_args("encoder.py", teacher, tmp_path, **{"model.num_layers": 2}))
-  train.main(_args("distill.py", student, tmp_path, **{
+  train.main(_args("encoder.py", teacher, data, **{"model.num_layers": 2}))
+  train.main(_args("distill.py", student, data, **{
       "model.num_layers": 1, "model.embed_dim": 8, "distill.teacher": teacher,
       "distill.hidden_weight": 1.0}))
   # A narrower student learns a projection to the teacher's width for the hidden-state

@@ -35,10 +35,10 @@ def _rp(spec: str, per_layer) -> Reparam:
                               "per_layer": per_layer})
 
 
-def _models(spec: str):
-  whole = _rp(spec, False).wrap(Transformer(CFG))
-  unrolled = _rp(spec, True).wrap(Transformer(CFG))
-  scanned = _rp(spec, "auto").wrap(Transformer(dataclasses.replace(CFG, scan_layers=True)))
+def _models(spec: str, cfg=CFG):
+  whole = _rp(spec, False).wrap(Transformer(cfg))
+  unrolled = _rp(spec, True).wrap(Transformer(cfg))
+  scanned = _rp(spec, "auto").wrap(Transformer(dataclasses.replace(cfg, scan_layers=True)))
   return whole, unrolled, scanned
 
 
@@ -48,7 +48,9 @@ def _stack_variables(variables):
 
 @pytest.mark.parametrize("spec", initializable(EXAMPLES + COMPOSITIONS))
 def test_per_layer_view_is_the_whole_model_view(spec):
-  whole, unrolled, scanned = _models(spec)
+  # Two layers: every transform and composition, run op by op (the suite's slowest
+  # parametrization), needs a stack, not a deep one.
+  whole, unrolled, scanned = _models(spec, dataclasses.replace(CFG, num_layers=2))
   variables = unrolled.init(jax.random.key(0), IDS)
   # Same θ tree as the whole-model lift builds (the per-layer init differs only in its keys).
   assert (jax.tree.structure(meta.unbox(variables))
