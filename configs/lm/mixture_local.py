@@ -28,8 +28,10 @@ Commands:
       --workdir=workdirs/mixture_local
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: not measured yet.
-Expected: not measured yet.
+Runtime: 8 min 9 s of training (median step 232 ms), 22 s for the three prepare_data
+runs (commit 4c6dfd4; experiments/results/corpus_mixture/README.md).
+Expected: held-out code eval/loss 4.635, 2.40 bits per byte at step 2000 (one seed);
+the code's realised share of the trained tokens 0.684 (weight 0.7).
 """
 
 import os
