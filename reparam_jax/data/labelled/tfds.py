@@ -11,9 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from reparam_jax.data.labelled.base import LabelledSource
-from reparam_jax.data.sources.tfds_source import load_split
-
-_BLOCK = 1024
+from reparam_jax.data.sources.tfds_source import load_split, read_blocks
 
 
 class TfdsExamples(LabelledSource):
@@ -40,12 +38,5 @@ class TfdsExamples(LabelledSource):
 
   def records(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
     split = self._data_source()
-    n = len(split)
-    for start in range(0, n, _BLOCK):
-      indices = list(range(start, min(n, start + _BLOCK)))
-      try:
-        records = split.__getitems__(indices)  # one batched read
-      except TypeError:  # TFDS's mock data source (tfds.testing.mock_data) reads one by one
-        records = [split[i] for i in indices]
-      for i, record in zip(indices, records):
-        yield f"{self.options['split']}[{i}]", record
+    for i, record in read_blocks(split, 0, len(split)):  # decoded records
+      yield f"{self.options['split']}[{i}]", record

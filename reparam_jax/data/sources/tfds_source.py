@@ -49,22 +49,33 @@ class TfdsDataset(Source):
     start, stop = map(int, piece.split(":"))
     feature = self.options["feature"]
     raw = getattr(split, "data_source", None)  # serialized records, parsed without TFDS's decoders
-    for first in range(start, stop, 1024):
-      indices = list(range(first, min(stop, first + 1024)))
-      try:
-        records = raw.__getitems__(indices) if raw is not None else [split[i] for i in indices]
-      except TypeError:  # TFDS's mock data source (tfds.testing.mock_data) reads one by one
-        records = [split[i] for i in indices]
-      for i, record in zip(indices, records):
-        where = f"{self.options['split']}[{i}]"
-        value = (example_bytes_feature(record, feature) if isinstance(record, bytes)
-                 else record.get(feature))
-        if value is None:
-          self.malformed(where, f"has no text feature {feature!r}; name it with ?feature=")
-          continue
-        text = self.decode(value, where) if isinstance(value, bytes) else value
-        if text is not None:
-          yield text
+    for i, record in read_blocks(raw if raw is not None else split, start, stop,
+                                 fallback=split):
+      where = f"{self.options['split']}[{i}]"
+      value = (example_bytes_feature(record, feature) if isinstance(record, bytes)
+               else record.get(feature))
+      if value is None:
+        self.malformed(where, f"has no text feature {feature!r}; name it with ?feature=")
+        continue
+      text = self.decode(value, where) if isinstance(value, bytes) else value
+      if text is not None:
+        yield text
+
+
+def read_blocks(records: Any, start: int, stop: int, fallback: Any = None,
+                block: int = 1024) -> Iterator[tuple[int, Any]]:
+  """(index, record) of `records[start:stop]`, read a block at a time (`__getitems__`).
+
+  `fallback` is read one record at a time where `records` has no batched read
+  (TFDS's mock data source, tfds.testing.mock_data)."""
+  for first in range(start, stop, block):
+    indices = list(range(first, min(stop, first + block)))
+    try:
+      got = records.__getitems__(indices)
+    except (TypeError, AttributeError):
+      source = records if fallback is None else fallback
+      got = [source[i] for i in indices]
+    yield from zip(indices, got)
 
 
 # TFDS's collections of builders written before its `datasets/` layout (c4, wiki40b,
