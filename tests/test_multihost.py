@@ -76,7 +76,9 @@ def _check_matches_single_process(workdir: str, single: str) -> None:
       rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("num_processes", [2, 4])
+# 2 processes of 2 devices each are the SLURM test's group (below); `make test-all` runs
+# them with explicit flags too.
+@pytest.mark.parametrize("num_processes", [pytest.param(2, marks=pytest.mark.slow), 4])
 def test_processes_match_one_process(num_processes, single_process, tmp_path, raw_data_dir,
                                      tfds_dir):
   """N processes (explicit coordinator flags) train like one process with all devices."""

@@ -16,7 +16,8 @@ from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir import workdir as rundir
 from tests.helpers import tiny_args
 
-LAYERS = {"model.num_layers": "3"}
+# Two layers make a stack; the deeper run structures are tests/reparam/test_per_layer.py's.
+LAYERS = {"model.num_layers": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +40,19 @@ def test_a_scanned_lora_run_starts_from_an_unrolled_checkpoint(dense_run, tmp_pa
   final = train.main(args)
   params = checkpoint.load_params(workdir)
   assert "blocks" in params and "block_0" not in params
-  assert np.shape(params["blocks"]["attn"]["query"]["kernel"]["lora_a"])[0] == 3
+  assert np.shape(params["blocks"]["attn"]["query"]["kernel"]["lora_a"])[0] == 2
   # LoRA's B = 0 and nothing trains: the model is the dense run's, layer for layer.
   assert final["eval/loss"] == pytest.approx(dense_final["eval/loss"], rel=1e-5)
 
   run = rundir.load_run(workdir)
-  assert "block_2" in run.params and "blocks" not in run.params
+  assert "block_1" in run.params and "blocks" not in run.params
   assert run.config.model.scan_layers is False
   text = sample_run(workdir, ["ROMEO:"], 8, Sampling(temperature=0.0))
   dense_text = sample_run(dense_dir, ["ROMEO:"], 8, Sampling(temperature=0.0))
   assert text == dense_text
 
 
-# A rule on one layer: the scanned model scans runs [0], [1], [2] (tests/reparam/test_per_layer.py).
+# A rule on one layer: the scanned model scans runs [0] and [1] (tests/reparam/test_per_layer.py).
 ONE_LAYER = r"--config.reparam.rules=(('block_1/mlp/fc_in/kernel', 'lowrank(rank=4)'),)"
 
 
@@ -71,7 +72,7 @@ def test_scanned_and_unrolled_runs_train_alike(dense_run, tmp_path, raw_data_dir
     losses[scan] = [r["train/loss"] for r in rundir.read_metrics(workdir) if "train/loss" in r]
     if rules and scan == "True":
       params = checkpoint.load_params(workdir)
-      assert {k for k in params if k.startswith("block")} == {"blocks_0", "blocks_1", "blocks_2"}
+      assert {k for k in params if k.startswith("block")} == {"blocks_0", "blocks_1"}
       assert "u" in params["blocks_1"]["mlp"]["fc_in"]["kernel"]
-      assert rundir.load_run(workdir).params.keys() >= {"block_0", "block_1", "block_2"}
+      assert rundir.load_run(workdir).params.keys() >= {"block_0", "block_1"}
   np.testing.assert_allclose(losses["True"], losses["False"], rtol=2e-5)

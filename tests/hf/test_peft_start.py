@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from helpers import run_train_subprocess
+from helpers import run_train_subprocess, tiny_labelled_corpus
 
 from reparam_jax.hf import peft as peft_io
 from reparam_jax.hf import pretrained
@@ -21,6 +21,13 @@ from reparam_jax.reparam import Reparam
 from reparam_jax.rundir import checkpoint
 
 QV = r"block_\d+/attn/(query|value)/kernel"
+
+
+def _small_data(tmp_path) -> list[str]:
+  """The SST-2 configs on a small labelled set: the adapter, not the data, is the subject,
+  and the final evaluation of a 22M-parameter model over SST-2's dev set is not."""
+  data = tiny_labelled_corpus(str(tmp_path), train=64, dev=32)
+  return [f"--config.{k}={v}" for k, v in data.items()]
 
 
 @pytest.mark.heavy
@@ -39,7 +46,7 @@ def test_a_run_starts_from_a_peft_adapter(raw_data_dir, tfds_dir, tmp_path):
       ["--config=configs/sst2/minilm_lora.py", f"--workdir={run}", f"--config.init_adapter={adapter}",
        "--config.num_steps=1", "--config.optimizer.lr=1e-12", "--config.optimizer.warmup_steps=0",
        "--config.batch_size=4", "--config.seq_len=16", "--config.encoder.length_buckets=()",
-       "--config.eval_every=1000", "--config.checkpoint_every=1"],
+       "--config.eval_every=1000", "--config.checkpoint_every=1", *_small_data(tmp_path)],
       env={"REPARAM_DATA_DIR": raw_data_dir, "TFDS_DATA_DIR": tfds_dir}, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   trained = checkpoint.load_params(run)
@@ -110,7 +117,7 @@ def test_a_run_starts_from_an_adapter_peft_wrote_with_its_classifier(
        f"--config.reparam.rules={rules!r}", "--config.num_steps=1", "--config.optimizer.lr=1e-12",
        "--config.optimizer.warmup_steps=0", "--config.batch_size=4", "--config.seq_len=16",
        "--config.encoder.length_buckets=()", "--config.eval_every=1000",
-       "--config.checkpoint_every=1"],
+       "--config.checkpoint_every=1", *_small_data(tmp_path)],
       env={"REPARAM_DATA_DIR": raw_data_dir, "TFDS_DATA_DIR": tfds_dir}, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "freshly initialised: -" in result.stdout, result.stdout[-2000:]

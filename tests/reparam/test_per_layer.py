@@ -28,17 +28,21 @@ CFG = transformer_config(dict(vocab_size=50, num_layers=3, num_heads=2, embed_di
                               mlp_dim=32, max_len=16, remat="full"))
 IDS = jax.random.randint(jax.random.key(1), (2, 8), 0, 50)
 KERNELS = r"block_\d+/(attn/(query|value)|mlp/fc_in)/kernel"
+# One attention kernel ([D, H, Dh]) and one MLP kernel ([D, F]) per layer: each kind of
+# kernel once, for the test that runs every transform.
+TWO_KERNELS = r"block_\d+/(attn/query|mlp/fc_in)/kernel"
 
 
-def _rp(spec: str, per_layer) -> Reparam:
-  return Reparam.from_config({"rules": ((KERNELS, spec), ("embed/token/embedding", "frozen")),
+def _rp(spec: str, per_layer, kernels: str = KERNELS) -> Reparam:
+  return Reparam.from_config({"rules": ((kernels, spec), ("embed/token/embedding", "frozen")),
                               "per_layer": per_layer})
 
 
-def _models(spec: str, cfg=CFG):
-  whole = _rp(spec, False).wrap(Transformer(cfg))
-  unrolled = _rp(spec, True).wrap(Transformer(cfg))
-  scanned = _rp(spec, "auto").wrap(Transformer(dataclasses.replace(cfg, scan_layers=True)))
+def _models(spec: str, cfg=CFG, kernels: str = KERNELS):
+  whole = _rp(spec, False, kernels).wrap(Transformer(cfg))
+  unrolled = _rp(spec, True, kernels).wrap(Transformer(cfg))
+  scanned = _rp(spec, "auto", kernels).wrap(
+      Transformer(dataclasses.replace(cfg, scan_layers=True)))
   return whole, unrolled, scanned
 
 
@@ -48,9 +52,12 @@ def _stack_variables(variables):
 
 @pytest.mark.parametrize("spec", initializable(EXAMPLES + COMPOSITIONS))
 def test_per_layer_view_is_the_whole_model_view(spec):
-  # Two layers: every transform and composition, run op by op (the suite's slowest
-  # parametrization), needs a stack, not a deep one.
-  whole, unrolled, scanned = _models(spec, dataclasses.replace(CFG, num_layers=2))
+  # Every transform and composition, run op by op (the suite's slowest parametrization):
+  # two layers with one kernel of each shape make a stack.  No remat: run eagerly, a
+  # rematerialised block is traced and compiled at every call, and what remat does to
+  # the per-layer view is the gradient and memory tests' subject, below.
+  whole, unrolled, scanned = _models(
+      spec, dataclasses.replace(CFG, num_layers=2, remat="none"), TWO_KERNELS)
   variables = unrolled.init(jax.random.key(0), IDS)
   # Same θ tree as the whole-model lift builds (the per-layer init differs only in its keys).
   assert (jax.tree.structure(meta.unbox(variables))
@@ -73,8 +80,9 @@ def test_scanned_gradients_and_sampling(spec):
   def loss(model, p, v):
     return jnp.mean(model.apply({**v, "params": p}, IDS)["logits"] ** 2)
 
-  g0 = jax.grad(lambda p: loss(whole, p, variables))(variables["params"])
-  g1 = jax.grad(lambda p: loss(scanned, p, stacked))(stacked["params"])
+  # Compiled: run op by op, every rematerialised block is traced and compiled at each call.
+  g0 = jax.jit(jax.grad(lambda p: loss(whole, p, variables)))(variables["params"])
+  g1 = jax.jit(jax.grad(lambda p: loss(scanned, p, stacked)))(stacked["params"])
   for a, b in zip(jax.tree.leaves(layers.stack_layers(meta.unbox(g0))),
                   jax.tree.leaves(meta.unbox(g1))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)

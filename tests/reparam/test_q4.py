@@ -147,7 +147,8 @@ def test_bad_arguments_are_user_errors():
 
 # --- through the trainer (reparam_jax.train's library entry point) ----------------------------
 
-KERNELS = r"block_\d+/(attn|mlp)/\w+/kernel"
+# One attention kernel ([D, H, Dh]) and one MLP kernel ([D, F]): each kernel shape once.
+KERNELS = r"block_\d+/(attn/query|mlp/fc_in)/kernel"
 SPECS = ["q4(block_size=8, double_quant=True)|lora(rank=2)", "qweight(bits=8)|lora(rank=2)"]
 
 
