@@ -56,8 +56,11 @@ def test_a_scanned_lora_run_starts_from_an_unrolled_checkpoint(dense_run, tmp_pa
 ONE_LAYER = r"--config.reparam.rules=(('block_1/mlp/fc_in/kernel', 'lowrank(rank=4)'),)"
 
 
+# Dense: the one-run scan of the trainer is the LoRA test's above, the equivalence of the
+# scanned and unrolled model tests/models/test_scan_layers.py's; `make test-all` runs it.
 @pytest.mark.heavy
-@pytest.mark.parametrize("rules", [None, ONE_LAYER], ids=["dense", "one_layer_lowrank"])
+@pytest.mark.parametrize("rules", [pytest.param(None, marks=pytest.mark.slow), ONE_LAYER],
+                         ids=["dense", "one_layer_lowrank"])
 def test_scanned_and_unrolled_runs_train_alike(dense_run, tmp_path, raw_data_dir, tfds_dir,
                                                rules):
   """Both start from the dense run's weights: the same losses, step by step."""

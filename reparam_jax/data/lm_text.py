@@ -70,7 +70,17 @@ def concatenated_rows(documents: Any, length: int, num_rows: int) -> np.ndarray:
   Rows overlap by one token so that every token after the first is a target
   once; fewer rows when the documents run out, none is padded.
   """
-  need = num_rows * length + 1
+  stream = concatenated_tokens(documents, num_rows * length + 1)
+  rows = max(0, min(num_rows, (len(stream) - 1) // length))
+  if not rows:
+    raise UserError(f"the held-out documents hold {len(stream)} tokens, fewer than one row "
+                    f"of seq_len {length} + 1")
+  return np.stack([stream[r * length:r * length + length + 1] for r in range(rows)])
+
+
+def concatenated_tokens(documents: Any, need: int) -> np.ndarray:
+  """The documents' tokens concatenated in order, from as many documents as give `need`
+  tokens (all of them when they hold fewer); the whole of the last document read."""
   parts, have = [], 0
   for i in range(len(documents)):
     if have >= need:
@@ -78,12 +88,7 @@ def concatenated_rows(documents: Any, length: int, num_rows: int) -> np.ndarray:
     ids = documents[i]["tokens"]
     parts.append(ids)
     have += len(ids)
-  stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-  rows = max(0, min(num_rows, (len(stream) - 1) // length))
-  if not rows:
-    raise UserError(f"the held-out documents hold {len(stream)} tokens, fewer than one row "
-                    f"of seq_len {length} + 1")
-  return np.stack([stream[r * length:r * length + length + 1] for r in range(rows)])
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
 def decode_text(tokenizer: Tokenizer, ids: np.ndarray) -> str:

@@ -12,6 +12,14 @@ inputs length).
 All randomness comes from the `np.random.Generator` the caller passes: the
 train pipeline's `random_map` seeds it from (seed, element index) and
 `eval_batches` from (seed, window index), so masks are the same after a resume.
+
+Over a prepared corpus (`corpus_rows`) the documents become raw windows in one
+of two ways (`data.packing`): "concat" concatenates them and cuts windows of
+exactly the raw length (T5's `reduce_concat_tokens` + `split_tokens`; a window
+may span two documents), "first_fit" cuts each document into windows of at
+most the raw length, corrupts each alone and packs the corrupted examples
+first-fit into rows with segment ids, so that no attention (encoder, decoder or
+cross) reaches another document.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+import grain
+import jax
 
 from reparam_jax.data.pipeline import host_slice, per_host_batch_size
 from reparam_jax.errors import UserError
@@ -182,6 +193,78 @@ def make_transform(*, inputs_length: int, targets_length: int, noise_density: fl
             "target_spans": out_spans}
 
   return fn
+
+
+def _corrupt_piece(record: dict[str, Any], rng: np.random.Generator, *, noise_density: float,
+                   mean_span: float, sentinel_ids: Sequence[int], eos_id: int,
+                   offset: int) -> dict[str, np.ndarray]:
+  """One document window → its unpadded (inputs, targets); token ids shifted by `offset`."""
+  raw = np.asarray(record["tokens"], np.int32) + offset
+  _, num_spans = split_lengths(len(raw), noise_density, mean_span)
+  _check_sentinels(len(raw), num_spans, sentinel_ids)
+  mask = noise_mask(len(raw), noise_density, mean_span, rng)
+  inputs, targets, _ = _corrupt(raw, mask, sentinel_ids, eos_id)
+  return {"inputs": inputs, "targets": targets}
+
+
+class _Windows(grain.experimental.FlatMapTransform):
+  """A document as consecutive windows of at most `raw_length` tokens (a 1-token tail,
+  which cannot be corrupted, is dropped)."""
+
+  max_fan_out = 1 << 20  # not a bound grain's iterator enforces; documents may be long
+
+  def __init__(self, raw_length: int):
+    self.raw_length = raw_length
+
+  def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    tokens = element["tokens"]
+    return [{"tokens": tokens[i:i + self.raw_length]}
+            for i in range(0, len(tokens), self.raw_length) if len(tokens) - i >= 2]
+
+
+def packed_rows(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+  """A first-fit packed row (grain's `*_segment_ids`) → the task's batch fields; the
+  decoder inputs are each example's targets shifted right, from `pad_id`."""
+  targets, seg_t = row["targets"], row["targets_segment_ids"]
+  starts = np.concatenate([[True], seg_t[1:] != seg_t[:-1]])
+  decoder_inputs = np.where(starts, pad_id, np.concatenate([[pad_id], targets[:-1]]))
+  return {"inputs": row["inputs"], "inputs_mask": row["inputs_segment_ids"] > 0,
+          "inputs_segment_ids": row["inputs_segment_ids"].astype(np.int32),
+          "targets": targets, "decoder_inputs": decoder_inputs.astype(np.int32),
+          "targets_segment_ids": seg_t.astype(np.int32),
+          "target_weights": (seg_t > 0).astype(np.float32)}
+
+
+def corpus_rows(documents: Any, *, packing: str, raw_length: int, global_batch: int, seed: int,
+                offset: int, num_bins: int, **transform_kwargs: Any) -> grain.DatasetIterator:
+  """This host's rows of each global batch of span-corrupted examples from `documents`
+  (records with `tokens`, e.g. `token_shards.TokenShards`), shuffled by `seed` and
+  repeated; the tokenizer's ids are shifted by `offset` into the model's vocabulary."""
+  per_host = per_host_batch_size(global_batch)
+  n, h = jax.process_count(), jax.process_index()
+  docs = grain.MapDataset.source(documents).shuffle(seed=seed).repeat()[h::n].to_iter_dataset()
+  if packing == "concat":
+    fn = make_transform(**transform_kwargs)
+    shifted = docs.map(lambda d: {"tokens": np.asarray(d["tokens"], np.int32) + offset})
+    windows = grain.experimental.ConcatThenSplitIterDataset(
+        shifted, length_struct={"tokens": raw_length})
+    rows = windows.random_map(fn, seed=seed)
+  elif packing == "first_fit":
+    kw = {k: transform_kwargs[k] for k in ("noise_density", "mean_span", "eos_id")}
+    sentinels = tuple(int(x) for x in transform_kwargs["sentinel_ids"])
+    examples = grain.experimental.FlatMapIterDataset(docs, _Windows(raw_length)).random_map(
+        lambda r, rng: _corrupt_piece(r, rng, sentinel_ids=sentinels, offset=offset, **kw),
+        seed=seed)
+    packed = grain.experimental.FirstFitPackIterDataset(
+        examples, length_struct={"inputs": transform_kwargs["inputs_length"],
+                                 "targets": transform_kwargs["targets_length"]},
+        num_packing_bins=max(per_host, num_bins), seed=seed, shuffle_bins=False)
+    pad_id = transform_kwargs["pad_id"]
+    rows = packed.map(lambda r: packed_rows(r, pad_id))
+  else:
+    raise UserError(f"unknown data.packing {packing!r} for span corruption; use concat or "
+                    "first_fit")
+  return iter(rows.batch(per_host, drop_remainder=True))
 
 
 def eval_batches(tokens: np.ndarray, *, raw_length: int, global_batch: int, seed: int,

@@ -56,7 +56,11 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: Array, padding_mask_BxL: Array | None, train: bool,
                decode: bool = False, memory_BxMxD: Array | None = None,
-               memory_mask_BxM: Array | None = None) -> Array:
+               memory_mask_BxM: Array | None = None, segment_ids_BxL: Array | None = None,
+               memory_segment_ids_BxM: Array | None = None) -> Array:
+    """`segment_ids_BxL` (1, 2, ... per packed example, 0 on padding): a token attends
+    to its own segment only, positions restart in each, and with
+    `memory_segment_ids_BxM` cross-attention reads only its own example's memory."""
     # Attention reads cfg.causal for the cuDNN kernel's causal mode; the stack's
     # role decides it here, whatever the shared config says.
     cfg = dataclasses.replace(self.cfg, causal=self.decoder)
@@ -67,11 +71,19 @@ class Stack(nn.Module):
     if padding_mask_BxL is not None:
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
       mask = pad if mask is None else mask & pad
+    if segment_ids_BxL is not None:
+      if decode:
+        raise ValueError("segment_ids_BxL is for training on packed rows, not decode=True")
+      same = segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :]
+      mask = same if mask is None else mask & same
     cache_index = None
     if decode:
       mask, cache_index = cache_mask(self, mask, padding_mask_BxL, B, L)
     start = 0 if cache_index is None else cache_index
-    positions_BxL = jnp.broadcast_to(start + jnp.arange(L), (B, L))
+    if segment_ids_BxL is not None:
+      positions_BxL = segment_positions(segment_ids_BxL)
+    else:
+      positions_BxL = jnp.broadcast_to(start + jnp.arange(L), (B, L))
     if cfg.learned_positions:
       x_BxLxD = x_BxLxD + Embed(cfg.max_len, cfg.embed_dim, ("length", "embed"), name="position",
                                 **_dtypes(cfg))(positions_BxL)
@@ -83,13 +95,17 @@ class Stack(nn.Module):
     bias = None
     if cfg.relative_buckets:
       slots = mask.shape[-1] if mask is not None else L
-      key_pos_BxM = jnp.broadcast_to(jnp.arange(slots), (B, slots))
+      key_pos_BxM = (positions_BxL if segment_ids_BxL is not None
+                     else jnp.broadcast_to(jnp.arange(slots), (B, slots)))
       table = Embed(cfg.relative_buckets, cfg.num_heads, (None, "heads"), name="rel_bias",
                     **_dtypes(cfg))
       bias = relative_bias(table, cfg, not self.decoder, positions_BxL, key_pos_BxM)
     memory_mask = None
     if memory_mask_BxM is not None:
       memory_mask = memory_mask_BxM[:, None, None, :].astype(bool)
+    if memory_segment_ids_BxM is not None and segment_ids_BxL is not None:
+      own = segment_ids_BxL[:, None, :, None] == memory_segment_ids_BxM[:, None, None, :]
+      memory_mask = own if memory_mask is None else memory_mask & own
 
     x = run_blocks(BLOCKS, cfg, self.num_layers, x, mask, positions_BxL, train, decode,
                    cache_index, bias, memory_BxMxD, memory_mask, cross=self.decoder,
@@ -121,26 +137,37 @@ class EncoderDecoder(nn.Module):
       self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, **_dtypes(cfg))
 
   def __call__(self, inputs_BxS: Array, decoder_inputs_BxT: Array, *,
-               inputs_mask_BxS: Array | None = None, train: bool = False) -> dict[str, Array]:
-    memory = self.encode(inputs_BxS, inputs_mask_BxS, train=train)
-    return self.decode(decoder_inputs_BxT, memory, inputs_mask_BxS, train=train)
+               inputs_mask_BxS: Array | None = None, inputs_segment_ids_BxS: Array | None = None,
+               targets_segment_ids_BxT: Array | None = None,
+               train: bool = False) -> dict[str, Array]:
+    """Teacher forcing.  Packed rows (several examples per row, data/span_corruption.py's
+    `pack`) pass both segment-id arrays: example k's targets see only example k's inputs,
+    so each example's logits are those it would get alone in a row."""
+    memory = self.encode(inputs_BxS, inputs_mask_BxS, train=train,
+                         segment_ids_BxS=inputs_segment_ids_BxS)
+    return self.decode(decoder_inputs_BxT, memory, inputs_mask_BxS, train=train,
+                       segment_ids_BxT=targets_segment_ids_BxT,
+                       memory_segment_ids_BxS=inputs_segment_ids_BxS)
 
   def encode(self, inputs_BxS: Array, inputs_mask_BxS: Array | None = None, *,
-             train: bool = False) -> Array:
+             train: bool = False, segment_ids_BxS: Array | None = None) -> Array:
     self._check_length(inputs_BxS, "inputs")
     x = self.embed(constrain(inputs_BxS, ("batch", "length")), None, None, train)
-    return self.encoder(x, inputs_mask_BxS, train)
+    return self.encoder(x, inputs_mask_BxS, train, segment_ids_BxL=segment_ids_BxS)
 
   def decode(self, decoder_inputs_BxT: Array, memory_BxSxD: Array | None,
-             inputs_mask_BxS: Array | None, *, train: bool = False, decode: bool = False
-             ) -> dict[str, Array]:
+             inputs_mask_BxS: Array | None, *, train: bool = False, decode: bool = False,
+             segment_ids_BxT: Array | None = None,
+             memory_segment_ids_BxS: Array | None = None) -> dict[str, Array]:
     cfg = self.cfg
     if not decode:
       self._check_length(decoder_inputs_BxT, "decoder inputs")
     x = self.embed(constrain(decoder_inputs_BxT, ("batch", "length")), None, None, train)
     # Padding of the targets needs no key mask: causal attention never looks
     # past a real token to padding that follows it, and padded targets have zero weight.
-    h = self.decoder(x, None, train, decode, memory_BxSxD, inputs_mask_BxS)
+    h = self.decoder(x, None, train, decode, memory_BxSxD, inputs_mask_BxS,
+                     segment_ids_BxL=segment_ids_BxT,
+                     memory_segment_ids_BxM=memory_segment_ids_BxS)
     if cfg.tie_embeddings:
       if cfg.tied_logits_scale:
         h = h * jnp.asarray(cfg.embed_dim ** -0.5, h.dtype)
@@ -153,6 +180,15 @@ class EncoderDecoder(nn.Module):
     if self.cfg.learned_positions and ids_BxL.shape[1] > self.cfg.max_len:
       raise ValueError(f"{what} length {ids_BxL.shape[1]} exceeds the model's max_len "
                        f"{self.cfg.max_len}")
+
+
+def segment_positions(segment_ids_BxL: Array) -> Array:
+  """Each token's position within its segment (0 at every segment's first token)."""
+  L = segment_ids_BxL.shape[1]
+  index_BxL = jnp.broadcast_to(jnp.arange(L), segment_ids_BxL.shape)
+  starts_BxL = jnp.concatenate([jnp.ones_like(segment_ids_BxL[:, :1], bool),
+                                segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
+  return index_BxL - jax.lax.cummax(jnp.where(starts_BxL, index_BxL, 0), axis=1)
 
 
 def init_cache(model: EncoderDecoder, params: Any, batch: int, target_slots: int,

@@ -6,6 +6,13 @@ writes each sentinel followed by the span it hid (Raffel et al. 2020, §3.1.4:
 eval reports the unsmoothed loss, token accuracy and span accuracy (the
 fraction of hidden spans whose every token is predicted right).
 
+The corpus: Tiny Shakespeare by default; `data.source` (tokenized into the
+workdir at the start) or `data.prepared` (a `prepare_data` folder, evaluated on
+`data.eval_prepared`) streams documents from token shards, either concatenated
+into raw windows (`data.packing="concat"`, T5's way) or corrupted one document
+window at a time and packed first-fit with segment ids ("first_fit"): see
+data/span_corruption.py.
+
 Vocabulary of the model, T5's layout on top of the corpus tokenizer:
   0 pad (also the decoder's start token), 1 EOS, 2 … V+1 the tokenizer's ids
   shifted by 2, then `num_sentinels` sentinels (<extra_id_0> is the first).
@@ -23,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from reparam_jax.data import lm_text, span_corruption
+from reparam_jax.data import corpus, lm_text, span_corruption, token_shards
 from reparam_jax.data.pipeline import prepare_once, train_loader
 from reparam_jax.data.tokenizers import Tokenizer
 from reparam_jax.errors import UserError
@@ -129,18 +136,41 @@ class Seq2SeqTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     s = config.seq2seq
-    self.splits = lm_text.load_splits(config.data)
-    self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
-                                  config.get("init_from", ""))
+    self.shards = self._corpus_shards(config, workdir)
+    if self.shards is not None:
+      self.tokenizer = self.shards.tokenizer()
+      if workdir and jax.process_index() == 0:
+        self.tokenizer.save(workdir)  # what `sample` encodes and decodes with
+    else:
+      self.splits = lm_text.load_splits(config.data)
+      self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
+                                    config.get("init_from", ""))
+      self.tokens = {k: self.tokenizer.encode(v) + OFFSET for k, v in self.splits.items()}
     self.vocab = Vocabulary(self.tokenizer, s.num_sentinels)
     # The raw window whose corrupted form fills seq_len exactly (T5's random_spans_helper).
     self.raw_length, self.targets_length = span_corruption.raw_length_for(
         config.seq_len, s.noise_density, s.mean_span)
-    self.tokens = {k: self.tokenizer.encode(v) + OFFSET for k, v in self.splits.items()}
     self.transform_kwargs = dict(
         inputs_length=config.seq_len, targets_length=self.targets_length,
         noise_density=s.noise_density, mean_span=s.mean_span,
         sentinel_ids=self.vocab.sentinel_ids, eos_id=EOS, pad_id=PAD)
+
+  def _corpus_shards(self, config: ml_collections.ConfigDict, workdir: str | None
+                     ) -> token_shards.TokenShards | None:
+    """The training folder of token shards (data.prepared, or data.source tokenized into
+    the workdir), with `self.eval_folder`; None for the built-in Tiny Shakespeare."""
+    data = config.data
+    folders = corpus.training_folders(data)
+    self.eval_folder = data.get("eval_prepared", "")
+    if not folders and data.get("source"):
+      train_dir, self.eval_folder = corpus.prepare_in_run(config, workdir)
+      folders = [(train_dir, 1.0)]
+    if not folders:
+      return None
+    if len(folders) > 1:
+      raise UserError("data.mixture is read by the language-modelling task; for span "
+                      "corruption prepare the sources into one folder (data.prepared)")
+    return token_shards.TokenShards(folders[0][0])
 
   def model(self) -> nn.Module:
     return seq2seq_model(self.config, self.vocab.size)
@@ -160,19 +190,42 @@ class Seq2SeqTask(Task):
             np.zeros((1, self.targets_length), np.int32))
 
   def train_iterator(self) -> Iterator[Batch]:
+    if self.shards is not None:
+      return span_corruption.corpus_rows(
+          self.shards, packing=self.config.data.packing, raw_length=self.raw_length,
+          global_batch=self.config.batch_size, seed=self.config.seed, offset=OFFSET,
+          num_bins=corpus.PACKING_BINS, **self.transform_kwargs)
     source = span_corruption.SpanCorruptionSource(self.tokens["train"], self.raw_length)
     return train_loader(source, self.config.batch_size, self.config.seed,
                         span_corruption.make_transform(**self.transform_kwargs))
 
   def eval_batches(self) -> Iterable[Batch]:
-    return span_corruption.eval_batches(self.tokens["validation"], raw_length=self.raw_length,
+    tokens = self.tokens["validation"] if self.shards is None else self._held_out_tokens()
+    return span_corruption.eval_batches(tokens, raw_length=self.raw_length,
                                         global_batch=self.config.eval_batch_size,
                                         seed=self.config.seed, **self.transform_kwargs)
 
+  def _held_out_tokens(self) -> np.ndarray:
+    """The first `data.eval_batches` batches' worth of raw windows of the held-out folder's
+    documents, concatenated: the same windows (and masks) at every evaluation."""
+    held_out = token_shards.TokenShards(self.eval_folder)
+    if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
+      raise UserError(f"{held_out.out_dir} was tokenized with another tokenizer than "
+                      f"{self.shards.out_dir}; prepare both with the same data.tokenizer")
+    need = self.raw_length * self.config.eval_batch_size * self.config.data.eval_batches
+    tokens = lm_text.concatenated_tokens(held_out, need)[:need]
+    if len(tokens) < 2:
+      raise UserError(f"{held_out.out_dir} holds {len(tokens)} tokens: too few to evaluate on")
+    return tokens.astype(np.int32) + OFFSET
+
   @staticmethod
   def _logits(apply_fn: Callable[..., dict], batch: Batch, train: bool) -> jax.Array:
+    # Packed rows (data.packing="first_fit") carry segment ids: each example attends to itself.
     return apply_fn(batch["inputs"], batch["decoder_inputs"],
-                    inputs_mask_BxS=batch["inputs_mask"], train=train)["logits"]
+                    inputs_mask_BxS=batch["inputs_mask"],
+                    inputs_segment_ids_BxS=batch.get("inputs_segment_ids"),
+                    targets_segment_ids_BxT=batch.get("targets_segment_ids"),
+                    train=train)["logits"]
 
   def loss(self, apply_fn: Callable[..., dict], batch: Batch,
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -243,3 +243,78 @@ def test_errors_are_one_clear_line():
                   r"raw_length_for")
   _one_line_error(lambda: sc.split_lengths(100, noise_density=1.0, mean_span=3),
                   r"noise_density")
+
+
+# --- documents of a corpus: concatenated windows, or each document's windows packed ----------
+
+ROWS_KW = dict(noise_density=0.15, mean_span=3.0, sentinel_ids=SENTINELS, eos_id=EOS, pad_id=PAD)
+
+
+def _documents(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"tokens": rng.integers(0, 800, n).astype(np.int32)} for n in lengths]
+
+
+def _corpus_rows(docs, packing, batch=4, seed=0, inputs_length=32):
+  raw, targets_length = sc.raw_length_for(inputs_length, 0.15, 3.0)
+  return sc.corpus_rows(docs, packing=packing, raw_length=raw, global_batch=batch, seed=seed,
+                        offset=2, num_bins=8, inputs_length=inputs_length,
+                        targets_length=targets_length, **ROWS_KW), raw
+
+
+def test_first_fit_rows_hold_each_documents_windows_corrupted_alone():
+  """Every segment of a packed row is one window of one document (ids shifted by 2),
+  corrupted on its own; the decoder reads each example's targets shifted right from pad."""
+  docs = _documents([3, 9, 40, 17, 5, 26, 2, 61])
+  texts = {tuple(d["tokens"] + 2) for d in docs}
+  it, raw = _corpus_rows(docs, "first_fit")
+  batch = next(it)
+  assert batch["inputs"].shape == (4, 32) and batch["targets_segment_ids"].shape[0] == 4
+  segments = 0
+  for r in range(4):
+    seg_in, seg_t = batch["inputs_segment_ids"][r], batch["targets_segment_ids"][r]
+    assert set(seg_in[seg_in > 0]) == set(seg_t[seg_t > 0])
+    for k in set(seg_in[seg_in > 0]):
+      x, y = batch["inputs"][r][seg_in == k], batch["targets"][r][seg_t == k]
+      window = tuple(_uncorrupt(x, y))
+      assert 2 <= len(window) <= raw
+      # A window of some document (one of its consecutive raw_length pieces).
+      assert any(window == t[i:i + raw] for t in texts for i in range(0, len(t), raw)), window
+      d = batch["decoder_inputs"][r][seg_t == k]
+      assert d[0] == PAD and list(d[1:]) == list(y[:-1])
+    np.testing.assert_array_equal(batch["inputs_mask"][r], seg_in > 0)
+    np.testing.assert_array_equal(batch["target_weights"][r], seg_t > 0)
+    segments = max(segments, int(seg_in.max()))
+  assert segments >= 2  # rows hold several examples
+
+
+def test_concat_rows_are_full_windows_across_documents():
+  docs = _documents([3, 9, 40, 17, 5, 26, 2, 61])
+  it, raw = _corpus_rows(docs, "concat")
+  batch = next(it)
+  # Every row is a full raw window: no padding in the inputs, and no segment ids.
+  assert batch["inputs_mask"].all() and "inputs_segment_ids" not in batch
+  window = _uncorrupt(batch["inputs"][0], batch["targets"][0][batch["target_weights"][0] > 0])
+  assert len(window) == raw
+
+
+@pytest.mark.parametrize("packing", ["first_fit", "concat"])
+def test_corpus_rows_resume_from_the_iterators_state(packing):
+  docs = _documents([3, 9, 40, 17, 5, 26, 2, 61, 11, 30])
+  it, _ = _corpus_rows(docs, packing, seed=3)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(3)]
+  fresh, _ = _corpus_rows(docs, packing, seed=3)
+  fresh.set_state(state)
+  for a in want:
+    b = next(fresh)
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_corpus_rows_reject_an_unknown_packing():
+  with pytest.raises(UserError, match="unknown data.packing 'bins'"):
+    _corpus_rows(_documents([10]), "bins")

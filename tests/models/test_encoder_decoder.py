@@ -117,3 +117,34 @@ def test_config_rejects_two_position_schemes():
     TransformerConfig(**dict(TINY, rope=True, sinusoidal=True))
   with pytest.raises(ValueError, match="norm="):
     dataclasses.replace(TransformerConfig(**TINY), norm="batch")
+
+
+@pytest.mark.parametrize("name", ["t5", "vaswani", "learned_pre_ln"])
+def test_a_packed_row_computes_each_example_alone(name):
+  """Two examples packed into one row (inputs and targets each with segment ids, as
+  data/span_corruption.py's first-fit rows are): each example's logits are those it gets
+  alone, for relative, sinusoidal and learned positions."""
+  model, params = _model(name)
+  rng = np.random.default_rng(2)
+  examples = [(rng.integers(1, 40, 5), rng.integers(1, 40, 4)),
+              (rng.integers(1, 40, 7), rng.integers(1, 40, 3))]
+  S, T = 14, 9  # room for both, and padding after them
+  inputs, targets = np.zeros((1, S), np.int32), np.zeros((1, T), np.int32)
+  seg_in, seg_tgt = np.zeros((1, S), np.int32), np.zeros((1, T), np.int32)
+  i = t = 0
+  for k, (x, y) in enumerate(examples, start=1):
+    inputs[0, i:i + len(x)], seg_in[0, i:i + len(x)] = x, k
+    targets[0, t:t + len(y)], seg_tgt[0, t:t + len(y)] = y, k
+    i, t = i + len(x), t + len(y)
+  packed = model.apply({"params": params}, inputs, targets, inputs_mask_BxS=seg_in > 0,
+                       inputs_segment_ids_BxS=seg_in, targets_segment_ids_BxT=seg_tgt)["logits"]
+  unsegmented = model.apply({"params": params}, inputs, targets,
+                            inputs_mask_BxS=seg_in > 0)["logits"]
+  t = 0
+  for x, y in examples:
+    alone = model.apply({"params": params}, x[None].astype(np.int32),
+                        y[None].astype(np.int32))["logits"][0]
+    np.testing.assert_allclose(packed[0, t:t + len(y)], alone, atol=2e-5, rtol=2e-5)
+    t += len(y)
+  # Without the segment ids the second example reads the first: the test can fail.
+  assert not np.allclose(unsegmented[0, 4:7], packed[0, 4:7], atol=1e-3)

@@ -50,7 +50,18 @@ def _stack_variables(variables):
   return {k: layers.stack_layers(v) for k, v in variables.items()}
 
 
-@pytest.mark.parametrize("spec", initializable(EXAMPLES + COMPOSITIONS))
+def _first_of_each_transform(specs: list[str]) -> list:
+  """The first spec of each transform (or chain of transforms) as is; its other examples,
+  which differ only in arguments, `slow` (`make test-all` runs them)."""
+  seen, out = set(), []
+  for spec in specs:
+    chain = tuple(part.split("(")[0] for part in spec.split("|"))
+    out.append(spec if chain not in seen else pytest.param(spec, marks=pytest.mark.slow))
+    seen.add(chain)
+  return out
+
+
+@pytest.mark.parametrize("spec", _first_of_each_transform(initializable(EXAMPLES + COMPOSITIONS)))
 def test_per_layer_view_is_the_whole_model_view(spec):
   # Every transform and composition, run op by op (the suite's slowest parametrization):
   # two layers with one kernel of each shape make a stack.  No remat: run eagerly, a
