@@ -260,6 +260,29 @@ def _tag(doc: dict[str, np.ndarray], source: int) -> dict[str, np.ndarray]:
   return {**doc, "source": np.full(len(doc["tokens"]), source, np.int32)}
 
 
+def run_folders(config: ml_collections.ConfigDict, workdir: str | None
+                ) -> tuple[list[tuple[str, float]], str]:
+  """([(folder, weight)] to train on, held-out folder) of a run reading token shards:
+  data.prepared or data.mixture with data.eval_prepared, or data.source and
+  data.eval_source tokenized into the workdir; ([], "") for the built-in datasets."""
+  folders = training_folders(config.data)
+  eval_folder = config.data.get("eval_prepared", "")
+  if not folders and config.data.get("source"):  # a small corpus, tokenized on the fly
+    train_dir, eval_folder = prepare_in_run(config, workdir)
+    folders = [(train_dir, 1.0)]
+  return folders, eval_folder
+
+
+def held_out_shards(eval_folder: str, train: token_shards.TokenShards
+                    ) -> token_shards.TokenShards:
+  """The held-out folder, which must share the training folder's tokenizer."""
+  held_out = token_shards.TokenShards(eval_folder)
+  if held_out.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
+    raise UserError(f"{held_out.out_dir} was tokenized with another tokenizer than "
+                    f"{train.out_dir}; prepare both with the same data.tokenizer")
+  return held_out
+
+
 def training_folders(data: ml_collections.ConfigDict) -> list[tuple[str, float]]:
   """[(folder, weight)] the LM task trains on: data.mixture's, or data.prepared alone."""
   if data.get("mixture") and data.get("prepared"):

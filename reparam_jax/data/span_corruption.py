@@ -199,11 +199,9 @@ def _corrupt_piece(record: dict[str, Any], rng: np.random.Generator, *, noise_de
                    mean_span: float, sentinel_ids: Sequence[int], eos_id: int,
                    offset: int) -> dict[str, np.ndarray]:
   """One document window → its unpadded (inputs, targets); token ids shifted by `offset`."""
-  raw = np.asarray(record["tokens"], np.int32) + offset
-  _, num_spans = split_lengths(len(raw), noise_density, mean_span)
-  _check_sentinels(len(raw), num_spans, sentinel_ids)
-  mask = noise_mask(len(raw), noise_density, mean_span, rng)
-  inputs, targets, _ = _corrupt(raw, mask, sentinel_ids, eos_id)
+  inputs, targets = span_corrupt(np.asarray(record["tokens"], np.int32) + offset, rng,
+                                 noise_density=noise_density, mean_span=mean_span,
+                                 sentinel_ids=sentinel_ids, eos_id=eos_id)
   return {"inputs": inputs, "targets": targets}
 
 

@@ -39,7 +39,8 @@ from reparam_jax.models.block import BLOCKS, _dtypes, make_norm
 from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.layers import Dense, Embed
 from reparam_jax.models.stack import LayerTransform, run_blocks
-from reparam_jax.models.transformer import Embeddings, cache_mask, relative_bias, sinusoid
+from reparam_jax.models.transformer import (Embeddings, cache_mask, relative_bias, same_segment,
+                                            sinusoid)
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -74,7 +75,7 @@ class Stack(nn.Module):
     if segment_ids_BxL is not None:
       if decode:
         raise ValueError("segment_ids_BxL is for training on packed rows, not decode=True")
-      same = segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :]
+      same = same_segment(segment_ids_BxL, segment_ids_BxL)
       mask = same if mask is None else mask & same
     cache_index = None
     if decode:
@@ -104,7 +105,7 @@ class Stack(nn.Module):
     if memory_mask_BxM is not None:
       memory_mask = memory_mask_BxM[:, None, None, :].astype(bool)
     if memory_segment_ids_BxM is not None and segment_ids_BxL is not None:
-      own = segment_ids_BxL[:, None, :, None] == memory_segment_ids_BxM[:, None, None, :]
+      own = same_segment(segment_ids_BxL, memory_segment_ids_BxM)
       memory_mask = own if memory_mask is None else memory_mask & own
 
     x = run_blocks(BLOCKS, cfg, self.num_layers, x, mask, positions_BxL, train, decode,

@@ -187,7 +187,7 @@ class Transformer(nn.Module):
     if segment_ids_BxL is not None:
       if decode:
         raise ValueError("segment_ids_BxL is for training on packed rows, not decode=True")
-      same = segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :]
+      same = same_segment(segment_ids_BxL, segment_ids_BxL)
       mask = same if mask is None else mask & same
     if decode:
       if not cfg.causal:
@@ -238,6 +238,11 @@ class Transformer(nn.Module):
       block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
       x = block(x, mask, positions_BxL, train, decode, cache_index)
     return x, width
+
+
+def same_segment(query_segments_BxL: Array, key_segments_BxM: Array) -> Array:
+  """[B, 1, L, M]: True where a query and a key belong to the same packed document."""
+  return query_segments_BxL[:, None, :, None] == key_segments_BxM[:, None, None, :]
 
 
 def cache_mask(owner: nn.Module, mask: Array | None, padding_mask_BxL: Array | None, B: int,

@@ -69,12 +69,7 @@ class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None
-    self.eval_folder = config.data.get("eval_prepared", "")
-    folders = corpus.training_folders(config.data)
-    if not folders and config.data.get("source"):  # a small corpus, tokenized on the fly
-      train_dir, eval_dir = corpus.prepare_in_run(config, workdir)
-      folders = [(train_dir, 1.0)]
-      self.eval_folder = eval_dir
+    folders, self.eval_folder = corpus.run_folders(config, workdir)
     if folders:
       self.mixture = [(token_shards.TokenShards(f), w) for f, w in folders]
       self.shards = self.mixture[0][0]
@@ -122,10 +117,7 @@ class LanguageModelTask(Task):
 
   def _prepared_eval_batches(self) -> Iterator[Batch]:
     data = self.config.data
-    held_out = token_shards.TokenShards(self.eval_folder)
-    if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
-      raise UserError(f"{held_out.out_dir} was tokenized with another tokenizer than "
-                      f"{self.shards.out_dir}; prepare both with the same data.tokenizer")
+    held_out = corpus.held_out_shards(self.eval_folder, self.shards)
     size, length = self.config.eval_batch_size, self.config.seq_len
     rows = lm_text.concatenated_rows(held_out, length, size * data.eval_batches)
     # UTF-8 bytes of each row's targets, special tokens excluded: bits per byte

@@ -159,12 +159,7 @@ class Seq2SeqTask(Task):
                      ) -> token_shards.TokenShards | None:
     """The training folder of token shards (data.prepared, or data.source tokenized into
     the workdir), with `self.eval_folder`; None for the built-in Tiny Shakespeare."""
-    data = config.data
-    folders = corpus.training_folders(data)
-    self.eval_folder = data.get("eval_prepared", "")
-    if not folders and data.get("source"):
-      train_dir, self.eval_folder = corpus.prepare_in_run(config, workdir)
-      folders = [(train_dir, 1.0)]
+    folders, self.eval_folder = corpus.run_folders(config, workdir)
     if not folders:
       return None
     if len(folders) > 1:
@@ -208,10 +203,7 @@ class Seq2SeqTask(Task):
   def _held_out_tokens(self) -> np.ndarray:
     """The first `data.eval_batches` batches' worth of raw windows of the held-out folder's
     documents, concatenated: the same windows (and masks) at every evaluation."""
-    held_out = token_shards.TokenShards(self.eval_folder)
-    if held_out.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
-      raise UserError(f"{held_out.out_dir} was tokenized with another tokenizer than "
-                      f"{self.shards.out_dir}; prepare both with the same data.tokenizer")
+    held_out = corpus.held_out_shards(self.eval_folder, self.shards)
     need = self.raw_length * self.config.eval_batch_size * self.config.data.eval_batches
     tokens = lm_text.concatenated_tokens(held_out, need)[:need]
     if len(tokens) < 2:
