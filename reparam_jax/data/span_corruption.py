@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 import grain
-import jax
 
 from reparam_jax.data.pipeline import host_slice, per_host_batch_size
 from reparam_jax.errors import UserError
@@ -198,11 +197,15 @@ def make_transform(*, inputs_length: int, targets_length: int, noise_density: fl
 def _corrupt_piece(record: dict[str, Any], rng: np.random.Generator, *, noise_density: float,
                    mean_span: float, sentinel_ids: Sequence[int], eos_id: int,
                    offset: int) -> dict[str, np.ndarray]:
-  """One document window → its unpadded (inputs, targets); token ids shifted by `offset`."""
+  """One document window → its unpadded (inputs, targets); token ids shifted by `offset`.
+  A mixture's window also keeps its raw tokens' folder (`raw_source`, folder + 1)."""
   inputs, targets = span_corrupt(np.asarray(record["tokens"], np.int32) + offset, rng,
                                  noise_density=noise_density, mean_span=mean_span,
                                  sentinel_ids=sentinel_ids, eos_id=eos_id)
-  return {"inputs": inputs, "targets": targets}
+  out = {"inputs": inputs, "targets": targets}
+  if "source" in record:
+    out["raw_source"] = np.asarray(record["source"], np.int32) + 1
+  return out
 
 
 class _Windows(grain.experimental.FlatMapTransform):
@@ -215,9 +218,9 @@ class _Windows(grain.experimental.FlatMapTransform):
     self.raw_length = raw_length
 
   def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    tokens = element["tokens"]
-    return [{"tokens": tokens[i:i + self.raw_length]}
-            for i in range(0, len(tokens), self.raw_length) if len(tokens) - i >= 2]
+    n = len(element["tokens"])
+    return [{k: v[i:i + self.raw_length] for k, v in element.items()}
+            for i in range(0, n, self.raw_length) if n - i >= 2]
 
 
 def packed_rows(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
@@ -226,37 +229,56 @@ def packed_rows(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray
   targets, seg_t = row["targets"], row["targets_segment_ids"]
   starts = np.concatenate([[True], seg_t[1:] != seg_t[:-1]])
   decoder_inputs = np.where(starts, pad_id, np.concatenate([[pad_id], targets[:-1]]))
-  return {"inputs": row["inputs"], "inputs_mask": row["inputs_segment_ids"] > 0,
-          "inputs_segment_ids": row["inputs_segment_ids"].astype(np.int32),
-          "targets": targets, "decoder_inputs": decoder_inputs.astype(np.int32),
-          "targets_segment_ids": seg_t.astype(np.int32),
-          "target_weights": (seg_t > 0).astype(np.float32)}
+  out = {"inputs": row["inputs"], "inputs_mask": row["inputs_segment_ids"] > 0,
+         "inputs_segment_ids": row["inputs_segment_ids"].astype(np.int32),
+         "targets": targets, "decoder_inputs": decoder_inputs.astype(np.int32),
+         "targets_segment_ids": seg_t.astype(np.int32),
+         "target_weights": (seg_t > 0).astype(np.float32)}
+  if "raw_source" in row:
+    out["raw_source"] = row["raw_source"].astype(np.int32)
+  return out
 
 
-def corpus_rows(documents: Any, *, packing: str, raw_length: int, global_batch: int, seed: int,
-                offset: int, num_bins: int, **transform_kwargs: Any) -> grain.DatasetIterator:
-  """This host's rows of each global batch of span-corrupted examples from `documents`
-  (records with `tokens`, e.g. `token_shards.TokenShards`), shuffled by `seed` and
-  repeated; the tokenizer's ids are shifted by `offset` into the model's vocabulary."""
+def corpus_rows(documents: grain.MapDataset, *, packing: str, raw_length: int,
+                global_batch: int, seed: int, offset: int, num_bins: int, mixture: bool = False,
+                **transform_kwargs: Any) -> grain.DatasetIterator:
+  """This host's rows of each global batch of span-corrupted examples.
+
+  `documents` is this host's endless stream of documents (`corpus.host_documents`:
+  records with `tokens` and, for a mixture, each token's folder in `source`); the
+  tokenizer's ids are shifted by `offset` into the model's vocabulary.  A mixture's rows
+  carry `raw_source` (folder + 1 of each raw token the row was corrupted from, 0 on
+  padding), from which the task logs each folder's share.
+  """
   per_host = per_host_batch_size(global_batch)
-  n, h = jax.process_count(), jax.process_index()
-  docs = grain.MapDataset.source(documents).shuffle(seed=seed).repeat()[h::n].to_iter_dataset()
+  docs = documents.to_iter_dataset()
   if packing == "concat":
     fn = make_transform(**transform_kwargs)
-    shifted = docs.map(lambda d: {"tokens": np.asarray(d["tokens"], np.int32) + offset})
-    windows = grain.experimental.ConcatThenSplitIterDataset(
-        shifted, length_struct={"tokens": raw_length})
-    rows = windows.random_map(fn, seed=seed)
+    shifted = docs.map(lambda d: {**d, "tokens": np.asarray(d["tokens"], np.int32) + offset})
+    features = {"tokens": raw_length, **({"source": raw_length} if mixture else {})}
+    windows = grain.experimental.ConcatThenSplitIterDataset(shifted, length_struct=features)
+
+    def corrupt(window: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+      out = fn(window, rng)
+      if mixture:
+        out["raw_source"] = np.asarray(window["source"], np.int32) + 1
+      return out
+
+    rows = windows.random_map(corrupt, seed=seed)
   elif packing == "first_fit":
     kw = {k: transform_kwargs[k] for k in ("noise_density", "mean_span", "eos_id")}
     sentinels = tuple(int(x) for x in transform_kwargs["sentinel_ids"])
     examples = grain.experimental.FlatMapIterDataset(docs, _Windows(raw_length)).random_map(
         lambda r, rng: _corrupt_piece(r, rng, sentinel_ids=sentinels, offset=offset, **kw),
         seed=seed)
+    n_in, n_tgt = transform_kwargs["inputs_length"], transform_kwargs["targets_length"]
+    # A window's raw tokens are fewer than its inputs and targets together (each
+    # corrupted side adds sentinels and an EOS), so this budget never refuses an example.
+    features = {"inputs": n_in, "targets": n_tgt,
+                **({"raw_source": n_in + n_tgt} if mixture else {})}
     packed = grain.experimental.FirstFitPackIterDataset(
-        examples, length_struct={"inputs": transform_kwargs["inputs_length"],
-                                 "targets": transform_kwargs["targets_length"]},
-        num_packing_bins=max(per_host, num_bins), seed=seed, shuffle_bins=False)
+        examples, length_struct=features, num_packing_bins=max(per_host, num_bins), seed=seed,
+        shuffle_bins=False)
     pad_id = transform_kwargs["pad_id"]
     rows = packed.map(lambda r: packed_rows(r, pad_id))
   else:

@@ -20,9 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from reparam_jax.data import corpus, lm_text, token_shards
+from reparam_jax.data import corpus, lm_text
 from reparam_jax.data.pipeline import host_slice, prepare_once, train_loader
-from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.tasks.base import Task
 
@@ -71,13 +70,8 @@ class LanguageModelTask(Task):
     self.shards = None
     folders, self.eval_folder = corpus.run_folders(config, workdir)
     if folders:
-      self.mixture = [(token_shards.TokenShards(f), w) for f, w in folders]
+      self.mixture = corpus.open_folders(folders)
       self.shards = self.mixture[0][0]
-      for other, _ in self.mixture[1:]:
-        if other.manifest["tokenizer_sha256"] != self.shards.manifest["tokenizer_sha256"]:
-          raise UserError(f"data.mixture: {other.out_dir} was tokenized with another "
-                          f"tokenizer than {self.shards.out_dir}; prepare every folder with "
-                          "the same data.tokenizer")
       self.tokenizer = self.shards.tokenizer()
       if workdir and jax.process_index() == 0:
         self.tokenizer.save(workdir)  # what `sample` decodes with

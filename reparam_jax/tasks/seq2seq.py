@@ -157,15 +157,14 @@ class Seq2SeqTask(Task):
 
   def _corpus_shards(self, config: ml_collections.ConfigDict, workdir: str | None
                      ) -> token_shards.TokenShards | None:
-    """The training folder of token shards (data.prepared, or data.source tokenized into
-    the workdir), with `self.eval_folder`; None for the built-in Tiny Shakespeare."""
+    """The (first) training folder of token shards (data.prepared or data.mixture, or
+    data.source tokenized into the workdir), with `self.mixture` and `self.eval_folder`;
+    None for the built-in Tiny Shakespeare."""
     folders, self.eval_folder = corpus.run_folders(config, workdir)
     if not folders:
       return None
-    if len(folders) > 1:
-      raise UserError("data.mixture is read by the language-modelling task; for span "
-                      "corruption prepare the sources into one folder (data.prepared)")
-    return token_shards.TokenShards(folders[0][0])
+    self.mixture = corpus.open_folders(folders)
+    return self.mixture[0][0]
 
   def model(self) -> nn.Module:
     return seq2seq_model(self.config, self.vocab.size)
@@ -186,10 +185,13 @@ class Seq2SeqTask(Task):
 
   def train_iterator(self) -> Iterator[Batch]:
     if self.shards is not None:
+      documents = corpus.host_documents([s for s, _ in self.mixture],
+                                        [w for _, w in self.mixture], self.config.seed)
       return span_corruption.corpus_rows(
-          self.shards, packing=self.config.data.packing, raw_length=self.raw_length,
+          documents, packing=self.config.data.packing, raw_length=self.raw_length,
           global_batch=self.config.batch_size, seed=self.config.seed, offset=OFFSET,
-          num_bins=corpus.PACKING_BINS, **self.transform_kwargs)
+          num_bins=corpus.PACKING_BINS, mixture=len(self.mixture) > 1,
+          **self.transform_kwargs)
     source = span_corruption.SpanCorruptionSource(self.tokens["train"], self.raw_length)
     return train_loader(source, self.config.batch_size, self.config.seed,
                         span_corruption.make_transform(**self.transform_kwargs))
@@ -226,7 +228,12 @@ class Seq2SeqTask(Task):
     losses = smoothed_cross_entropy(logits, batch["targets"],
                                     self.config.seq2seq.label_smoothing)
     loss = (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
-    return loss, {"loss": loss}
+    metrics = {"loss": loss}
+    if "raw_source" in batch:  # a mixture: each folder's share of the raw tokens corrupted
+      raw = batch["raw_source"]
+      for i in range(len(self.mixture)):
+        metrics[f"mixture/{i}"] = (raw == i + 1).sum() / jnp.maximum((raw > 0).sum(), 1)
+    return loss, metrics
 
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
     logits = self._logits(apply_fn, batch, train=False)

@@ -273,3 +273,14 @@ def test_in_memory_tasks_read_a_source_and_its_held_out_source(tmp_path: Path) -
   data.eval_source = ""
   with pytest.raises(UserError, match="config.data.eval_source is empty"):
     lines.load_lines(data)
+
+
+def test_documents_are_tokenized_in_batches_of_bounded_text():
+  """A batch's encodings are held at once: at most 512 documents and about 1 M characters
+  (a longer document alone), so peak memory does not depend on how documents line up."""
+  from reparam_jax.data.token_shards import _batches  # noqa: PLC0415
+
+  docs = ["a" * 300, "b" * 300, "c" * 1000, "d" * 10, "e" * 10, "f" * 10]
+  assert [[len(d) for d in b] for b in _batches(iter(docs), size=2, chars=700)] == [
+      [300, 300], [1000], [10, 10], [10]]
+  assert [len(b) for b in _batches(iter(["x"] * 5), size=512, chars=2)] == [2, 2, 1]

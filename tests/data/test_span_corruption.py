@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from reparam_jax.data import corpus
 from reparam_jax.data import span_corruption as sc
 from reparam_jax.data.pipeline import train_loader
 from reparam_jax.errors import UserError
@@ -255,11 +256,26 @@ def _documents(lengths, seed=0):
   return [{"tokens": rng.integers(0, 800, n).astype(np.int32)} for n in lengths]
 
 
-def _corpus_rows(docs, packing, batch=4, seed=0, inputs_length=32):
+class _Folder(list):
+  """Documents as a prepared folder offers them (`token_shards.TokenShards`' interface)."""
+
+  @property
+  def num_documents(self):
+    return len(self)
+
+  @property
+  def num_tokens(self):
+    return sum(len(d["tokens"]) for d in self)
+
+
+def _corpus_rows(folders, packing, batch=4, seed=0, inputs_length=32, weights=None):
+  folders = [_Folder(f) for f in folders]
   raw, targets_length = sc.raw_length_for(inputs_length, 0.15, 3.0)
+  docs = corpus.host_documents(folders, weights or [1.0] * len(folders), seed)
   return sc.corpus_rows(docs, packing=packing, raw_length=raw, global_batch=batch, seed=seed,
-                        offset=2, num_bins=8, inputs_length=inputs_length,
-                        targets_length=targets_length, **ROWS_KW), raw
+                        offset=2, num_bins=8, mixture=len(folders) > 1,
+                        inputs_length=inputs_length, targets_length=targets_length,
+                        **ROWS_KW), raw
 
 
 def test_first_fit_rows_hold_each_documents_windows_corrupted_alone():
@@ -267,7 +283,7 @@ def test_first_fit_rows_hold_each_documents_windows_corrupted_alone():
   corrupted on its own; the decoder reads each example's targets shifted right from pad."""
   docs = _documents([3, 9, 40, 17, 5, 26, 2, 61])
   texts = {tuple(d["tokens"] + 2) for d in docs}
-  it, raw = _corpus_rows(docs, "first_fit")
+  it, raw = _corpus_rows([docs], "first_fit")
   batch = next(it)
   assert batch["inputs"].shape == (4, 32) and batch["targets_segment_ids"].shape[0] == 4
   segments = 0
@@ -290,7 +306,7 @@ def test_first_fit_rows_hold_each_documents_windows_corrupted_alone():
 
 def test_concat_rows_are_full_windows_across_documents():
   docs = _documents([3, 9, 40, 17, 5, 26, 2, 61])
-  it, raw = _corpus_rows(docs, "concat")
+  it, raw = _corpus_rows([docs], "concat")
   batch = next(it)
   # Every row is a full raw window: no padding in the inputs, and no segment ids.
   assert batch["inputs_mask"].all() and "inputs_segment_ids" not in batch
@@ -301,12 +317,12 @@ def test_concat_rows_are_full_windows_across_documents():
 @pytest.mark.parametrize("packing", ["first_fit", "concat"])
 def test_corpus_rows_resume_from_the_iterators_state(packing):
   docs = _documents([3, 9, 40, 17, 5, 26, 2, 61, 11, 30])
-  it, _ = _corpus_rows(docs, packing, seed=3)
+  it, _ = _corpus_rows([docs], packing, seed=3)
   for _ in range(3):
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(3)]
-  fresh, _ = _corpus_rows(docs, packing, seed=3)
+  fresh, _ = _corpus_rows([docs], packing, seed=3)
   fresh.set_state(state)
   for a in want:
     b = next(fresh)
@@ -317,4 +333,25 @@ def test_corpus_rows_resume_from_the_iterators_state(packing):
 
 def test_corpus_rows_reject_an_unknown_packing():
   with pytest.raises(UserError, match="unknown data.packing 'bins'"):
-    _corpus_rows(_documents([10]), "bins")
+    _corpus_rows([_documents([10])], "bins")
+
+
+@pytest.mark.parametrize("packing", ["first_fit", "concat"])
+def test_a_mixtures_rows_say_which_folder_each_raw_token_came_from(packing):
+  """Two folders at 3:1 of the tokens (ids below and above 400): in every row, `raw_source`
+  counts exactly the raw tokens of each folder that its inputs and targets hold, and over
+  many rows the shares approach the weights."""
+  a = [{"tokens": d["tokens"] % 400} for d in _documents([20, 35, 12, 50, 28] * 4, seed=1)]
+  b = [{"tokens": d["tokens"] % 400 + 400} for d in _documents([15, 40, 22] * 4, seed=2)]
+  it, _ = _corpus_rows([a, b], packing, batch=8, weights=[3.0, 1.0])
+  counts = np.zeros(3)
+  for _ in range(40):
+    batch = next(it)
+    for r in range(8):
+      tokens = np.concatenate([batch["inputs"][r], batch["targets"][r]])
+      raw = tokens[(tokens >= 2) & (tokens < min(SENTINELS))] - 2  # the offset of 2
+      src = batch["raw_source"][r]
+      assert (src == 1).sum() == (raw < 400).sum() and (src == 2).sum() == (raw >= 400).sum()
+      counts += np.bincount(src, minlength=3)
+  share = counts[1] / counts[1:].sum()
+  assert 0.65 < share < 0.85, share

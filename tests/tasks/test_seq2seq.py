@@ -86,7 +86,8 @@ def test_span_corruption_trains_lowrank_cross_attention_and_samples(
 def test_a_jsonl_corpus_trains_packed_first_fit_and_evaluates_on_its_held_out_source(
     tmp_path, raw_data_dir, tfds_dir):
   """`data.source` documents, each cut into raw windows, corrupted alone and packed with
-  segment ids (data.packing="first_fit"); evaluated on `data.eval_source`'s documents."""
+  segment ids (data.packing="first_fit"); evaluated on `data.eval_source`'s documents.
+  Then the two folders that run tokenized, as a `data.mixture`: each folder's share logged."""
   import json  # noqa: PLC0415
 
   lines = open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"),
@@ -108,3 +109,14 @@ def test_a_jsonl_corpus_trains_packed_first_fit_and_evaluates_on_its_held_out_so
   (text,) = sample.main([f"--workdir={workdir}", "--prompt=ROMEO: <extra_id_0> thee",
                          "--num_tokens=4"])
   assert isinstance(text, str)
+
+  # The two folders that run prepared, as a 3:1 mixture of prepared folders.
+  folders = os.path.join(workdir, "corpus")
+  mixed = str(tmp_path / "mixed")
+  train.main(_args("span_corruption.py", mixed, raw_data_dir, tfds_dir, **{
+      "data.mixture": f"3:{folders}/train,1:{folders}/eval", "data.eval_prepared":
+      f"{folders}/eval", "data.packing": "first_fit", "num_steps": 2, "eval_every": 2,
+      "checkpoint_every": 2, "log_every": 1}))
+  shares = [(r["train/mixture/0"], r["train/mixture/1"]) for r in rundir.read_metrics(mixed)
+            if "train/mixture/0" in r]
+  assert len(shares) == 2 and all(abs(a + b - 1) < 1e-5 and a > b for a, b in shares), shares
