@@ -28,10 +28,10 @@ Commands:
       --workdir=workdirs/mixture_local
 
 Hardware: 1 CPU host (2 cores, 24 GiB).
-Runtime: 8 min 9 s of training (median step 232 ms), 22 s for the three prepare_data
-runs (commit 4c6dfd4; experiments/results/corpus_mixture/README.md).
-Expected: held-out code eval/loss 4.635, 2.40 bits per byte at step 2000 (one seed);
-the code's realised share of the trained tokens 0.684 (weight 0.7).
+Runtime: 8 min 1 s of training (median step 237 ms), 29 s for the three prepare_data
+runs (commit 6e8668a; experiments/results/corpus_mixture/README.md).
+Expected: held-out code eval/loss 4.625, 2.39 bits per byte at step 2000 (one seed);
+the code's realised share of the trained tokens 0.686 (weight 0.7).
 """
 
 import os

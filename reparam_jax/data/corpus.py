@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from reparam_jax.data import sources, token_shards
-from reparam_jax.data.pipeline import per_host_batch_size, prepare_once
+from reparam_jax.data.pipeline import DOCUMENT_READ_OPTIONS, per_host_batch_size, prepare_once
 from reparam_jax.data.tokenizers import (
   CharTokenizer,
   SentencePieceTokenizer,
@@ -215,9 +215,10 @@ def pack(shards: Sequence[token_shards.TokenShards], weights: Sequence[float], r
   docs = host_documents(shards, weights, seed)
   features = {"tokens": row, **({"source": row} if len(shards) > 1 else {})}
   if packing == "concat":
-    return grain.experimental.ConcatThenSplitIterDataset(docs.to_iter_dataset(),
-                                                         length_struct=features)
-  pieces = grain.experimental.FlatMapIterDataset(docs.to_iter_dataset(), _RowPieces(row))
+    return grain.experimental.ConcatThenSplitIterDataset(
+        docs.to_iter_dataset(DOCUMENT_READ_OPTIONS), length_struct=features)
+  pieces = grain.experimental.FlatMapIterDataset(docs.to_iter_dataset(DOCUMENT_READ_OPTIONS),
+                                                 _RowPieces(row))
   return grain.experimental.FirstFitPackIterDataset(
       pieces, length_struct=features,
       num_packing_bins=max(per_host, PACKING_BINS), seed=seed, shuffle_bins=False)

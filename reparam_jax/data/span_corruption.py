@@ -31,7 +31,7 @@ import numpy as np
 
 import grain
 
-from reparam_jax.data.pipeline import host_slice, per_host_batch_size
+from reparam_jax.data.pipeline import DOCUMENT_READ_OPTIONS, host_slice, per_host_batch_size
 from reparam_jax.errors import UserError
 
 
@@ -251,7 +251,7 @@ def corpus_rows(documents: grain.MapDataset, *, packing: str, raw_length: int,
   padding), from which the task logs each folder's share.
   """
   per_host = per_host_batch_size(global_batch)
-  docs = documents.to_iter_dataset()
+  docs = documents.to_iter_dataset(DOCUMENT_READ_OPTIONS)
   if packing == "concat":
     fn = make_transform(**transform_kwargs)
     shifted = docs.map(lambda d: {**d, "tokens": np.asarray(d["tokens"], np.int32) + offset})
