@@ -206,6 +206,7 @@ def _write_shard(source: Source, piece: str, tokenizer: Tokenizer, bos: list[int
   head, tail = np.asarray(bos, dtype), np.asarray(eos, dtype)
   try:
     for texts in _batches(source.documents(piece), _ENCODE_BATCH, _ENCODE_BATCH_CHARS):
+      _return_free_memory()  # a long document's encodings go to a heap without holes
       for ids in _encode_all(tokenizer, texts):
         record = np.concatenate([head, ids.astype(dtype), tail])
         writer.write(record.tobytes())
