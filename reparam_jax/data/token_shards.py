@@ -115,8 +115,8 @@ def _large_blocks_from_mmap(threshold: int = 4 << 20) -> None:
 
 
 def _return_free_memory() -> None:
-  """Free heap pages back to the OS (glibc's malloc_trim), once per shard: what one
-  shard's encodings fragmented does not add up over the corpus."""
+  """Free heap pages back to the OS (glibc's malloc_trim), before each batch and after
+  each shard: what earlier encodings fragmented does not add up over the corpus."""
   libc = _glibc()
   if libc is not None:
     libc.malloc_trim(0)
