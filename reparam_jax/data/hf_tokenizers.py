@@ -58,7 +58,7 @@ class HfTokenizer:
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """`encode` of each text, in parallel threads (the fast path for a whole dataset);
-    `encode_batch_fast` skips the character offsets, which only the ids do not need."""
+    `encode_batch_fast` skips the character offsets, which ids alone do not need."""
     return [np.asarray(e.ids, np.int32)
             for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
 

@@ -23,6 +23,7 @@ vocabulary fits (nanoGPT's `.bin` choice: half the bytes of int32), else uint32.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,7 @@ def _batches(documents: Iterator[str], size: int, chars: int) -> Iterator[list[s
     yield batch
 
 
+@functools.cache
 def _glibc() -> Any:
   try:
     return ctypes.CDLL("libc.so.6")
@@ -115,8 +117,8 @@ def _large_blocks_from_mmap(threshold: int = 4 << 20) -> None:
 
 
 def _return_free_memory() -> None:
-  """Free heap pages back to the OS (glibc's malloc_trim), before each batch and after
-  each shard: what earlier encodings fragmented does not add up over the corpus."""
+  """Free heap pages back to the OS (glibc's malloc_trim), before each batch: a long
+  document's encodings then land on a heap without the holes earlier ones left."""
   libc = _glibc()
   if libc is not None:
     libc.malloc_trim(0)
@@ -148,7 +150,6 @@ def prepare(source: Source, tokenizer: Tokenizer, out_dir: str, *, process_index
                                 os.path.join(out_dir, shard_name(i, n)))
     atomic_write(_done_path(out_dir, i, n), json.dumps(
         {"piece": pieces[i], "documents": docs, "tokens": tokens}) + "\n")
-    _return_free_memory()
     summary["documents"] += docs
     summary["tokens"] += tokens
     elapsed = time.perf_counter() - start
@@ -206,7 +207,7 @@ def _write_shard(source: Source, piece: str, tokenizer: Tokenizer, bos: list[int
   head, tail = np.asarray(bos, dtype), np.asarray(eos, dtype)
   try:
     for texts in _batches(source.documents(piece), _ENCODE_BATCH, _ENCODE_BATCH_CHARS):
-      _return_free_memory()  # a long document's encodings go to a heap without holes
+      _return_free_memory()
       for ids in _encode_all(tokenizer, texts):
         record = np.concatenate([head, ids.astype(dtype), tail])
         writer.write(record.tobytes())
