@@ -99,3 +99,76 @@ def test_a_wordpiece_vocabulary_without_unk_is_a_user_error(tmp_path):
 def test_missing_tokenizer_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="no tokenizer"):
     load_tokenizer(str(tmp_path))
+
+
+def _stdlib_text(chars: int) -> str:
+  """Python's own sources, concatenated: newlines after code, blank lines, indented
+  lines, trailing spaces, tabs, non-ASCII."""
+  import sysconfig  # noqa: PLC0415
+  root = sysconfig.get_paths()["stdlib"]
+  parts, size = [], 0
+  for name in sorted(os.listdir(root)):
+    if name.endswith(".py") and size < chars:
+      with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+        parts.append(f.read())
+      size += len(parts[-1])
+  return "".join(parts)[:chars]
+
+
+def _adversarial_text(chars: int) -> str:
+  """Random runs of whitespace of every kind next to letters, digits, punctuation,
+  contractions and the special token."""
+  rng = np.random.default_rng(0)
+  alphabet = ["\n", "\n", "\n", " ", "  ", "\t", "\r\n", "\xa0", "\u2028", "\x1c", "a", "Bc",
+              "é", "1", "23", ".", "'s", "'ll", "(", "<|endoftext|>", "漢"]
+  return "".join(rng.choice(alphabet, chars // 2))[:chars]
+
+
+def _byte_level_bpe(text: str, add_prefix_space: bool = False) -> hf_tokenizers.HfTokenizer:
+  """A GPT-2-style tokenizer (no prefix space unless asked) trained on `text`."""
+  backend = tokenizers.Tokenizer(tokenizers.models.BPE())
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+  backend.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=600, special_tokens=["<|endoftext|>"],
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  backend.train_from_iterator([text[:200_000]], trainer)
+  return hf_tokenizers.HfTokenizer(backend)
+
+
+def test_a_long_text_is_encoded_in_pieces_with_the_ids_of_the_whole_text(minilm, sst2_train):
+  """Texts over LONG_TEXT_CHARS are cut where whitespace follows a non-space character,
+  where GPT-2's byte-level regex and BERT's whitespace split cut anyway: the same ids, and
+  no 800 K-character document held in the tokenizer's working copies at once."""
+  size = hf_tokenizers.LONG_TEXT_CHARS
+  code, noise = _stdlib_text(5 * size), _adversarial_text(3 * size)
+  prose = "\n".join(sst2_train)[:4 * size]
+  bpe, wordpiece = _byte_level_bpe(code + noise), hf_tokenizers.load(minilm)
+  for tok, texts in ((bpe, [code, noise, "short\ntext"]), (wordpiece, [prose, noise])):
+    assert tok.cuts_at_lines
+    for text in texts:
+      pieces = hf_tokenizers.whitespace_cuts(text, size)
+      assert "".join(pieces) == text
+      if len(text) > size:
+        assert len(pieces) > len(text) // size and max(map(len, pieces)) <= size
+    whole = [tok.backend.encode(t, add_special_tokens=False).ids for t in texts]
+    assert [ids.tolist() for ids in tok.encode_batch(texts)] == whole
+
+
+def test_tokenizers_that_could_encode_a_cut_differently_get_the_whole_text(minilm):
+  """A prefix space (each piece would gain one), a normalizer that can make whitespace,
+  whitespace-stripping added tokens: no cuts, so encode_batch is encode."""
+  prefixed = _byte_level_bpe(_stdlib_text(50_000), add_prefix_space=True)
+  assert not prefixed.cuts_at_lines
+  text = _stdlib_text(3 * hf_tokenizers.LONG_TEXT_CHARS)
+  assert prefixed.encode_batch([text])[0].tolist() == prefixed.backend.encode(
+      text, add_special_tokens=False).ids
+  nfkc = _byte_level_bpe(_stdlib_text(50_000))
+  nfkc.backend.normalizer = tokenizers.normalizers.NFKC()
+  assert not hf_tokenizers.HfTokenizer(nfkc.backend).cuts_at_lines
+  stripping = hf_tokenizers.load(minilm).backend
+  stripping.add_special_tokens([tokenizers.AddedToken("<mask>", lstrip=True)])
+  assert not hf_tokenizers.HfTokenizer(stripping).cuts_at_lines
+  metaspace = tokenizers.Tokenizer(tokenizers.models.Unigram())
+  metaspace.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  assert not hf_tokenizers.HfTokenizer(metaspace).cuts_at_lines

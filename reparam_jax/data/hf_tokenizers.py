@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -52,15 +53,36 @@ class HfTokenizer:
     self.unk_id, self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
         backend.token_to_id(names[k]) if names.get(k) else None
         for k in ("unk", "cls", "sep", "pad", "mask"))
+    self.cuts_at_lines = _cuts_at_lines(backend)
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.backend.encode(text, add_special_tokens=False).ids, np.int32)
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """`encode` of each text, in parallel threads (the fast path for a whole dataset);
-    `encode_batch_fast` skips the character offsets, which ids alone do not need."""
-    return [np.asarray(e.ids, np.int32)
-            for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+    `encode_batch_fast` skips the character offsets, which ids alone do not need.
+
+    A text longer than `LONG_TEXT_CHARS` is encoded in pieces cut where the tokenizer
+    itself cuts (`whitespace_cuts`), which gives the same ids: encoding one text holds several
+    working copies of it (normalized string, byte alignments, pre-token splits), 60 MiB
+    for 800 K characters, so the longest document would otherwise set the peak memory of
+    tokenizing a whole corpus.
+    """
+    pieces: list[str] = []
+    owners: list[int] = []
+    for i, text in enumerate(texts):
+      for piece in self._pieces(text):
+        pieces.append(piece)
+        owners.append(i)
+    ids: list[list[np.ndarray]] = [[] for _ in texts]
+    for owner, e in zip(owners, self.backend.encode_batch_fast(pieces, add_special_tokens=False)):
+      ids[owner].append(np.asarray(e.ids, np.int32))
+    return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in ids]
+
+  def _pieces(self, text: str) -> Iterable[str]:
+    if len(text) <= LONG_TEXT_CHARS or not self.cuts_at_lines:
+      return (text,)
+    return whitespace_cuts(text, LONG_TEXT_CHARS)
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
     return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -108,6 +130,88 @@ class HfTokenizer:
               **self.config}
     with open(os.path.join(directory, CONFIG_FILENAME), "w", encoding="utf-8") as f:
       json.dump(config, f, indent=2)
+
+
+# Texts longer than this many characters are encoded in pieces (`HfTokenizer.encode_batch`).
+LONG_TEXT_CHARS = 1 << 16
+
+
+def whitespace_cuts(text: str, size: int) -> list[str]:
+  """`text` in pieces of `size` characters or fewer, each cut where a run of whitespace
+  starts after a non-space character (the run goes with the next piece); a piece is
+  longer only where no such place comes within `size` characters.  Joined, the pieces
+  are `text`."""
+  pieces, start = [], 0
+  while len(text) - start > size:
+    cut = _last_cut(text, start, start + size) or _first_cut(text, start + size)
+    if cut is None:
+      break
+    pieces.append(text[start:cut])
+    start = cut
+  pieces.append(text[start:])
+  return pieces
+
+
+# A non-space character, then one of the whitespace characters every `\s` knows.  Python's
+# `\s` holds for every Unicode White_Space character (the `\s` of the tokenizers'
+# regexes) and a few more, so `[^\s]` is `\S` there too.
+_CUT = re.compile(r"[^\s][ \t\n\r\f\v]")
+
+
+def _last_cut(text: str, start: int, end: int) -> int | None:
+  """The last cut in text[start:end] that leaves a nonempty first piece, or None."""
+  for lo in (max(start, end - 4096), start):  # most texts have one near the end
+    last = None
+    for last in _CUT.finditer(text, lo, end + 1):
+      pass
+    if last is not None:
+      return last.start() + 1
+  return None
+
+
+def _first_cut(text: str, start: int) -> int | None:
+  match = _CUT.search(text, start)
+  return match.start() + 1 if match else None
+
+
+# Where a text cut where whitespace follows a non-space character encodes to the same ids
+# as the whole text.  GPT-2's byte-level regex never puts a non-space character and the
+# whitespace after it into one pre-token (" x" is one, "x " never; a run of whitespace
+# before a word is split as "\n   " + " word" wherever it starts), and it looks at nothing
+# before a match, as long as no normalizer can turn a character into whitespace (NFC and
+# NFD cannot); BERT's and the whitespace pre-tokenizers split at any whitespace, after
+# normalizers that map each character on its own.
+_WHITESPACE_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+_LOCAL_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "BertNormalizer"}
+_NO_NEW_SPACE_NORMALIZERS = {"NFC", "NFD"}
+
+
+def _cuts_at_lines(backend: tokenizers.Tokenizer) -> bool:
+  """Whether cutting a text where whitespace follows a non-space character leaves its ids
+  unchanged: true only for the pipelines above, without added tokens that strip the
+  whitespace around them or hold whitespace."""
+  spec = json.loads(backend.to_str())
+
+  def types(component: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    if component is None:
+      return []
+    return component[key] if component["type"] == "Sequence" else [component]
+
+  norms = {n["type"] for n in types(spec.get("normalizer"), "normalizers")}
+  pre = types(spec.get("pre_tokenizer"), "pretokenizers")
+  if len(pre) != 1:
+    return False
+  if pre[0]["type"] in _WHITESPACE_PRE_TOKENIZERS:
+    pipeline_ok = norms <= _LOCAL_NORMALIZERS
+  else:
+    pipeline_ok = (pre[0]["type"] == "ByteLevel" and pre[0].get("use_regex", True)
+                   and not pre[0].get("add_prefix_space", False)
+                   and norms <= _NO_NEW_SPACE_NORMALIZERS)
+  model_ok = spec["model"]["type"] == "WordPiece" or (
+      spec["model"]["type"] == "BPE" and not spec["model"].get("dropout"))
+  added_ok = not any(t.get("lstrip") or t.get("rstrip") or any(c.isspace() for c in t["content"])
+                     for t in spec.get("added_tokens") or ())
+  return pipeline_ok and model_ok and added_ok
 
 
 _TOKENIZER_CLASS = {"WordPiece": "BertTokenizer", "BPE": "GPT2Tokenizer"}
