@@ -1,4 +1,5 @@
-r"""Imports a Hugging Face GPT-2, BERT or T5 model folder as a project checkpoint.
+r"""Imports a Hugging Face model folder (GPT-2, BERT, Llama/Qwen 2/Mistral, T5) as a project
+checkpoint.
 
   python -m reparam_jax.convert_hf --from=/models/gpt2 --to=/ckpt/gpt2
 

@@ -118,13 +118,15 @@ def tensorboard_scalars(logdir: str) -> tuple[dict[str, list[tuple[int, float]]]
 def greedy_cached(model, params, ids, steps: int):
   """Greedy tokens [B, steps] of a decoder model through its decode cache (prompt `ids`
   in one call, then one token per call), and the last call's logits."""
-  slots = jnp.zeros((ids.shape[0], ids.shape[1] + steps), jnp.int32)
+  B, P = ids.shape
+  slots = jnp.zeros((B, P + steps), jnp.int32)
   cache = model.init(jax.random.key(0), slots, decode=True)["cache"]
   out, mut = model.apply({"params": params, "cache": cache}, ids, decode=True, mutable=["cache"])
   tokens = [jnp.argmax(out["logits"][:, -1], -1)]
-  for _ in range(steps - 1):
+  for step in range(steps - 1):
+    position = jnp.full((B, 1), P + step, jnp.int32)
     out, mut = model.apply({"params": params, **mut}, tokens[-1][:, None], decode=True,
-                           mutable=["cache"])
+                           positions_BxL=position, mutable=["cache"])
     tokens.append(jnp.argmax(out["logits"][:, -1], -1))
   return np.stack(tokens, 1), out["logits"]
 

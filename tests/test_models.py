@@ -18,8 +18,12 @@ def _count(cfg: TransformerConfig) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
 
 
-@pytest.mark.parametrize("preset,expected", [("gpt2_small", 124_439_808),
-                                             ("bert_base", 109_482_240)])
+@pytest.mark.parametrize("preset,expected", [
+    ("gpt2_small", 124_439_808), ("bert_base", 109_482_240),
+    # transformers' counts of the published models (tests/hf/test_llama.py checks them)
+    ("smollm2_135m", 134_515_008), ("smollm2_360m", 361_821_120),
+    ("qwen2_5_0_5b", 494_032_768), ("llama3_2_1b", 1_235_814_400),
+    ("llama3_1_8b", 8_030_261_248), ("llama3_1_70b", 70_553_706_496)])
 def test_published_parameter_counts(preset, expected):
   assert _count(TransformerConfig(**PRESETS[preset])) == expected
 
@@ -132,3 +136,28 @@ def test_layer_norm_vjp_matches_autodiff_of_the_formula(monkeypatch, rows_by_dot
   g_plain = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
   for a, b in zip(g_ours, g_plain):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(num_kv_heads=1, rope_scaling="llama3", rope_factor=8.0, rope_original_max_len=4),
+    dict(num_kv_heads=2, sliding_window=3, rope_scaling="yarn", rope_factor=4.0,
+         rope_original_max_len=4, qkv_bias=True, use_bias=False)])
+def test_llama_decoder_decodes_through_its_cache_as_it_runs_whole(options):
+  """Grouped-query heads (the cache holds only the key/value heads), a sliding window
+  over the cache slots, scaled RoPE: one token at a time equals the whole sequence."""
+  from tests.helpers import greedy_cached  # noqa: PLC0415
+  cfg = TransformerConfig(**dict(TINY, num_heads=4, norm="rms", activation="silu",
+                                 mlp_gated=True, rope=True, **options))
+  model, variables, ids = _init(cfg, L=4, B=2)
+  tokens, last = greedy_cached(model, variables["params"], ids, 6)
+  whole = model.apply(variables, jnp.concatenate([ids, jnp.asarray(tokens[:, :-1])], 1))
+  np.testing.assert_allclose(last[:, -1], whole["logits"][:, -1], atol=1e-5)
+  steps = model.apply(variables, jnp.concatenate([ids, jnp.asarray(tokens)], 1))["logits"]
+  np.testing.assert_array_equal(np.argmax(steps[:, 3:-1], -1), tokens)
+  cache = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), decode=True)["cache"]
+  assert cache["block_0"]["attn"]["cached_key"].shape == (1, 8, cfg.kv_heads, cfg.head_dim)
+  if cfg.sliding_window:  # a token beyond the window changes nothing
+    far = whole["logits"][:, -1]
+    moved = model.apply(variables, jnp.concatenate([ids, jnp.asarray(tokens[:, :-1])], 1)
+                        .at[:, 0].add(1))["logits"][:, -1]
+    np.testing.assert_allclose(far, moved, atol=1e-6)

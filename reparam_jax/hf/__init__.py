@@ -1,22 +1,27 @@
-"""Hugging Face model folders: reading them, and the GPT-2 / BERT / T5 mapping tables.
+"""Hugging Face model folders: reading them, and the families' mapping tables.
 
-`FAMILIES` maps a config.json `model_type` to its mapping module, which
-provides `model_fields(hf_config)`, `heads_of(names, hf_config)`,
-`import_params(...)`, `export_params(...)` and `hf_config(...)`; optionally
+A family is one module (`FAMILY_MODULES`, in the order the exporter asks them),
+which provides `MODEL_TYPE` (and `MODEL_TYPES`, the config.json `model_type`s it
+reads, if several), `ARCHITECTURES`, `model_fields(hf_config)`,
+`heads_of(names, hf_config)`, `import_params(...)`, `export_params(...)`,
+`hf_config(...)` and `fits(cfg, encoder_decoder)` ("" where a model exports as
+the family, else the field that does not fit); optionally
 `fields_with_tensors(fields, tensors)` (config fields only the weights tell)
 and `ENCODER_DECODER = True` (the model is models/seq2seq.py's EncoderDecoder,
-for the seq2seq task).
+for the seq2seq task).  `FAMILIES` maps each `model_type` to its module.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf import bert, gpt2, t5
+from reparam_jax.hf import bert, gpt2, llama, t5
 
-FAMILIES: dict[str, ModuleType] = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert,
-                                   t5.MODEL_TYPE: t5}
+FAMILY_MODULES: tuple[ModuleType, ...] = (gpt2, bert, llama, t5)
+FAMILIES: dict[str, ModuleType] = {
+    kind: fam for fam in FAMILY_MODULES for kind in getattr(fam, "MODEL_TYPES", (fam.MODEL_TYPE,))}
 
 
 def family(model_type: str, where: str) -> ModuleType:
@@ -28,3 +33,15 @@ def family(model_type: str, where: str) -> ModuleType:
 
 def is_encoder_decoder(fam: ModuleType) -> bool:
   return bool(getattr(fam, "ENCODER_DECODER", False))
+
+
+def exporting_family(cfg: Any, encoder_decoder: bool) -> ModuleType:
+  """The first family `cfg` exports as; UserError naming, per family, what does not fit."""
+  misfits = []
+  for fam in FAMILY_MODULES:
+    misfit = fam.fits(cfg, encoder_decoder)
+    if not misfit:
+      return fam
+    misfits.append(f"{fam.MODEL_TYPE}: {misfit}")
+  raise UserError("this model fits no Hugging Face family it could be exported as ("
+                  + "; ".join(misfits) + ")")

@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, check_tied, get, rename_keys
+from reparam_jax.hf.common import (
+  PLAIN_TRANSFORMER,
+  Flat,
+  Tensors,
+  check_tied,
+  first_misfit,
+  get,
+  rename_keys,
+)
 
 MODEL_TYPE = "bert"
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining",
@@ -194,6 +202,17 @@ def architecture(heads: dict[str, Any]) -> str:
   if heads.get("nsp"):
     raise UserError("a BERT with an NSP head but no MLM head has no Hugging Face architecture")
   return "BertModel"
+
+
+# What a model must be to export as this family: field → required value.
+_REQUIRED = dict(PLAIN_TRANSFORMER, causal=False, pre_norm=False, embed_norm=True)
+
+
+def fits(cfg: Any, encoder_decoder: bool) -> str:
+  """"" if `cfg` exports as this family, else the first field that does not fit."""
+  if encoder_decoder:
+    return "an encoder–decoder"
+  return first_misfit(cfg, _REQUIRED)
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

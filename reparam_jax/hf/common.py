@@ -1,4 +1,4 @@
-"""What the GPT-2, BERT and T5 mapping tables share: a checkpoint's tensors taken
+"""What the families' mapping tables share: a checkpoint's tensors taken
 by name (each exactly once), flat `a/b/c` parameter paths, and shape checks.
 """
 
@@ -113,3 +113,22 @@ def check_tied(src: Tensors, name: str, tied_to: np.ndarray, message: str) -> No
     value = src.take(name)
     if value.shape != tied_to.shape or not np.array_equal(value, tied_to):
       raise UserError(message.replace("{}", f"parameter {name}"))
+
+
+# The fields of a GPT-2/BERT-style Transformer (learned positions, LayerNorm, GELU,
+# biases, one width, full multi-head attention): what those families cannot express.
+PLAIN_TRANSFORMER = {
+    "rope": False, "use_bias": True, "embed_proj_dim": 0, "share_layers": False,
+    "layer_dims": (), "norm": "layer", "activation": "gelu", "mlp_gated": False,
+    "attention_scale": True, "relative_buckets": 0, "sinusoidal": False, "embed_scale": False,
+    "tied_logits_scale": False, "num_decoder_layers": 0, "num_kv_heads": 0, "qkv_bias": False,
+    "sliding_window": 0, "rope_scaling": "", "head_size": 0}
+
+
+def first_misfit(cfg: Any, required: dict[str, Any]) -> str:
+  """"model.F=V (needs W)" for the first field of `required` that `cfg` does not have,
+  or "" (what a family's `fits` answers the exporter)."""
+  for name, ok in required.items():
+    if getattr(cfg, name) != ok:
+      return f"model.{name}={getattr(cfg, name)!r} (needs {ok!r})"
+  return ""

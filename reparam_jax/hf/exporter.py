@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
-from reparam_jax.hf import family
+from reparam_jax.hf import exporting_family
 from reparam_jax.hf.common import check_shapes
 from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, build_model, expected_shapes
 from reparam_jax.models import TransformerConfig, transformer_config
@@ -56,49 +56,6 @@ def _run_model(run_config: dict[str, Any], flat: dict[str, Any]) -> TransformerC
   section["layer_dims"] = tuple(section.get("layer_dims") or ())
   section["scan_layers"] = False  # the params are unrolled (load_for_export)
   return transformer_config(section)
-
-
-def _check_representable(cfg: TransformerConfig, encoder_decoder: bool = False) -> str:
-  """The Hugging Face family `cfg` fits in; UserError naming the field that does not."""
-  if encoder_decoder:
-    return _check_t5(cfg)
-  unsupported = {"rope": False, "use_bias": True, "embed_proj_dim": 0, "share_layers": False,
-                 "layer_dims": (), "norm": "layer", "activation": "gelu", "mlp_gated": False,
-                 "attention_scale": True, "relative_buckets": 0, "sinusoidal": False,
-                 "embed_scale": False, "tied_logits_scale": False, "num_decoder_layers": 0}
-  if cfg.head_dim != cfg.embed_dim // cfg.num_heads:
-    unsupported["head_size"] = 0
-  for name, ok in unsupported.items():
-    if getattr(cfg, name) != ok:
-      raise UserError(f"model.{name}={getattr(cfg, name)} has no GPT-2/BERT counterpart; "
-                      "this model cannot be exported to the Hugging Face format")
-  if cfg.causal:
-    want = {"pre_norm": True, "type_vocab_size": 0, "embed_norm": False, "pooler": False}
-    kind = "gpt2"
-  else:
-    want = {"pre_norm": False, "embed_norm": True}
-    kind = "bert"
-  for name, ok in want.items():
-    if getattr(cfg, name) != ok:
-      raise UserError(f"model.{name}={getattr(cfg, name)}: a {'causal' if cfg.causal else 'bi'}"
-                      f"directional model exports as {kind}, which needs {name}={ok}")
-  return kind
-
-
-def _check_t5(cfg: TransformerConfig) -> str:
-  """An encoder–decoder exports as T5 (hf/t5.py); UserError naming a field T5 lacks."""
-  want = {"pre_norm": True, "norm": "rms", "use_bias": False, "attention_scale": False,
-          "rope": False, "sinusoidal": False, "embed_scale": False, "embed_proj_dim": 0,
-          "share_layers": False, "layer_dims": (), "type_vocab_size": 0, "embed_norm": False,
-          "pooler": False}
-  for name, ok in want.items():
-    if getattr(cfg, name) != ok:
-      raise UserError(f"model.{name}={getattr(cfg, name)}: an encoder–decoder exports as t5, "
-                      f"which needs {name}={ok}")
-  if not cfg.relative_buckets:
-    raise UserError("model.relative_buckets=0: an encoder–decoder exports as t5, which needs "
-                    "its relative position buckets (relative_buckets > 0)")
-  return "t5"
 
 
 def _is_encoder_decoder(flat: dict[str, Any]) -> bool:
@@ -165,7 +122,7 @@ def export(workdir: str, out_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES
   """
   flat, cfg, heads, source = load_for_export(workdir)
   encoder_decoder = _is_encoder_decoder(flat)
-  fam = family(_check_representable(cfg, encoder_decoder), workdir)
+  fam = exporting_family(cfg, encoder_decoder)
   check_shapes(flat, expected_shapes(build_model(cfg, heads, encoder_decoder)), {}, workdir,
                "the model config")
   tensors = fam.export_params(flat, cfg)  # arrays still split over the processes

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, get, rename_keys
+from reparam_jax.hf.common import PLAIN_TRANSFORMER, Flat, Tensors, first_misfit, get, rename_keys
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -130,6 +130,18 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
   if not cfg.tie_embeddings:
     t["lm_head.weight"] = flat["lm_head/kernel"].T
   return t
+
+
+# What a model must be to export as this family: field → required value.
+_REQUIRED = dict(PLAIN_TRANSFORMER, causal=True, pre_norm=True, type_vocab_size=0,
+                 embed_norm=False, pooler=False)
+
+
+def fits(cfg: Any, encoder_decoder: bool) -> str:
+  """"" if `cfg` exports as this family, else the first field that does not fit."""
+  if encoder_decoder:
+    return "an encoder–decoder"
+  return first_misfit(cfg, _REQUIRED)
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

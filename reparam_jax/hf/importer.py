@@ -1,7 +1,8 @@
-"""Importing a Hugging Face GPT-2, BERT or T5 model folder as a project checkpoint.
+"""Importing a Hugging Face model folder (hf/__init__.py lists the families) as a project
+checkpoint.
 
 The library half of `python -m reparam_jax.convert_hf` (see that command for
-the folder it writes).  Mapping tables: hf/gpt2.py, hf/bert.py, hf/t5.py.
+the folder it writes).  Mapping tables: hf/gpt2.py, bert.py, llama.py, t5.py.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[
                     f"{', '.join(fam.ARCHITECTURES)}")
   path = weights_file(folder)
   params, cfg, heads = import_tensors(hf, read_weights(path), path)
-  source = {"family": fam.MODEL_TYPE, "architecture": archs[0] if archs else None,
+  source = {"family": hf.get("model_type"), "architecture": archs[0] if archs else None,
             "encoder_decoder": is_encoder_decoder(fam),
             "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
             "weights": os.path.basename(path)}
@@ -106,7 +107,8 @@ def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: st
   flat, src = fam.import_params(tensors, hf, cfg, heads, where)
   unused = src.unused()
   if unused:
-    raise UserError(f"{where}: parameter {unused[0]} has no place in a {fam.MODEL_TYPE} model "
+    kind = hf.get("model_type")
+    raise UserError(f"{where}: parameter {unused[0]} has no place in a {kind} model "
                     f"({len(unused)} such in all); is config.json the right one?")
   model = build_model(cfg, heads, encoder_decoder=is_encoder_decoder(fam))
   check_shapes(flat, expected_shapes(model), src.origin, where)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, check_tied, get
+from reparam_jax.hf.common import Flat, Tensors, check_tied, first_misfit, get
 
 MODEL_TYPE = "t5"
 ARCHITECTURES = ("T5ForConditionalGeneration", "T5WithLMHeadModel")
@@ -231,6 +231,23 @@ def _projection(cfg: Any) -> str:
   else:
     act = "gelu_python" if cfg.mlp_gated else "gelu"  # exact erf: "gated-gelu" is not
   return f"gated-{act}" if cfg.mlp_gated else act
+
+
+# What a model must be to export as T5: field → required value (and relative buckets).
+_REQUIRED = {"pre_norm": True, "norm": "rms", "use_bias": False, "attention_scale": False,
+             "rope": False, "sinusoidal": False, "embed_scale": False, "embed_proj_dim": 0,
+             "share_layers": False, "layer_dims": (), "type_vocab_size": 0, "embed_norm": False,
+             "pooler": False, "num_kv_heads": 0, "qkv_bias": False, "sliding_window": 0}
+
+
+def fits(cfg: Any, encoder_decoder: bool) -> str:
+  """"" if `cfg` exports as T5, else the first field that does not fit."""
+  if not encoder_decoder:
+    return "not an encoder–decoder"
+  misfit = first_misfit(cfg, _REQUIRED)
+  if not misfit and not cfg.relative_buckets:
+    misfit = "model.relative_buckets=0 (needs its relative position buckets, > 0)"
+  return misfit
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.layers import Dense, LayerNorm, RMSNorm
+from reparam_jax.models.rope import rotary
 
 Array = jax.Array
 constrain = nn.with_logical_constraint
@@ -30,17 +31,6 @@ def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
   return cls(cfg.layer_norm_eps, name=name, **_dtypes(cfg))
 
 
-def rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
-  """Rotary position embedding (Su et al. 2021), rotating halves of each head."""
-  half = x_BxLxHxK.shape[-1] // 2
-  freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle = positions_BxL[..., None, None].astype(jnp.float32) * freq  # B,L,1,half
-  sin, cos = jnp.sin(angle), jnp.cos(angle)
-  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxLxHxK.dtype)
-
-
 def _attention_kernel(cfg: TransformerConfig, q: Array, bias: Array | None,
                       mask: Array | None) -> str | None:
   """`jax.nn.dot_product_attention`'s implementation: cuDNN where it applies, else XLA's."""
@@ -50,7 +40,12 @@ def _attention_kernel(cfg: TransformerConfig, q: Array, bias: Array | None,
 
 
 class Attention(nn.Module):
-  """Multi-head attention; `cross=True` takes keys and values from `memory` (the encoder)."""
+  """Multi-head attention; `cross=True` takes keys and values from `memory` (the encoder).
+
+  With `num_kv_heads` < `num_heads` (grouped-query attention, Ainslie et al. 2023) the
+  key and value projections have `num_kv_heads` heads, each shared by a group of
+  consecutive query heads, and the decode cache holds those heads only.
+  """
 
   cfg: TransformerConfig
   cross: bool = False
@@ -63,17 +58,19 @@ class Attention(nn.Module):
     B, L, _ = x_BxLxD.shape
     H, K = cfg.num_heads, cfg.head_dim
 
-    def project(name: str, src_BxLxD: Array) -> Array:
-      y = Dense(H * K, ("embed", "heads"), cfg.use_bias, name=name, **_dtypes(cfg))(src_BxLxD)
-      return constrain(y.reshape(*src_BxLxD.shape[:2], H, K), ("batch", "length", "heads", "kv"))
+    def project(name: str, src_BxLxD: Array, heads: int = H) -> Array:
+      y = Dense(heads * K, ("embed", "heads"), cfg.use_bias or cfg.qkv_bias, name=name,
+                **_dtypes(cfg))(src_BxLxD)
+      return constrain(y.reshape(*src_BxLxD.shape[:2], heads, K),
+                       ("batch", "length", "heads", "kv"))
 
     q = project("query", x_BxLxD)
     if self.cross:
       k, v = self._memory_keys(project, memory_BxMxD, decode)
     else:
-      k, v = project("key", x_BxLxD), project("value", x_BxLxD)
+      k, v = project("key", x_BxLxD, cfg.kv_heads), project("value", x_BxLxD, cfg.kv_heads)
       if cfg.rope:
-        q, k = rotary(q, positions_BxL, cfg.rope_base), rotary(k, positions_BxL, cfg.rope_base)
+        q, k = rotary(q, positions_BxL, cfg), rotary(k, positions_BxL, cfg)
       if decode:
         k, v = self._cached(k, v, cache_index)
 
@@ -86,6 +83,8 @@ class Attention(nn.Module):
       mask_Bx1xLxM = jnp.tril(jnp.ones((L, L), bool))[None, None]
     if cfg.attention_dropout > 0.0 and train:
       # The fused kernel has no dropout on the probabilities; spell it out.
+      if k.shape[2] != H:  # grouped-query attention: each key/value head serves a group
+        k, v = jnp.repeat(k, H // k.shape[2], axis=2), jnp.repeat(v, H // v.shape[2], axis=2)
       logits = jnp.einsum("blhk,bmhk->bhlm", q, k) * jnp.asarray(scale, q.dtype)
       if bias_BxHxLxM is not None:
         logits = logits + bias_BxHxLxM.astype(logits.dtype)
@@ -147,8 +146,8 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: Array) -> Array:
     cfg = self.cfg
-    act = nn.relu if cfg.activation == "relu" else (
-        lambda y: nn.gelu(y, approximate=cfg.gelu_approximate))
+    act = {"relu": nn.relu, "silu": nn.silu,
+           "gelu": lambda y: nn.gelu(y, approximate=cfg.gelu_approximate)}[cfg.activation]
     h = act(Dense(cfg.mlp_dim, ("embed", "mlp"), cfg.use_bias, name="fc_in",
                   **_dtypes(cfg))(x_BxLxD))
     if cfg.mlp_gated:

@@ -14,6 +14,8 @@ from reparam_jax.models.stack import remat_policy_name
 
 # `model.attention`: XLA's attention, or cuDNN's fused kernel where it applies (block.py).
 ATTENTION_KERNELS = ("xla", "cudnn")
+ACTIVATIONS = ("gelu", "relu", "silu")
+ROPE_SCALINGS = ("", "linear", "llama3", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,17 @@ class TransformerConfig:
   causal: bool = True
   pre_norm: bool = True  # False: BERT's post-LayerNorm
   rope: bool = False  # rotary position embeddings instead of learned ones
-  rope_base: float = 10000.0
+  rope_base: float = 10000.0  # θ of `transformers`' rope_theta
+  # RoPE scalings for longer contexts (models/rope.py): "", "linear", "llama3" or "yarn",
+  # with `transformers`' parameters (factor, low/high_freq_factor, original length, β's).
+  rope_scaling: str = ""
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 0
+  rope_beta_fast: float = 32.0
+  rope_beta_slow: float = 1.0
+  rope_attention_factor: float = 0.0  # yarn: 0 = 0.1·ln(factor) + 1
   type_vocab_size: int = 0  # > 0 adds token-type (segment) embeddings
   embed_norm: bool = False  # LayerNorm after the embedding sum (BERT)
   pooler: bool = False  # tanh(Dense(h[:, 0])) (BERT)
@@ -51,9 +63,17 @@ class TransformerConfig:
   layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
   # T5 and original-Transformer options (models/seq2seq.py; the defaults are GPT-2/BERT's).
   norm: str = "layer"  # "layer" (LayerNorm) or "rms" (T5's RMSNorm: scale only, no mean)
-  activation: str = "gelu"  # "gelu" or "relu" (T5 v1.0, Vaswani et al. 2017)
-  mlp_gated: bool = False  # act(x W_in) ⊙ (x W_gate): T5 v1.1's gated GELU (Shazeer 2020)
+  activation: str = "gelu"  # "gelu", "relu" (T5 v1.0, Vaswani et al.) or "silu" (Llama)
+  # act(x W_in) ⊙ (x W_gate): T5 v1.1's gated GELU, Llama's SwiGLU (Shazeer 2020)
+  mlp_gated: bool = False
   head_size: int = 0  # width of one head; 0 = embed_dim // num_heads (T5's d_kv may differ)
+  # Llama-family options (the defaults are GPT-2/BERT's): grouped-query attention with this
+  # many key/value heads (0 = num_heads; 1 = multi-query), biases on the query/key/value
+  # projections even without `use_bias` (Qwen 2), and attention to at most this many
+  # previous positions (Mistral's sliding window; 0 = all).
+  num_kv_heads: int = 0
+  qkv_bias: bool = False
+  sliding_window: int = 0
   attention_scale: bool = True  # False: no 1/√head_size on the logits (T5 folds it into init)
   relative_buckets: int = 0  # > 0: T5 relative position bias with this many buckets
   relative_max_distance: int = 128  # distances beyond this share the last bucket
@@ -83,14 +103,25 @@ class TransformerConfig:
       raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
     if self.attention not in ATTENTION_KERNELS:
       raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION_KERNELS}")
-    if self.activation not in ("gelu", "relu"):
-      raise ValueError(f"activation={self.activation!r}: use 'gelu' or 'relu'")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r}: use one of {ACTIVATIONS}")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"rope_scaling={self.rope_scaling!r}: use one of {ROPE_SCALINGS}")
+    if self.rope_scaling in ("llama3", "yarn") and self.rope_original_max_len <= 0:
+      raise ValueError(f"rope_scaling={self.rope_scaling!r} needs rope_original_max_len, the "
+                       "context length the model was pre-trained at")
     if sum([self.rope, self.relative_buckets > 0, self.sinusoidal]) > 1:
       raise ValueError("choose one position scheme: rope, relative_buckets or sinusoidal")
 
   @property
   def learned_positions(self) -> bool:
     return not (self.rope or self.relative_buckets or self.sinusoidal)
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
   @property
   def head_dim(self) -> int:

@@ -178,9 +178,9 @@ class Transformer(nn.Module):
     # With the cuDNN kernel a plain causal mask is not built: attention passes
     # is_causal instead (the kernel's own causal mode, no [L, L] mask in memory).
     plain_causal = (cfg.attention == "cudnn" and padding_mask_BxL is None
-                    and segment_ids_BxL is None and not decode)
+                    and segment_ids_BxL is None and not decode and not cfg.sliding_window)
     if cfg.causal and not plain_causal:
-      mask = jnp.tril(jnp.ones((L, L), bool))[None, None]
+      mask = causal_mask(jnp.arange(L), jnp.arange(L), cfg.sliding_window)[None, None]
     if padding_mask_BxL is not None:
       pad = padding_mask_BxL[:, None, None, :].astype(bool)
       mask = pad if mask is None else mask & pad
@@ -192,7 +192,7 @@ class Transformer(nn.Module):
     if decode:
       if not cfg.causal:
         raise ValueError("decode=True needs a causal (decoder) model")
-      mask, cache_index = cache_mask(self, mask, padding_mask_BxL, B, L)
+      mask, cache_index = cache_mask(self, mask, padding_mask_BxL, B, L, cfg.sliding_window)
 
     embed = Embeddings(cfg, name="embed")
     x = embed(ids_BxL, positions_BxL, token_types_BxL, train)
@@ -245,11 +245,22 @@ def same_segment(query_segments_BxL: Array, key_segments_BxM: Array) -> Array:
   return query_segments_BxL[:, None, :, None] == key_segments_BxM[:, None, None, :]
 
 
+def causal_mask(query_slots_L: Array, key_slots_M: Array, window: int = 0) -> Array:
+  """[L, M]: True where a query may see a key: keys at or before it, and with `window`
+  > 0 only the `window` latest of those (Mistral's sliding window, counted as
+  `transformers` counts it: query − key < window)."""
+  seen = key_slots_M[None, :] <= query_slots_L[:, None]
+  if window:
+    seen &= query_slots_L[:, None] - key_slots_M[None, :] < window
+  return seen
+
+
 def cache_mask(owner: nn.Module, mask: Array | None, padding_mask_BxL: Array | None, B: int,
-               L: int) -> tuple[Array | None, Array]:
+               L: int, window: int = 0) -> tuple[Array | None, Array]:
   """The attention mask over cache slots [B, 1, L, slots], and where this call writes.
 
-  A query in slot i sees slot j ≤ i unless j held padding (`cache/valid`).
+  A query in slot i sees slot j ≤ i (within `window` slots, if set) unless j held
+  padding (`cache/valid`).
   `owner` is the module that owns the cache's `index` and `valid` variables.
   """
   initialized = owner.has_variable("cache", "index")
@@ -261,6 +272,5 @@ def cache_mask(owner: nn.Module, mask: Array | None, padding_mask_BxL: Array | N
   new_BxL = jnp.ones((B, L), bool) if padding_mask_BxL is None else padding_mask_BxL.astype(bool)
   valid.value = jax.lax.dynamic_update_slice(valid.value, new_BxL, (0, start))
   index.value = start + L
-  slots = jnp.arange(valid.value.shape[1])
-  causal_LxM = slots[None, :] <= (start + jnp.arange(L))[:, None]
+  causal_LxM = causal_mask(start + jnp.arange(L), jnp.arange(valid.value.shape[1]), window)
   return causal_LxM[None, None] & valid.value[:, None, None, :], start

@@ -83,7 +83,8 @@ def test_unexportable_models_are_user_errors(tmp_path):
   section_path = tmp_path / "ckpt" / "hf_model.json"
   section = json.loads(section_path.read_text())
   section_path.write_text(json.dumps(dict(section, rope=True)))
-  with pytest.raises(UserError, match="model.rope=True has no GPT-2/BERT counterpart"):
+  with pytest.raises(UserError, match=r"fits no Hugging Face family .*\(gpt2: model.rope=True "
+                     r"\(needs False\); bert: .*; llama: model.norm='layer' \(needs 'rms'\)"):
     export_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "out"))
   section_path.write_text(json.dumps(dict(section, embed_dim=64)))
   with pytest.raises(UserError, match=r"parameter \S+ has shape .* but the model config implies"):

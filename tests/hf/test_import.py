@@ -119,7 +119,7 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(model_type="llama"), "model_type 'llama' is not supported"),
+    (dict(model_type="gpt_neox"), "model_type 'gpt_neox' is not supported"),
     (dict(architectures=["GPT2ForSequenceClassification"]),
      "architecture GPT2ForSequenceClassification is not supported"),
     (dict(vocab_size=100), r"parameter embed/token/embedding \(from wte.weight\) has shape "

@@ -260,8 +260,8 @@ def test_non_t5_encoder_decoders_are_export_errors(tmp_path):
   with open(section_path) as f:
     section = json.load(f)
   for field, value, message in [
-      ("norm", "layer", "model.norm=layer: an encoder–decoder exports as t5"),
-      ("attention_scale", True, "model.attention_scale=True: an encoder–decoder exports as t5"),
+      ("norm", "layer", r"t5: model.norm='layer' \(needs 'rms'\)"),
+      ("attention_scale", True, r"t5: model.attention_scale=True \(needs False\)"),
       ("embed_dropout", 0.2, "Hugging Face T5 has one dropout_rate")]:
     with open(section_path, "w") as f:
       json.dump(dict(section, **{field: value}), f)
