@@ -6,9 +6,11 @@ r"""Generates text from a decoder LM or an encoder–decoder run.
       [--stop_token_ids=50256]
 
 DIR is a training workdir (its latest checkpoint) or `compress` output, a
-Hugging Face GPT-2 folder, or a `convert_hf` output of one; a GPT-2 encodes
-and decodes with its own tokenizer (the folder's tokenizer.json, else
-vocab.json + merges.txt).
+Hugging Face decoder folder (GPT-2, Llama, Qwen 2, Mistral), or a `convert_hf`
+output of one; such a model encodes and decodes with its own tokenizer (the
+folder's tokenizer.json, else GPT-2's vocab.json + merges.txt) and stops at its
+own end-of-text tokens (generation_config.json's eos_token_id) unless
+--stop_token_ids is given.
 
 An encoder–decoder run (task seq2seq) reads each prompt as its input, with
 `<extra_id_N>` for a sentinel, and prints the decoder's output; --beams=K is
@@ -53,7 +55,7 @@ EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
 def main(argv: Sequence[str]) -> list[str]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
   parser.add_argument("--workdir", required=True, help="training workdir, compress output, "
-                      "Hugging Face GPT-2 folder or convert_hf output")
+                      "Hugging Face decoder folder or convert_hf output")
   parser.add_argument("--prompt", default=None)
   parser.add_argument("--prompt_file", default=None, help="one prompt per line")
   parser.add_argument("--batch_size", type=int, default=0, help="prompts per call; 0 = all")
@@ -61,7 +63,8 @@ def main(argv: Sequence[str]) -> list[str]:
   parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
   parser.add_argument("--top_k", type=int, default=0)
   parser.add_argument("--top_p", type=float, default=1.0)
-  parser.add_argument("--stop_token_ids", default="", help="comma-separated ids ending a row")
+  parser.add_argument("--stop_token_ids", default="", help="comma-separated ids ending a row "
+                      "(a pretrained model: its eos_token_id by default)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--beams", type=int, default=1, help="encoder–decoder: beam search width")
   parser.add_argument("--length_penalty", type=float, default=1.0,

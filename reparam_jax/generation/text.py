@@ -1,8 +1,8 @@
 """Text from a model: a decoder LM continues prompts, an encoder–decoder answers them.
 
 The model is a training run's latest checkpoint (or a `compress` output), or a
-pretrained decoder LM: a Hugging Face GPT-2 folder or its `convert_hf` output,
-decoded with the folder's own tokenizer.  Both kinds of model decode with the
+pretrained decoder LM: a Hugging Face GPT-2 or Llama-family folder or its
+`convert_hf` output, decoded with the folder's own tokenizer.  Both kinds of model decode with the
 cached on-device generators (decode.py, seq2seq.py).
 """
 
@@ -21,6 +21,7 @@ from reparam_jax.generation import seq2seq
 from reparam_jax.generation.decode import Sampling, decoding_params, generate
 from reparam_jax.hf import family, pretrained
 from reparam_jax.hf.files import read_config
+from reparam_jax.hf.files import stop_token_ids as stop_tokens_of
 from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, import_folder
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.rundir import checkpoint
@@ -36,7 +37,9 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
   """Each prompt followed by up to `num_tokens` tokens from the model at `workdir`.
 
   `workdir` is a training workdir (its latest checkpoint), a `compress` output,
-  a Hugging Face GPT-2 folder or a `convert_hf` output of one.  For an
+  a Hugging Face decoder folder (GPT-2, the Llama family) or a `convert_hf` output
+  of one; a pretrained model stops at its own end-of-text tokens
+  (generation_config.json) unless `stop_token_ids` are given.  For an
   encoder–decoder run the prompt is the encoder's input (`<extra_id_N>` marks a
   sentinel) and the output is the decoder's text; `beams > 1` is beam search.
   """
@@ -48,6 +51,10 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
       raise UserError("--beams is for encoder–decoder runs; a language model samples or "
                       "decodes greedily (--temperature=0)")
     model, params, tokenizer = pretrained_lm(workdir, source)
+    if not stop_token_ids:  # the model's own, where `generate` would stop
+      imported = pretrained.read_json(os.path.join(workdir, SOURCE_FILE)).get("hf_config")
+      stop_token_ids = stop_tokens_of(workdir, (imported or {}) if source == "converted"
+                                      else None)
     return _continue(model, params, tokenizer, prompts, num_tokens, sampling, seed,
                      stop_token_ids, batch_size)
   _check_is_run(workdir)
@@ -102,7 +109,7 @@ def _check_is_run(workdir: str) -> None:
 
 
 def pretrained_lm(path: str, source: str) -> tuple[Transformer, Any, Tokenizer]:
-  """(model, params, tokenizer) of a Hugging Face GPT-2 folder (`source` 'hf') or its
+  """(model, params, tokenizer) of a Hugging Face decoder folder (`source` 'hf') or its
   `convert_hf` output ('converted'): the decoder LM and the folder's own tokenizer.
 
   The checks (a decoder? a tokenizer?) read only the small files, before the weights.

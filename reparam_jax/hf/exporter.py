@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
 from reparam_jax.hf import exporting_family
 from reparam_jax.hf.common import check_shapes
+from reparam_jax.hf.files import GENERATION_CONFIG
 from reparam_jax.hf.importer import MODEL_FILE, SOURCE_FILE, build_model, expected_shapes
 from reparam_jax.models import TransformerConfig, transformer_config
 from reparam_jax.pytree import layers
@@ -138,6 +140,9 @@ def export(workdir: str, out_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES
       json.dump(hf_config, f, indent=2)
     if tokenizer is not None:
       tokenizer.save(out_dir)
+    if os.path.exists(os.path.join(workdir, GENERATION_CONFIG)):  # a convert_hf output's
+      shutil.copyfile(os.path.join(workdir, GENERATION_CONFIG),
+                      os.path.join(out_dir, GENERATION_CONFIG))
   if jax.process_count() > 1:  # every process returns once the folder is complete
     multihost_utils.sync_global_devices("reparam_jax:export_hf")
   return {"tensors": len(tensors), "values": sum(_size(v) for v in tensors.values()),

@@ -20,6 +20,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.hf.torch_pickle import load_torch_state_dict
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+GENERATION_CONFIG = "generation_config.json"
 
 
 def read_config(folder: str) -> dict[str, Any]:
@@ -70,3 +71,28 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
   except (safetensors.SafetensorError, OSError) as e:
     raise UserError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def stop_token_ids(folder: str, hf_config: dict[str, Any] | None = None) -> tuple[int, ...]:
+  """The tokens that end a generated text, as `transformers`' `generate` reads them:
+  `eos_token_id` (one id or a list) of the folder's generation_config.json, else of its
+  config.json (`hf_config`, if given, stands for that file)."""
+  for source in (os.path.join(folder, GENERATION_CONFIG), None):
+    if source is None:
+      found = hf_config if hf_config is not None else _json_or_empty(
+          os.path.join(folder, "config.json"))
+    else:
+      found = _json_or_empty(source)
+    eos = found.get("eos_token_id")
+    if eos is not None:
+      return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
+  return ()
+
+
+def _json_or_empty(path: str) -> dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      found = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return {}
+  return found if isinstance(found, dict) else {}

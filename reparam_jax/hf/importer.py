@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
 from reparam_jax.hf import family, is_encoder_decoder
 from reparam_jax.hf.common import check_shapes, unflatten
-from reparam_jax.hf.files import read_config, read_weights, weights_file
+from reparam_jax.hf.files import GENERATION_CONFIG, read_config, read_weights, weights_file
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.models.heads import EncoderWithHeads
 from reparam_jax.models.seq2seq import EncoderDecoder
@@ -134,6 +135,9 @@ def convert(folder: str, workdir: str) -> dict[str, Any]:
   if tokenizer is not None:
     tokenizer.save(workdir)
     source["tokenizer"] = tokenizer.kind
+  if os.path.exists(os.path.join(folder, GENERATION_CONFIG)):  # stop tokens, for sample
+    shutil.copyfile(os.path.join(folder, GENERATION_CONFIG), os.path.join(workdir,
+                                                                          GENERATION_CONFIG))
   with open(os.path.join(workdir, SOURCE_FILE), "w", encoding="utf-8") as f:
     json.dump(source, f, indent=2)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

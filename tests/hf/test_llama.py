@@ -11,11 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
 
 import hf_refs  # noqa: E402
 
 from reparam_jax import convert_hf, export_hf  # noqa: E402
 from reparam_jax.errors import UserError  # noqa: E402
+from reparam_jax.generation.decode import Sampling  # noqa: E402
+from reparam_jax.generation.text import sample_run  # noqa: E402
 from reparam_jax.hf import importer  # noqa: E402
 from reparam_jax.hf.common import flatten  # noqa: E402
 from reparam_jax.models import PRESETS, Transformer, TransformerConfig  # noqa: E402
@@ -45,11 +48,11 @@ CASES = {
 }
 
 
-def _hf_model(case: str, seed: int = 0):
+def _hf_model(case: str, seed: int = 0, **changes):
   cls_name, fields = CASES[case]
   torch.manual_seed(seed)
   config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
-  config = config_cls(**fields)
+  config = config_cls(**{**fields, **changes})
   config._attn_implementation = "eager"  # the sliding window is honoured by every kernel
   model = getattr(transformers, cls_name)(config).eval()
   g = torch.Generator().manual_seed(seed + 1)
@@ -94,6 +97,40 @@ def test_cached_greedy_decoding_equals_generate(tmp_path, case):
                                 decode=True)["cache"]
   key_shape = cache["block_0"]["attn"]["cached_key"].shape
   assert key_shape == (1, 8, cfg.kv_heads, cfg.head_dim)  # key/value heads only
+
+
+def test_sample_decodes_a_folder_and_its_conversion_and_stops_where_generate_stops(
+    tmp_path, raw_data_dir):
+  """`sample` on a Hugging Face Llama folder with its own tokenizer, and on its convert_hf
+  output: transformers' greedy tokens, ending at generation_config.json's eos_token_id."""
+  with open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+    text = f.read()[:200_000]
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([text], vocab_size=300, special_tokens=["<|end_of_text|>"])
+  model = _hf_model("llama3", vocab_size=bpe.get_vocab_size())
+  folder = str(tmp_path / "hf")
+  hf_refs.save_model(model, folder)
+  bpe.save(os.path.join(folder, "tokenizer.json"))
+  prompt = bpe.encode("ROMEO:").ids
+  model.generation_config.eos_token_id = None
+  with torch.no_grad():
+    free = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                          pad_token_id=0)[0, len(prompt):].tolist()
+  stop = free[4]
+  ends = free.index(stop) + 1  # generate stops after the first stop token
+  with open(os.path.join(folder, "generation_config.json"), "w") as f:
+    json.dump({"eos_token_id": [stop, bpe.token_to_id("<|end_of_text|>")]}, f)
+  want = "ROMEO:" + bpe.decode(free[:ends], skip_special_tokens=False)
+  convert_hf.convert(folder, str(tmp_path / "ckpt"))
+  for where in (folder, str(tmp_path / "ckpt")):
+    assert sample_run(where, ["ROMEO:"], 12, Sampling(temperature=0.0)) == [want], where
+  everything = "ROMEO:" + bpe.decode(free, skip_special_tokens=False)
+  never = next(i for i in range(bpe.get_vocab_size()) if i not in free)
+  assert sample_run(folder, ["ROMEO:"], 12, Sampling(temperature=0.0),
+                    stop_token_ids=[never]) == [everything]  # given stop tokens win
+  export_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "out"))
+  assert transformers.GenerationConfig.from_pretrained(str(tmp_path / "out")).eos_token_id == [
+      stop, bpe.token_to_id("<|end_of_text|>")]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
