@@ -42,6 +42,16 @@ from reparam_jax.hf.common import (
 )
 
 MODEL_TYPE = "bert"
+BACKBONE_PREFIX = "bert."  # BertFor*'s backbone module; BertModel has none
+# The module tables import, export and PEFT's module names (hf/peft_names.py) all read:
+# (HF module under encoder.layer.{i}., project path under block_{i}/).
+LAYER_LINEARS = (("attention.self.query", "attn/query"), ("attention.self.key", "attn/key"),
+                 ("attention.self.value", "attn/value"), ("attention.output.dense", "attn/out"),
+                 ("intermediate.dense", "mlp/fc_in"), ("output.dense", "mlp/fc_out"))
+LAYER_NORMS = (("attention.output.LayerNorm", "ln_attn"), ("output.LayerNorm", "ln_mlp"))
+# Linear layers outside the stack: project path → HF module (the pooler is the backbone's).
+HEAD_LINEARS = {"pooler": "pooler.dense", "mlm_head/transform": "cls.predictions.transform.dense",
+                "nsp_head/out": "cls.seq_relationship", "classifier/out": "classifier"}
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining",
                  "BertForSequenceClassification")
 _BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -118,28 +128,24 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
   norm("embed/ln", e + "LayerNorm")
   for i in range(cfg.num_layers):
     h, b = f"encoder.layer.{i}.", f"block_{i}/"
-    for name in ("query", "key", "value"):
-      linear(f"{b}attn/{name}", f"{h}attention.self.{name}")
-    linear(f"{b}attn/out", f"{h}attention.output.dense")
-    norm(f"{b}ln_attn", f"{h}attention.output.LayerNorm")
-    linear(f"{b}mlp/fc_in", f"{h}intermediate.dense")
-    linear(f"{b}mlp/fc_out", f"{h}output.dense")
-    norm(f"{b}ln_mlp", f"{h}output.LayerNorm")
+    for hf_name, ours in LAYER_LINEARS:
+      linear(b + ours, h + hf_name)
+    for hf_name, ours in LAYER_NORMS:
+      norm(b + ours, h + hf_name)
   if cfg.pooler:
-    linear("pooler", "pooler.dense")
+    linear("pooler", HEAD_LINEARS["pooler"])
   if heads.get("mlm"):
     p = "cls.predictions."
-    linear("mlm_head/transform", p + "transform.dense")
+    linear("mlm_head/transform", HEAD_LINEARS["mlm_head/transform"])
     norm("mlm_head/ln", p + "transform.LayerNorm")
     put("mlm_head/bias", p + "bias")
     untied = ("is not tied to the word embeddings / prediction bias; untied MLM decoders are "
               "not supported")
     check_tied(src, p + "decoder.weight", out["embed/token/embedding"], f"{where}: {{}} {untied}")
     check_tied(src, p + "decoder.bias", out["mlm_head/bias"], f"{where}: {{}} {untied}")
-  if heads.get("nsp"):
-    linear("nsp_head/out", "cls.seq_relationship")
-  if heads.get("classifier"):
-    linear("classifier/out", "classifier")
+  for path, head in (("nsp_head/out", "nsp"), ("classifier/out", "classifier")):
+    if heads.get(head):
+      linear(path, HEAD_LINEARS[path])
   for name in _BUFFERS:
     if src.has(name):
       src.take(name)
@@ -153,7 +159,7 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
                     "BertForSequenceClassification (dropout → linear on the pooled output); "
                     "this classifier cannot be exported")
   heads = any(k.split("/")[0] in ("mlm_head", "nsp_head", "classifier") for k in flat)
-  pre = "bert." if heads else ""
+  pre = BACKBONE_PREFIX if heads else ""
   t: dict[str, np.ndarray] = {}
 
   def linear(name: str, path: str) -> None:
@@ -172,24 +178,39 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
   norm(e + "LayerNorm", "embed/ln")
   for i in range(cfg.num_layers):
     h, b = f"{pre}encoder.layer.{i}.", f"block_{i}/"
-    for name in ("query", "key", "value"):
-      linear(f"{h}attention.self.{name}", f"{b}attn/{name}")
-    linear(f"{h}attention.output.dense", f"{b}attn/out")
-    norm(f"{h}attention.output.LayerNorm", f"{b}ln_attn")
-    linear(f"{h}intermediate.dense", f"{b}mlp/fc_in")
-    linear(f"{h}output.dense", f"{b}mlp/fc_out")
-    norm(f"{h}output.LayerNorm", f"{b}ln_mlp")
+    for hf_name, ours in LAYER_LINEARS:
+      linear(h + hf_name, b + ours)
+    for hf_name, ours in LAYER_NORMS:
+      norm(h + hf_name, b + ours)
   if cfg.pooler:
-    linear(pre + "pooler.dense", "pooler")
+    linear(pre + HEAD_LINEARS["pooler"], "pooler")
   if "mlm_head/bias" in flat:
-    linear("cls.predictions.transform.dense", "mlm_head/transform")
+    linear(HEAD_LINEARS["mlm_head/transform"], "mlm_head/transform")
     norm("cls.predictions.transform.LayerNorm", "mlm_head/ln")
     t["cls.predictions.bias"] = flat["mlm_head/bias"]
-  if "nsp_head/out/kernel" in flat:
-    linear("cls.seq_relationship", "nsp_head/out")
-  if "classifier/out/kernel" in flat:
-    linear("classifier", "classifier/out")
+  for path in ("nsp_head/out", "classifier/out"):
+    if f"{path}/kernel" in flat:
+      linear(HEAD_LINEARS[path], path)
   return t
+
+
+def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
+  """(project module path → HF module name, the backbone prefix those names carry) of a
+  BERT parameter tree's `node_paths`, or None if it is not a BERT's.  Names are as the
+  model class the tree corresponds to writes them: `bert.` before the backbone's where
+  the tree has heads (BertFor*), none for BertModel."""
+  if not ("block_0/attn/query/kernel" in paths and "embed/ln" in paths):
+    return None
+  pre = BACKBONE_PREFIX if any(p in paths for p in ("mlm_head", "nsp_head", "classifier")) else ""
+  ours: dict[str, str] = {}
+  i = 0
+  while f"block_{i}/attn/query/kernel" in paths:
+    for hf_name, path in LAYER_LINEARS:
+      ours[f"block_{i}/{path}"] = f"{pre}encoder.layer.{i}.{hf_name}"
+    i += 1
+  for path, hf_name in HEAD_LINEARS.items():
+    ours[path] = (pre if path == "pooler" else "") + hf_name
+  return {k: v for k, v in ours.items() if f"{k}/kernel" in paths}, pre
 
 
 def architecture(heads: dict[str, Any]) -> str:

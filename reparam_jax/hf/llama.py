@@ -32,6 +32,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.hf.common import Flat, Tensors, check_tied, first_misfit, get, rename_keys
 
 MODEL_TYPE = "llama"
+BACKBONE_PREFIX = "model."  # *ForCausalLM's decoder module; LlamaModel has none
 MODEL_TYPES = ("llama", "qwen2", "mistral")
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 _ARCHITECTURE = dict(zip(MODEL_TYPES, ARCHITECTURES))
@@ -127,7 +128,7 @@ def _has_bias(cfg: Any, ours: str) -> bool:
 def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
                   heads: dict[str, Any], where: str) -> tuple[Flat, Tensors]:
   del hf, heads
-  src = Tensors(rename_keys(tensors, ("model.",)), where)
+  src = Tensors(rename_keys(tensors, (BACKBONE_PREFIX,)), where)
   out: Flat = {}
 
   def put(path: str, name: str, value: np.ndarray | None = None) -> None:
@@ -158,19 +159,35 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
 
 def export_params(flat: Flat, cfg: Any) -> dict[str, Any]:
   """Hugging Face *ForCausalLM tensors from project params."""
-  t: dict[str, Any] = {"model.embed_tokens.weight": flat["embed/token/embedding"]}
+  t: dict[str, Any] = {f"{BACKBONE_PREFIX}embed_tokens.weight": flat["embed/token/embedding"]}
   for i in range(cfg.num_layers):
-    h, b = f"model.layers.{i}.", f"block_{i}/"
+    h, b = f"{BACKBONE_PREFIX}layers.{i}.", f"block_{i}/"
     for hf_name, ours in _NORMS:
       t[f"{h}{hf_name}.weight"] = flat[f"{b}{ours}/scale"]
     for hf_name, ours in _PROJECTIONS:
       t[f"{h}{hf_name}.weight"] = flat[f"{b}{ours}/kernel"].T
       if _has_bias(cfg, ours):
         t[f"{h}{hf_name}.bias"] = flat[f"{b}{ours}/bias"]
-  t["model.norm.weight"] = flat["ln_final/scale"]
+  t[f"{BACKBONE_PREFIX}norm.weight"] = flat["ln_final/scale"]
   if not cfg.tie_embeddings:
     t["lm_head.weight"] = flat["lm_head/kernel"].T
   return t
+
+
+def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
+  """(project module path → HF module name as *ForCausalLM writes it, its backbone prefix)
+  of a Llama-family parameter tree's `node_paths`, or None if it is not one's: the
+  projections of the table above, which import and export read too."""
+  if not ("block_0/mlp/fc_gate/kernel" in paths and "ln_final" in paths
+          and "embed/position" not in paths):
+    return None
+  ours: dict[str, str] = {}
+  i = 0
+  while f"block_{i}/attn/query/kernel" in paths:
+    for hf_name, path in _PROJECTIONS:
+      ours[f"block_{i}/{path}"] = f"{BACKBONE_PREFIX}layers.{i}.{hf_name}"
+    i += 1
+  return ours, BACKBONE_PREFIX
 
 
 # What a model must be to export as this family: field → required value.

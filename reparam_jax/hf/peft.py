@@ -173,7 +173,7 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
                         modules_to_save: Sequence[str] | str = "auto") -> dict[str, Any]:
   """Writes `out_dir`/{adapter_config.json, adapter_model.safetensors} for `params`.
 
-  `params`: θ params (boxed or not) of a BERT model (hf/peft_names.py) whose
+  `params`: θ params (boxed or not) of a BERT or Llama-family model (hf/peft_names.py) whose
   `reparam` (a `Reparam` or a config.reparam section) puts `lora(...)` or
   `lora(...)|magnitude` on some kernels; `transformers` loads the base model
   (the same W₀) and `peft.PeftModel.from_pretrained(base, out_dir)` the adapter.
@@ -307,13 +307,13 @@ def _check_targets(targets: Any, table: Modules, where: str) -> None:
       return
     if not any(re.fullmatch(targets, n) for n in names + unprefixed):
       raise UserError(f"{where}: target_modules={targets!r} matches no linear module of this "
-                      f"BERT model (e.g. {names[0]})")
+                      f"model (e.g. {names[0]})")
     return
   for t in targets:
     if not any(n == t or n.endswith("." + t) for n in names):
       short = sorted({n.rsplit(".", 1)[-1] for n in names})
-      raise UserError(f"{where}: target module {t!r} is not a linear module of this BERT "
-                      f"model (its modules: {', '.join(short)})")
+      raise UserError(f"{where}: target module {t!r} is not a linear module of this model "
+                      f"(its modules: {', '.join(short)})")
 
 
 _SUFFIXES = {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B",

@@ -226,3 +226,74 @@ def test_presets_are_the_published_models(preset):
                                                         jnp.zeros((1, 4), jnp.int32)))
   ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
   assert ours == hf_params
+
+
+# --- PEFT adapters on the Llama family -------------------------------------------------------
+
+LLAMA_ALL = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|gate|out))/kernel"
+
+
+def _randomized_adapters(params, rules, seed=0):
+  """θ of `params` under `rules`, every adapter leaf random (B = 0 would hide it)."""
+  from reparam_jax.pytree.paths import key_path  # noqa: PLC0415
+  from reparam_jax.reparam import Reparam  # noqa: PLC0415
+  theta = Reparam.from_config({"rules": rules}).from_dense(params, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, x):
+    name = key_path(path).rsplit("/", 1)[-1]
+    if name in ("lora_a", "lora_b"):
+      return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
+    if name == "magnitude":
+      return x * jnp.asarray(1 + 0.2 * rng.standard_normal(x.shape), x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(fill, theta)
+
+
+def _logits(params, rules, cfg, ids):
+  from reparam_jax.reparam import Reparam  # noqa: PLC0415
+  model = Reparam.from_config({"rules": rules}).wrap(Transformer(cfg))
+  return np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32))["logits"])
+
+
+@pytest.mark.parametrize("case,spec", [("llama3", "lora(rank=4, alpha=8)"),
+                                       ("qwen2_yarn", "lora(rank=2, alpha=4, rslora=True)"),
+                                       ("mistral_window", "lora(rank=3, alpha=6)|magnitude")])
+def test_peft_adapters_both_ways_with_equal_logits(tmp_path, monkeypatch, case, spec):
+  """Ours on every projection (q … down_proj), loaded by the real `peft`; `peft`'s on
+  q/v/gate, loaded here; the same logits as PEFT's model both ways."""
+  peft = pytest.importorskip("peft")
+  from reparam_jax.hf import peft as peft_io  # noqa: PLC0415
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  model, folder = _saved(case, tmp_path / "hf")
+  params, cfg, _, _ = importer.import_folder(folder)
+  ids = hf_refs.random_ids(cfg.vocab_size, 2, 10, seed=4)
+  rules = ((LLAMA_ALL, spec),)
+  theta = _randomized_adapters(params, rules)
+  summary = peft_io.export_peft_adapter(theta, {"rules": rules}, str(tmp_path / "ours"))
+  assert summary["modules"] == 7 * cfg.num_layers
+  assert sorted(summary["config"]["target_modules"]) == sorted(
+      ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+  loaded = peft.PeftModel.from_pretrained(model, str(tmp_path / "ours")).eval()
+  with torch.no_grad():
+    want = loaded(torch.from_numpy(ids)).logits.numpy()
+  np.testing.assert_allclose(_logits(theta, rules, cfg, ids), want, atol=1e-4, rtol=1e-4)
+
+  base = _hf_model(case)
+  torch.manual_seed(5)
+  wrapped = peft.get_peft_model(base, peft.LoraConfig(
+      r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"],
+      init_lora_weights=False, use_dora="magnitude" in spec)).eval()
+  wrapped.save_pretrained(str(tmp_path / "theirs"))
+  theirs, their_rules = peft_io.import_peft_adapter(str(tmp_path / "theirs"), params)
+  with torch.no_grad():
+    want = wrapped(torch.from_numpy(ids)).logits.numpy()
+  np.testing.assert_allclose(_logits(theirs, their_rules, cfg, ids), want, atol=1e-4, rtol=1e-4)
+  peft_io.export_peft_adapter(theirs, {"rules": their_rules}, str(tmp_path / "again"))
+  import safetensors.numpy  # noqa: PLC0415
+  a = safetensors.numpy.load_file(str(tmp_path / "theirs" / "adapter_model.safetensors"))
+  b = safetensors.numpy.load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
+  assert set(a) == set(b)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
