@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       size, prompt, new, rounds, batch, device = suite.generate
       out = generate_vs_torch.compare(size, prompt, new, rounds, python, batch, device)
       result["generate"] = out
-      print(f"\n## Generation: GPT-2 {size}, greedy, batch {batch}, {new} tokens after {prompt} "
+      print(f"\n## Generation: {out['model_class']} {size}, greedy, batch {batch}, {new} tokens "
+            f"after {prompt} "
             f"(torch {out['torch']} on {device}; median of {rounds} calls)\n")
       sides = [{"side": f"reparam_jax ({out['jax_device']})", "tps": out["tokens_per_s"]["jax"],
                 "ratio": out["ratio"], "first": out["jax_first_call_s"]},
