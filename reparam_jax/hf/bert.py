@@ -39,6 +39,7 @@ from reparam_jax.hf.common import (
   first_misfit,
   get,
   rename_keys,
+  stack_modules,
 )
 
 MODEL_TYPE = "bert"
@@ -202,12 +203,7 @@ def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
   if not ("block_0/attn/query/kernel" in paths and "embed/ln" in paths):
     return None
   pre = BACKBONE_PREFIX if any(p in paths for p in ("mlm_head", "nsp_head", "classifier")) else ""
-  ours: dict[str, str] = {}
-  i = 0
-  while f"block_{i}/attn/query/kernel" in paths:
-    for hf_name, path in LAYER_LINEARS:
-      ours[f"block_{i}/{path}"] = f"{pre}encoder.layer.{i}.{hf_name}"
-    i += 1
+  ours = stack_modules(paths, LAYER_LINEARS, pre + "encoder.layer.{i}.")
   for path, hf_name in HEAD_LINEARS.items():
     ours[path] = (pre if path == "pooler" else "") + hf_name
   return {k: v for k, v in ours.items() if f"{k}/kernel" in paths}, pre

@@ -79,17 +79,18 @@ def stop_token_ids(folder: str, hf_config: dict[str, Any] | None = None) -> tupl
   config.json (`hf_config`, if given, stands for that file)."""
   for source in (os.path.join(folder, GENERATION_CONFIG), None):
     if source is None:
-      found = hf_config if hf_config is not None else _json_or_empty(
+      found = hf_config if hf_config is not None else read_json(
           os.path.join(folder, "config.json"))
     else:
-      found = _json_or_empty(source)
+      found = read_json(source)
     eos = found.get("eos_token_id")
     if eos is not None:
       return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
   return ()
 
 
-def _json_or_empty(path: str) -> dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
+  """The JSON object in `path`, or {} where it is missing, unreadable or not an object."""
   try:
     with open(path, encoding="utf-8") as f:
       found = json.load(f)

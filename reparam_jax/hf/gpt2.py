@@ -26,7 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import PLAIN_TRANSFORMER, Flat, Tensors, first_misfit, get, rename_keys
+from reparam_jax.hf.common import (
+  PLAIN_TRANSFORMER,
+  Flat,
+  Tensors,
+  check_tied,
+  first_misfit,
+  get,
+  rename_keys,
+)
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -94,12 +102,9 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
   put("ln_final/scale", "ln_f.weight")
   put("ln_final/bias", "ln_f.bias")
   if cfg.tie_embeddings:
-    if src.has("lm_head.weight"):
-      lm = src.take("lm_head.weight")
-      if lm.shape != out["embed/token/embedding"].shape or not np.array_equal(
-          lm, out["embed/token/embedding"]):
-        raise UserError(f"{where}: parameter lm_head.weight differs from wte.weight but "
-                        "config.json says tie_word_embeddings=true")
+    check_tied(src, "lm_head.weight", out["embed/token/embedding"],
+               f"{where}: {{}} differs from wte.weight but config.json says "
+               "tie_word_embeddings=true")
   else:
     put("lm_head/kernel", "lm_head.weight", src.take("lm_head.weight").T)
   for name in src.unused():

@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, check_tied, first_misfit, get, rename_keys
+from reparam_jax.hf.common import (
+  Flat,
+  Tensors,
+  check_tied,
+  first_misfit,
+  get,
+  rename_keys,
+  stack_modules,
+)
 
 MODEL_TYPE = "llama"
 BACKBONE_PREFIX = "model."  # *ForCausalLM's decoder module; LlamaModel has none
@@ -181,13 +189,8 @@ def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
   if not ("block_0/mlp/fc_gate/kernel" in paths and "ln_final" in paths
           and "embed/position" not in paths):
     return None
-  ours: dict[str, str] = {}
-  i = 0
-  while f"block_{i}/attn/query/kernel" in paths:
-    for hf_name, path in _PROJECTIONS:
-      ours[f"block_{i}/{path}"] = f"{BACKBONE_PREFIX}layers.{i}.{hf_name}"
-    i += 1
-  return ours, BACKBONE_PREFIX
+  ours = stack_modules(paths, _PROJECTIONS, BACKBONE_PREFIX + "layers.{i}.")
+  return {k: v for k, v in ours.items() if f"{k}/kernel" in paths}, BACKBONE_PREFIX
 
 
 # What a model must be to export as this family: field → required value.

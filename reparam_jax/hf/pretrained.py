@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Sequence
 
@@ -35,7 +34,7 @@ import ml_collections
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf import FAMILIES
-from reparam_jax.hf.files import read_config, read_weights, weights_file
+from reparam_jax.hf.files import read_config, read_json, read_weights, weights_file
 from reparam_jax.hf.importer import MODEL_FILE, architecture, import_folder, model_section
 from reparam_jax.models import TransformerConfig
 from reparam_jax.rundir import checkpoint
@@ -62,16 +61,6 @@ def kind(path: str) -> str | None:
   if isinstance(found.get("model"), dict) and "task" in found:
     return "run"
   return None
-
-
-def read_json(path: str) -> dict[str, Any]:
-  """The JSON object in `path`, or {} where it is missing, unreadable or not an object."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      found = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return {}
-  return found if isinstance(found, dict) else {}
 
 
 def checkpoint_model(path: str) -> dict[str, Any]:

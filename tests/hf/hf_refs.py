@@ -58,3 +58,25 @@ def _randomize_norms(model, seed: int) -> None:
 
 def random_ids(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, vocab, (batch, length)).astype(np.int64)
+
+
+def random_adapters(params, rules, seed: int = 0):
+  """θ of dense `params` under reparam `rules` with every adapter leaf random and non-zero
+  (B = 0 at init would make the adapter invisible); DoRA's m a perturbed ‖V‖."""
+  import jax
+  import jax.numpy as jnp
+
+  from reparam_jax.pytree.paths import key_path
+  from reparam_jax.reparam import Reparam
+  theta = Reparam.from_config({"rules": rules}).from_dense(params, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, x):
+    name = key_path(path).rsplit("/", 1)[-1]
+    if name in ("lora_a", "lora_b"):
+      return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
+    if name == "magnitude":
+      return x * jnp.asarray(1 + 0.2 * rng.standard_normal(x.shape), x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(fill, theta)

@@ -233,24 +233,6 @@ def test_presets_are_the_published_models(preset):
 LLAMA_ALL = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|gate|out))/kernel"
 
 
-def _randomized_adapters(params, rules, seed=0):
-  """θ of `params` under `rules`, every adapter leaf random (B = 0 would hide it)."""
-  from reparam_jax.pytree.paths import key_path  # noqa: PLC0415
-  from reparam_jax.reparam import Reparam  # noqa: PLC0415
-  theta = Reparam.from_config({"rules": rules}).from_dense(params, jax.random.key(seed))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = key_path(path).rsplit("/", 1)[-1]
-    if name in ("lora_a", "lora_b"):
-      return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-    if name == "magnitude":
-      return x * jnp.asarray(1 + 0.2 * rng.standard_normal(x.shape), x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(fill, theta)
-
-
 def _logits(params, rules, cfg, ids):
   from reparam_jax.reparam import Reparam  # noqa: PLC0415
   model = Reparam.from_config({"rules": rules}).wrap(Transformer(cfg))
@@ -270,7 +252,7 @@ def test_peft_adapters_both_ways_with_equal_logits(tmp_path, monkeypatch, case, 
   params, cfg, _, _ = importer.import_folder(folder)
   ids = hf_refs.random_ids(cfg.vocab_size, 2, 10, seed=4)
   rules = ((LLAMA_ALL, spec),)
-  theta = _randomized_adapters(params, rules)
+  theta = hf_refs.random_adapters(params, rules)
   summary = peft_io.export_peft_adapter(theta, {"rules": rules}, str(tmp_path / "ours"))
   assert summary["modules"] == 7 * cfg.num_layers
   assert sorted(summary["config"]["target_modules"]) == sorted(

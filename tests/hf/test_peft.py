@@ -84,21 +84,7 @@ def _close(ours, theirs):
     assert diff <= TOL, (name, diff)
 
 
-def _randomized(params, rules, seed=0):
-  """θ of `params` under `rules` with every adapter leaf random and non-zero (B = 0 at init
-  would make the adapter invisible)."""
-  theta = Reparam.from_config({"rules": rules}).from_dense(params, jax.random.key(seed))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = key_path(path).rsplit("/", 1)[-1]
-    if name in ("lora_a", "lora_b"):
-      return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-    if name == "magnitude":  # DoRA's m: a perturbed ‖V‖ per output column
-      return x * jnp.asarray(1 + 0.2 * rng.standard_normal(x.shape), x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(fill, theta)
+_randomized = hf_refs.random_adapters
 
 
 # --- export: our adapter, loaded by peft -------------------------------------------------------
