@@ -4,6 +4,7 @@ by name (each exactly once), flat `a/b/c` parameter paths, and shape checks.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -147,3 +148,24 @@ def stack_modules(paths: set[str], table: Iterable[tuple[str, str]], hf_layer: s
       ours[f"block_{i}/{path}"] = hf_layer.format(i=i) + hf_name
     i += 1
   return ours
+
+
+def take_lm_head(src: Tensors, put: Any, embedding: np.ndarray, tied: bool,
+                 embedding_name: str, where: str) -> None:
+  """A decoder's output layer `lm_head.weight` [V, D]: with tied embeddings a stored copy
+  must equal the token table (`embedding_name`); untied it becomes `lm_head/kernel`
+  [D, V] through `put(path, name, value)`."""
+  if tied:
+    check_tied(src, "lm_head.weight", embedding,
+               f"{where}: {{}} differs from {embedding_name} but config.json says "
+               "tie_word_embeddings=true")
+  else:
+    put("lm_head/kernel", "lm_head.weight", src.take("lm_head.weight").T)
+
+
+def take_buffers(src: Tensors, buffers: re.Pattern) -> None:
+  """Takes the left-over tensors whose names match `buffers` (non-parameter buffers old
+  checkpoints stored: causal masks, rotary frequencies)."""
+  for name in src.unused():
+    if buffers.match(name):
+      src.take(name)

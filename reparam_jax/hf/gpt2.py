@@ -30,10 +30,11 @@ from reparam_jax.hf.common import (
   PLAIN_TRANSFORMER,
   Flat,
   Tensors,
-  check_tied,
   first_misfit,
   get,
   rename_keys,
+  take_buffers,
+  take_lm_head,
 )
 
 MODEL_TYPE = "gpt2"
@@ -101,15 +102,8 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
       put(f"{b}{ours}/bias", f"{h}{hf_name}.bias")
   put("ln_final/scale", "ln_f.weight")
   put("ln_final/bias", "ln_f.bias")
-  if cfg.tie_embeddings:
-    check_tied(src, "lm_head.weight", out["embed/token/embedding"],
-               f"{where}: {{}} differs from wte.weight but config.json says "
-               "tie_word_embeddings=true")
-  else:
-    put("lm_head/kernel", "lm_head.weight", src.take("lm_head.weight").T)
-  for name in src.unused():
-    if _BUFFERS.match(name):
-      src.take(name)
+  take_lm_head(src, put, out["embed/token/embedding"], cfg.tie_embeddings, "wte.weight", where)
+  take_buffers(src, _BUFFERS)
   return out, src
 
 

@@ -32,11 +32,12 @@ from reparam_jax.errors import UserError
 from reparam_jax.hf.common import (
   Flat,
   Tensors,
-  check_tied,
   first_misfit,
   get,
   rename_keys,
   stack_modules,
+  take_buffers,
+  take_lm_head,
 )
 
 MODEL_TYPE = "llama"
@@ -153,15 +154,9 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
       if _has_bias(cfg, ours):
         put(f"{b}{ours}/bias", f"{h}{hf_name}.bias")
   put("ln_final/scale", "norm.weight")
-  if cfg.tie_embeddings:
-    check_tied(src, "lm_head.weight", out["embed/token/embedding"],
-               f"{where}: {{}} differs from embed_tokens.weight but config.json says "
-               "tie_word_embeddings=true")
-  else:
-    put("lm_head/kernel", "lm_head.weight", src.take("lm_head.weight").T)
-  for name in src.unused():
-    if _BUFFERS.match(name):
-      src.take(name)
+  take_lm_head(src, put, out["embed/token/embedding"], cfg.tie_embeddings,
+               "embed_tokens.weight", where)
+  take_buffers(src, _BUFFERS)
   return out, src
 
 
