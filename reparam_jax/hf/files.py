@@ -1,6 +1,6 @@
 """Reads a local Hugging Face model folder: config.json and the weights.
 
-Weights come from `model.safetensors` (read with safetensors' numpy API),
+Weights come from `model.safetensors` (mapped into memory, read when used),
 or `pytorch_model.bin` (read by `torch_pickle`, no PyTorch needed), either
 possibly sharded (`*.index.json` naming the shard of each tensor).
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
-import safetensors
-import safetensors.flax
-import safetensors.numpy
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf.torch_pickle import load_torch_state_dict
@@ -63,14 +62,34 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   return load_torch_state_dict(path)
 
 
+# safetensors' dtype names → numpy dtypes (little-endian, as the format stores them).
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": jnp.bfloat16,  # numpy has no bfloat16
+    "F8_E4M3": jnp.float8_e4m3fn, "F8_E5M2": jnp.float8_e5m2,
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """The tensors of a safetensors file as read-only views of the file mapped into memory
+  (as `transformers` loads them): nothing is read until a tensor is used, so importing a
+  model holds no second copy of its weights."""
   try:
-    return safetensors.numpy.load_file(path)
-  except KeyError:
-    # numpy has no bfloat16: read such files through JAX's dtype instead.
-    return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
-  except (safetensors.SafetensorError, OSError) as e:
-    raise UserError(f"{path} is not a readable safetensors file ({e})") from None
+    with open(path, "rb") as f:
+      (header_len,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(header_len))
+    data = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) > 8 + header_len else (
+        np.zeros(0, np.uint8))
+    out = {}
+    for name, info in header.items():
+      if name == "__metadata__":
+        continue
+      dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+      start, end = (8 + header_len + o for o in info["data_offsets"])
+      out[name] = data[start:end].view(dtype).reshape(info["shape"])
+    return out
+  except (OSError, ValueError, KeyError, struct.error) as e:
+    raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})"
+                    ) from None
 
 
 def stop_token_ids(folder: str, hf_config: dict[str, Any] | None = None) -> tuple[int, ...]:
