@@ -135,17 +135,17 @@ def first_misfit(cfg: Any, required: dict[str, Any]) -> str:
   return ""
 
 
-def stack_modules(paths: set[str], table: Iterable[tuple[str, str]], hf_layer: str
-                  ) -> dict[str, str]:
+def stack_modules(paths: set[str], table: Iterable[tuple[str, str]], hf_layer: str,
+                  stack: str = "") -> dict[str, str]:
   """Project module path → HF module name of every layer's linear modules: `table` holds
   (HF module, project path) pairs within a layer, `hf_layer` the HF layer's name with
   `{i}` for its number (`model.layers.{i}.`).  Layers are counted from the tree's
-  `node_paths` (`block_0`, `block_1`, ...)."""
+  `node_paths` (`{stack}block_0`, `{stack}block_1`, ...)."""
   ours: dict[str, str] = {}
   i = 0
-  while f"block_{i}" in paths:
+  while f"{stack}block_{i}" in paths:
     for hf_name, path in table:
-      ours[f"block_{i}/{path}"] = hf_layer.format(i=i) + hf_name
+      ours[f"{stack}block_{i}/{path}"] = hf_layer.format(i=i) + hf_name
     i += 1
   return ours
 

@@ -7,12 +7,13 @@ PEFT names an adapter tensor after the `nn.Module` it wraps, relative to the
   base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight   (BertFor*)
   base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight             (LlamaForCausalLM)
 
-Each family's module (hf/bert.py, hf/llama.py) gives the names from the same
-table its import and export read (`peft_modules`), built from the parameter
-tree (a layer the tree lacks is not listed), so it needs no model config.
+Each family's module (hf/bert.py, hf/llama.py, hf/t5.py) gives the names from
+the same table its import and export read (`peft_modules`), built from the
+parameter tree (a layer the tree lacks is not listed), so it needs no model
+config.
 
-GPT-2 and T5 are not supported yet: GPT-2's attention is one fused `c_attn`
-(q|k|v) module, so a per-projection adapter has no one-to-one PEFT counterpart
+GPT-2 is not supported yet: its attention is one fused `c_attn` (q|k|v)
+module, so a per-projection adapter has no one-to-one PEFT counterpart
 (docs/peft.md).
 """
 
@@ -76,13 +77,10 @@ def modules(tree: Any) -> Modules:
     if found is not None:
       ours, prefix = found
       return Modules(ours, prefix, fam.BACKBONE_PREFIX)
-  if any(p.startswith(("encoder/", "decoder/")) for p in paths):
-    raise UserError("PEFT adapters are supported for BERT and Llama-family models; this is an "
-                    "encoder-decoder (T5) parameter tree")
   if "embed/position" in paths and "ln_final" in paths:
-    raise UserError("PEFT adapters are supported for BERT and Llama-family models: GPT-2 fuses "
-                    "query, key and value into one c_attn module, which per-projection "
+    raise UserError("PEFT adapters are supported for BERT, Llama-family and T5 models: GPT-2 "
+                    "fuses query, key and value into one c_attn module, which per-projection "
                     "adapters do not map onto (docs/peft.md)")
-  raise UserError("these parameters are neither a BERT's (embed/ln, block_0/attn/query) nor a "
-                  "Llama-family decoder's (block_0/mlp/fc_gate, ln_final); PEFT adapters are "
-                  "supported for those")
+  raise UserError("these parameters are not a BERT's (embed/ln, block_0/attn/query), a "
+                  "Llama-family decoder's (block_0/mlp/fc_gate, ln_final) or a T5's "
+                  "(encoder/, decoder/); PEFT adapters are supported for those")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf.common import Flat, Tensors, check_tied, first_misfit, get
+from reparam_jax.hf.common import Flat, Tensors, check_tied, first_misfit, get, stack_modules
 
 MODEL_TYPE = "t5"
 ARCHITECTURES = ("T5ForConditionalGeneration", "T5WithLMHeadModel")
@@ -128,6 +128,26 @@ def untied(tensors: dict[str, np.ndarray]) -> bool:
                              or not np.array_equal(lm, shared))
 
 
+_ATTENTION = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
+
+
+def layer_table(stack: str, gated: bool) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+  """(linear modules, RMSNorms) of one block of `stack` ("encoder" or "decoder"), each
+  (HF name under `{stack}.block.{i}.layer.`, project path under `{stack}/block_{i}/`):
+  the one table import, export and PEFT's module names read."""
+  linears = [(f"0.SelfAttention.{h}", f"attn/{o}") for h, o in _ATTENTION]
+  norms = [("0.layer_norm", "ln_attn")]
+  ff = 1
+  if stack == "decoder":  # cross-attention between self-attention and the MLP
+    linears += [(f"1.EncDecAttention.{h}", f"cross_attn/{o}") for h, o in _ATTENTION]
+    norms.append(("1.layer_norm", "ln_cross"))
+    ff = 2
+  mlp = (("wi_0", "fc_in"), ("wi_1", "fc_gate")) if gated else (("wi", "fc_in"),)
+  linears += [(f"{ff}.DenseReluDense.{h}", f"mlp/{o}") for h, o in (*mlp, ("wo", "fc_out"))]
+  norms.append((f"{ff}.layer_norm", "ln_mlp"))
+  return linears, norms
+
+
 def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
                   heads: dict[str, Any], where: str) -> tuple[Flat, Tensors]:
   del heads
@@ -149,24 +169,13 @@ def import_params(tensors: dict[str, np.ndarray], hf: dict[str, Any], cfg: Any,
                "tables are not supported")
     put(f"{stack}/rel_bias/embedding",
         f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    linears, norms = layer_table(stack, cfg.mlp_gated)
     for i in range(layers):
       h, b = f"{stack}.block.{i}.layer.", f"{stack}/block_{i}/"
-      for hf_name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-        linear(f"{b}attn/{ours}", f"{h}0.SelfAttention.{hf_name}")
-      put(f"{b}ln_attn/scale", f"{h}0.layer_norm.weight")
-      ff = 1
-      if stack == "decoder":
-        for hf_name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-          linear(f"{b}cross_attn/{ours}", f"{h}1.EncDecAttention.{hf_name}")
-        put(f"{b}ln_cross/scale", f"{h}1.layer_norm.weight")
-        ff = 2
-      if cfg.mlp_gated:
-        linear(f"{b}mlp/fc_in", f"{h}{ff}.DenseReluDense.wi_0")
-        linear(f"{b}mlp/fc_gate", f"{h}{ff}.DenseReluDense.wi_1")
-      else:
-        linear(f"{b}mlp/fc_in", f"{h}{ff}.DenseReluDense.wi")
-      linear(f"{b}mlp/fc_out", f"{h}{ff}.DenseReluDense.wo")
-      put(f"{b}ln_mlp/scale", f"{h}{ff}.layer_norm.weight")
+      for hf_name, ours in linears:
+        linear(b + ours, h + hf_name)
+      for hf_name, ours in norms:
+        put(f"{b}{ours}/scale", f"{h}{hf_name}.weight")
     put(f"{stack}/ln_final/scale", f"{stack}.final_layer_norm.weight")
   if not cfg.tie_embeddings:
     kernel = src.take("lm_head.weight").T
@@ -194,24 +203,13 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
                         ("decoder", cfg.num_decoder_layers or cfg.num_layers)):
     t[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
         flat[f"{stack}/rel_bias/embedding"])
+    linears, norms = layer_table(stack, cfg.mlp_gated)
     for i in range(layers):
       h, b = f"{stack}.block.{i}.layer.", f"{stack}/block_{i}/"
-      for hf_name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-        linear(f"{h}0.SelfAttention.{hf_name}", f"{b}attn/{ours}")
-      t[f"{h}0.layer_norm.weight"] = flat[f"{b}ln_attn/scale"]
-      ff = 1
-      if stack == "decoder":
-        for hf_name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-          linear(f"{h}1.EncDecAttention.{hf_name}", f"{b}cross_attn/{ours}")
-        t[f"{h}1.layer_norm.weight"] = flat[f"{b}ln_cross/scale"]
-        ff = 2
-      if cfg.mlp_gated:
-        linear(f"{h}{ff}.DenseReluDense.wi_0", f"{b}mlp/fc_in")
-        linear(f"{h}{ff}.DenseReluDense.wi_1", f"{b}mlp/fc_gate")
-      else:
-        linear(f"{h}{ff}.DenseReluDense.wi", f"{b}mlp/fc_in")
-      linear(f"{h}{ff}.DenseReluDense.wo", f"{b}mlp/fc_out")
-      t[f"{h}{ff}.layer_norm.weight"] = flat[f"{b}ln_mlp/scale"]
+      for hf_name, ours in linears:
+        linear(h + hf_name, b + ours)
+      for hf_name, ours in norms:
+        t[f"{h}{hf_name}.weight"] = flat[f"{b}{ours}/scale"]
     t[f"{stack}.final_layer_norm.weight"] = flat[f"{stack}/ln_final/scale"]
   if not cfg.tie_embeddings:
     t["lm_head.weight"] = flat["lm_head/kernel"].T
@@ -232,6 +230,21 @@ def _projection(cfg: Any) -> str:
     act = "gelu_python" if cfg.mlp_gated else "gelu"  # exact erf: "gated-gelu" is not
   return f"gated-{act}" if cfg.mlp_gated else act
 
+
+
+BACKBONE_PREFIX = ""  # T5ForConditionalGeneration's stacks sit at its root
+
+
+def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
+  """(project module path → HF module name, "") of an encoder–decoder parameter tree's
+  `node_paths` (T5's layout), or None if it is not one."""
+  if not ("encoder/block_0" in paths and "decoder/block_0" in paths):
+    return None
+  ours: dict[str, str] = {}
+  for stack in ("encoder", "decoder"):
+    linears, _ = layer_table(stack, f"{stack}/block_0/mlp/fc_gate" in paths)
+    ours.update(stack_modules(paths, linears, stack + ".block.{i}.layer.", f"{stack}/"))
+  return {k: v for k, v in ours.items() if f"{k}/kernel" in paths}, BACKBONE_PREFIX
 
 # What a model must be to export as T5: field → required value (and relative buckets).
 _REQUIRED = {"pre_norm": True, "norm": "rms", "use_bias": False, "attention_scale": False,

@@ -308,3 +308,44 @@ def test_preset_parameter_counts_match_transformers(preset, expected):
     assert getattr(derived, field) == getattr(cfg, field), field
   if cfg.activation == "gelu":
     assert derived.gelu_approximate == cfg.gelu_approximate
+
+
+@pytest.mark.parametrize("size,spec", [("v1_0", "lora(rank=4, alpha=8)"),
+                                       ("v1_1", "lora(rank=2, alpha=4)|magnitude")])
+def test_peft_adapters_both_ways_with_equal_logits(tmp_path, monkeypatch, size, spec):
+  """Ours on every linear module of both stacks (cross-attention and the gated MLP's
+  wi_0/wi_1 included), loaded by the real `peft`; `peft`'s on q/v (self- and
+  cross-attention alike, as its short names match), loaded here."""
+  peft = pytest.importorskip("peft")
+  from reparam_jax.hf import peft as peft_io  # noqa: PLC0415
+  from reparam_jax.reparam import Reparam  # noqa: PLC0415
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  sizes = dict(HF_SIZES[size])
+  untied = sizes.pop("untied", False)
+  model = _hf_t5(untied=untied, **sizes)
+  folder = hf_refs.save_model(model, str(tmp_path / "hf"))
+  params, cfg, _, _ = importer.import_folder(folder)
+  ids, mask, decoder_ids = _inputs()
+
+  def ours(theta, rules):
+    wrapped = Reparam.from_config({"rules": rules}).wrap(EncoderDecoder(cfg))
+    return np.asarray(wrapped.apply({"params": theta}, jnp.asarray(ids, jnp.int32),
+                                    jnp.asarray(decoder_ids, jnp.int32),
+                                    inputs_mask_BxS=jnp.asarray(mask, bool))["logits"])
+
+  rules = ((r"(en|de)coder/block_\d+/\w+/\w+/kernel", spec),)
+  theta = hf_refs.random_adapters(params, rules)
+  summary = peft_io.export_peft_adapter(theta, {"rules": rules}, str(tmp_path / "ours"))
+  gated = 2 if cfg.mlp_gated else 1
+  assert summary["modules"] == cfg.num_layers * (4 + gated + 1) * 2 + cfg.num_layers * 4
+  loaded = peft.PeftModel.from_pretrained(model, str(tmp_path / "ours")).eval()
+  assert _max_diff(ours(theta, rules), _hf_logits(loaded, ids, mask, decoder_ids)) <= TOL
+
+  base = _hf_t5(untied=untied, **sizes)
+  torch.manual_seed(5)
+  wrapped = peft.get_peft_model(base, peft.LoraConfig(
+      r=4, lora_alpha=8, target_modules=["q", "v"], init_lora_weights=False,
+      use_dora="magnitude" in spec)).eval()
+  wrapped.save_pretrained(str(tmp_path / "theirs"))
+  theirs, their_rules = peft_io.import_peft_adapter(str(tmp_path / "theirs"), params)
+  assert _max_diff(ours(theirs, their_rules), _hf_logits(wrapped, ids, mask, decoder_ids)) <= TOL
