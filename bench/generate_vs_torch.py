@@ -95,7 +95,8 @@ def compare(size: str, prompt_len: int, new: int, rounds: int, python: str, batc
       peer.close()
   med = {k: statistics.median(v) for k, v in wall.items()}
   tps = {k: batch * new / v for k, v in med.items()}
-  return {"size": size, "model_class": model_class, "sizes": sizes, "prompt": prompt_len, "new_tokens": new, "batch": batch,
+  return {"size": size, "model_class": model_class, "sizes": sizes, "prompt": prompt_len,
+          "new_tokens": new, "batch": batch,
           "device": device, "jax_device": str(jax.devices()[0]),
           "rounds": rounds, "call_s": med, "call_s_all": wall, "tokens_per_s": tps,
           "ratio": tps["jax"] / tps["torch"], "jax_first_call_s": first_call_s,
@@ -114,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help="where the PyTorch model runs")
   parser.add_argument("--torch_python", default=None)
   args = parser.parse_args(argv)
-  python = peer_process.torch_python(args.torch_python)
-  if python is None:
-    parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
-                 "or pass --torch_python")
+  python = peer_process.require_torch_python(parser, args.torch_python)
   out = compare(args.size, args.prompt, args.new, args.rounds, python, args.batch, args.device)
   print(f"{out['model_class']} {args.size} ({out['params']:,} params), greedy, batch "
         f"{args.batch}, {args.new} "

@@ -138,10 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--workdir", default="/tmp/reparam_import_bench")
   parser.add_argument("--torch_python", default=None)
   args = parser.parse_args(argv)
-  python = peer_process.torch_python(args.torch_python)
-  if python is None:
-    parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
-                 "or pass --torch_python")
+  python = peer_process.require_torch_python(parser, args.torch_python)
   out = compare(args.size, args.rounds, args.workdir, python)
   print(f"import of {args.size} ({out['weights_mib']:,.0f} MiB of float32 safetensors), median "
         f"of {args.rounds} fresh processes each:")

@@ -44,3 +44,12 @@ def torch_python(flag: str | None) -> str | None:
   """The interpreter to run the peer in, or None if there is none."""
   path = flag or os.environ.get("REPARAM_TORCH_PYTHON") or DEFAULT_TORCH_PYTHON
   return path if os.path.exists(path) else shutil.which(path)  # a path, or a name on PATH
+
+
+def require_torch_python(parser: Any, flag: str | None) -> str:
+  """`torch_python(flag)`, or the command's usage error (exit 2) saying how to get one."""
+  python = torch_python(flag)
+  if python is None:
+    parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
+                 "or pass --torch_python")
+  return python
