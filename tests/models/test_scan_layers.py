@@ -82,9 +82,16 @@ def test_encoder_decoder_scanned_equals_unrolled():
          scanned.apply({"params": stacked}, src, tgt)["logits"])
 
 
-def test_decoding_with_a_scanned_cache():
-  """Cached decoding (cache stacked on the layer axis) matches the unrolled model's."""
-  cfg = transformer_config(BASE)
+LLAMA = dict(preset="smollm2_135m", vocab_size=50, num_layers=3, num_heads=4, num_kv_heads=2,
+             embed_dim=16, mlp_dim=24, max_len=16, sliding_window=3, rope_scaling="yarn",
+             rope_factor=4.0, rope_original_max_len=4)
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_decoding_with_a_scanned_cache(model):
+  """Cached decoding (cache stacked on the layer axis) matches the unrolled model's; for a
+  Llama-style stack too (grouped key/value heads in the stacked cache, a sliding window)."""
+  cfg = transformer_config(BASE if model == "gpt2" else LLAMA)
   ids = jax.random.randint(jax.random.key(1), (2, 5), 0, 50)
   unrolled, scanned, params, stacked = _pair(Transformer, cfg, ids)
 
