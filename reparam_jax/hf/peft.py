@@ -173,8 +173,8 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
                         modules_to_save: Sequence[str] | str = "auto") -> dict[str, Any]:
   """Writes `out_dir`/{adapter_config.json, adapter_model.safetensors} for `params`.
 
-  `params`: θ params (boxed or not) of a BERT or Llama-family model (hf/peft_names.py) whose
-  `reparam` (a `Reparam` or a config.reparam section) puts `lora(...)` or
+  `params`: θ params (boxed or not) of a BERT, Llama-family or T5 model
+  (hf/peft_names.py) whose `reparam` (a `Reparam` or a config.reparam section) puts `lora(...)` or
   `lora(...)|magnitude` on some kernels; `transformers` loads the base model
   (the same W₀) and `peft.PeftModel.from_pretrained(base, out_dir)` the adapter.
   Ranks and alphas may differ per layer (written as rank_pattern / alpha_pattern);
@@ -378,7 +378,8 @@ def _rules_for(adapters: list[Adapter]) -> tuple[tuple[str, str], ...]:
 
 def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None = None
                         ) -> tuple[PyTree, tuple[tuple[str, str], ...]]:
-  """(θ params, config.reparam.rules) of dense BERT `params` with the PEFT adapter in `folder`.
+  """(θ params, config.reparam.rules) of dense `params` (a BERT, Llama-family or T5 model)
+  with the PEFT adapter in `folder`.
 
   `params` are the base model's dense params (e.g. `hf.importer.import_folder`
   of the folder named by the adapter's base_model_name_or_path).  Each adapted
@@ -414,7 +415,7 @@ def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None
     if path is None:
       example = next(iter(table.ours.values()))
       raise UserError(f"{where}: tensor {key}.lora_A.weight adapts module {name}, which is not "
-                      f"a linear module of this BERT model (e.g. {example})")
+                      f"a linear module of this model (e.g. {example})")
     for part in ("lora_A", "lora_B") + (("magnitude",) if dora else ()):
       if part not in parts:
         what = MAGNITUDE_KEY if part == "magnitude" else f"{part}.weight"
@@ -456,7 +457,7 @@ def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None
       hint = ("; the base has no classifier: pass the params of the model with one "
               "(model_params)" if module == "classifier" and model is None else "")
       raise UserError(f"{where}: modules_to_save tensor {KEY_PREFIX}{name} has no place in this "
-                      f"BERT model{hint}")
+                      f"model{hint}")
     ours = f"{path}/kernel" if leaf == "weight" else f"{path}/bias"
     old = subtree(out, ours)
     if old is None and model is not None:  # a head the model has and the base lacks
