@@ -151,3 +151,46 @@ def test_minilm_tokenizer_matches_transformers_on_all_of_sst2(raw_data_dir):
   want = theirs(sentences, add_special_tokens=True)["input_ids"]
   got = [ours.build_inputs(ids)[0].tolist() for ids in ours.encode_batch(sentences)]
   assert got == want
+
+
+# Llama 3's pre-tokenizer regex (its tokenizer.json's Split), as published.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?"
+                  r"[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def test_a_llama3_tokenizer_json_matches_transformers_and_bounds_documents(tmp_path, corpus):
+  """A Llama 3-style `tokenizer.json` (Split regex + byte-level BPE, a template that
+  prepends <|begin_of_text|>): the same ids as transformers' fast tokenizer on the
+  Shakespeare and SST-2 text, no special tokens added by `encode`, and BOS before / EOS
+  after each document in a pre-training stream; its cut-free encoding of long texts."""
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: PLC0415
+  backend = tokenizers.Tokenizer(models.BPE())
+  backend.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  backend.decoder = decoders.ByteLevel()
+  specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+  backend.train_from_iterator(corpus * 3, trainers.BpeTrainer(
+      vocab_size=700, special_tokens=specials,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  bos = backend.token_to_id(specials[0])
+  backend.post_processor = processors.TemplateProcessing(
+      single=f"{specials[0]} $A", special_tokens=[(specials[0], bos)])
+  folder = tmp_path / "llama3"
+  folder.mkdir()
+  backend.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": specials[0], "eos_token": specials[1]}))
+
+  ours = hf_tokenizers.load(str(folder))
+  theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+  for text in corpus + EDGE_CASES:
+    want = theirs(text, add_special_tokens=False)["input_ids"]
+    assert ours.encode(text).tolist() == want, text
+    assert ours.decode(want) == theirs.decode(want), text
+  assert theirs("a b")["input_ids"][0] == bos  # the folder's template adds BOS
+  assert ours.document_boundaries() == ([bos], [backend.token_to_id(specials[1])])
+  assert not ours.cuts_at_lines  # the regex joins ".\n": long texts are encoded whole
+  long_text = "\n".join(corpus) * 20
+  assert ours.encode_batch([long_text])[0].tolist() == theirs(
+      long_text, add_special_tokens=False)["input_ids"]
