@@ -145,7 +145,7 @@ def test_a_long_text_is_encoded_in_pieces_with_the_ids_of_the_whole_text(minilm,
   prose = "\n".join(sst2_train)[:4 * size]
   bpe, wordpiece = _byte_level_bpe(code + noise), hf_tokenizers.load(minilm)
   for tok, texts in ((bpe, [code, noise, "short\ntext"]), (wordpiece, [prose, noise])):
-    assert tok.cuts_at_lines
+    assert tok.cuts_at_whitespace
     for text in texts:
       pieces = hf_tokenizers.whitespace_cuts(text, size)
       assert "".join(pieces) == text
@@ -159,16 +159,16 @@ def test_tokenizers_that_could_encode_a_cut_differently_get_the_whole_text(minil
   """A prefix space (each piece would gain one), a normalizer that can make whitespace,
   whitespace-stripping added tokens: no cuts, so encode_batch is encode."""
   prefixed = _byte_level_bpe(_stdlib_text(50_000), add_prefix_space=True)
-  assert not prefixed.cuts_at_lines
+  assert not prefixed.cuts_at_whitespace
   text = _stdlib_text(3 * hf_tokenizers.LONG_TEXT_CHARS)
   assert prefixed.encode_batch([text])[0].tolist() == prefixed.backend.encode(
       text, add_special_tokens=False).ids
   nfkc = _byte_level_bpe(_stdlib_text(50_000))
   nfkc.backend.normalizer = tokenizers.normalizers.NFKC()
-  assert not hf_tokenizers.HfTokenizer(nfkc.backend).cuts_at_lines
+  assert not hf_tokenizers.HfTokenizer(nfkc.backend).cuts_at_whitespace
   stripping = hf_tokenizers.load(minilm).backend
   stripping.add_special_tokens([tokenizers.AddedToken("<mask>", lstrip=True)])
-  assert not hf_tokenizers.HfTokenizer(stripping).cuts_at_lines
+  assert not hf_tokenizers.HfTokenizer(stripping).cuts_at_whitespace
   metaspace = tokenizers.Tokenizer(tokenizers.models.Unigram())
   metaspace.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
-  assert not hf_tokenizers.HfTokenizer(metaspace).cuts_at_lines
+  assert not hf_tokenizers.HfTokenizer(metaspace).cuts_at_whitespace

@@ -53,7 +53,7 @@ class HfTokenizer:
     self.unk_id, self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
         backend.token_to_id(names[k]) if names.get(k) else None
         for k in ("unk", "cls", "sep", "pad", "mask"))
-    self.cuts_at_lines = _cuts_at_lines(backend)
+    self.cuts_at_whitespace = _cuts_at_whitespace(backend)
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.backend.encode(text, add_special_tokens=False).ids, np.int32)
@@ -80,7 +80,7 @@ class HfTokenizer:
     return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in ids]
 
   def _pieces(self, text: str) -> Iterable[str]:
-    if len(text) <= LONG_TEXT_CHARS or not self.cuts_at_lines:
+    if len(text) <= LONG_TEXT_CHARS or not self.cuts_at_whitespace:
       return (text,)
     return whitespace_cuts(text, LONG_TEXT_CHARS)
 
@@ -186,7 +186,7 @@ _LOCAL_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents",
 _NO_NEW_SPACE_NORMALIZERS = {"NFC", "NFD"}
 
 
-def _cuts_at_lines(backend: tokenizers.Tokenizer) -> bool:
+def _cuts_at_whitespace(backend: tokenizers.Tokenizer) -> bool:
   """Whether cutting a text where whitespace follows a non-space character leaves its ids
   unchanged: true only for the pipelines above, without added tokens that strip the
   whitespace around them or hold whitespace."""

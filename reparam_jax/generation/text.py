@@ -52,9 +52,10 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
                       "decodes greedily (--temperature=0)")
     model, params, tokenizer = pretrained_lm(workdir, source)
     if not stop_token_ids:  # the model's own, where `generate` would stop
-      imported = pretrained.read_json(os.path.join(workdir, SOURCE_FILE)).get("hf_config")
-      stop_token_ids = stop_tokens_of(workdir, (imported or {}) if source == "converted"
-                                      else None)
+      # A convert_hf output keeps the folder's config.json inside its SOURCE_FILE.
+      imported = (pretrained.read_json(os.path.join(workdir, SOURCE_FILE)).get("hf_config") or {}
+                  if source == "converted" else None)
+      stop_token_ids = stop_tokens_of(workdir, imported)
     return _continue(model, params, tokenizer, prompts, num_tokens, sampling, seed,
                      stop_token_ids, batch_size)
   _check_is_run(workdir)

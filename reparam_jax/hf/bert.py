@@ -32,12 +32,11 @@ import numpy as np
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf.common import (
-  PLAIN_TRANSFORMER,
   Flat,
   Tensors,
   check_tied,
-  first_misfit,
   get,
+  plain_misfit,
   rename_keys,
   stack_modules,
 )
@@ -221,15 +220,11 @@ def architecture(heads: dict[str, Any]) -> str:
   return "BertModel"
 
 
-# What a model must be to export as this family: field → required value.
-_REQUIRED = dict(PLAIN_TRANSFORMER, causal=False, pre_norm=False, embed_norm=True)
-
-
 def fits(cfg: Any, encoder_decoder: bool) -> str:
   """"" if `cfg` exports as this family, else the first field that does not fit."""
   if encoder_decoder:
     return "an encoder–decoder"
-  return first_misfit(cfg, _REQUIRED)
+  return plain_misfit(cfg, causal=False, pre_norm=False, embed_norm=True)
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

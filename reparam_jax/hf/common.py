@@ -123,7 +123,7 @@ PLAIN_TRANSFORMER = {
     "layer_dims": (), "norm": "layer", "activation": "gelu", "mlp_gated": False,
     "attention_scale": True, "relative_buckets": 0, "sinusoidal": False, "embed_scale": False,
     "tied_logits_scale": False, "num_decoder_layers": 0, "num_kv_heads": 0, "qkv_bias": False,
-    "sliding_window": 0, "rope_scaling": "", "head_size": 0}
+    "sliding_window": 0, "rope_scaling": ""}
 
 
 def first_misfit(cfg: Any, required: dict[str, Any]) -> str:
@@ -133,6 +133,15 @@ def first_misfit(cfg: Any, required: dict[str, Any]) -> str:
     if getattr(cfg, name) != ok:
       return f"model.{name}={getattr(cfg, name)!r} (needs {ok!r})"
   return ""
+
+
+def plain_misfit(cfg: Any, **own: Any) -> str:
+  """`first_misfit` for GPT-2 and BERT: PLAIN_TRANSFORMER's fields and the family's `own`,
+  and heads that split the width evenly (those families have no head width of their own;
+  `head_size` may still name the even one)."""
+  if cfg.head_dim != cfg.embed_dim // cfg.num_heads:
+    return f"model.head_size={cfg.head_size} (needs embed_dim // num_heads)"
+  return first_misfit(cfg, dict(PLAIN_TRANSFORMER, **own))
 
 
 def stack_modules(paths: set[str], table: Iterable[tuple[str, str]], hf_layer: str,

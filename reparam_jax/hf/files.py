@@ -96,16 +96,13 @@ def stop_token_ids(folder: str, hf_config: dict[str, Any] | None = None) -> tupl
   """The tokens that end a generated text, as `transformers`' `generate` reads them:
   `eos_token_id` (one id or a list) of the folder's generation_config.json, else of its
   config.json (`hf_config`, if given, stands for that file)."""
-  for source in (os.path.join(folder, GENERATION_CONFIG), None):
-    if source is None:
-      found = hf_config if hf_config is not None else read_json(
-          os.path.join(folder, "config.json"))
-    else:
-      found = read_json(source)
-    eos = found.get("eos_token_id")
-    if eos is not None:
-      return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
-  return ()
+  eos = read_json(os.path.join(folder, GENERATION_CONFIG)).get("eos_token_id")
+  if eos is None:
+    config = read_json(os.path.join(folder, "config.json")) if hf_config is None else hf_config
+    eos = config.get("eos_token_id")
+  if eos is None:
+    return ()
+  return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
 
 
 def read_json(path: str) -> dict[str, Any]:

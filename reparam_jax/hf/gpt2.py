@@ -27,11 +27,10 @@ import numpy as np
 
 from reparam_jax.errors import UserError
 from reparam_jax.hf.common import (
-  PLAIN_TRANSFORMER,
   Flat,
   Tensors,
-  first_misfit,
   get,
+  plain_misfit,
   rename_keys,
   take_buffers,
   take_lm_head,
@@ -131,16 +130,12 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
   return t
 
 
-# What a model must be to export as this family: field → required value.
-_REQUIRED = dict(PLAIN_TRANSFORMER, causal=True, pre_norm=True, type_vocab_size=0,
-                 embed_norm=False, pooler=False)
-
-
 def fits(cfg: Any, encoder_decoder: bool) -> str:
   """"" if `cfg` exports as this family, else the first field that does not fit."""
   if encoder_decoder:
     return "an encoder–decoder"
-  return first_misfit(cfg, _REQUIRED)
+  return plain_misfit(cfg, causal=True, pre_norm=True, type_vocab_size=0,
+                      embed_norm=False, pooler=False)
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

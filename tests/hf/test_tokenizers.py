@@ -190,7 +190,7 @@ def test_a_llama3_tokenizer_json_matches_transformers_and_bounds_documents(tmp_p
     assert ours.decode(want) == theirs.decode(want), text
   assert theirs("a b")["input_ids"][0] == bos  # the folder's template adds BOS
   assert ours.document_boundaries() == ([bos], [backend.token_to_id(specials[1])])
-  assert not ours.cuts_at_lines  # the regex joins ".\n": long texts are encoded whole
+  assert not ours.cuts_at_whitespace  # the regex joins ".\n": long texts are encoded whole
   long_text = "\n".join(corpus) * 20
   assert ours.encode_batch([long_text])[0].tolist() == theirs(
       long_text, add_special_tokens=False)["input_ids"]
