@@ -5,8 +5,10 @@ They run on Hugging Face's `tokenizers` library (a small Rust wheel, what
 (`encode`, `decode`, `vocab_size`, `save`; see `data/tokenizers.py`).
 
 A model folder is read the way `transformers` reads it: its `tokenizer.json`
-if it has one, else the slow tokenizer's files (`vocab.json` + `merges.txt`
-for GPT-2, `vocab.txt` for BERT) with the options of `tokenizer_config.json`.
+if it has one, else the slow tokenizer's files (a SentencePiece `tokenizer.model`
+or `spiece.model` for Llama 2 and T5, rebuilt as a `tokenizers` pipeline by
+data/sentencepiece_json.py; `vocab.json` + `merges.txt` for GPT-2; `vocab.txt`
+for BERT) with the options of `tokenizer_config.json`.
 `encode` adds no special tokens (`build_inputs` adds BERT's [CLS]/[SEP]) and
 never pads or truncates, whatever the folder's `tokenizer.json` says; special
 tokens written literally in the text (`<|endoftext|>`, `[MASK]`) stay whole.
@@ -25,6 +27,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from reparam_jax.data import sentencepiece_json
 from reparam_jax.errors import UserError
 
 FILENAME = "tokenizer.json"
@@ -218,7 +221,7 @@ _TOKENIZER_CLASS = {"WordPiece": "BertTokenizer", "BPE": "GPT2Tokenizer"}
 # The tokenizer_config.json options a saved tokenizer carries on.
 _KEPT_OPTIONS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
                  "unk_token", "cls_token", "sep_token", "pad_token", "mask_token", "bos_token",
-                 "eos_token", "add_bos_token")
+                 "eos_token", "add_bos_token", "add_eos_token", "tokenizer_class")
 
 
 def _token_name(value: Any) -> str | None:
@@ -278,6 +281,9 @@ def load(directory: str) -> HfTokenizer | None:
     return HfTokenizer(tokenizers.Tokenizer.from_file(p(FILENAME)), config)
   if saved.get("type") in ("byte_bpe", "wordpiece"):
     return _from_legacy(saved, p(FILENAME))
+  models_found = [name for name in sentencepiece_json.FILENAMES if os.path.exists(p(name))]
+  if models_found:
+    return from_sentencepiece(p(models_found[0]), _json(p(CONFIG_FILENAME)))
   if os.path.exists(p("vocab.json")) and os.path.exists(p("merges.txt")):
     added = _json(p(CONFIG_FILENAME)).get("added_tokens_decoder") or {}
     specials = [v["content"] for v in added.values() if v.get("special")] or ["<|endoftext|>"]
@@ -285,6 +291,29 @@ def load(directory: str) -> HfTokenizer | None:
   if os.path.exists(p("vocab.txt")):
     return HfTokenizer(_wordpiece(p("vocab.txt"), config), config)
   return None
+
+
+def from_sentencepiece(path: str, options: dict[str, Any] | None = None) -> HfTokenizer:
+  """A SentencePiece model file (Llama 2's `tokenizer.model`, T5's `spiece.model`) as a
+  `tokenizers` pipeline (data/sentencepiece_json.py), with the sentinels and BOS/EOS
+  options of the folder's tokenizer_config.json (`options`)."""
+  options = dict(options or {})
+  proto = sentencepiece_json.read_model(path)
+  sentinels = [t for t in options.get("additional_special_tokens") or ()
+               if SENTINEL.fullmatch(_token_name(t) or "")]
+  # transformers' T5Tokenizer adds 100 sentinels unless its config says otherwise.
+  default_extra = 100 if str(options.get("tokenizer_class", "")).startswith("T5") else 0
+  extra_ids = int(options.get("extra_ids", len(sentinels) or default_extra))
+  backend = sentencepiece_json.backend(proto, path, extra_ids, options.get("add_bos_token"),
+                                       options.get("add_eos_token"))
+  config = {**sentencepiece_json.special_names(proto),
+            **{k: v for k, v in options.items() if k in _KEPT_OPTIONS},
+            # The tokenizer.json `save` writes is the whole pipeline: load it as it is.
+            "tokenizer_class": "PreTrainedTokenizerFast"}
+  return HfTokenizer(backend, config)
+
+
+SENTINEL = re.compile(r"<extra_id_\d+>")
 
 
 def _from_legacy(saved: dict[str, Any], where: str) -> HfTokenizer:

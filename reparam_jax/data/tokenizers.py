@@ -94,7 +94,7 @@ class SentencePieceTokenizer:
     atomic_write(os.path.join(directory, self.FILENAME), self.model_proto)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json")
 
 
 def has_tokenizer(directory: str) -> bool:
@@ -117,7 +117,12 @@ def load_tokenizer(directory: str) -> Tokenizer:
       saved = json.load(f)
     if "chars" in saved:
       return CharTokenizer(saved["chars"])
-  if os.path.exists(sp_path):
+  # A run's own fitted SentencePiece model is its only tokenizer file; a pretrained
+  # model's folder (Llama 2, T5) says what it is in tokenizer_config.json / config.json
+  # and is read as transformers reads it.
+  pretrained = any(os.path.exists(os.path.join(directory, f))
+                   for f in (hf_tokenizers.CONFIG_FILENAME, "config.json"))
+  if os.path.exists(sp_path) and not pretrained:
     with open(sp_path, "rb") as f:
       return SentencePieceTokenizer(f.read())
   tokenizer = hf_tokenizers.load(directory)
@@ -135,8 +140,7 @@ def open_tokenizer(spec: str) -> Tokenizer:
   if os.path.isdir(path):
     return load_tokenizer(path)
   if os.path.isfile(path) and path.endswith(".model"):
-    with open(path, "rb") as f:
-      return SentencePieceTokenizer(f.read())
+    return hf_tokenizers.from_sentencepiece(path)
   if os.path.isfile(path) and os.path.basename(path) == hf_tokenizers.FILENAME:
     return load_tokenizer(os.path.dirname(path) or ".")
   raise UserError(f"tokenizer {spec!r}: not a tokenizer folder, tokenizer.json or "

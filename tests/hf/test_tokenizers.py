@@ -194,3 +194,86 @@ def test_a_llama3_tokenizer_json_matches_transformers_and_bounds_documents(tmp_p
   long_text = "\n".join(corpus) * 20
   assert ours.encode_batch([long_text])[0].tolist() == theirs(
       long_text, add_special_tokens=False)["input_ids"]
+
+
+# SentencePiece models trained here with the settings of the checkpoints that ship one:
+# Llama 2's (BPE with byte fallback, no normalization, spaces kept) and T5's (unigram over
+# NFKC-normalized text, pad 0 / EOS 1 / unk 2, no BOS, 100 sentinels added by transformers).
+SPM_SETTINGS = {
+    "llama2": dict(model_type="bpe", vocab_size=700, byte_fallback=True, split_digits=True,
+                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                   allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2,
+                   pad_id=-1, character_coverage=0.995),
+    "t5": dict(model_type="unigram", vocab_size=700, normalization_rule_name="nmt_nfkc",
+               pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=0.995),
+}
+SPM_FOLDERS = {"llama2": ("tokenizer.model", {"tokenizer_class": "LlamaTokenizer"}),
+               "t5": ("spiece.model", {"tokenizer_class": "T5Tokenizer", "extra_ids": 100})}
+
+
+@pytest.fixture(scope="module")
+def spm_folders(tmp_path_factory, corpus):
+  import io  # noqa: PLC0415
+
+  import sentencepiece  # noqa: PLC0415
+  folders = {}
+  for name, settings in SPM_SETTINGS.items():
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(corpus * 2),
+                                             model_writer=model, minloglevel=2, **settings)
+    folder = tmp_path_factory.mktemp(name)
+    filename, config = SPM_FOLDERS[name]
+    (folder / filename).write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    folders[name] = (str(folder), sentencepiece.SentencePieceProcessor(
+        model_proto=model.getvalue()))
+  return folders
+
+
+@pytest.mark.parametrize("name", list(SPM_SETTINGS))
+def test_sentencepiece_models_match_transformers_and_sentencepiece(spm_folders, corpus, name):
+  """A folder with only a SentencePiece model: the `tokenizers` pipeline built from it gives
+  transformers' ids (its tokenizer converts the same file) and SentencePiece's own, decodes
+  like transformers, and its tokenizer.json, once saved, loads in both with the same ids."""
+  folder, sp = spm_folders[name]
+  ours = load_tokenizer(folder)
+  assert isinstance(ours, hf_tokenizers.HfTokenizer) and ours.kind == SPM_SETTINGS[name][
+      "model_type"].replace("bpe", "BPE").replace("unigram", "Unigram")
+  theirs = transformers.AutoTokenizer.from_pretrained(folder)
+  # transformers' Llama tokenizer adds no dummy prefix to a text that starts with a space
+  # (its Metaspace skips it); SentencePiece, which Llama 2 was trained with, does.  Ours
+  # follows SentencePiece there.
+  differs = {t for t in EDGE_CASES if t.startswith(" ")} if name == "llama2" else set()
+  for text in corpus + EDGE_CASES:
+    assert ours.encode(text).tolist() == sp.encode(text), text
+    want = theirs(text, add_special_tokens=False)["input_ids"]
+    if text in differs:
+      assert ours.encode(text).tolist() != want, text  # a transformers change would show
+      continue
+    assert ours.encode(text).tolist() == want, text
+    assert ours.decode(want) == theirs.decode(want), text
+  saved = tmp_folder = os.path.join(folder, "saved")
+  os.makedirs(tmp_folder, exist_ok=True)
+  ours.save(saved)
+  again, theirs_again = load_tokenizer(saved), transformers.AutoTokenizer.from_pretrained(saved)
+  for text in corpus[::7] + sorted(set(EDGE_CASES) - differs):
+    want = theirs(text, add_special_tokens=False)["input_ids"]
+    assert again.encode(text).tolist() == want, text
+    assert theirs_again(text, add_special_tokens=False)["input_ids"] == want, text
+
+
+def test_t5_sentinels_and_document_boundaries_are_the_models_own(spm_folders):
+  """T5's sentinels are transformers' ids (<extra_id_0> the last), stay whole in text, and
+  a document ends with EOS; Llama 2's documents start with BOS and end with EOS."""
+  t5_folder, sp = spm_folders["t5"]
+  ours, theirs = load_tokenizer(t5_folder), transformers.AutoTokenizer.from_pretrained(t5_folder)
+  assert ours.vocab_size == sp.get_piece_size() + 100 == len(theirs)
+  for k in (0, 1, 99):
+    assert ours.backend.token_to_id(f"<extra_id_{k}>") == theirs.convert_tokens_to_ids(
+        f"<extra_id_{k}>") == sp.get_piece_size() + 99 - k
+  text = "The <extra_id_0> walks in <extra_id_1> park<extra_id_2>"
+  assert ours.encode(text).tolist() == theirs(text, add_special_tokens=False)["input_ids"]
+  assert ours.document_boundaries() == ([], [sp.eos_id()])
+  llama, llama_sp = spm_folders["llama2"]
+  assert load_tokenizer(llama).document_boundaries() == ([llama_sp.bos_id()],
+                                                         [llama_sp.eos_id()])
