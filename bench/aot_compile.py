@@ -21,6 +21,10 @@ that is the XLA compiler's own memory (about 4.4 GB for gpt2-medium unrolled).
       --variants dense,lora --set model.remat=True
   python -m bench.aot_compile memory --sizes 7b --devices 64 --fsdp 16 --tensor 4
   python -m bench.aot_compile depth --layers 2,12,24,48 --width 128 --set model.scan_layers=True
+  python -m bench.aot_compile memory --sizes llama3.1-8b --devices 8,64 --variants dense,lora,qlora \
+      --batch_per_shard 2 --set model.scan_layers=True --set model.remat=full
+  python -m bench.aot_compile depth --shape llama --layers 2,32,80 --width 512 \
+      --set model.scan_layers=True --set model.remat=full
   python -m bench.aot_compile --smoke            # tiny, 8 devices, dense + lora (< 1 min)
   python -m bench.aot_compile --smoke --devices 1,8   # the same at 1 and at 8 devices
   python -m bench.aot_compile --child '<json>'   # one run (what the parent starts)
@@ -42,12 +46,20 @@ Tokens are synthetic: the batch is `tokens [global_batch, seq + 1] int32`.
 Sizes (SIZES below; vocabulary 50257 and context 1024 except `tiny`): gpt2-medium
 24 × 1024 (16 heads, MLP 4096, 355M parameters), 1.3b 24 × 2048 (16 heads, MLP
 8192, 1.31B), 7b 32 × 4096 (32 heads, MLP 16384, 6.65B); tied embeddings,
-learned positions, biases (the project's GPT-2 block).  Compute and parameter
-dtype are the config's (float32) unless `--set model.dtype='bfloat16'`.
+learned positions, biases (the project's GPT-2 block).  llama3.1-8b and
+llama3.1-70b are the `llama3_1_8b` and `llama3_1_70b` presets of
+reparam_jax/models/presets.py (`model.preset`, with the preset's dimensions and
+vocabulary 128256 set as overrides, since configs/base.py's model keys override
+a preset): RMSNorm, no biases, grouped-query attention (8 KV heads of width
+128), SwiGLU MLP (fc_in, fc_gate, fc_out), RoPE, untied lm_head; 8.03B and
+70.55B parameters; context 2048.  `tiny-llama` is the same block at 2 × 256.
+Compute and parameter dtype are the config's (float32) unless `--set
+model.dtype='bfloat16'`.
 
 Variants (VARIANTS below: {label: config overrides}; `{quarter_width}` and other
 `{field}`s of the size are filled in): dense; lora (rank 16 on every block
-matrix, everything else frozen); lowrank (rank = width / 4 on the same
+matrix: query, key, value, out, fc_in, fc_gate when the MLP is gated, fc_out;
+everything else frozen); lowrank (rank = width / 4 on the same
 matrices, trained from scratch); spherical (the same matrices); qlora (those
 matrices stored as packed 4-bit NF4 with LoRA rank 16 on top, the rest frozen,
 configs/sst2/minilm_qlora.py's spec).
@@ -83,18 +95,24 @@ program; `compiled.memory_analysis()` describes one device's buffers):
                    RSS (VmHWM) at the end, and after state / lower / compile /
                    memory_analysis (which builds a serialized buffer-assignment proto).
   state_build_s    `jax.eval_shape` of create_train_state (abstract: no FLOPs).
-  ideal_state_bytes, ideal_activation_bytes, ideal_logits_bytes, ideal_remat_model
-                   the ideal's three terms and which remat formula was used.
+  ideal_state_bytes, ideal_activation_bytes, ideal_logits_bytes,
+  ideal_gathered_bytes, ideal_remat_model
+                   the ideal's four terms and which remat formula was used.
   scan_layers, reparam_per_layer  the config's values (null where the key does
                    not exist in this checkout); remat, dtype likewise.
 
 The ideal (a model of what a perfect FSDP/ZeRO-3 step must hold at its peak,
 not a proven bound;
 B = per-device sequences = global_batch / (data × fsdp), T = seq, D = width,
-M = MLP width, H = heads, V = vocabulary, L = layers, t = tensor, c = bytes of
-the compute dtype, P = devices):
-  state  = (stored_param_bytes + 3 × trainable_param_bytes) / P
-           i.e. each stored parameter once, and for each trainable one its
+M = MLP width, H = heads, G = key/value heads (H without grouped-query
+attention), K = head width (D / H unless the config sets it), V = vocabulary,
+L = layers, t = tensor, c = bytes of the compute dtype, P = devices; every
+figure is read from the model's TransformerConfig, so the GPT-2 block's
+(G = H, K = D / H, ungated MLP) reduces to its earlier form):
+  state  = (stored_param_bytes + 3 × trainable_param_bytes) / P, counted
+           from the variant's parameter tree (so an untied lm_head, RMSNorm's
+           scale without bias, LoRA's factors and q4's codes are what they are):
+           each stored parameter once, and for each trainable one its
            gradient and two Adam moments, in the parameter dtype; for dense
            float32 this is params × (4 param + 4 grad + 8 Adam) / P.  Spread
            over ALL devices (also `data` and `tensor`, which in this codebase
@@ -105,25 +123,39 @@ the compute dtype, P = devices):
     full (True/'full'):  L × B·T·D·c            (each block's input, saved)
                         + one layer's working set (rematerialised in the backward)
     none (False/'none'): L × one layer's working set
-    dots_no_batch:       L × B·T·c·(D + 3D/t + D + M/t + D)   (block input and the
-                         outputs of the matmuls without batch dimensions: q, k, v,
-                         attention out-projection, fc_in, fc_out)
+    dots_no_batch:       L × B·T·c·(D + (H + 2G)·K/t + D + g·M/t + D)   (block input
+                         and the outputs of the matmuls without batch dimensions:
+                         q, k, v, attention out-projection, fc_in (and fc_gate:
+                         g = 2 for a gated MLP, else 1), fc_out)
                         + one layer's working set
-    dots:                dots_no_batch + L × (B·(H/t)·T²·c + B·T·c·D/t)   (the
+    dots:                dots_no_batch + L × (B·(H/t)·T²·c + B·T·c·H·K/t)   (the
                          batched attention matmuls' outputs are kept too)
-    one layer's working set = B·T·c·(6D + 4D/t + 2M/t) + 2·B·(H/t)·T²·c:
-      residual-width tensors (block input, two LayerNorm outputs, the attention
-      and MLP outputs, the mid-block residual: 6D, not split by `tensor`),
-      q, k, v and the attention context (4D/t), fc_in and its GELU (2M/t), and
-      the attention logits and probabilities (XLA's unfused attention
-      materialises [B, H, T, T] twice; a flash kernel would not).
+    one layer's working set = B·T·c·(6D + (2H + 2G)·K/t + m·M/t) + 2·B·(H/t)·T²·c:
+      residual-width tensors (block input, two norm outputs, the attention and
+      MLP outputs, the mid-block residual: 6D, not split by `tensor`), q and
+      the attention context (H·K each) and k, v (G·K each), the MLP's M-wide
+      tensors (m = 2: fc_in and its GELU; m = 4 gated: fc_in, its SiLU, fc_gate
+      and the product), and the attention logits and probabilities, one per
+      query head (XLA's unfused attention materialises [B, H, T, T] twice; a
+      flash kernel would not).  For the GPT-2 block this is
+      B·T·c·(6D + 4D/t + 2M/t) + 2·B·(H/t)·T²·c.
   logits = B·T·⌈V/t⌉·4: one float32 [B, T, V] buffer, the loss's log-softmax
            (its gradient can be computed in place).  A chunked/fused
            cross-entropy would remove this term; this codebase's loss is unfused.
-  ideal_bytes = state + acts + logits
-What the ideal does NOT count: the all-gathered full weights of the layer being
-computed (FSDP's transient: 12·D² (fp32) per block, and the embedding table),
-the token batch, cotangent (gradient-of-activation) buffers, collectives'
+  gathered = c·D·(2·H·K/t + 2·G·K/t + n·M/t), n = 3 gated, else 2: one block's
+           matrices whole along `fsdp`, in the compute dtype (12·D²·c for the
+           GPT-2 block at t = 1).  FSDP cannot multiply by a weight it has not
+           all-gathered, and the unit it gathers is a layer: the scanned body
+           all-gathers its layer's weights at the top of each iteration (as
+           PyTorch FSDP does per wrapped block), so one layer's are live at
+           once, in the forward pass and again in the backward's recompute.
+           For the 70B model this is 3.2 GiB (855M parameters × 4 bytes).
+  ideal_bytes = state + acts + logits + gathered
+What the ideal does NOT count: the all-gathered embedding table and lm_head
+(V × D each, the largest gathered arrays; XLA:CPU gathers the lm_head before
+the forward scan, so it is live at the forward pass's peak), more than one
+layer's gathered weights or their whole-layer gradient before the
+reduce-scatter, the token batch, cotangent (gradient-of-activation) buffers, collectives'
 staging buffers, padding, XLA's layout copies, or fragmentation; and the CPU
 compiler's buffer assignment is not the TPU/GPU one (different fusion and
 rematerialisation), so ratios are evidence of scaling (does arguments shrink
@@ -134,7 +166,9 @@ parameter kept alive).
 
 `depth` mode: compile time vs depth, the same model at `--layers` (default
 2,12,24,48) with everything else fixed (`--width` default 128, heads 4, MLP
-4 × width, vocabulary 512, context 128; `--sizes` is ignored), so a `--set
+4 × width, vocabulary 512, context 128; `--sizes` is ignored; `--shape llama`:
+the llama3_1_8b preset's block at `--width`, heads width / 64 (at least 4),
+one KV head per 4, SwiGLU MLP 3.5 × width), so a `--set
 model.scan_layers=True` run and a False run can be compared: an unrolled stack
 compiles in time growing with depth, a scanned one in roughly constant time.
 """
@@ -155,8 +189,9 @@ from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Every matrix of every block (configs/lm/shakespeare_char.BLOCK_KERNELS).
-BLOCK_KERNELS = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|out))/kernel"
+# Every matrix of every block: configs/lm/shakespeare_char.BLOCK_KERNELS plus the
+# gated MLP's third matrix (`mlp/fc_gate`, Llama's SwiGLU; GPT-2 has none).
+BLOCK_KERNELS = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|gate|out))/kernel"
 
 # label → config overrides (dotted keys).  `{field}` in a string value is filled
 # from the size (SIZES plus `quarter_width`); add rows freely.
@@ -170,18 +205,38 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _size(**dims: int) -> dict[str, int]:
+def _size(**dims: Any) -> dict[str, Any]:
   return dims
 
 
-# label → architecture (all GPT-2 style: tied embeddings, learned positions, biases).
-SIZES: dict[str, dict[str, int]] = {
+def _preset_size(preset: str, seq: int, **narrow: int) -> dict[str, Any]:
+  """A size read from reparam_jax.models.PRESETS[preset] (its vocabulary too), at context
+  `seq`; `narrow` replaces dimensions (depth mode's narrow Llama)."""
+  from reparam_jax.models.presets import PRESETS
+  p = PRESETS[preset]
+  dims = _size(layers=p["num_layers"], width=p["embed_dim"], heads=p["num_heads"],
+               kv_heads=p.get("num_kv_heads") or p["num_heads"], mlp=p["mlp_dim"],
+               vocab=p["vocab_size"], seq=seq, preset=preset)
+  dims.update(narrow)
+  return dims
+
+
+# label → architecture.  gpt2-medium, 1.3b and 7b are GPT-2 style (tied embeddings,
+# learned positions, biases, GELU MLP); the llama rows are the project's presets.
+SIZES: dict[str, dict[str, Any]] = {
     # Width 256, not less: LoRA rank 16 must stay a small fraction of each matrix
     # for the smoke test's "LoRA's state is smaller than dense's" to mean anything.
     "tiny": _size(layers=2, width=256, heads=4, mlp=1024, vocab=256, seq=64),
     "gpt2-medium": _size(layers=24, width=1024, heads=16, mlp=4096, vocab=50257, seq=1024),
     "1.3b": _size(layers=24, width=2048, heads=16, mlp=8192, vocab=50257, seq=1024),
     "7b": _size(layers=32, width=4096, heads=32, mlp=16384, vocab=50257, seq=1024),
+    # Context 2048: a common fine-tuning length, and the fp32 attention scores of the
+    # XLA kernel ([B, H, T, T], twice) stay below the saved activations at it.
+    "llama3.1-8b": _preset_size("llama3_1_8b", seq=2048),
+    # The Llama block at test size (tests/perf/test_aot_compile.py).
+    "tiny-llama": _preset_size("llama3_1_8b", seq=64, layers=2, width=256, heads=4,
+                               kv_heads=2, mlp=896, vocab=256),
+    "llama3.1-70b": _preset_size("llama3_1_70b", seq=2048),
 }
 
 DEPTH_LAYERS = (2, 12, 24, 48)
@@ -199,10 +254,19 @@ MEMORY_FIELDS = {  # our name → CompiledMemoryStats attribute (jax 0.12)
 # Config: size + mesh + batch + variant + --set, on configs/lm/shakespeare_char.py
 # --------------------------------------------------------------------------------------------
 
-def size_overrides(size: dict[str, int]) -> dict[str, Any]:
-  return {"model.num_layers": size["layers"], "model.embed_dim": size["width"],
-          "model.num_heads": size["heads"], "model.mlp_dim": size["mlp"],
-          "model.vocab_size": size["vocab"], "seq_len": size["seq"]}
+def size_overrides(size: dict[str, Any]) -> dict[str, Any]:
+  out = {"model.num_layers": size["layers"], "model.embed_dim": size["width"],
+         "model.num_heads": size["heads"], "model.mlp_dim": size["mlp"],
+         "model.vocab_size": size["vocab"], "seq_len": size["seq"]}
+  if "preset" in size:
+    from reparam_jax.models.presets import PRESETS
+    # The preset gives everything else (RMSNorm, SwiGLU, no biases, untied lm_head, RoPE
+    # scaling); but a key of configs/base.py's model section overrides the preset, and
+    # its `rope` is False, so RoPE is set from the preset here.
+    out = {"model.preset": size["preset"], **out,
+           "model.num_kv_heads": size.get("kv_heads", size["heads"]),
+           "model.rope": PRESETS[size["preset"]].get("rope", False)}
+  return out
 
 
 def fill(value: Any, size: dict[str, int]) -> Any:
@@ -254,20 +318,32 @@ def remat_mode(remat: Any) -> str:
   return str(remat)
 
 
-def activation_bytes(size: dict[str, int], per_device_batch: int, tensor: int, remat: Any,
+def activation_bytes(size: dict[str, Any], per_device_batch: int, tensor: int, remat: Any,
                      compute_bytes: int) -> dict[str, int]:
-  """(activations, logits) of the ideal, per device; see the module docstring."""
+  """(activations, logits) of the ideal, per device; see the module docstring.
+
+  `size` has layers, width, heads, mlp, vocab, seq, and optionally kv_heads (GQA;
+  default heads), head_dim (default width / heads) and gated (a SwiGLU/GeGLU MLP with
+  a third matrix; default False): the GPT-2 block's figures are the defaults'.
+  """
   L, D, M, H, V, T = (size[k] for k in ("layers", "width", "mlp", "heads", "vocab", "seq"))
+  KV, K = size.get("kv_heads") or H, size.get("head_dim") or D // H
   B, c, t = per_device_batch, compute_bytes, tensor
   tokens = B * T
   ht = H // t if H % t == 0 else H  # heads not divisible: replicated along tensor
-  layer = tokens * c * (6 * D + 4 * D * ht // H + 2 * (M // t if M % t == 0 else M)) \
-      + 2 * B * ht * T * T * c
+  kvt = KV // t if KV % t == 0 else KV
+  mt = M // t if M % t == 0 else M
+  q, kv = ht * K, kvt * K  # per-device widths of q (and the context) and of k, v each
+  # M-wide tensors of the MLP's forward: fc_in's output and its activation, and when
+  # gated also fc_gate's output and the product.
+  mlp_tensors = 4 if size.get("gated") else 2
+  layer = tokens * c * (6 * D + 2 * q + 2 * kv + mlp_tensors * mt) + 2 * B * ht * T * T * c
   mode = remat_mode(remat)
-  # Matmuls without batch dimensions: q, k, v, attention out-projection, fc_in, fc_out.
-  weight_dots = tokens * c * (3 * D * ht // H + D + (M // t if M % t == 0 else M) + D)
+  # Matmuls without batch dimensions: q, k, v, attention out-projection, fc_in (and
+  # fc_gate), fc_out.
+  weight_dots = tokens * c * (q + 2 * kv + D + (2 if size.get("gated") else 1) * mt + D)
   # The two attention matmuls (batched over B, H): the logits [B, H, T, T] and the context.
-  attention_dots = B * ht * T * T * c + tokens * c * D * ht // H
+  attention_dots = B * ht * T * T * c + tokens * c * q
   if mode == "full":
     acts = L * tokens * D * c + layer
   elif mode == "dots_no_batch":
@@ -281,11 +357,29 @@ def activation_bytes(size: dict[str, int], per_device_batch: int, tensor: int, r
           "remat_model": mode}
 
 
+def gathered_layer_bytes(size: dict[str, Any], tensor: int, compute_bytes: int) -> int:
+  """One block's matrices whole along `fsdp` (this device's `tensor` slice), in the
+  compute dtype: the weights FSDP all-gathers to run one layer (module docstring)."""
+  D, M, H = size["width"], size["mlp"], size["heads"]
+  KV, K = size.get("kv_heads") or H, size.get("head_dim") or D // H
+  t = tensor
+  q = (H // t if H % t == 0 else H) * K  # query and out: [D, H·K], [H·K, D]
+  kv = (KV // t if KV % t == 0 else KV) * K  # key and value: [D, G·K] each
+  mt = M // t if M % t == 0 else M
+  return int(compute_bytes * D * (2 * q + 2 * kv + (3 if size.get("gated") else 2) * mt))
+
+
 # --------------------------------------------------------------------------------------------
 # The child: one lower + compile
 # --------------------------------------------------------------------------------------------
 
 def _set_overrides(config: Any, overrides: dict[str, Any]) -> None:
+  import dataclasses
+
+  from reparam_jax.models import TransformerConfig
+  # The model section passes every TransformerConfig field to the model
+  # (models.transformer_config), also those configs/base.py does not list.
+  model_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
@@ -293,7 +387,11 @@ def _set_overrides(config: Any, overrides: dict[str, Any]) -> None:
       for p in parents:
         node = node[p]
       if leaf not in node:
-        raise KeyError(leaf)
+        if not (parents == ["model"] and leaf in model_fields):
+          raise KeyError(leaf)
+        with node.unlocked():
+          node[leaf] = value
+        continue
       if isinstance(value, bool) and isinstance(node[leaf], str):
         # A bool for a field that became a string (model.remat: True → 'True',
         # which the model reads as 'full'): the same command works before and after.
@@ -325,10 +423,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                        f"{jax.device_count()} (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
   config = config_load.load_config_file(QUICKSTART)
   _set_overrides(config, run_overrides(spec))
-  # The architecture compiled, after every override (--set may change a size's field).
-  size = _size(layers=config.model.num_layers, width=config.model.embed_dim,
-               heads=config.model.num_heads, mlp=config.model.mlp_dim,
-               vocab=config.model.vocab_size or spec["size"]["vocab"], seq=config.seq_len)
   config_validate.validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.validate_for_mesh(config, mesh)
@@ -336,7 +430,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
   # As training/loop.py builds them (no data: the synthetic task's loss and model).
-  task = SyntheticLMTask(config, size["vocab"])
+  task = SyntheticLMTask(config, spec["size"]["vocab"])
+  # The architecture compiled, after every override (--set may change a size's field,
+  # a preset the rest): the model's own config.
+  cfg = task.model().cfg
+  size = _size(layers=cfg.num_layers, width=cfg.embed_dim, heads=cfg.num_heads,
+               kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, mlp=cfg.mlp_dim,
+               gated=cfg.mlp_gated, vocab=cfg.vocab_size, seq=config.seq_len)
   rp = Reparam.from_config(config.reparam)
   regularizer = regularizers.Regularizer(config.get("reg"), rp.plan)
   model = rp.wrap(task.model())
@@ -413,11 +513,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                           compute_bytes)
   n = jax.device_count()
   state_ideal = (stored_bytes + 3 * trainable_bytes) / n
-  ideal = int(state_ideal + acts["activations"] + acts["logits"])
+  gathered = gathered_layer_bytes(size, mesh_cfg["tensor"], compute_bytes)
+  ideal = int(state_ideal + acts["activations"] + acts["logits"] + gathered)
   return {
       "mode": spec.get("mode", "memory"), "size": spec["size_label"],
       "layers": size["layers"], "width": size["width"], "heads": size["heads"],
-      "mlp": size["mlp"], "vocab": size["vocab"], "seq": size["seq"],
+      "kv_heads": size["kv_heads"], "head_dim": size["head_dim"], "mlp": size["mlp"],
+      "gated_mlp": size["gated"], "vocab": size["vocab"], "seq": size["seq"],
+      "preset": spec["size"].get("preset"),
       "params": int(dense_params), "stored_params": int(stored_params),
       "stored_param_bytes": int(stored_bytes), "trainable_params": int(trainable),
       "opt_state_bytes": int(opt_bytes),
@@ -434,6 +537,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
       **mem, "total_bytes": int(total),
       "ideal_bytes": ideal, "ideal_state_bytes": int(state_ideal),
       "ideal_activation_bytes": acts["activations"], "ideal_logits_bytes": acts["logits"],
+      "ideal_gathered_bytes": gathered,
       "ideal_remat_model": acts["remat_model"],
       "ratio": round(total / ideal, 3) if ideal else None,
       "child_peak_rss_bytes": peak_rss_bytes(),
@@ -536,6 +640,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--layers", default=",".join(map(str, DEPTH_LAYERS)),
                       help="depth mode: comma list of depths")
   parser.add_argument("--width", type=int, default=128, help="depth mode: width")
+  parser.add_argument("--shape", default="gpt2", choices=("gpt2", "llama"),
+                      help="depth mode: GPT-2 block (heads 4, MLP 4 × width) or the "
+                           "llama3_1_8b preset's block narrowed (heads width/64, 4 per "
+                           "KV head, SwiGLU MLP 3.5 × width)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override applied last (repeatable); Python literal or word")
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
@@ -553,8 +661,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     devices = [int(d) for d in (args.devices or "8").split(",")]
   elif mode == "depth":
     w = args.width
-    sizes = {f"depth-w{w}-L{n}": _size(layers=int(n), width=w, heads=4, mlp=4 * w, vocab=512,
-                                       seq=128) for n in args.layers.split(",")}
+    if args.shape == "llama":
+      heads = max(w // 64, 4)
+      sizes = {f"depth-llama-w{w}-L{n}": _preset_size(
+          "llama3_1_8b", seq=128, layers=int(n), width=w, heads=heads, kv_heads=heads // 4,
+          mlp=w * 7 // 2, vocab=512) for n in args.layers.split(",")}
+    else:
+      sizes = {f"depth-w{w}-L{n}": _size(layers=int(n), width=w, heads=4, mlp=4 * w, vocab=512,
+                                         seq=128) for n in args.layers.split(",")}
     variants = (args.variants or "dense").split(",")
     devices = [int(d) for d in (args.devices or "8").split(",")]
   else:
