@@ -6,7 +6,14 @@ with the folder's tokenizer, and evaluates on `data.eval_prepared`'s first
 `data.eval_batches` rows, concatenated in file order (the same rows at every
 evaluation).  With `data.source` (and `data.eval_source`) alone, it first
 tokenizes them into the workdir the same way (`corpus.prepare_in_run`: for
-small corpora).  Otherwise, on the text of `data.name`.
+small corpora).  With `data.response_field` set, `data.source` and
+`data.eval_source` are instruction records instead (data/instructions.py):
+one example a row, the loss on the response only.  Otherwise, on the text
+of `data.name`.
+
+`generations(params)` is the greedy continuation of each of
+`config.sample.prompts` (an instruction run's in its prompt template): the
+trainer logs them before the first step and after the last.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from reparam_jax.data import corpus, lm_text
+from reparam_jax.data import corpus, instructions, lm_text
 from reparam_jax.data.pipeline import host_slice, prepare_once, train_loader
+from reparam_jax.data.tokenizers import document_boundaries, open_tokenizer
+from reparam_jax.errors import UserError
 from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.tasks.base import Task
 
@@ -68,6 +77,11 @@ class LanguageModelTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None
+    self.rows = None  # instruction runs: {"train": Rows, "validation": Rows}
+    self.format = instructions.InstructionFormat.from_config(config.data)
+    if self.format is not None:
+      self._read_instructions(workdir)
+      return
     folders, self.eval_folder = corpus.run_folders(config, workdir)
     if folders:
       self.mixture = corpus.open_folders(folders)
@@ -81,8 +95,62 @@ class LanguageModelTask(Task):
                                   config.get("init_from", ""))
     self.tokens = {k: self.tokenizer.encode(v) for k, v in self.splits.items()}
 
+  def _read_instructions(self, workdir: str | None) -> None:
+    """Instruction records of data.source / data.eval_source as rows, with init_from's
+    tokenizer (or data.tokenizer's), which is saved into the workdir for `sample`."""
+    config, data = self.config, self.config.data
+    if data.get("prepared") or data.get("mixture"):
+      raise UserError("data.response_field reads instruction records from data.source and "
+                      "tokenizes them in the run; unset data.prepared and data.mixture")
+    if not data.get("source") or not data.get("eval_source"):
+      raise UserError("data.response_field is set: name the instruction records with "
+                      "data.source and the held-out ones with data.eval_source "
+                      "(jsonl:PATH each)")
+    skip = data.get("skip_malformed", False)
+    examples = {"train": instructions.read_examples(data.source, self.format, skip),
+                "validation": instructions.read_examples(data.eval_source, self.format, skip)}
+    if data.tokenizer in ("char", "sentencepiece"):  # init_from's if it has one, else fitted
+      texts = {k: "\n".join(e.prompt + e.response for e in v) for k, v in examples.items()}
+      self.tokenizer = prepare_once(lm_text.make_tokenizer, data, texts, workdir,
+                                    config.get("init_from", ""))
+    else:
+      self.tokenizer = open_tokenizer(data.tokenizer)
+      if workdir and jax.process_index() == 0:
+        self.tokenizer.save(workdir)
+    self.rows = {k: instructions.encode_rows(self.tokenizer, v, config.seq_len)
+                 for k, v in examples.items()}
+    if jax.process_index() == 0:
+      for k, rows in self.rows.items():
+        print(rows.describe(f"instructions ({k})"), flush=True)
+
   def model(self) -> nn.Module:
     return lm_model(self.config, self.tokenizer.vocab_size)
+
+  def generations(self, params: Any) -> list[tuple[str, str]]:
+    """(prompt, greedy continuation) for each of `config.sample.prompts`, by the model with
+    `params` (the run's θ: adapters merged for decoding); [] without prompts.
+
+    An instruction run's prompts are written into its template, as in training, and
+    decoding stops at the tokenizer's EOS or after `sample.num_tokens` tokens.
+    """
+    # generation/text.py imports this module: import the decoder here.
+    from reparam_jax.generation.decode import Sampling, decoding_params, generate
+    sample = self.config.get("sample") or {}
+    prompts = [str(p) for p in (sample.get("prompts") or ())]
+    if not prompts:
+      return []
+    texts = [self.format.prompt_text(p) for p in prompts] if self.format else prompts
+    ids = instructions.encode_prompts(self.tokenizer, texts)
+    empty = [p for p, i in zip(prompts, ids) if not i]
+    if empty:
+      raise UserError(f"sample.prompts: {empty[0]!r} encodes to no tokens; give at least one "
+                      "character the tokenizer knows")
+    _, eos = document_boundaries(self.tokenizer)
+    out = generate(self.model(), decoding_params(params, self.config.reparam), ids,
+                   int(sample.get("num_tokens") or 32), Sampling(temperature=0.0),
+                   stop_tokens=eos)
+    return [(p, lm_text.decode_text(self.tokenizer, out.tokens[i, :out.lengths[i]]))
+            for i, p in enumerate(prompts)]
 
   @classmethod
   def model_from_config(cls, config: ml_collections.ConfigDict, vocab_size: int
@@ -96,6 +164,8 @@ class LanguageModelTask(Task):
     return (np.zeros((1, self.config.seq_len), np.int32),)
 
   def train_iterator(self) -> Iterator[Batch]:
+    if self.rows is not None:
+      return train_loader(self.rows["train"], self.config.batch_size, self.config.seed)
     if self.shards is not None:
       return corpus.packed_train_loader(
           [s for s, _ in self.mixture], [w for _, w in self.mixture], self.config.seq_len,
@@ -104,6 +174,8 @@ class LanguageModelTask(Task):
     return train_loader(source, self.config.batch_size, self.config.seed)
 
   def eval_batches(self) -> Iterable[Batch]:
+    if self.rows is not None:
+      return instructions.eval_batches(self.rows["validation"], self.config.eval_batch_size)
     if self.shards is not None:
       return self._prepared_eval_batches()
     return lm_text.eval_chunks(self.tokens["validation"], self.config.seq_len,

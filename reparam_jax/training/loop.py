@@ -10,6 +10,7 @@ from its flags before calling this.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -156,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # task's batches vary in length (length-bucketed classification).
   tokens_in = getattr(task, "tokens_in", lambda _: config.batch_size * config.seq_len)
   pending, pending_tokens, unchecked, last_eval = [], 0, [], {}
+  if not start_step:
+    _log_generations(task, state.params, 0, "before training")
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not is_main,
                   dynamic_ncols=True, file=sys.stdout, mininterval=2.0)
   t0 = time.perf_counter()
@@ -224,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preemption.restore()
   bar.close()
   ckpt.close()
+  _log_generations(task, state.params, config.num_steps, "after training")
 
   final = {"step": config.num_steps, **last_eval, "params/stored": n_params,
            "params/trainable": n_trainable, "params/bytes": param_bytes,
@@ -271,6 +275,17 @@ def _train_summary(window: list[dict], fetched: list[dict], tokens: int, seconds
   if mfu_meter is not None:
     summary.update(mfu_meter.fields(summary["train/tokens_per_sec_per_device"]))
   return summary
+
+
+def _log_generations(task: Any, params: Any, step: int, when: str) -> None:
+  """The task's continuations of `config.sample.prompts` (the LM task's `generations`),
+  one line each in the run's console log; every process decodes (params may span hosts)."""
+  generations = getattr(task, "generations", None)
+  pairs = generations(params) if generations is not None else []
+  if pairs and jax.process_index() == 0:
+    for i, (prompt, text) in enumerate(pairs):
+      print(f"generation {i} {when} (step {step}): {json.dumps(prompt, ensure_ascii=False)} "
+            f"-> {json.dumps(text, ensure_ascii=False)}", flush=True)
 
 
 def _host_metrics(pending: list[dict]) -> list[dict[str, float]]:

@@ -24,8 +24,9 @@ class JsonLines(FileSource):
     super().__init__(spec, **kwargs)
     self._path = self.options["field"].split(".")
 
-  def documents(self, piece: str) -> Iterator[str]:
-    field = self.options["field"]
+  def records(self, piece: str) -> Iterator[tuple[str, Any]]:
+    """(`FILE:LINE`, the parsed JSON value) of each non-blank line of one piece: for readers
+    that take several fields of a record (data/instructions.py)."""
     with open_binary(piece) as f:
       for lineno, raw in enumerate(f, start=1):
         where = f"{piece}:{lineno}"
@@ -33,17 +34,22 @@ class JsonLines(FileSource):
         if line is None or not line.strip():
           continue
         try:
-          record: Any = json.loads(line)
+          record = json.loads(line)
         except json.JSONDecodeError as e:
           self.malformed(where, f"not JSON ({e.msg})")
           continue
-        value = record
-        for key in self._path:
-          value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, str):
-          fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-          got = "no" if value is None else f"a {type(value).__name__}, not a string, in"
-          self.malformed(where, f"{got} field {field!r} (fields: {fields}); name the text "
-                         "field with ?field=")
-          continue
-        yield value
+        yield where, record
+
+  def documents(self, piece: str) -> Iterator[str]:
+    field = self.options["field"]
+    for where, record in self.records(piece):
+      value = record
+      for key in self._path:
+        value = value.get(key) if isinstance(value, dict) else None
+      if not isinstance(value, str):
+        fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+        got = "no" if value is None else f"a {type(value).__name__}, not a string, in"
+        self.malformed(where, f"{got} field {field!r} (fields: {fields}); name the text "
+                       "field with ?field=")
+        continue
+      yield value
