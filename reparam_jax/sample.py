@@ -6,15 +6,15 @@ r"""Generates text from a decoder LM or an encoder–decoder run.
       [--stop_token_ids=50256]
 
 DIR is a training workdir (its latest checkpoint) or `compress` output, a
-Hugging Face decoder folder (GPT-2, Llama, Qwen 2, Mistral), or a `convert_hf`
-output of one; such a model encodes and decodes with its own tokenizer (the
-folder's tokenizer.json, else GPT-2's vocab.json + merges.txt) and stops at its
-own end-of-text tokens (generation_config.json's eos_token_id) unless
---stop_token_ids is given.
+Hugging Face folder (decoders: GPT-2, Llama, Qwen 2, Mistral; encoder–decoder:
+T5), or a `convert_hf` output of one; such a model encodes and decodes with its
+own tokenizer (the folder's tokenizer.json, else its SentencePiece model or
+GPT-2's vocab.json + merges.txt) and stops at its own end-of-text tokens
+(generation_config.json's eos_token_id) unless --stop_token_ids is given.
 
-An encoder–decoder run (task seq2seq) reads each prompt as its input, with
-`<extra_id_N>` for a sentinel, and prints the decoder's output; --beams=K is
-beam search (--length_penalty: score = Σ log p / length^alpha;
+An encoder–decoder (a seq2seq run, a T5 folder) reads each prompt as its input,
+with `<extra_id_N>` for a sentinel, and prints the decoder's output; --beams=K
+is beam search (--length_penalty: score = Σ log p / length^alpha;
 --early_stopping: transformers' stopping rule, false, true or never).
 
 One prompt per line of --prompt_file; the prompts of a batch decode together
@@ -55,7 +55,7 @@ EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
 def main(argv: Sequence[str]) -> list[str]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
   parser.add_argument("--workdir", required=True, help="training workdir, compress output, "
-                      "Hugging Face decoder folder or convert_hf output")
+                      "Hugging Face folder (decoder or T5) or convert_hf output")
   parser.add_argument("--prompt", default=None)
   parser.add_argument("--prompt_file", default=None, help="one prompt per line")
   parser.add_argument("--batch_size", type=int, default=0, help="prompts per call; 0 = all")

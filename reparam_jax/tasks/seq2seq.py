@@ -15,7 +15,9 @@ data/span_corruption.py.
 
 Vocabulary of the model, T5's layout on top of the corpus tokenizer:
   0 pad (also the decoder's start token), 1 EOS, 2 … V+1 the tokenizer's ids
-  shifted by 2, then `num_sentinels` sentinels (<extra_id_0> is the first).
+  shifted by 2, then `num_sentinels` sentinels (<extra_id_0> is the first);
+or, with a pretrained T5's tokenizer (`init_from` a T5 folder or its
+`convert_hf` output), that tokenizer's own ids and sentinels (`Vocabulary`).
 """
 
 from __future__ import annotations
@@ -71,19 +73,51 @@ def seq2seq_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 class Vocabulary:
-  """Model ids ↔ the corpus tokenizer's ids, with pad, EOS and sentinels (see the module doc)."""
+  """Model ids ↔ text, with pad (0), EOS (1) and sentinels, in one of two layouts.
 
-  def __init__(self, tokenizer: Tokenizer, num_sentinels: int):
+  The project's, on top of a tokenizer without sentinels (char, a fitted
+  SentencePiece, GPT-2's BPE): the tokenizer's ids shifted by `OFFSET`, then
+  `num_sentinels` sentinels (<extra_id_0> first).  A pretrained T5's own, when
+  the tokenizer has the sentinel tokens itself (data/sentencepiece_json.py adds
+  them as transformers does, <extra_id_0> at the top): its ids unchanged, pad 0
+  and EOS 1 already where the task puts them, so a T5 checkpoint's embeddings
+  mean what they were trained to mean.
+  """
+
+  def __init__(self, tokenizer: Tokenizer, num_sentinels: int, own: bool | None = None):
+    """`own`: the tokenizer's own ids (None: where it has sentinels of its own)."""
     self.tokenizer = tokenizer
     self.num_sentinels = num_sentinels
-    self.size = tokenizer.vocab_size + OFFSET + num_sentinels
+    own_sentinels = _own_sentinels(tokenizer)
+    if own or (own is None and own_sentinels):
+      own = own_sentinels
+      if len(own) < num_sentinels:
+        raise UserError(f"the tokenizer has {len(own)} sentinels (<extra_id_N>) but "
+                        f"seq2seq.num_sentinels={num_sentinels}; set it to {len(own)} or less")
+      backend = getattr(tokenizer, "backend", None)
+      pad, eos = ((backend.token_to_id(_name(tokenizer, "pad_token", "<pad>")),
+                   backend.token_to_id(_name(tokenizer, "eos_token", "</s>")))
+                  if backend else (None, None))
+      if (pad, eos) != (PAD, EOS):
+        raise UserError(f"the tokenizer's pad and EOS ids are {pad} and {eos}, not T5's {PAD} "
+                        f"and {EOS}: a pretrained encoder–decoder's tokenizer must have T5's "
+                        "layout (<pad> 0, </s> 1)")
+      self.offset, self.sentinel_ids = 0, own[:num_sentinels]
+      self.size = tokenizer.vocab_size
+    else:
+      self.offset = OFFSET
+      first = tokenizer.vocab_size + OFFSET
+      self.sentinel_ids = list(range(first, first + num_sentinels))
+      self.size = first + num_sentinels
+    self._sentinel_of = {t: k for k, t in enumerate(self.sentinel_ids)}
+
+  @classmethod
+  def of_pretrained(cls, tokenizer: Tokenizer) -> "Vocabulary":
+    """A pretrained T5's: its own ids, with every sentinel its tokenizer has."""
+    return cls(tokenizer, len(_own_sentinels(tokenizer)), own=True)
 
   def sentinel(self, k: int) -> int:
-    return self.tokenizer.vocab_size + OFFSET + k
-
-  @property
-  def sentinel_ids(self) -> list[int]:
-    return [self.sentinel(k) for k in range(self.num_sentinels)]
+    return self.sentinel_ids[k]
 
   def encode(self, text: str) -> list[int]:
     """Text with optional `<extra_id_N>` markers → model ids (no EOS)."""
@@ -95,24 +129,40 @@ class Vocabulary:
                           f"(<extra_id_0> … <extra_id_{self.num_sentinels - 1}>)")
         ids.append(self.sentinel(int(piece)))
       elif piece:
-        ids += (self.tokenizer.encode(piece) + OFFSET).tolist()
+        ids += (self.tokenizer.encode(piece) + self.offset).tolist()
     return ids
 
   def decode(self, ids: Iterable[int]) -> str:
     out, run = [], []
     for t in ids:
       t = int(t)
-      if OFFSET <= t < self.sentinel(0):
-        run.append(t - OFFSET)
+      if t in self._sentinel_of or t in (PAD, EOS) or t < self.offset:
+        out.append(self.tokenizer.decode(run))
+        run = []
+        if t in self._sentinel_of:
+          out.append(f"<extra_id_{self._sentinel_of[t]}>")
+        elif t == EOS:
+          break
         continue
-      out.append(self.tokenizer.decode(run))
-      run = []
-      if t >= self.sentinel(0):
-        out.append(f"<extra_id_{t - self.sentinel(0)}>")
-      elif t == EOS:
-        break
+      run.append(t - self.offset)
     out.append(self.tokenizer.decode(run))
     return "".join(out)
+
+
+def _own_sentinels(tokenizer: Tokenizer) -> list[int]:
+  """The ids of `<extra_id_0>`, `<extra_id_1>`, … in a tokenizer that has them."""
+  backend = getattr(tokenizer, "backend", None)
+  if backend is None:
+    return []
+  out = []
+  while (t := backend.token_to_id(f"<extra_id_{len(out)}>")) is not None:
+    out.append(t)
+  return out
+
+
+def _name(tokenizer: Tokenizer, key: str, default: str) -> str:
+  value = tokenizer.config.get(key) or default
+  return value.get("content", default) if isinstance(value, dict) else value
 
 
 def seq2seq_model(config: ml_collections.ConfigDict, vocab_size: int) -> EncoderDecoder:
@@ -145,8 +195,10 @@ class Seq2SeqTask(Task):
       self.splits = lm_text.load_splits(config.data)
       self.tokenizer = prepare_once(lm_text.make_tokenizer, config.data, self.splits, workdir,
                                     config.get("init_from", ""))
-      self.tokens = {k: self.tokenizer.encode(v) + OFFSET for k, v in self.splits.items()}
     self.vocab = Vocabulary(self.tokenizer, s.num_sentinels)
+    if self.shards is None:
+      self.tokens = {k: self.tokenizer.encode(v) + self.vocab.offset
+                     for k, v in self.splits.items()}
     # The raw window whose corrupted form fills seq_len exactly (T5's random_spans_helper).
     self.raw_length, self.targets_length = span_corruption.raw_length_for(
         config.seq_len, s.noise_density, s.mean_span)
@@ -189,7 +241,7 @@ class Seq2SeqTask(Task):
                                         [w for _, w in self.mixture], self.config.seed)
       return span_corruption.corpus_rows(
           documents, packing=self.config.data.packing, raw_length=self.raw_length,
-          global_batch=self.config.batch_size, seed=self.config.seed, offset=OFFSET,
+          global_batch=self.config.batch_size, seed=self.config.seed, offset=self.vocab.offset,
           num_bins=corpus.PACKING_BINS, mixture=len(self.mixture) > 1,
           **self.transform_kwargs)
     source = span_corruption.SpanCorruptionSource(self.tokens["train"], self.raw_length)
@@ -210,7 +262,7 @@ class Seq2SeqTask(Task):
     tokens = lm_text.concatenated_tokens(held_out, need)[:need]
     if len(tokens) < 2:
       raise UserError(f"{held_out.out_dir} holds {len(tokens)} tokens: too few to evaluate on")
-    return tokens.astype(np.int32) + OFFSET
+    return tokens.astype(np.int32) + self.vocab.offset
 
   @staticmethod
   def _logits(apply_fn: Callable[..., dict], batch: Batch, train: bool) -> jax.Array:

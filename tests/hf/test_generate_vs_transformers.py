@@ -109,3 +109,60 @@ def test_t5_beam_search_equals_transformers_generate(tmp_path):
   # The three stopping rules pick different outputs here: a mix-up would show.
   assert any(outputs[a, False] != outputs[a, "never"] for a in (0.6, 1.0, 2.0))
   assert any(outputs[a, False] != outputs[a, True] for a in (0.0, 0.6, 1.0, 2.0))
+
+
+def test_sample_from_a_t5_folder_equals_transformers_greedy_generate(tmp_path, raw_data_dir):
+  """`sample` on a T5 folder holding only `spiece.model`: the prompt encoded with the
+  folder's tokenizer (EOS appended, as transformers' T5 tokenizer does), decoding from the
+  config's decoder start token to its EOS, gives transformers' greedy tokens."""
+  import io  # noqa: PLC0415
+
+  import sentencepiece  # noqa: PLC0415
+
+  from reparam_jax import sample  # noqa: PLC0415
+  from reparam_jax.data.tokenizers import load_tokenizer  # noqa: PLC0415
+  from reparam_jax.tasks.seq2seq import Vocabulary  # noqa: PLC0415
+
+  with open(f"{raw_data_dir}/tinyshakespeare/input.txt", encoding="utf-8") as f:
+    lines = [line for line in f.read().split("\n")[:4000] if line.strip()]
+  spm = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_writer=spm, minloglevel=2, model_type="unigram",
+      vocab_size=300, normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1, unk_id=2,
+      bos_id=-1)
+  torch.manual_seed(0)
+  config = transformers.T5Config(vocab_size=300 + 100 + 12, d_model=32, d_kv=8, num_heads=4,
+                                 d_ff=48, num_layers=2, dropout_rate=0.0,
+                                 feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():  # varied, confident outputs (see _t5_folder)
+    for p in model.parameters():
+      if p.ndim == 2:
+        p.normal_(0.0, 1.0, generator=g)
+  folder = hf_refs.save_model(model, str(tmp_path / "hf"), True)
+  with open(f"{folder}/spiece.model", "wb") as f:
+    f.write(spm.getvalue())
+  with open(f"{folder}/tokenizer_config.json", "w", encoding="utf-8") as f:
+    f.write('{"tokenizer_class": "T5Tokenizer", "extra_ids": 100}')
+  theirs = transformers.AutoTokenizer.from_pretrained(folder)
+  prompts = ["ROMEO: <extra_id_0> my lord", "What say you to <extra_id_0>?",
+             "First Citizen: we are accounted poor citizens"]
+  texts = sample.main([f"--workdir={folder}", "--temperature=0", "--num_tokens=10",
+                       *[f"--prompt={p}" for p in prompts[:1]]])
+  vocab = Vocabulary.of_pretrained(load_tokenizer(folder))
+  outputs = []
+  for prompt in prompts:
+    ids = theirs(prompt, return_tensors="pt")
+    with torch.no_grad():
+      ref = model.generate(**ids, max_new_tokens=10, do_sample=False)[0, 1:].tolist()
+    ref = ref[:ref.index(1) + 1] if 1 in ref else ref
+    assert vocab.encode(prompt) + [1] == ids["input_ids"][0].tolist(), prompt
+    got = sample.main([f"--workdir={folder}", "--temperature=0", "--num_tokens=10",
+                       f"--prompt={prompt}"])
+    assert got == [vocab.decode(ref)], prompt
+    outputs.append(tuple(ref))
+    if prompt == prompts[0]:
+      assert got == texts
+  assert len(set(outputs)) == len(prompts)  # the answers depend on the input
