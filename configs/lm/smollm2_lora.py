@@ -24,8 +24,11 @@ Command:
 Hardware: one GPU (bf16); a CPU runs it, slowly.
 Runtime: not measured (no SmolLM2 folder and no accelerator on the project's machines).
 Expected: not measured.  tests/tasks/test_instruction_tuning.py runs this config
-at tiny size (a random 2-layer Llama folder, 48 pairs, seq_len 48, 12 steps
-at lr 1e-2): the masked train loss falls from about 5.7 to below 3.5.
+at tiny size (a random 2-layer Llama folder, 48 pairs, seq_len 48, 12 steps at
+lr 1e-2; seed 0, measured once): the masked train loss goes 5.70 → 5.39 (the
+frozen random output layer keeps the logits small) while the greedy answer goes
+from random bytes to "The colour is bl."; base, embeddings and lm_head end
+bit-identical to the folder's.
 """
 
 import os

@@ -35,7 +35,8 @@ under `data.skip_malformed`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -70,7 +71,7 @@ class InstructionFormat:
                       "{prompt} (write a literal brace as {{ or }})") from None
 
   @classmethod
-  def from_config(cls, data: ml_collections.ConfigDict) -> "InstructionFormat | None":
+  def from_config(cls, data: ml_collections.ConfigDict) -> InstructionFormat | None:
     """The format `data` asks for, or None when `data.response_field` is unset (plain text)."""
     if not data.get("response_field"):
       return None
