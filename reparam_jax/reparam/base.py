@@ -52,6 +52,8 @@ class Transform:
   keys: ClassVar[tuple[str, ...]] = ()
   slots: ClassVar[tuple[str, ...]] = ()  # weight-like θ entries a following stage may reparameterize
   wraps: ClassVar[bool] = False
+  # Represents only a 2-D [d_in, d_out] weight: an N-D kernel reaches it as a matrix (matrix.py).
+  needs_matrix: ClassVar[bool] = False
   aux_keys: ClassVar[tuple[str, ...]] = ()  # non-trainable per-weight state (state.py)
   examples: ClassVar[tuple[str, ...]] = ()  # spec strings the test suite runs
   # θ entries decoupled weight decay acts on (weight-like values: factors, means,

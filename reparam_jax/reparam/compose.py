@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from reparam_jax.errors import UserError
 from reparam_jax.reparam.base import Transform, WrapperTransform, fold_key
 from reparam_jax.reparam.kernels import materialize
+from reparam_jax.reparam.matrix import MatrixView
 from reparam_jax.reparam.transforms.identity import Frozen, Identity
 
 Array = jax.Array
@@ -247,7 +248,9 @@ def compose(parts: list[Transform]) -> Any:
 
 def stages(node: Any) -> Iterator[Transform]:
   """The transforms of a (possibly composed) node, in declared order."""
-  if isinstance(node, Wrapped):
+  if isinstance(node, MatrixView):
+    yield from stages(node.inner)
+  elif isinstance(node, Wrapped):
     yield from stages(node.inner)
     yield node.outer
   elif isinstance(node, SlotMapped):

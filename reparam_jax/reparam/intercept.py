@@ -52,6 +52,7 @@ from reparam_jax.errors import UserError
 from reparam_jax.pytree.layers import LAYER_PATH, STACK, layer_name, stack_start
 from reparam_jax.pytree.paths import dict_leaves, set_path, subtree
 from reparam_jax.reparam.kernels import materialize
+from reparam_jax.reparam.matrix import node_for
 from reparam_jax.reparam.rules import Plan, Rule, map_theta, path_key
 from reparam_jax.reparam.state import AUX_COLLECTION, has_state, init_state, join_state
 
@@ -99,12 +100,14 @@ def dense_to_theta(plan: Plan, dense: PyTree, make_theta: Callable[[str, Any, An
       continue
     used.add(plan.rules.index(rule))
     w = leaf.unbox() if isinstance(leaf, meta.AxisMetadata) else leaf
-    rule.node.check(tuple(w.shape))
-    theta = make_theta(path, rule.node, w)
+    names = _names(leaf, w.ndim)
+    node = node_for(rule, path, tuple(w.shape), names)  # an N-D kernel: its matrix view
+    node.check(tuple(w.shape))
+    theta = make_theta(path, node, w)
     # Integer leaves (e.g. int8 storage) keep their dtype.
     theta = jax.tree.map(
         lambda a, dt=w.dtype: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, theta)
-    set_path(out, rel, rule.node.box(theta, _names(leaf, w.ndim), _box_maker(leaf)))
+    set_path(out, rel, node.box(theta, names, _box_maker(leaf)))
   if check_used:
     plan.check_all_used(used, paths)
   return out

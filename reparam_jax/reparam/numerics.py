@@ -35,7 +35,8 @@ def softplus_inv(y: Array | float) -> Array:
 def need_2d(name: str, shape: tuple[int, ...]) -> None:
   if len(shape) != 2:
     raise UserError(f"{name} needs a 2-D [d_in, d_out] weight, got shape {tuple(shape)}; "
-                    "restrict the rule's regex to kernels (e.g. '.*/kernel')")
+                    "restrict the rule's regex to kernels (e.g. '.*/kernel'), or for an N-D "
+                    "kernel add in_axes=K to the spec (its first K axes are the input)")
 
 
 def shape_of(x: Any) -> tuple[int, ...]:

@@ -15,6 +15,9 @@ Config format (see docs/reparam.md):
 * a spec is one or more stages joined by '|', each `name` or
   `name(key=value, ...)` with Python-literal values (bare words are strings:
   `latent(decoder=fixed)`), applied in declared order;
+* `in_axes=K` on any one stage of a spec is the spec's, not the stage's: an
+  N-D kernel matched by the rule is the matrix of its first K axes (input)
+  by the rest (output) for the whole stack (matrix.py);
 * `{field}` in a spec is replaced by `config.reparam.field`, so a sweep
   overrides one scalar instead of restating the rules;
 * `config.reparam.structured` ('auto', True, False): whether 2-D weights reach
@@ -37,6 +40,9 @@ from reparam_jax.errors import UserError
 from reparam_jax.pytree import layers
 from reparam_jax.reparam.base import TRANSFORMS
 from reparam_jax.reparam.compose import compose
+from reparam_jax.reparam.matrix import view_of
+
+IN_AXES = "in_axes"
 
 
 def parse_stage(text: str) -> Any:
@@ -59,8 +65,11 @@ def parse_stage(text: str) -> Any:
   fields = {f.name: f for f in dataclasses.fields(cls)}
   kwargs = {}
   for kw in keywords:
+    if kw.arg == IN_AXES:  # the spec's option, read by `spec_in_axes`
+      continue
     if kw.arg not in fields:
-      raise UserError(f"{name} has no argument {kw.arg!r}; it takes: {', '.join(fields) or 'none'}")
+      raise UserError(f"{name} has no argument {kw.arg!r}; it takes: "
+                      f"{', '.join([*fields, IN_AXES])}")
     if isinstance(kw.value, ast.Name):  # bare word → string
       value: Any = {"True": True, "False": False, "None": None}.get(kw.value.id, kw.value.id)
     else:
@@ -86,12 +95,35 @@ def parse_spec(spec: str) -> Any:
   return compose([parse_stage(s) for s in spec.split("|")])
 
 
+def spec_in_axes(spec: str) -> int | None:
+  """The spec's `in_axes=K` (written on any one of its stages), or None."""
+  found = []
+  for text in spec.split("|"):
+    node = ast.parse(text.strip(), mode="eval").body  # parse_stage has checked the syntax
+    for kw in getattr(node, "keywords", ()):
+      if kw.arg == IN_AXES:
+        try:
+          value = ast.literal_eval(kw.value)
+        except ValueError:
+          value = None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+          raise UserError(f"in_axes in {spec!r} must be a positive integer (the number of "
+                          f"leading kernel axes contracted with the input), got "
+                          f"{ast.unparse(kw.value)}")
+        found.append(value)
+  if len(found) > 1:
+    raise UserError(f"in_axes is given {len(found)} times in {spec!r}; it applies to the whole "
+                    "spec: write it once")
+  return found[0] if found else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   pattern: str
   spec: str
   node: Any
   regex: re.Pattern = dataclasses.field(compare=False)
+  in_axes: int | None = None  # N-D kernels: leading axes that are the input (matrix.py)
 
 
 def parse_rule_pairs(raw: Any, section: str, fill_spec: Callable[[str], str],
@@ -142,7 +174,9 @@ class Plan:
     raw = get("rules", ()) or ()
     values = {k: v for k, v in (cfg.items() if hasattr(cfg, "items") else [])
               if k not in ("rules", "structured", "per_layer") and isinstance(v, (int, float, str, bool))}
-    rules = parse_rule_pairs(raw, "reparam", lambda spec: _fill(spec, values), parse_spec)
+    rules = [dataclasses.replace(r, in_axes=spec_in_axes(r.spec))
+             for r in parse_rule_pairs(raw, "reparam", lambda spec: _fill(spec, values),
+                                       parse_spec)]
     # A bool typed on the command line into a string-typed ConfigDict field arrives as text.
     as_bool = {"True": True, "False": False}
     structured = as_bool.get(get("structured", "auto"), get("structured", "auto"))
@@ -198,6 +232,10 @@ def map_theta(plan: Plan, tree: Any, fn, *, require_all: bool = False, prefix: s
       if rule is not None and rule.node.matches(node):
         used.add(plan.rules.index(rule))
         return fn(path, rule, node)
+      view = None if rule is None else view_of(rule.node, node)
+      if view is not None:  # an N-D kernel's θ: `fn` sees the rule with its view
+        used.add(plan.rules.index(rule))
+        return fn(path, dataclasses.replace(rule, node=view), node)
     if isinstance(node, Mapping):
       return {k: (rec_stack(v, path, layers.stack_start(k)) if layers.is_stack(k, v)
                   else rec(v, f"{path}/{k}" if path else str(k)))

@@ -16,11 +16,14 @@ from typing import Any, Mapping
 
 from reparam_jax.errors import UserError
 from reparam_jax.reparam.compose import SlotMapped, Wrapped
+from reparam_jax.reparam.matrix import MATRIX, MatrixView
 from reparam_jax.rundir.checkpoint import AUX_COLLECTION  # noqa: F401 (where the state lives)
 
 
 def state_stages(node: Any, theta: Any, prefix: tuple = ()) -> list[tuple[Any, tuple]]:
   """(stage, key path inside θ) for every stage of `node` that has `aux_keys`."""
+  if isinstance(node, MatrixView):
+    return state_stages(node.inner, theta[MATRIX], prefix + (MATRIX,))
   if isinstance(node, SlotMapped):
     out = state_stages(node.inner, theta, prefix)
     for s in node.inner.slots:
@@ -32,6 +35,8 @@ def state_stages(node: Any, theta: Any, prefix: tuple = ()) -> list[tuple[Any, t
 
 
 def has_state(node: Any) -> bool:
+  if isinstance(node, MatrixView):
+    return has_state(node.inner)
   if isinstance(node, SlotMapped):
     return has_state(node.inner) or has_state(node.outer)
   if isinstance(node, Wrapped):

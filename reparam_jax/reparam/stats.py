@@ -10,6 +10,7 @@ import numpy as np
 from flax.core import meta
 
 from reparam_jax.pytree.paths import flatten_with_paths
+from reparam_jax.reparam.matrix import MatrixView
 from reparam_jax.reparam.rules import Plan, map_theta
 
 PyTree = Any
@@ -43,7 +44,8 @@ def weight_stats(node: Any, theta: Any, path: str = "", structured: bool = True)
   if len(flags) != len(leaves):  # a single bool for a whole subtree
     flags = [bool(flags[0])] * len(leaves)
   stored = sum(_size(x) for x in leaves)
-  matmul = _is_matmul(path, shape)
+  # An N-D kernel viewed as a matrix (matrix.py) multiplies activations as that matrix.
+  matmul = _is_matmul(path, shape) or isinstance(node, MatrixView)
   flops_dense = 2 * dense if matmul else 0
   flops = (node.flops(raw) if structured else flops_dense) if matmul else 0
   decay = node.decayable(raw)

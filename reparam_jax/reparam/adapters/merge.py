@@ -48,7 +48,7 @@ from reparam_jax.reparam.adapters.single import has_wrapper, insert_adapter, nul
 from reparam_jax.reparam.api import Reparam
 from reparam_jax.reparam.compose import Wrapped
 from reparam_jax.reparam.kernels import materialize
-from reparam_jax.reparam.rules import Plan, Rule
+from reparam_jax.reparam.rules import Plan
 from reparam_jax.reparam.transforms.identity import Identity
 
 Array = jax.Array
@@ -235,7 +235,7 @@ def with_rank(rp: Reparam, ranks: Mapping[str, int]) -> Reparam:
       raise UserError(f"rule {rule.pattern!r} would need LoRA ranks {sorted(want)} at once")
     if want and want != {rule.node.outer.rank}:
       node = Wrapped(dataclasses.replace(rule.node.outer, rank=want.pop()), rule.node.inner)
-      rule = Rule(rule.pattern, node.describe(), node, rule.regex)
+      rule = dataclasses.replace(rule, spec=node.describe(), node=node)
     new_rules.append(rule)
   return Reparam(Plan(tuple(new_rules), rp.plan.structured))
 

@@ -36,6 +36,7 @@ from reparam_jax.pytree.paths import dict_leaves, set_path, subtree, unflatten
 from reparam_jax.reparam.api import Reparam
 from reparam_jax.reparam.compose import Wrapped, stages
 from reparam_jax.reparam.kernels import materialize
+from reparam_jax.reparam.matrix import MATRIX, MatrixView
 from reparam_jax.reparam.numerics import rms
 from reparam_jax.reparam.rules import map_theta, path_key
 from reparam_jax.rundir.checkpoint import array_metadata, save_params
@@ -108,6 +109,8 @@ def extract_adapter(params: PyTree, rp: Reparam, modules_to_save: Sequence[str] 
 def _null_theta(node: Any, theta: Any, key: jax.Array) -> Any:
   """θ with every wrapper stage at its own init, which adapters define as "no change"
   (LoRA: B = 0, so W = W₀ exactly); non-wrapper stages (the base) are kept."""
+  if isinstance(node, MatrixView):  # an N-D kernel: the adapter is its matrix's
+    return {**theta, MATRIX: _null_theta(node.inner, theta[MATRIX], key)}
   if not isinstance(node, Wrapped):
     return theta
   base = _null_theta(node.inner, theta["base"], jax.random.fold_in(key, 0))

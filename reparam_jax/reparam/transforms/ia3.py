@@ -65,6 +65,7 @@ class IA3(WrapperTransform):
   """θ = {base: θ of the previous stage (W₀ alone), ia3_l: [d_out] or [d_in], ones at init}."""
 
   name: ClassVar[str] = "ia3"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = ("ia3", "ia3(side=input)")
   keys: ClassVar[tuple[str, ...]] = ("ia3_l",)
   # l multiplies W₀: decay toward 0 would switch the layer off, not return to W₀.

@@ -82,6 +82,7 @@ class LoRA(WrapperTransform):
   """θ = {base: θ of the previous stage (W₀ alone), lora_a: [d_in, r], lora_b: [r, d_out]}."""
 
   name: ClassVar[str] = "lora"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = (
       "lora(rank=2)", "lora(rank=2, alpha=4)", "lora(rank=2, rslora=True, dropout=0.1)",
       "lora(rank=2, init=pissa)", "lora(rank=2, init=olora)")

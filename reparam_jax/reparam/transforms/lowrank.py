@@ -66,6 +66,7 @@ class LowRank(Transform):
   """θ = {u: [d_in, r], v: [d_out, r]}; apply gives a structured `(x u) vᵀ` kernel."""
 
   name: ClassVar[str] = "lowrank"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = ("lowrank(rank=2)", "lowrank(rank=2, method=als)")
   keys: ClassVar[tuple[str, ...]] = ("u", "v")
   slots: ClassVar[tuple[str, ...]] = ("u", "v")

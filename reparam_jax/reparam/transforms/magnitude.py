@@ -47,6 +47,7 @@ class Magnitude(WrapperTransform):
   """θ = {base: θ of the previous stages, magnitude: [d_out]}."""
 
   name: ClassVar[str] = "magnitude"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = (
       "lora(rank=2)|magnitude", "lora(rank=2)|magnitude(detach_norm=False)")
   keys: ClassVar[tuple[str, ...]] = ("magnitude",)

@@ -200,6 +200,7 @@ class Q4(Transform):
   """θ = {packed, absmax} (or the double-quantized absmax_q/_scale/_mean); W = c[code] · absmax."""
 
   name: ClassVar[str] = "q4"
+  needs_matrix: ClassVar[bool] = True
   # Block sizes that divide the generic tests' kernels (d_in 4 and 16).
   examples: ClassVar[tuple[str, ...]] = ("q4(block_size=2)",
                                          "q4(format=int4, block_size=4, double_quant=True)")

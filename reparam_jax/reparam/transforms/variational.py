@@ -121,6 +121,7 @@ class Latent(_KL):
   """
 
   name: ClassVar[str] = "latent"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = (
       "latent(dim=2)", "latent(dim=2, decoder=fixed, offset=True)")
   decayed: ClassVar[tuple[str, ...] | None] = ("z_mu", "dec_in", "dec_out")  # not z_ρ

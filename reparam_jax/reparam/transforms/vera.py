@@ -108,6 +108,7 @@ class VeRA(WrapperTransform):
   """θ = {base: θ of the previous stage (W₀ alone), vera_d: [r], vera_b: [d_out]}."""
 
   name: ClassVar[str] = "vera"
+  needs_matrix: ClassVar[bool] = True
   examples: ClassVar[tuple[str, ...]] = ("vera(rank=2)", "vera(rank=8, d_initial=0.5, seed=3)")
   keys: ClassVar[tuple[str, ...]] = ("vera_d", "vera_b")
   # Both vectors are factors of ΔW whose zero is the base model (as LoRA's A and B).
