@@ -102,8 +102,21 @@ def _continue(model: nn.Module, params: Any, tokenizer: Tokenizer, prompts: Sequ
     out = generate(model, params, ids[start:start + batch], num_tokens, sampling,
                    jax.random.fold_in(jax.random.key(seed), start), stop_token_ids)
     for row, prompt in enumerate(prompts[start:start + batch]):
-      texts.append(prompt + tokenizer.decode(out.tokens[row, :out.lengths[row]].tolist()))
+      new = out.tokens[row, :out.lengths[row]].tolist()
+      texts.append(prompt + continuation(tokenizer, ids[start + row], new))
   return texts
+
+
+def continuation(tokenizer: Tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+  """The text `new_ids` add after the prompt's tokens.
+
+  Decoded in context, not alone: a SentencePiece decoder drops the leading space of
+  the first token it decodes (the dummy prefix), which mid-text is a real space
+  between words, and a byte-level token may end a UTF-8 character the prompt began.
+  """
+  head = tokenizer.decode(list(prompt_ids))
+  whole = tokenizer.decode(list(prompt_ids) + list(new_ids))
+  return whole[len(head):] if whole.startswith(head) else tokenizer.decode(list(new_ids))
 
 
 def _check_is_run(workdir: str) -> None:

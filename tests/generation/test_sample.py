@@ -144,3 +144,65 @@ def test_a_folder_that_is_not_a_decoder_lm_is_one_line_and_exit_2(raw_data_dir, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_continuation_keeps_the_space_a_sentencepiece_decoder_drops_alone(tmp_path,
+                                                                             raw_data_dir):
+  """Llama 2's SentencePiece decoder strips the leading space of the first token it
+  decodes; after a prompt that space separates two words and must stay."""
+  import io  # noqa: PLC0415
+
+  import sentencepiece  # noqa: PLC0415
+
+  from reparam_jax.generation.text import continuation  # noqa: PLC0415
+  with open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+    lines = [line for line in f.read().split("\n")[:4000] if line.strip()]
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_writer=model, minloglevel=2, model_type="bpe",
+      vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+  (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+  (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+  tokenizer = hf_tokenizers.load(str(tmp_path))
+  prompt, whole = tokenizer.encode("ROMEO: my").tolist(), tokenizer.encode(
+      "ROMEO: my lord, é").tolist()
+  assert whole[:len(prompt)] == prompt
+  new = whole[len(prompt):]
+  assert tokenizer.decode(new) == "lord, é"  # alone: the space is gone
+  assert continuation(tokenizer, prompt, new) == " lord, é"
+
+
+def test_sample_from_a_llama_folder_with_a_sentencepiece_tokenizer(tmp_path, raw_data_dir):
+  """A Llama 2-style folder (tokenizer.model only): `sample` prints the prompt and the
+  continuation decoded in context, so the space before a generated word stays."""
+  import io  # noqa: PLC0415
+
+  import sentencepiece  # noqa: PLC0415
+
+  from tests.hf.test_llama_run import _hf_folder  # noqa: PLC0415
+  with open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+    text = f.read()[:100_000]
+  folder = _hf_folder(tmp_path, text)  # vocabulary 300
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([t for t in text.split("\n") if t.strip()]), model_writer=model,
+      minloglevel=2, model_type="bpe", vocab_size=300, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+  os.remove(os.path.join(folder, "tokenizer.json"))
+  with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+    f.write(model.getvalue())
+  with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    f.write('{"tokenizer_class": "LlamaTokenizer"}')
+  tokenizer = hf_tokenizers.load(folder)
+  params, cfg, _, _ = importer.import_folder(folder)
+  # A one-word prompt after which the random model's first token starts a new word (▁).
+  words = [w for w in dict.fromkeys(text.split()) if len(tokenizer.encode(w)) == 2][:200]
+  out = decode.generate(Transformer(cfg), params, [tokenizer.encode(w).tolist() for w in words],
+                        6, decode.Sampling(temperature=0.0))
+  row = next(i for i in range(len(words))
+             if tokenizer.backend.id_to_token(int(out.tokens[i, 0])).startswith("▁"))
+  prompt, new = tokenizer.encode(words[row]).tolist(), out.tokens[row, :out.lengths[row]].tolist()
+  texts = sample.main([f"--workdir={folder}", f"--prompt={words[row]}", "--num_tokens=6",
+                       "--temperature=0", "--stop_token_ids=2"])
+  assert texts == [tokenizer.decode(prompt + new)] and texts[0][len(words[row])] == " "
