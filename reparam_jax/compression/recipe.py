@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax.core import meta
 
+from reparam_jax import tasks
 from reparam_jax.config.base import COMPRESS_KERNELS
 from reparam_jax.data import tokenizers
 from reparam_jax.errors import UserError
@@ -410,7 +411,7 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
     # Written by a run started from a pretrained model before `resolve` made causal
     # concrete (262dcdb and earlier): the fine-tuning run below starts from bare params.
     with config.unlocked():
-      config.model.causal = config.get("task") == "lm"
+      config.model.causal = tasks.task_class(config).CAUSAL_LM
   if config.reparam.get("rules"):
     # Start from the effective dense model (masks of a pruned run applied).
     params = Reparam.from_config(config.reparam).to_dense(params, run.masks)

@@ -27,6 +27,7 @@ from reparam_jax.models import Transformer, transformer_config
 from reparam_jax.models.seq2seq import EncoderDecoder
 from reparam_jax.rundir import checkpoint
 from reparam_jax.rundir.workdir import CONFIG, Run, load_run
+from reparam_jax import tasks
 from reparam_jax.tasks import seq2seq as seq2seq_task
 from reparam_jax.tasks.lm import lm_model
 
@@ -66,7 +67,8 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
   _check_is_run(workdir)
   run = load_run(workdir)  # config, params and, for pruned runs, their masks
   config = run.config
-  if config.get("task", "lm") == "seq2seq":
+  task = tasks.task_class(config)
+  if task.ENCODER_DECODER:
     vocab = seq2seq_task.Vocabulary(load_tokenizer(run.workdir), config.seq2seq.num_sentinels)
     model = seq2seq_task.seq2seq_model(config, vocab.size)
     params = decoding_params(run.params, config.reparam, run.masks)
@@ -76,7 +78,7 @@ def sample_run(workdir: str, prompts: Sequence[str], num_tokens: int, sampling: 
   if beams > 1:
     raise UserError("--beams is for encoder–decoder runs; a language model samples or decodes "
                     "greedily (--temperature=0)")
-  if config.get("task", "lm") != "lm":
+  if not task.CAUSAL_LM:
     raise UserError(f"{workdir} is a {config.task!r} run, not a decoder language model: "
                     "only a language model generates text")
   tokenizer = load_tokenizer(workdir)

@@ -16,6 +16,7 @@ import numpy as np
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
+from reparam_jax import tasks
 from reparam_jax.data import hf_tokenizers
 from reparam_jax.errors import UserError
 from reparam_jax.hf import exporting_family
@@ -51,7 +52,7 @@ def _run_model(run_config: dict[str, Any], flat: dict[str, Any]) -> TransformerC
     section["max_len"] = section.get("max_len") or flat["embed/position/embedding"].shape[0]
   else:
     section["max_len"] = section.get("max_len") or run_config.get("seq_len")
-  if run_config.get("task") == "lm":
+  if run_config.get("task") and tasks.task_class(run_config).CAUSAL_LM:
     section["causal"] = True
   else:
     section.setdefault("causal", False)

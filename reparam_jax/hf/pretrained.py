@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from reparam_jax import tasks
 from reparam_jax.errors import UserError
 from reparam_jax.hf import FAMILIES
 from reparam_jax.hf.files import read_config, read_json, read_weights, weights_file
@@ -69,7 +70,7 @@ def checkpoint_model(path: str) -> dict[str, Any]:
     return read_json(os.path.join(path, MODEL_FILE))
   if kind(path) == "run":
     run = read_json(os.path.join(path, "config.json"))
-    return dict(run["model"], causal=run["task"] == "lm")
+    return dict(run["model"], causal=tasks.task_class(run).CAUSAL_LM)
   weights = weights_file(path)
   return dict(_hf_model_section(weights, os.path.getmtime(weights)))
 
@@ -158,7 +159,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise UserError(f"config.model.{name}={mine!r} conflicts with the checkpoint's "
                       f"{theirs!r} ({where}); leave it unset: a pretrained model's "
                       "architecture comes from its checkpoint")
-  wants_decoder = config.get("task") == "lm"
+  wants_decoder = tasks.task_class(config).CAUSAL_LM
   if bool(ckpt.get("causal")) != wants_decoder:
     raise UserError(f"{where} is {'a decoder' if ckpt.get('causal') else 'an encoder'} but "
                     f"task={config.get('task')!r} trains "

@@ -36,11 +36,13 @@ REGISTRY = {"lm": lm.LanguageModelTask,
             "seq2seq": seq2seq.Seq2SeqTask}
 
 
-def task_class(config: ml_collections.ConfigDict) -> Any:
-  """The class of the task `config.task` names (its classmethods need no data)."""
-  if config.task not in REGISTRY:
-    raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[config.task]
+def task_class(config: ml_collections.ConfigDict | dict[str, Any]) -> Any:
+  """The class of the task a config (or a run's config.json, as a dict) names; its
+  classmethods and CAUSAL_LM / ENCODER_DECODER need no data."""
+  name = config.get("task", "lm")
+  if name not in REGISTRY:
+    raise UserError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None) -> Any:

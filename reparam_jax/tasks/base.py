@@ -8,6 +8,12 @@ import ml_collections
 class Task:
   """Defaults for the task classmethods that need no data."""
 
+  # What the task's model is, for code that reads a run without building its task
+  # (sample, export_hf, a pretrained init_from): a causal decoder LM that continues a
+  # prompt, or an encoder–decoder that answers one.  Neither: an encoder.
+  CAUSAL_LM = False
+  ENCODER_DECODER = False
+
   @classmethod
   def inherited_tokenizer(cls, config: ml_collections.ConfigDict) -> str:
     """The folder whose tokenizer this task takes instead of fitting one ('' for none):

@@ -8,7 +8,8 @@ evaluation).  With `data.source` (and `data.eval_source`) alone, it first
 tokenizes them into the workdir the same way (`corpus.prepare_in_run`: for
 small corpora).  With `data.response_field` set, `data.source` and
 `data.eval_source` are instruction records instead (data/instructions.py):
-one example a row, the loss on the response only.  Otherwise, on the text
+one example a row (training rows packed with `data.packing=first_fit`), the
+loss on the response only.  Otherwise, on the text
 of `data.name`.
 
 `generations(params)` is the greedy continuation of each of
@@ -66,14 +67,18 @@ def packed_inputs(batch: Batch) -> dict[str, jax.Array]:
 
 def target_weights(batch: Batch) -> jax.Array | None:
   """1 where a target is predicted from its own document: not padding, not a document's
-  first token (whose input is the previous document's last)."""
+  first token (whose input is the previous document's last); times the batch's own
+  `weights` where it has them (packed instruction rows: 0 on the prompts)."""
   if "segment_ids" not in batch:
     return batch.get("weights")
   seg = batch["segment_ids"]
-  return ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
+  own = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
+  return own * batch["weights"] if "weights" in batch else own
 
 
 class LanguageModelTask(Task):
+  CAUSAL_LM = True
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None
@@ -119,6 +124,8 @@ class LanguageModelTask(Task):
         self.tokenizer.save(workdir)
     self.rows = {k: instructions.encode_rows(self.tokenizer, v, config.seq_len)
                  for k, v in examples.items()}
+    if data.get("packing") == "first_fit":  # evaluation keeps one example a row
+      self.rows["train"] = instructions.pack(self.rows["train"], config.seed)
     if jax.process_index() == 0:
       for k, rows in self.rows.items():
         print(rows.describe(f"instructions ({k})"), flush=True)

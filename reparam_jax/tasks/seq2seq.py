@@ -183,6 +183,8 @@ def smoothed_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
 
 
 class Seq2SeqTask(Task):
+  ENCODER_DECODER = True
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     s = config.seq2seq
