@@ -65,8 +65,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.peft_dir:
     out["peft"] = export_run_adapter(args.workdir, args.peft_dir)
     config = out["peft"]["config"]
-    say(f"exported the adapter of {args.workdir} ({out['peft']['modules']} LoRA modules, "
-        f"r={config['r']}, use_dora={config['use_dora']}) to "
+    kind = {"LORA": "LoRA", "VERA": "VeRA", "IA3": "(IA)³"}[config["peft_type"]]
+    detail = "".join(f", {k}={config[k]}" for k in ("r", "use_dora") if k in config)
+    say(f"exported the adapter of {args.workdir} ({out['peft']['modules']} {kind} modules"
+        f"{detail}) to "
         f"{os.path.abspath(args.peft_dir)} in PEFT's format; base model: "
         f"{config['base_model_name_or_path'] or 'unknown (the run has no init_from)'}")
   if not args.dst:

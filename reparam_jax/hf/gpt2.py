@@ -13,7 +13,9 @@
   lm_head.weight [V, D]                      lm_head/kernel [D, V]        only when untied
 
 GPT-2's `Conv1D` stores weights `[in, out]`, the project's layout, so
-kernels copy over unchanged.  The causal-mask buffers (`attn.bias`,
+kernels copy over unchanged.  PEFT adapters (hf/peft.py) name the same modules
+(`peft_modules`): `c_attn` is one module for three project kernels, its output
+columns q|k|v in that order.  The causal-mask buffers (`attn.bias`,
 `attn.masked_bias`) of old checkpoints are not parameters and are skipped.
 """
 
@@ -32,6 +34,7 @@ from reparam_jax.hf.common import (
   get,
   plain_misfit,
   rename_keys,
+  stack_modules,
   take_buffers,
   take_lm_head,
 )
@@ -40,6 +43,14 @@ MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 _BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+BACKBONE_PREFIX = "transformer."  # GPT2LMHeadModel's backbone module; GPT2Model has none
+PEFT_FAN_IN_FAN_OUT = True  # Conv1D weights are [in, out]: PEFT's fan_in_fan_out
+# The Conv1D modules of one block as PEFT names them (HF module, project path): the
+# fused `attn.c_attn` appears once per project kernel, in the order of its output
+# column blocks (hf/peft_names.py reads a repeated name as one fused module).
+PEFT_LINEARS = (("attn.c_attn", "attn/query"), ("attn.c_attn", "attn/key"),
+                ("attn.c_attn", "attn/value"), ("attn.c_proj", "attn/out"),
+                ("mlp.c_fc", "mlp/fc_in"), ("mlp.c_proj", "mlp/fc_out"))
 
 
 def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +139,17 @@ def export_params(flat: Flat, cfg: Any) -> dict[str, np.ndarray]:
   if not cfg.tie_embeddings:
     t["lm_head.weight"] = flat["lm_head/kernel"].T
   return t
+
+
+def peft_modules(paths: set[str]) -> tuple[dict[str, str], str] | None:
+  """(project module path → HF module name as GPT2LMHeadModel writes it, its backbone
+  prefix) of a GPT-2 parameter tree's `node_paths`, or None if it is not one's.  query,
+  key and value all map to `h.{i}.attn.c_attn` (PEFT_LINEARS)."""
+  if not ("embed/position" in paths and "ln_final" in paths and "embed/ln" not in paths
+          and "block_0/attn/query/kernel" in paths):
+    return None
+  ours = stack_modules(paths, PEFT_LINEARS, BACKBONE_PREFIX + "h.{i}.")
+  return {k: v for k, v in ours.items() if f"{k}/kernel" in paths}, BACKBONE_PREFIX
 
 
 def fits(cfg: Any, encoder_decoder: bool) -> str:

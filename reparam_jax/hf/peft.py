@@ -1,4 +1,6 @@
-"""LoRA and DoRA adapters in Hugging Face PEFT's format, both ways (docs/peft.md).
+"""LoRA and DoRA adapters in Hugging Face PEFT's format, both ways; VeRA and (IA)³ too
+(peft_type VERA, IA3: `_vera_fields`, `_ia3_fields`, `_place_vera`, `_place_ia3`)
+(docs/peft.md).
 
 A PEFT adapter folder (`peft.PeftModel.save_pretrained`) holds
 
@@ -14,7 +16,9 @@ weights are `[d_out, d_in]` and ours `[d_in, d_out]`, so lora_a = lora_Aᵀ and
 lora_b = lora_Bᵀ: W₀ + s·A B here is W₀ᵀ + s·B A there, s = alpha/r (alpha/√r
 with rsLoRA) in both.  DoRA's magnitude is one value per output unit in both
 layouts (PEFT: the norm over dim 1 of `[d_out, d_in]`; here over the d_in axis
-of `[d_in, d_out]`), so it copies unchanged.
+of `[d_in, d_out]`), so it copies unchanged.  GPT-2's fused `c_attn` (q|k|v output columns) is
+split over query/key/value on import and written in block form on export
+(`_split_fused`, `_fuse_lora`).
 
 The functions are pure (arrays in, numpy out; no torch): `export_peft_adapter`
 writes a folder from θ params and their reparam rules; `import_peft_adapter`
@@ -56,6 +60,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT before safetensors became its default
 KEY_PREFIX = "base_model.model."
+VERA_PAIR_PREFIX = "base_model."  # VeRA's shared pair: base_model.vera_A, base_model.vera_B
 MAGNITUDE_KEY = "lora_magnitude_vector"
 MAGNITUDE_THETA = "magnitude"  # the θ entry of the `magnitude` stage (DoRA's m)
 # Config fields whose non-default value changes the adapter's function in a way
@@ -145,9 +150,76 @@ def collect_adapters(params: PyTree, rp: Reparam) -> list[tuple[Adapter, Any]]:
   map_theta(rp.plan, params, visit, require_all=True)
   if not found:
     raise UserError("no LoRA parameters to export: config.reparam.rules has no rule with a "
-                    "lora stage (e.g. (r'block_\\d+/attn/(query|value)/kernel', "
+                    "lora, vera or ia3 stage (e.g. (r'block_\\d+/attn/(query|value)/kernel', "
                     "'lora(rank=8, alpha=16)'))")
   return found
+
+
+VECTOR_KINDS = ("vera", "ia3")  # PEFT's VERA and IA3 adapters: trained vectors on W₀
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorAdapter:
+  """One `vera(...)` or `ia3(...)` weight; `stage` is its transform, `theta` its θ."""
+
+  path: str
+  stage: Any
+  theta: Mapping[str, Any]
+
+
+def _adapter_kind(params: PyTree, rp: Reparam) -> str:
+  """"lora", "vera" or "ia3": the adapter type the rules put on `params` (one per folder)."""
+  kinds: dict[str, str] = {}
+
+  def visit(path, rule, theta):
+    if rule is not None:
+      names = [t.name for t in stages(rule.node)]
+      for kind in ("lora",) + VECTOR_KINDS:
+        if kind in names:
+          kinds.setdefault(kind, path)
+    return theta
+
+  map_theta(rp.plan, params, visit, require_all=True, visit_only=True)
+  if len(kinds) > 1:
+    (a, pa), (b, pb) = list(kinds.items())[:2]
+    raise UserError(f"parameters {pa} ({a}) and {pb} ({b}) hold different adapter types; a "
+                    "PEFT adapter folder holds one (LORA, VERA or IA3): export them separately")
+  return next(iter(kinds), "lora")
+
+
+def collect_vector_adapters(params: PyTree, rp: Reparam, kind: str) -> list[VectorAdapter]:
+  """Every weight a `vera` or `ia3` rule (`kind`) covers, in tree order, θ gathered to
+  this host; UserError for a rule PEFT has no counterpart of."""
+  found: list[VectorAdapter] = []
+
+  def visit(path, rule, theta):
+    if rule is None:
+      return theta
+    parts = list(stages(rule.node))
+    names = [t.name for t in parts]
+    if kind not in names:
+      return theta
+    if names not in (["identity", kind], ["frozen", kind]):
+      raise UserError(f"parameter {path}: rule spec {rule.spec!r} has no PEFT counterpart; PEFT "
+                      f"holds {kind}(...) on a dense weight")
+    if not path.endswith("/kernel"):
+      raise UserError(f"parameter {path}: PEFT export covers linear kernels only")
+    theta = meta.unbox(theta)
+    found.append(VectorAdapter(path[:-len("/kernel")], parts[1],
+                               {k: (theta[k] if k == "base" else _np(theta[k])) for k in theta}))
+    return theta
+
+  map_theta(rp.plan, params, visit, require_all=True)
+  return found
+
+
+def adapter_bases(params: PyTree, rp: Reparam) -> dict[str, Any]:
+  """{kernel path: W₀ as stored} of every adapted weight (LoRA, VeRA or (IA)³)."""
+  kind = _adapter_kind(params, rp)
+  if kind == "lora":
+    return {f"{a.path}/kernel": w0 for a, w0 in collect_adapters(params, rp)}
+  return {f"{v.path}/kernel": v.theta["base"]
+          for v in collect_vector_adapters(params, rp, kind)}
 
 
 def _most_common(values: Sequence[Any]) -> Any:
@@ -165,28 +237,77 @@ def _targets(names: list[str], table: Modules) -> list[str] | str:
   picked = {n for n in table.ours.values() if n.rsplit(".", 1)[-1] in short}
   if picked == set(names):
     return short
-  return "(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")"
+  return "(?:" + "|".join(re.escape(n) for n in sorted(set(names))) + ")"
 
 
-def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
-                        base_model_name_or_path: str | None = None,
-                        modules_to_save: Sequence[str] | str = "auto") -> dict[str, Any]:
-  """Writes `out_dir`/{adapter_config.json, adapter_model.safetensors} for `params`.
+class _Dense:
+  """The model's dense weights, computed once and only when asked for (a W₀ of a fused
+  module's unadapted block, a bias, modules_to_save)."""
 
-  `params`: θ params (boxed or not) of a BERT, Llama-family or T5 model
-  (hf/peft_names.py) whose `reparam` (a `Reparam` or a config.reparam section) puts `lora(...)` or
-  `lora(...)|magnitude` on some kernels; `transformers` loads the base model
-  (the same W₀) and `peft.PeftModel.from_pretrained(base, out_dir)` the adapter.
-  Ranks and alphas may differ per layer (written as rank_pattern / alpha_pattern);
-  rsLoRA must be all or none.  With any DoRA layer the whole adapter is DoRA
-  (a plain LoRA layer gets the magnitude ‖W₀ + s·A B‖, which DoRA maps to itself).
-  `modules_to_save`: project module paths written whole (PEFT's modules_to_save,
-  e.g. a trained classifier); "auto" = `classifier/out` when the model has one.
-  Returns a summary (modules, tensors, config).
-  """
-  rp = reparam if isinstance(reparam, Reparam) else Reparam.from_config(reparam)
-  tree = meta.unbox(params)
-  table = modules(tree)
+  def __init__(self, tree: PyTree, rp: Reparam):
+    self._tree, self._rp, self._dense = tree, rp, None
+
+  def __call__(self, path: str) -> Any:
+    if self._dense is None:
+      self._dense = sharded.apply_spread(self._rp.to_dense, self._tree)
+    return subtree(self._dense, path)
+
+
+def _by_module(paths: Sequence[str], table: Modules) -> dict[str, list[str]]:
+  """HF module name → the adapted project paths it holds, in tree order."""
+  out: dict[str, list[str]] = {}
+  for path in paths:
+    out.setdefault(table.hf_name(path), []).append(path)
+  return out
+
+
+def _fuse_lora(name: str, blocks: tuple[str, ...], adapted: Mapping[str, Adapter],
+               dora: bool, dense: _Dense) -> Adapter:
+  """One adapter for the fused module `name` whose output column blocks are the project
+  modules `blocks`: rank R = Σ rᵢ in block form, A = [A_q; A_k; A_v] and B =
+  blockdiag(B_q, B_k, B_v) (zero blocks for unadapted modules).  Its alpha makes PEFT's
+  one scale equal the first block's sᵢ (alpha = alpha₁·R/r₁, or ·√R/√r₁ with rsLoRA);
+  another block's B is multiplied by sᵢ/s.  Blocks with one A and scale (as
+  `_split_fused` makes of a PEFT adapter) are written as that rank-r adapter."""
+  del name
+  present = [adapted[p] for p in blocks if p in adapted]
+  first = present[0]  # rsLoRA is all or none (_lora_fields)
+  # Blocks that share A and the scale (a PEFT c_attn adapter imported here) are that
+  # adapter: A once, B = [B_q | B_k | B_v], rank r.
+  shared = all(a.rank == first.rank and a.scale == first.scale
+               and np.array_equal(a.lora_a, first.lora_a) for a in present)
+  rank = first.rank if shared else sum(a.rank for a in present)
+  alpha = (first.alpha * math.sqrt(rank) / math.sqrt(first.rank) if first.rslora
+           else first.alpha * rank / first.rank)
+  scale = alpha / (math.sqrt(rank) if first.rslora else rank)  # as PEFT computes it
+  widths = [adapted[p].lora_b.shape[1] if p in adapted else int(np.shape(dense(f"{p}/kernel"))[1])
+            for p in blocks]
+  lora_a = first.lora_a if shared else np.concatenate([a.lora_a for a in present], axis=1)
+  lora_b = np.zeros((rank, sum(widths)), np.float32)
+  mags = []
+  row = col = 0
+  for path, width in zip(blocks, widths):
+    a = adapted.get(path)
+    if a is not None:
+      b = a.lora_b if a.scale == scale else a.lora_b * np.float32(a.scale / scale)
+      lora_b[row:row + a.rank, col:col + width] = b
+      row += 0 if shared else a.rank
+    if dora:
+      if a is not None and a.magnitude is not None:
+        mags.append(a.magnitude)
+      else:  # ‖W₀ + s·A B‖ (or ‖W₀‖): DoRA then computes exactly this block's weight
+        w = _np(dense(f"{path}/kernel"))
+        mags.append(_column_norm(w if a is None else w + a.scale * (a.lora_a @ a.lora_b)))
+    col += width
+  return Adapter(blocks[0], rank, alpha, first.rslora, lora_a, lora_b,
+                 np.concatenate(mags) if dora else None,
+                 _most_common([a.dropout for a in present]))
+
+
+def _lora_fields(tree: PyTree, rp: Reparam, table: Modules, dense: _Dense
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str], set[str]]:
+  """(tensors, adapter_config fields, adapted HF module names, adapted project paths) of a
+  LoRA / DoRA export."""
   found = collect_adapters(tree, rp)
   rslora = {a.rslora for a, _ in found}
   if len(rslora) > 1:
@@ -194,55 +315,181 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
     raise UserError(f"parameter {mixed}/kernel uses rslora=True but other LoRA layers do not; "
                     "PEFT's use_rslora holds for the whole adapter")
   dora = any(a.magnitude is not None for a, _ in found)
-  r = _most_common([a.rank for a, _ in found])
-  alpha = _most_common([a.alpha for a, _ in found])
+  adapted = {a.path: a for a, _ in found}
+  w0s = {a.path: w0 for a, w0 in found}
+  per_module: list[tuple[str, Adapter, Any]] = []
+  for name, paths in _by_module(list(adapted), table).items():
+    blocks = table.fused(name)
+    if len(blocks) > 1:
+      per_module.append((name, _fuse_lora(name, blocks, adapted, dora, dense), None))
+    else:
+      per_module.append((name, adapted[paths[0]], w0s[paths[0]]))
+  r = _most_common([a.rank for _, a, _ in per_module])
+  alpha = _most_common([a.alpha for _, a, _ in per_module])
   tensors: dict[str, np.ndarray] = {}
   rank_pattern: dict[str, int] = {}
   alpha_pattern: dict[str, int | float] = {}
-  names = []
-  for a, w0 in found:
-    name = table.hf_name(a.path)
-    names.append(name)
+  for name, a, w0 in per_module:
     key = f"{KEY_PREFIX}{name}"
     tensors[f"{key}.lora_A.weight"] = a.lora_a.T
     tensors[f"{key}.lora_B.weight"] = a.lora_b.T
     if dora:
-      m = a.magnitude if a.magnitude is not None else _column_norm(  # one W₀ on the host
-          _np(w0) + a.scale * (a.lora_a @ a.lora_b))
-      tensors[f"{key}.{MAGNITUDE_KEY}"] = m
+      tensors[f"{key}.{MAGNITUDE_KEY}"] = a.magnitude if a.magnitude is not None else (
+          _column_norm(_np(w0) + a.scale * (a.lora_a @ a.lora_b)))  # one W₀ on the host
     if a.rank != r:
       rank_pattern[name] = a.rank
     if a.alpha != alpha:
       alpha_pattern[name] = _number(a.alpha)
-
-  if modules_to_save == "auto":
-    modules_to_save = [p for p in ("classifier/out",) if p in table.ours]
-  saved = []
-  if modules_to_save:
-    adapted = {a.path for a, _ in found}
-    dense = sharded.apply_spread(rp.to_dense, tree)
-    for path in modules_to_save:
-      name = table.hf_name(path)
-      if path in adapted:
-        raise UserError(f"modules_to_save: {path} also has a LoRA adapter; PEFT keeps one or "
-                        "the other per module")
-      tensors[f"{KEY_PREFIX}{name}.weight"] = _np(subtree(dense, f"{path}/kernel")).T
-      bias = subtree(dense, f"{path}/bias")
-      if bias is not None:
-        tensors[f"{KEY_PREFIX}{name}.bias"] = _np(bias)
-      saved.append(name.rsplit(".", 1)[-1] if path == "classifier/out" else name)
-
-  task_type = "SEQ_CLS" if "classifier/out" in table.ours else None
-  config = {
-      "peft_type": "LORA", "task_type": task_type,
-      "base_model_name_or_path": base_model_name_or_path, "revision": None,
+  names = [n for n, _, _ in per_module]
+  fields = {
       "r": r, "lora_alpha": _number(alpha), "use_rslora": rslora.pop(), "use_dora": dora,
       "target_modules": _targets(names, table), "rank_pattern": rank_pattern,
       "alpha_pattern": alpha_pattern, "bias": "none", "lora_bias": False,
       "lora_dropout": _most_common([a.dropout for a, _ in found]),
-      "fan_in_fan_out": False, "modules_to_save": saved or None, "init_lora_weights": True,
-      "inference_mode": True, "layers_to_transform": None, "layers_pattern": None,
+      "fan_in_fan_out": table.fan_in_fan_out, "init_lora_weights": True,
+      "layers_to_transform": None, "layers_pattern": None,
   }
+  return tensors, fields, names, set(adapted)
+
+
+def _vera_fields(tree: PyTree, rp: Reparam, table: Modules
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str], set[str]]:
+  """(tensors, adapter_config fields, adapted HF module names, adapted project paths) of a
+  VeRA export: λ_d, λ_b per module and the shared pair (save_projection), which is ours."""
+  from reparam_jax.reparam.transforms.vera import projections
+  found = collect_vector_adapters(tree, rp, "vera")
+  first = found[0]
+  fans = {}
+  for v in found:
+    name = table.hf_name(v.path)
+    if len(table.fused(name)) > 1:
+      raise UserError(f"parameter {v.path}/kernel: PEFT's VeRA on the fused {name} slices one "
+                      "projection B over its q|k|v outputs, which per-projection vera rules do "
+                      "not reproduce; put vera on the other linear modules, or use lora")
+    for field in ("rank", "seed"):
+      if getattr(v.stage, field) != getattr(first.stage, field):
+        raise UserError(f"parameters {first.path} and {v.path}: vera {field}="
+                        f"{getattr(first.stage, field)} and {getattr(v.stage, field)}; PEFT's "
+                        f"VeRA shares one projection pair, so one {field} for all layers")
+    fans[v.path] = v.stage.fan_in or int(np.shape(v.theta["base"])[0])
+  if len(set(fans.values())) > 1:
+    raise UserError(f"vera layers scale their projection A by fan-ins {sorted(set(fans.values()))}"
+                    " (fan_in=0 uses each layer's d_in); PEFT slices one shared A, so set "
+                    f"vera(fan_in={max(fans.values())}) on every layer")
+  d_ins = [int(np.shape(v.theta["base"])[0]) for v in found]
+  d_outs = [int(v.theta["vera_b"].shape[0]) for v in found]
+  rank = int(first.stage.rank)
+  # PEFT slices A[:, :d_in] and B[:d_out] of a pair sized for its largest layer; ours
+  # are the same leading slices of the counter-based pair (transforms/vera.py).
+  proj_a, proj_b = projections(int(first.stage.seed), rank, max(d_ins), max(d_outs),
+                               fans[first.path])
+  tensors = {f"{VERA_PAIR_PREFIX}vera_A": np.asarray(proj_a).T,
+             f"{VERA_PAIR_PREFIX}vera_B": np.asarray(proj_b).T}
+  names = []
+  for v in found:
+    name = table.hf_name(v.path)
+    names.append(name)
+    tensors[f"{KEY_PREFIX}{name}.vera_lambda_d"] = v.theta["vera_d"]
+    tensors[f"{KEY_PREFIX}{name}.vera_lambda_b"] = v.theta["vera_b"]
+  # projection_prng_key: PEFT loads the saved pair and ignores it; import reads our seed back.
+  fields = {"r": rank, "target_modules": _targets(names, table),
+            "projection_prng_key": int(first.stage.seed),
+            "save_projection": True, "vera_dropout": 0.0, "d_initial": float(first.stage.d_initial),
+            "fan_in_fan_out": table.fan_in_fan_out, "bias": "none", "init_weights": True,
+            "layers_to_transform": None, "layers_pattern": None}
+  return tensors, fields, names, {v.path for v in found}
+
+
+def _ia3_fields(tree: PyTree, rp: Reparam, table: Modules, dense: _Dense
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str], set[str]]:
+  """(tensors, adapter_config fields, adapted HF module names, adapted project paths) of an
+  (IA)³ export: ia3_l per module, `feedforward_modules` the side=input ones."""
+  found = collect_vector_adapters(tree, rp, "ia3")
+  adapted = {v.path: v for v in found}
+  tensors: dict[str, np.ndarray] = {}
+  feedforward = []
+  for v in found:
+    bias = dense(f"{v.path}/bias")
+    if v.stage.side == "output" and bias is not None and np.any(_np(bias) != 0):
+      # PEFT scales the whole output, bias included: (x W₀ + b) ⊙ l (transforms/ia3.py).
+      raise UserError(f"parameter {v.path}/kernel: ia3(side=output) on a layer with a non-zero "
+                      "bias computes x W₀ ⊙ l + b, PEFT's IA3 (x W₀ + b) ⊙ l; no IA3 adapter "
+                      "reproduces it (docs/vector_adapters.md)")
+  names = []
+  for name, paths in _by_module(list(adapted), table).items():
+    names.append(name)
+    blocks = table.fused(name)
+    if len(blocks) > 1:
+      sides = {adapted[p].stage.side for p in paths}
+      if sides != {"output"}:
+        raise UserError(f"parameters {', '.join(paths)}: ia3(side=input) on part of the fused "
+                        f"{name}, whose input is shared; use side=output there")
+      l = np.concatenate([adapted[p].theta["ia3_l"] if p in adapted else
+                          np.ones((int(np.shape(dense(f"{p}/kernel"))[1]),), np.float32)
+                          for p in blocks])
+      side = "output"
+    else:
+      l, side = adapted[paths[0]].theta["ia3_l"], adapted[paths[0]].stage.side
+    tensors[f"{KEY_PREFIX}{name}.ia3_l"] = l[:, None] if side == "output" else l[None, :]
+    if side == "input":
+      feedforward.append(name)
+  # Full names in both lists: PEFT wants feedforward_modules ⊆ target_modules.
+  fields = {"target_modules": sorted(names), "feedforward_modules": sorted(feedforward),
+            "fan_in_fan_out": table.fan_in_fan_out, "init_ia3_weights": True,
+            "exclude_modules": None}
+  return tensors, fields, names, set(adapted)
+
+
+def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
+                        base_model_name_or_path: str | None = None,
+                        modules_to_save: Sequence[str] | str = "auto") -> dict[str, Any]:
+  """Writes `out_dir`/{adapter_config.json, adapter_model.safetensors} for `params`.
+
+  `params`: θ params (boxed or not) of a BERT, GPT-2, Llama-family or T5 model
+  (hf/peft_names.py) whose `reparam` (a `Reparam` or a config.reparam section)
+  puts `lora(...)` or `lora(...)|magnitude` (a LORA adapter), `vera(...)` (VERA)
+  or `ia3(...)` (IA3) on some kernels; `transformers` loads the base model
+  (the same W₀) and `peft.PeftModel.from_pretrained(base, out_dir)` the adapter.
+  LoRA ranks and alphas may differ per layer (written as rank_pattern /
+  alpha_pattern); rsLoRA must be all or none.  With any DoRA layer the whole
+  adapter is DoRA (a plain LoRA layer gets the magnitude ‖W₀ + s·A B‖, which
+  DoRA maps to itself).  GPT-2's query/key/value adapters become one `c_attn`
+  adapter in block form (`_fuse_lora`).
+  `modules_to_save`: project module paths written whole (PEFT's modules_to_save,
+  e.g. a trained classifier); "auto" = `classifier/out` when the model has one.
+  Returns a summary (modules, tensors, config).
+  """
+  rp = reparam if isinstance(reparam, Reparam) else Reparam.from_config(reparam)
+  tree = meta.unbox(params)
+  table = modules(tree)
+  dense = _Dense(tree, rp)
+  kind = _adapter_kind(tree, rp)
+  if kind == "lora":
+    tensors, fields, names, adapted = _lora_fields(tree, rp, table, dense)
+  elif kind == "vera":
+    tensors, fields, names, adapted = _vera_fields(tree, rp, table)
+  else:
+    tensors, fields, names, adapted = _ia3_fields(tree, rp, table, dense)
+
+  if modules_to_save == "auto":
+    modules_to_save = [p for p in ("classifier/out",) if p in table.ours]
+  saved = []
+  for path in modules_to_save or ():
+    name = table.hf_name(path)
+    if path in adapted:
+      raise UserError(f"modules_to_save: {path} also has a {kind} adapter; PEFT keeps one or "
+                      "the other per module")
+    tensors[f"{KEY_PREFIX}{name}.weight"] = _np(dense(f"{path}/kernel")).T
+    bias = dense(f"{path}/bias")
+    if bias is not None:
+      tensors[f"{KEY_PREFIX}{name}.bias"] = _np(bias)
+    saved.append(name.rsplit(".", 1)[-1] if path == "classifier/out" else name)
+
+  task_type = "SEQ_CLS" if "classifier/out" in table.ours else None
+  config = {"peft_type": {"lora": "LORA", "vera": "VERA", "ia3": "IA3"}[kind],
+            "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
+            "revision": None, **fields, "modules_to_save": saved or None,
+            "inference_mode": True}
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
   if jax.process_index() == 0:  # every process holds the same tensors; one writes them
     os.makedirs(out_dir, exist_ok=True)
@@ -252,7 +499,7 @@ def export_peft_adapter(params: PyTree, reparam: Reparam | Any, out_dir: str, *,
       json.dump(config, f, indent=2)
   if jax.process_count() > 1:  # every process returns once the folder is complete
     multihost_utils.sync_global_devices("reparam_jax:export_peft_adapter")
-  return {"modules": len(found), "tensors": len(tensors),
+  return {"modules": len(names), "tensors": len(tensors),
           "values": sum(v.size for v in tensors.values()), "config": config}
 
 
@@ -272,12 +519,12 @@ def read_peft_folder(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray]
       config = json.load(f)
   except json.JSONDecodeError as e:
     raise UserError(f"{path} is not valid JSON ({e})") from None
-  if config.get("peft_type") != "LORA":
-    raise UserError(f"{path}: peft_type={config.get('peft_type')!r}; only LORA adapters "
-                    "(LoRA, rsLoRA, DoRA) can be imported")
+  if config.get("peft_type") not in ("LORA", "IA3", "VERA"):
+    raise UserError(f"{path}: peft_type={config.get('peft_type')!r}; only LORA (LoRA, rsLoRA, "
+                    "DoRA), IA3 and VERA adapters can be imported")
   if config.get("bias", "none") != "none":
     raise UserError(f"{path}: bias={config['bias']!r}; only bias='none' can be imported "
-                    "(the project's LoRA trains no biases)")
+                    "(the project's adapters train no biases)")
   for field, default in _UNSUPPORTED.items():
     if config.get(field, default) not in (default, {}, []):
       raise UserError(f"{path}: {field}={config[field]!r} is not supported (only {default!r})")
@@ -320,9 +567,11 @@ _SUFFIXES = {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B",
              f".{MAGNITUDE_KEY}": "magnitude", f".{MAGNITUDE_KEY}.weight": "magnitude"}
 
 
-def _parse_keys(tensors: dict[str, np.ndarray], saved: set[str], where: str
+def _parse_keys(tensors: dict[str, np.ndarray], saved: set[str], where: str,
+                suffixes: Mapping[str, str]
                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-  """({module: {lora_A, lora_B, magnitude}}, {module.weight|bias: array of modules_to_save})."""
+  """({module: {part: array}} for the adapter tensors (`suffixes`: key suffix → part),
+  {module.weight|bias: array of modules_to_save})."""
   lora: dict[str, dict[str, np.ndarray]] = collections.defaultdict(dict)
   whole: dict[str, np.ndarray] = {}
   for key, value in tensors.items():
@@ -330,7 +579,7 @@ def _parse_keys(tensors: dict[str, np.ndarray], saved: set[str], where: str
       raise UserError(f"{where}: tensor {key} does not start with {KEY_PREFIX!r}; not a PEFT "
                       "LoRA adapter of a transformers model")
     name = key[len(KEY_PREFIX):]
-    for suffix, part in _SUFFIXES.items():
+    for suffix, part in suffixes.items():
       if name.endswith(suffix):
         lora[name[:-len(suffix)]][part] = np.asarray(value, np.float32)
         break
@@ -339,8 +588,9 @@ def _parse_keys(tensors: dict[str, np.ndarray], saved: set[str], where: str
       if module.rsplit(".", 1)[-1] in saved or module in saved:
         whole[name] = np.asarray(value, np.float32)
       else:
-        raise UserError(f"{where}: tensor {key} is neither a LoRA factor (lora_A, lora_B, "
-                        f"{MAGNITUDE_KEY}) nor part of modules_to_save; not supported")
+        kinds = ", ".join(sorted({k.split(".")[1] for k in suffixes}))
+        raise UserError(f"{where}: tensor {key} is neither an adapter tensor ({kinds}) nor "
+                        "part of modules_to_save; not supported")
   return lora, whole
 
 
@@ -376,18 +626,192 @@ def _rules_for(adapters: list[Adapter]) -> tuple[tuple[str, str], ...]:
   return tuple(rules)
 
 
+@dataclasses.dataclass(frozen=True)
+class Placed:
+  """One imported (IA)³ or VeRA weight: its path and the rule spec that describes it."""
+
+  path: str
+  rule_spec: str
+
+  def spec(self) -> str:
+    return self.rule_spec
+
+
+def _dense_kernels(out: PyTree, paths: Sequence[str]) -> list[np.ndarray]:
+  kernels = []
+  for path in paths:
+    w0 = subtree(out, f"{path}/kernel")
+    if isinstance(w0, Mapping):
+      raise UserError(f"parameter {path}/kernel is already reparameterized; import a PEFT "
+                      "adapter into the base model's dense params")
+    kernels.append(w0)
+  return kernels
+
+
+def _place_ia3(vectors: Mapping[str, Mapping[str, np.ndarray]], table: Modules, out: PyTree,
+               where: str) -> list[Placed]:
+  """Puts each module's (IA)³ θ = {base: W₀, ia3_l} into `out` (changed in place).  PEFT's
+  ia3_l is [d_out, 1] (output scaling) or [1, d_in] (feedforward_modules: input).
+  PEFT scales an output's bias too, (x W₀ + b) ⊙ l, so the imported bias is l ⊙ b
+  (transforms/ia3.py).  A fused module (c_attn) gives its output blocks their slices
+  of l (a block whose l is all ones keeps W₀), or each block the shared input l."""
+  placed = []
+  for name, parts in vectors.items():
+    key = f"{KEY_PREFIX}{name}.ia3_l"
+    paths = table.our_paths(name)
+    if paths is None:
+      raise UserError(f"{where}: tensor {key} adapts module {name}, which is not a linear "
+                      f"module of this model (e.g. {next(iter(table.ours.values()))})")
+    kernels = _dense_kernels(out, paths)
+    d_in, d_out = kernels[0].shape[0], sum(w.shape[1] for w in kernels)
+    l = parts["ia3_l"]
+    if l.shape == (d_out, 1):
+      offsets = np.cumsum([0, *(w.shape[1] for w in kernels)])
+      for j, path in enumerate(paths):
+        block = np.ascontiguousarray(l[offsets[j]:offsets[j + 1], 0])
+        if len(paths) > 1 and np.all(block == 1):
+          continue
+        set_path(out, f"{path}/kernel", {"base": np.asarray(kernels[j]), "ia3_l": block})
+        bias = subtree(out, f"{path}/bias")
+        if bias is not None:
+          set_path(out, f"{path}/bias", np.asarray(bias) * block)
+        placed.append(Placed(path, "ia3"))
+    elif l.shape == (1, d_in):
+      for j, path in enumerate(paths):
+        set_path(out, f"{path}/kernel", {"base": np.asarray(kernels[j]),
+                                         "ia3_l": np.ascontiguousarray(l[0])})
+        placed.append(Placed(path, "ia3(side=input)"))
+    else:
+      raise UserError(f"{where}: {key} has shape {l.shape}; module {name} ([{d_in}, {d_out}]) "
+                      f"needs ({d_out}, 1) (output) or (1, {d_in}) (feedforward input)")
+  return placed
+
+
+def _place_vera(config: Mapping[str, Any], tensors: dict[str, np.ndarray], saved: set[str],
+                table: Modules, out: PyTree, where: str
+                ) -> tuple[list[Placed], dict[str, np.ndarray]]:
+  """Puts each module's VeRA θ = {base: W₀, vera_d, vera_b} into `out` (changed in place);
+  returns them and the modules_to_save tensors.  Our projections are regenerated from a
+  seed, so only a saved pair this project generates imports: the one
+  `export_peft_adapter` writes (its seed is projection_prng_key, its fan-in read off
+  vera_A's scale).  PEFT's own pair is a torch draw: a UserError."""
+  from reparam_jax.reparam.transforms.vera import projections
+  tensors = dict(tensors)
+  pair = [tensors.pop(f"{VERA_PAIR_PREFIX}vera_{x}", None) for x in "AB"]
+  if pair[0] is None or pair[1] is None:
+    raise UserError(f"{where} has no {VERA_PAIR_PREFIX}vera_A / vera_B (save_projection=false): "
+                    "the projection would be PEFT's torch draw, which this project cannot "
+                    "regenerate")
+  vera_a, vera_b = (np.asarray(x, np.float32) for x in pair)
+  rank, seed = vera_a.shape[0], int(config.get("projection_prng_key", 0))
+  unit_a, proj_b = projections(seed, rank, vera_a.shape[1], vera_b.shape[0], 6)  # bound 1
+  big = np.unravel_index(np.argmax(np.abs(unit_a)), unit_a.shape)
+  fan_in = max(1, round(6 * (float(unit_a[big]) / float(vera_a.T[big])) ** 2)) if vera_a.T[
+      big] else 0
+  mine = projections(seed, rank, vera_a.shape[1], vera_b.shape[0], fan_in)[0] if fan_in else None
+  if mine is None or not (np.array_equal(np.asarray(mine).T, vera_a)
+                          and np.array_equal(np.asarray(proj_b).T, vera_b)):
+    raise UserError(f"{where}: vera_A / vera_B are not a projection pair this project "
+                    "generates (PEFT draws its own with torch's generator); only VeRA adapters "
+                    "exported by reparam_jax import")
+  vectors, whole = _parse_keys(tensors, saved, where, {".vera_lambda_d": "d",
+                                                       ".vera_lambda_b": "b"})
+  spec = (f"vera(rank={rank}, d_initial={float(config.get('d_initial', 0.1))!r}, seed={seed}, "
+          f"fan_in={fan_in})")
+  placed = []
+  for name, parts in vectors.items():
+    key = f"{KEY_PREFIX}{name}.vera_lambda_b"
+    paths = table.our_paths(name)
+    if paths is None:
+      raise UserError(f"{where}: tensor {key} adapts module {name}, which is not a linear "
+                      f"module of this model (e.g. {next(iter(table.ours.values()))})")
+    if len(paths) > 1:
+      raise UserError(f"{where}: VeRA on the fused {name} slices one projection over its "
+                      "q|k|v outputs, which per-projection vera rules do not reproduce")
+    (w0,) = _dense_kernels(out, paths)
+    d, b = parts.get("d"), parts.get("b")
+    if d is None or b is None or d.shape != (rank,) or b.shape != (w0.shape[1],):
+      raise UserError(f"{where}: module {name} needs vera_lambda_d ({rank},) and vera_lambda_b "
+                      f"({w0.shape[1]},)")
+    set_path(out, f"{paths[0]}/kernel", {"base": np.asarray(w0), "vera_d": d, "vera_b": b})
+    placed.append(Placed(paths[0], spec))
+  return placed, whole
+
+
+def _place_lora(config: Mapping[str, Any], lora: Mapping[str, Mapping[str, np.ndarray]],
+                table: Modules, out: PyTree, where: str) -> list[Adapter]:
+  """Puts each LoRA / DoRA module's θ into `out` (dense params, changed in place); a fused
+  module's is split over its project modules (`_split_fused`).  Returns the adapters."""
+  dora, rslora = bool(config.get("use_dora")), bool(config.get("use_rslora"))
+  r, alpha = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
+  adapters = []
+  for name, parts in lora.items():
+    key = f"{KEY_PREFIX}{name}"
+    paths = table.our_paths(name)
+    if paths is None:
+      example = next(iter(table.ours.values()))
+      raise UserError(f"{where}: tensor {key}.lora_A.weight adapts module {name}, which is not "
+                      f"a linear module of this model (e.g. {example})")
+    for part in ("lora_A", "lora_B") + (("magnitude",) if dora else ()):
+      if part not in parts:
+        what = MAGNITUDE_KEY if part == "magnitude" else f"{part}.weight"
+        raise UserError(f"{where}: {key}.{what} is missing (use_dora={dora})")
+    if "magnitude" in parts and not dora:
+      raise UserError(f"{where}: {key}.{MAGNITUDE_KEY} present but use_dora is false")
+    w0s = []
+    for path in paths:
+      w0 = subtree(out, f"{path}/kernel")
+      if isinstance(w0, Mapping):
+        raise UserError(f"parameter {path}/kernel is already reparameterized; import a PEFT "
+                        "adapter into the base model's dense params")
+      w0s.append(w0)
+    d_in, d_out = w0s[0].shape[0], sum(w.shape[1] for w in w0s)
+    shown = (f"parameter {paths[0]}/kernel {tuple(w0s[0].shape)}" if len(paths) == 1 else
+             f"parameters {', '.join(paths)} (fused, [{d_in}, {d_out}] together)")
+    a, b = parts["lora_A"], parts["lora_B"]
+    rank = a.shape[0]
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != d_in or b.shape != (d_out, rank):
+      raise UserError(f"{where}: {key}.lora_A.weight {a.shape} / lora_B.weight {b.shape} do not "
+                      f"fit {shown} (expected [r, {d_in}] and [{d_out}, r])")
+    want = int(_pattern_value(config.get("rank_pattern"), name, r))
+    if rank != want:
+      raise UserError(f"{where}: {key}.lora_A.weight has rank {rank} but adapter_config.json "
+                      f"says r={want} for module {name} (r / rank_pattern)")
+    m = parts.get("magnitude")
+    if m is not None and m.shape != (d_out,):
+      raise UserError(f"{where}: {key}.{MAGNITUDE_KEY} has shape {m.shape}, {shown} needs "
+                      f"({d_out},)")
+    adapter = Adapter(paths[0], rank, float(_pattern_value(config.get("alpha_pattern"), name,
+                                                           alpha)),
+                      rslora, np.ascontiguousarray(a.T), np.ascontiguousarray(b.T), m,
+                      float(config.get("lora_dropout") or 0.0))
+    split = [adapter] if len(paths) == 1 else _split_fused(adapter, paths,
+                                                           [w.shape[1] for w in w0s])
+    for one in split:
+      theta: dict[str, Any] = {"base": np.asarray(w0s[paths.index(one.path)]),
+                               "lora_a": one.lora_a, "lora_b": one.lora_b}
+      if one.magnitude is not None:
+        theta = {"base": theta, MAGNITUDE_THETA: one.magnitude}
+      set_path(out, f"{one.path}/kernel", theta)
+      adapters.append(one)
+  return adapters
+
+
 def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None = None
                         ) -> tuple[PyTree, tuple[tuple[str, str], ...]]:
-  """(θ params, config.reparam.rules) of dense `params` (a BERT, Llama-family or T5 model)
-  with the PEFT adapter in `folder`.
+  """(θ params, config.reparam.rules) of dense `params` (a BERT, GPT-2, Llama-family or T5
+  model) with the PEFT adapter in `folder`.
 
   `params` are the base model's dense params (e.g. `hf.importer.import_folder`
   of the folder named by the adapter's base_model_name_or_path).  Each adapted
   kernel becomes θ = {base: W₀, lora_a, lora_b} (DoRA: {base: that, magnitude});
-  modules_to_save replace the dense weights they name.  The rules
-  (`lora(rank=.., alpha=..[, rslora=True])[|magnitude]`, one per distinct
-  rank/alpha) make `Reparam.from_config({'rules': rules})` compute with them,
-  e.g. `--config.reparam.rules=...` to keep training.
+  GPT-2's fused c_attn is split over query/key/value (`_split_fused`).  An IA3
+  adapter gives θ = {base: W₀, ia3_l} (`_place_ia3`), a VeRA one exported by this
+  project θ = {base: W₀, vera_d, vera_b} (`_place_vera`).  modules_to_save
+  replace the dense weights they name.  The rules (`lora(rank=.., alpha=..[,
+  rslora=True])[|magnitude]`, `ia3[(side=input)]`, `vera(...)`; one per distinct
+  spec) make `Reparam.from_config({'rules': rules})` compute with them, e.g.
+  `--config.reparam.rules=...` to keep training.
 
   `model_params`: the params (dense or θ, stacked layers or not; shapes suffice)
   of the model the result is for, when it has modules `params` lack: a
@@ -402,54 +826,18 @@ def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None
   table = modules(tree if model is None else model)
   _check_targets(config.get("target_modules"), table, os.path.join(folder, ADAPTER_CONFIG))
   saved = set(config.get("modules_to_save") or ())
-  lora, whole = _parse_keys(tensors, saved, where)
-  if not lora:
-    raise UserError(f"{where} holds no lora_A / lora_B tensors")
-  dora, rslora = bool(config.get("use_dora")), bool(config.get("use_rslora"))
-  r, alpha = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
   out = _copy_dicts(tree)
-  adapters = []
-  for name, parts in lora.items():
-    key = f"{KEY_PREFIX}{name}"
-    path = table.our_path(name)
-    if path is None:
-      example = next(iter(table.ours.values()))
-      raise UserError(f"{where}: tensor {key}.lora_A.weight adapts module {name}, which is not "
-                      f"a linear module of this model (e.g. {example})")
-    for part in ("lora_A", "lora_B") + (("magnitude",) if dora else ()):
-      if part not in parts:
-        what = MAGNITUDE_KEY if part == "magnitude" else f"{part}.weight"
-        raise UserError(f"{where}: {key}.{what} is missing (use_dora={dora})")
-    if "magnitude" in parts and not dora:
-      raise UserError(f"{where}: {key}.{MAGNITUDE_KEY} present but use_dora is false")
-    w0 = subtree(out, f"{path}/kernel")
-    if isinstance(w0, Mapping):
-      raise UserError(f"parameter {path}/kernel is already reparameterized; import a PEFT "
-                      "adapter into the base model's dense params")
-    d_in, d_out = w0.shape
-    a, b = parts["lora_A"], parts["lora_B"]
-    rank = a.shape[0]
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != d_in or b.shape != (d_out, rank):
-      raise UserError(f"{where}: {key}.lora_A.weight {a.shape} / lora_B.weight {b.shape} do not "
-                      f"fit parameter {path}/kernel {tuple(w0.shape)} (expected [r, {d_in}] and "
-                      f"[{d_out}, r])")
-    want = int(_pattern_value(config.get("rank_pattern"), name, r))
-    if rank != want:
-      raise UserError(f"{where}: {key}.lora_A.weight has rank {rank} but adapter_config.json "
-                      f"says r={want} for module {name} (r / rank_pattern)")
-    m = parts.get("magnitude")
-    if m is not None and m.shape != (d_out,):
-      raise UserError(f"{where}: {key}.{MAGNITUDE_KEY} has shape {m.shape}, parameter "
-                      f"{path}/kernel needs ({d_out},)")
-    adapter = Adapter(path, rank, float(_pattern_value(config.get("alpha_pattern"), name, alpha)),
-                      rslora, np.ascontiguousarray(a.T), np.ascontiguousarray(b.T), m,
-                      float(config.get("lora_dropout") or 0.0))
-    theta: dict[str, Any] = {"base": np.asarray(w0), "lora_a": adapter.lora_a,
-                             "lora_b": adapter.lora_b}
-    if m is not None:
-      theta = {"base": theta, MAGNITUDE_THETA: m}
-    set_path(out, f"{path}/kernel", theta)
-    adapters.append(adapter)
+  kind = config.get("peft_type")
+  if kind == "LORA":
+    lora, whole = _parse_keys(tensors, saved, where, _SUFFIXES)
+    if not lora:
+      raise UserError(f"{where} holds no lora_A / lora_B tensors")
+    adapters: list[Any] = _place_lora(config, lora, table, out, where)
+  elif kind == "IA3":
+    vectors, whole = _parse_keys(tensors, saved, where, {".ia3_l": "ia3_l"})
+    adapters = _place_ia3(vectors, table, out, where)
+  else:
+    adapters, whole = _place_vera(config, tensors, saved, table, out, where)
   for name, value in whole.items():
     module, leaf = name.rsplit(".", 1)
     path = table.our_path(module)
@@ -475,6 +863,37 @@ def import_peft_adapter(folder: str, params: PyTree, model_params: PyTree | None
                       f"not fit parameter {ours}")
     set_path(out, ours, np.ascontiguousarray(new), create=True)
   return out, _rules_for(adapters)
+
+
+def _split_fused(fused: Adapter, paths: Sequence[str], widths: Sequence[int]) -> list[Adapter]:
+  """The adapters of the project modules whose output column blocks make up a fused
+  module (GPT-2's c_attn = query|key|value), exactly: ΔW's columns split, so each block
+  keeps A, the scale and its columns of B (and of DoRA's per-column magnitude).
+
+  An adapter in block form (the blocks' non-zero B rows are disjoint, as
+  `export_peft_adapter` writes separate q/k/v adapters) gives each block only
+  its own rank components, alpha rescaled to keep the scale; a block with none
+  then has no adapter (plain LoRA: it is W₀) or, under DoRA, keeps all R."""
+  ranks = range(fused.rank)
+  offsets = np.cumsum([0, *widths])
+  b_blocks = [fused.lora_b[:, offsets[j]:offsets[j + 1]] for j in range(len(paths))]
+  used = [set(np.flatnonzero(np.any(b != 0, axis=1)).tolist()) for b in b_blocks]
+  block_form = any(used) and all(not (used[i] & used[j]) for i in range(len(used))
+                                 for j in range(i))
+  out = []
+  for j, path in enumerate(paths):
+    keep = sorted(used[j]) if block_form and (used[j] or fused.magnitude is None) else list(ranks)
+    if not keep:
+      continue  # a zero block of plain LoRA: the module is W₀
+    rank = len(keep)
+    alpha = fused.alpha if rank == fused.rank else (
+        fused.alpha * math.sqrt(rank) / math.sqrt(fused.rank) if fused.rslora
+        else fused.alpha * rank / fused.rank)
+    m = None if fused.magnitude is None else fused.magnitude[offsets[j]:offsets[j + 1]]
+    out.append(Adapter(path, rank, alpha, fused.rslora,
+                       np.ascontiguousarray(fused.lora_a[:, keep]),
+                       np.ascontiguousarray(b_blocks[j][keep]), m, fused.dropout))
+  return out
 
 
 def _unrolled_shapes(params: PyTree) -> PyTree:
@@ -533,5 +952,9 @@ def _same_adapter(theirs: Any, mine: Any) -> bool:
                                                                               "frozen"):
     return False
   la, lb = a[1], b[1]
+  if la.name == "vera":  # d_initial only sets d's value at init, which θ replaces
+    return dataclasses.replace(la, d_initial=lb.d_initial) == lb
+  if la.name != "lora":
+    return la == lb
   return (la.rank, float(la.alpha), la.rslora, lb.keeps_base) == (
       lb.rank, float(lb.alpha), lb.rslora, True)

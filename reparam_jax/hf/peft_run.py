@@ -1,4 +1,4 @@
-"""A LoRA/DoRA training run's adapter as a PEFT folder (`export_hf --peft_dir`).
+"""A LoRA/DoRA (or VeRA, (IA)³) training run's adapter as a PEFT folder (`export_hf --peft_dir`).
 
 A PEFT adapter is meaningful only on top of the base model it was trained
 from, so besides `peft.export_peft_adapter` this checks the run against its
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from reparam_jax.errors import UserError
 from reparam_jax.hf import pretrained
 from reparam_jax.hf.importer import SOURCE_FILE
-from reparam_jax.hf.peft import collect_adapters, export_peft_adapter
+from reparam_jax.hf.peft import adapter_bases, export_peft_adapter
 from reparam_jax.pytree import layers
 from reparam_jax.pytree.paths import dict_leaves
 from reparam_jax.reparam import Reparam
@@ -56,19 +56,19 @@ def check_against_base(params: Any, rp: Reparam, base: Any, saved: tuple[str, ..
   """UserError naming the first parameter, outside the adapters and `saved` module paths,
   whose value differs from (or is absent in) the base model's."""
   dense = dict(dict_leaves(sharded.apply_spread(rp.to_dense, params)))
-  for adapter, w0 in collect_adapters(params, rp):
-    dense[f"{adapter.path}/kernel"] = jnp.asarray(w0)
+  for path, w0 in adapter_bases(params, rp).items():
+    dense[path] = jnp.asarray(w0)
   base_flat = dict(dict_leaves(base))
   for path, value in dense.items():
     if any(path.startswith(s + "/") for s in saved):
       continue
     if path not in base_flat:
       raise UserError(f"parameter {path} is not in the base model {where}; a PEFT adapter "
-                      "carries only LoRA factors and the classifier, so export the merged "
+                      "carries only adapter weights and the classifier, so export the merged "
                       "model with --to instead")
     if base_flat[path].shape != value.shape or not _same(value, base_flat[path]):
       raise UserError(f"parameter {path} differs from the base model {where} (the run trained "
-                      "it); a PEFT adapter carries only LoRA factors and the classifier, so "
+                      "it); a PEFT adapter carries only adapter weights and the classifier, so "
                       "export the merged model with --to instead")
 
 

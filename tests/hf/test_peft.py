@@ -258,7 +258,7 @@ def test_bad_peft_folders_are_user_errors(tmp_path):
   folder = str(tmp_path / "a")
   _peft_adapter(model, folder)
   cases = [
-      ({"peft_type": "IA3"}, "peft_type='IA3'; only LORA"),
+      ({"peft_type": "LOHA"}, "peft_type='LOHA'; only LORA"),
       ({"bias": "all"}, "bias='all'; only bias='none'"),
       ({"target_modules": ["q_proj"]}, "target module 'q_proj' is not a linear module"),
       ({"r": 8}, (r"rank 4 but adapter_config.json says r=8 for module "
