@@ -25,7 +25,9 @@ j + 1, predicted at j) is 1 on the response and its EOS and 0 on the
 prompt and on padding: the loss is the mean over response tokens, as in
 Alpaca's and TRL's completion-only training.  An example longer than a row
 loses the end of its response (counted and printed); one whose prompt alone
-fills the row trains on nothing.  Rows are not packed: one example a row.
+fills the row trains on nothing.  With `data.packing="first_fit"` the
+training rows are packed (`pack`): several examples a row, each its own
+segment that attends only within itself; evaluation keeps one example a row.
 
 A bad record (not an object, a missing field, a value that is not a string)
 is a one-line `UserError` naming the file and line, or skipped and counted
@@ -144,22 +146,32 @@ def _json_type(value: Any) -> str:
 
 @dataclasses.dataclass
 class Rows:
-  """Examples as model rows: `tokens [N, L + 1]` and target `weights [N, L]`."""
+  """Examples as model rows: `tokens [N, L + 1]` and target `weights [N, L]`; packed rows
+  also have `segment_ids` and `positions [N, L + 1]` (the lm task's first_fit fields)."""
 
   tokens: np.ndarray
   weights: np.ndarray
+  lengths: np.ndarray  # [N] tokens of each row that are not padding
+  num_examples: int
   truncated: int  # examples whose response was cut at the row's end
   empty: int  # examples with no response token left in the row (their weights are all 0)
+  segment_ids: np.ndarray | None = None  # packed: 1, 2, ... per example, 0 on padding
+  positions: np.ndarray | None = None  # packed: each example's own positions 0, 1, ...
 
   def __len__(self) -> int:
     return len(self.tokens)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:  # a grain MapDataset source
-    return {"tokens": self.tokens[i], "weights": self.weights[i]}
+    row = {"tokens": self.tokens[i], "weights": self.weights[i]}
+    if self.segment_ids is not None:
+      row.update(segment_ids=self.segment_ids[i], positions=self.positions[i])
+    return row
 
   def describe(self, what: str) -> str:
-    return (f"{what}: {len(self)} examples, {int(self.weights.sum())} response tokens; "
-            f"{self.truncated} cut at the row's end, {self.empty} with no response token left")
+    rows = f" in {len(self)} rows" if self.segment_ids is not None else ""
+    return (f"{what}: {self.num_examples} examples{rows}, {int(self.weights.sum())} response "
+            f"tokens; {self.truncated} cut at the row's end, {self.empty} with no response "
+            "token left")
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
@@ -177,16 +189,65 @@ def encode_rows(tokenizer: Tokenizer, examples: Sequence[Example], seq_len: int,
   responses = _encode_all(tokenizer, [e.response for e in examples])
   tokens = np.full((len(examples), seq_len + 1), pad_id, np.int32)
   is_response = np.zeros((len(examples), seq_len + 1), np.float32)
+  lengths = np.zeros(len(examples), np.int32)
   truncated = empty = 0
   for i, (prompt, response) in enumerate(zip(prompts, responses)):
     ids = prompt + response.tolist() + eos
-    n = min(len(ids), seq_len + 1)
+    n = lengths[i] = min(len(ids), seq_len + 1)
     tokens[i, :n] = ids[:n]
     is_response[i, len(prompt):n] = 1.0
     truncated += len(ids) > seq_len + 1
     # A response token is a target only from position 1 on (a row's first token is no target).
     empty += not is_response[i, 1:].any()
-  return Rows(tokens, is_response[:, 1:], truncated, empty)
+  return Rows(tokens, is_response[:, 1:], lengths, len(examples), truncated, empty)
+
+
+def pack(rows: Rows, seed: int) -> Rows:
+  """One-example rows packed into fewer rows, each example a segment (`data.packing=first_fit`).
+
+  The model attends within a segment only and positions restart at 0 in each,
+  so an example computes what it would alone; the target that would cross from
+  one example into the next weighs 0.  Examples are taken in a seeded random
+  order, each into the fullest row it still fits (best fit), so the rows are
+  the same in every epoch and after a resume.
+  """
+  width = rows.tokens.shape[1]  # seq_len + 1
+  # Rows with room left, by how much: open[c] holds the rows with exactly c tokens free.
+  open_rows: list[list[int]] = [[] for _ in range(width + 1)]
+  num_open = np.zeros(width + 1, np.int64)
+  members: list[list[int]] = []
+  for i in np.random.default_rng(seed).permutation(len(rows)):
+    n = int(rows.lengths[i])
+    fits = np.flatnonzero(num_open[n:])
+    if len(fits):
+      free = n + int(fits[0])
+      row = open_rows[free].pop()
+      num_open[free] -= 1
+    else:
+      free, row = width, len(members)
+      members.append([])
+    members[row].append(int(i))
+    if free - n:
+      open_rows[free - n].append(row)
+      num_open[free - n] += 1
+  tokens = np.zeros((len(members), width), np.int32)
+  segment_ids = np.zeros_like(tokens)
+  positions = np.zeros_like(tokens)
+  weights = np.zeros((len(members), width - 1), np.float32)
+  lengths = np.zeros(len(members), np.int32)
+  for r, examples in enumerate(members):
+    at = 0
+    for segment, i in enumerate(examples, start=1):
+      n = int(rows.lengths[i])
+      tokens[r, at:at + n] = rows.tokens[i, :n]
+      segment_ids[r, at:at + n] = segment
+      positions[r, at:at + n] = np.arange(n)
+      # Targets at + 1 .. at + n - 1 are this example's; target at + n - 1 → at + n is not.
+      weights[r, at:at + n - 1] = rows.weights[i, :n - 1]
+      at += n
+    lengths[r] = at
+  return dataclasses.replace(rows, tokens=tokens, weights=weights, lengths=lengths,
+                             segment_ids=segment_ids, positions=positions)
 
 
 def eval_batches(rows: Rows, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
