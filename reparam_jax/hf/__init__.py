@@ -17,9 +17,9 @@ from types import ModuleType
 from typing import Any
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf import bert, gpt2, llama, t5
+from reparam_jax.hf import bert, gemma, gpt2, llama, t5
 
-FAMILY_MODULES: tuple[ModuleType, ...] = (gpt2, bert, llama, t5)
+FAMILY_MODULES: tuple[ModuleType, ...] = (gpt2, bert, llama, gemma, t5)
 FAMILIES: dict[str, ModuleType] = {
     kind: fam for fam in FAMILY_MODULES for kind in getattr(fam, "MODEL_TYPES", (fam.MODEL_TYPE,))}
 

@@ -17,6 +17,8 @@ config.json, with transformers' own parameter counts (tests/hf/test_llama.py):
   llama3_2_1b   1,235,814,400   (`meta-llama/Llama-3.2-1B`, tied)
   llama3_1_8b   8,030,261,248   (`meta-llama/Llama-3.1-8B`)
   llama3_1_70b 70,553,706,496   (`meta-llama/Llama-3.1-70B`)
+  gemma_2b      2,506,172,416   (`google/gemma-2b`, tied, one key/value head; hf/gemma.py,
+                                 tests/hf/test_gemma.py)
 """
 
 from __future__ import annotations
@@ -82,4 +84,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                         embed_dim=4096, mlp_dim=14336),
     "llama3_1_70b": dict(_LLAMA3_1, num_layers=80, num_heads=64, num_kv_heads=8,
                          embed_dim=8192, mlp_dim=28672),
+    # Gemma (v1): the Llama layout with embeddings × √d and a tanh-GELU gated MLP
+    # (hf/gemma.py); 8 heads of 256 = hidden_size, so no head_size of its own.
+    "gemma_2b": dict(_LLAMA, activation="gelu", gelu_approximate=True, embed_scale=True,
+                     vocab_size=256000, max_len=8192, layer_norm_eps=1e-6, rope_base=10000.0,
+                     tie_embeddings=True, num_layers=18, num_heads=8, num_kv_heads=1,
+                     embed_dim=2048, mlp_dim=16384),
 }
