@@ -1,6 +1,6 @@
 """Instruction fine-tuning (data/instructions.py, the lm task's instruction rows, the trainer's
-before/after generations): the loss mask, bad records, and configs/lm/smollm2_lora.py and
-smollm2_qlora.py end to end from a tiny random Llama folder."""
+before/after generations): the loss mask, the masked loss, packing, bad records, and
+configs/lm/smollm2_lora.py and smollm2_qlora.py end to end from a tiny random Llama folder."""
 
 import json
 import os
@@ -231,11 +231,12 @@ def test_instruction_tuning_from_a_llama_folder(tmp_path, llama_folder, config, 
   # the embeddings and the untied lm_head are the folder's.
   with open(os.path.join(run, "config.json")) as f:
     rules = tuple(tuple(r) for r in json.load(f)["reparam"]["rules"])
-  start = Reparam.from_config({"rules": rules}).from_dense(import_folder(llama_folder)[0])
+  start = flatten(Reparam.from_config({"rules": rules}).from_dense(
+      import_folder(llama_folder)[0]))
   params = load_run(run).params
   for path, value in flatten(params).items():
     if not path.endswith(("lora_a", "lora_b")):
-      np.testing.assert_array_equal(value, flatten(start)[path], err_msg=path)
+      np.testing.assert_array_equal(value, start[path], err_msg=path)
   query = params["block_0"]["attn"]["query"]["kernel"]
   assert np.abs(query["lora_b"]).max() > 0
   if "qlora" in config:
