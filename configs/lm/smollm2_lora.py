@@ -34,8 +34,6 @@ embeddings and lm_head end bit-identical to the folder's.
 
 import os
 
-import ml_collections
-
 from reparam_jax.config.base import base_config
 from reparam_jax.models.presets import PRESETS
 
@@ -82,7 +80,6 @@ def get_config(arg=None):
   c.eval_every = 200
   c.checkpoint_every = 200
   # Greedy answers to these, in the log before the first step and after the last.
-  c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ("Give three tips for staying healthy.",
                       "What is the capital of France?",
                       "Write a short poem about the sea.")

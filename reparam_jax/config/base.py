@@ -65,6 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.raw_dir = ""  # raw downloads; "" = $REPARAM_DATA_DIR, unset = download via TFDS
   c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.skip_malformed = False  # skip and count malformed rows/documents instead of failing
+  # Instruction records (task lm, data/instructions.py): a response field set turns
+  # data.source / data.eval_source into prompt/response JSON Lines, the loss on the response.
+  c.data.response_field = ""  # e.g. "response" (Alpaca: "output"); "" = plain text
+  c.data.prompt_field = "prompt"  # Alpaca: "instruction"
+  c.data.input_field = ""  # Alpaca: "input", an optional context joined to the prompt
+  c.data.prompt_template = "### Instruction:\n{prompt}\n\n### Response:\n"
 
   c.seq_len = 64
   c.batch_size = 12  # global, summed over all devices and hosts
@@ -160,6 +166,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.early_stopping.min_delta = 0.0  # an improvement must beat the best by more than this
 
   # Fine-tuning: which parameters train (reparam_jax/freezing.py, docs/tasks.md).
+  # Greedy answers to these prompts in the log, before the first step and after the last
+  # (task lm; an instruction run writes them into data.prompt_template).
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompts = ()
+  c.sample.num_tokens = 32
+
   c.finetune = ml_collections.ConfigDict()
   c.finetune.freeze = "none"  # "none" | "all_but_head" | "top_k" | "lora"
   c.finetune.top_k = 2  # "top_k": how many of the top blocks train (with the head)
