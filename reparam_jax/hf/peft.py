@@ -758,13 +758,7 @@ def _place_lora(config: Mapping[str, Any], lora: Mapping[str, Mapping[str, np.nd
         raise UserError(f"{where}: {key}.{what} is missing (use_dora={dora})")
     if "magnitude" in parts and not dora:
       raise UserError(f"{where}: {key}.{MAGNITUDE_KEY} present but use_dora is false")
-    w0s = []
-    for path in paths:
-      w0 = subtree(out, f"{path}/kernel")
-      if isinstance(w0, Mapping):
-        raise UserError(f"parameter {path}/kernel is already reparameterized; import a PEFT "
-                        "adapter into the base model's dense params")
-      w0s.append(w0)
+    w0s = _dense_kernels(out, paths)
     d_in, d_out = w0s[0].shape[0], sum(w.shape[1] for w in w0s)
     shown = (f"parameter {paths[0]}/kernel {tuple(w0s[0].shape)}" if len(paths) == 1 else
              f"parameters {', '.join(paths)} (fused, [{d_in}, {d_out}] together)")
