@@ -2,11 +2,12 @@ r"""Ahead-of-time compile of the real train step at pod scale: no accelerator, n
 
 The trainer's own step (training/loop.py: `steps.create_train_state`'s shardings,
 `optim.make_optimizer`, `steps.make_train_step` over the LM task's loss, jit with
-the same in/out shardings and `donate_argnums=0`) for a GPT-2-style decoder built
-from configs/lm/shakespeare_char.py plus size overrides and a synthetic
-vocabulary (bench/lm_step.SyntheticLMTask), lowered and compiled for a simulated
-CPU mesh (`XLA_FLAGS=--xla_force_host_platform_device_count=N`, one child process
-per run because the device count is fixed when JAX starts).  Nothing the size of
+the same in/out shardings and `donate_argnums=0`) for a decoder (GPT-2-style, or
+a Llama preset) built from configs/lm/shakespeare_char.py plus size overrides
+and a synthetic vocabulary (bench/lm_step.SyntheticLMTask), lowered and
+compiled for a simulated CPU mesh
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`, one child process per
+run because the device count is fixed when JAX starts).  Nothing the size of
 a parameter is ever allocated: `create_train_state` itself runs under
 `jax.eval_shape` (its `jit(init)` is only traced), the state's ShapeDtypeStructs
 get their NamedShardings (`steps.abstract_like`), and
@@ -21,8 +22,9 @@ that is the XLA compiler's own memory (about 4.4 GB for gpt2-medium unrolled).
       --variants dense,lora --set model.remat=True
   python -m bench.aot_compile memory --sizes 7b --devices 64 --fsdp 16 --tensor 4
   python -m bench.aot_compile depth --layers 2,12,24,48 --width 128 --set model.scan_layers=True
-  python -m bench.aot_compile memory --sizes llama3.1-8b --devices 8,64 --variants dense,lora,qlora \
-      --batch_per_shard 2 --set model.scan_layers=True --set model.remat=full
+  python -m bench.aot_compile memory --sizes llama3.1-8b --devices 8,64 \
+      --variants dense,lora,qlora --batch_per_shard 2 --set model.scan_layers=True \
+      --set model.remat=full
   python -m bench.aot_compile depth --shape llama --layers 2,32,80 --width 512 \
       --set model.scan_layers=True --set model.remat=full
   python -m bench.aot_compile --smoke            # tiny, 8 devices, dense + lora (< 1 min)

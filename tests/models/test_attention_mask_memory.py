@@ -35,6 +35,6 @@ def test_scanned_remat_step_keeps_no_full_size_mask_outside_the_layer_loop():
   scores = [line.strip()[:160] for line in entry.splitlines()
             if re.search(rf"= \w+\[[\d,]*{L},{L}\]", line)
             and not line.lstrip().startswith(("ROOT", "%while", "%tuple"))]
-  full = [s for s in scores
-          if math.prod(map(int, re.search(r"\[([\d,]+)\]", s).group(1).split(","))) >= B * H * L * L]
+  size = lambda s: math.prod(map(int, re.search(r"\[([\d,]+)\]", s).group(1).split(",")))
+  full = [s for s in scores if size(s) >= B * H * L * L]
   assert not full, full

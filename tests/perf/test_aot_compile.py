@@ -92,8 +92,8 @@ def test_ideal_activations_of_a_gqa_swiglu_block_by_hand():
   assert gathered_layer_bytes(size, 1, 4) == 4 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
   assert gathered_layer_bytes(size, 2, 4) == 4 * (2 * 64 * 32 + 2 * 64 * 16 + 3 * 64 * 64)
 
-  # The GPT-2 block (no kv_heads, head_dim or gated): B·T·c·(6D + 4D/t + 2M/t) + 2·B·(H/t)·T²·c,
-  # and 12·D² weights a layer.
+  # The GPT-2 block (no kv_heads, head_dim or gated):
+  # B·T·c·(6D + 4D/t + 2M/t) + 2·B·(H/t)·T²·c, and 12·D² weights a layer.
   gpt2 = {"layers": 2, "width": 64, "heads": 4, "mlp": 256, "vocab": 100, "seq": 8}
   assert activation_bytes(gpt2, 3, 2, "full", 4)["activations"] == (
       2 * 24 * 64 * 4 + 24 * 4 * (6 * 64 + 4 * 64 // 2 + 2 * 256 // 2) + 2 * 3 * 2 * 64 * 4)
