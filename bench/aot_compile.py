@@ -109,8 +109,8 @@ B = per-device sequences = global_batch / (data × fsdp), T = seq, D = width,
 M = MLP width, H = heads, G = key/value heads (H without grouped-query
 attention), K = head width (D / H unless the config sets it), V = vocabulary,
 L = layers, t = tensor, c = bytes of the compute dtype, P = devices; every
-figure is read from the model's TransformerConfig, so the GPT-2 block's
-(G = H, K = D / H, ungated MLP) reduces to its earlier form):
+figure is read from the model's TransformerConfig; the GPT-2 block is the
+case G = H, K = D / H, ungated MLP):
   state  = (stored_param_bytes + 3 × trainable_param_bytes) / P, counted
            from the variant's parameter tree (so an untied lm_head, RMSNorm's
            scale without bias, LoRA's factors and q4's codes are what they are):
@@ -157,8 +157,8 @@ What the ideal does NOT count: the all-gathered embedding table and lm_head
 (V × D each, the largest gathered arrays; XLA:CPU gathers the lm_head before
 the forward scan, so it is live at the forward pass's peak), more than one
 layer's gathered weights or their whole-layer gradient before the
-reduce-scatter, the token batch, cotangent (gradient-of-activation) buffers, collectives'
-staging buffers, padding, XLA's layout copies, or fragmentation; and the CPU
+reduce-scatter, the token batch, cotangent (gradient-of-activation) buffers,
+collectives' staging buffers, padding, XLA's layout copies, or fragmentation; and the CPU
 compiler's buffer assignment is not the TPU/GPU one (different fusion and
 rematerialisation), so ratios are evidence of scaling (does arguments shrink
 1/P; do temporaries stay bounded with remat), not a device-memory promise.
