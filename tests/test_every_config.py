@@ -31,3 +31,20 @@ def test_config_loads_and_validates(path, raw_data_dir, monkeypatch):
         pretrained.resolve(config)
       return
   validate_config(pretrained.resolve(config))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_a_config_naming_a_preset_builds_that_architecture(path, raw_data_dir, monkeypatch):
+  """`model.preset` is not silently overridden by base_config's own model fields (a
+  4-layer, width-128 model): every field the preset sets reaches the model, except the
+  ones the config file itself changes after choosing it (here: the vocabulary)."""
+  from reparam_jax.models import PRESETS, transformer_config  # noqa: PLC0415
+  monkeypatch.setenv("REPARAM_DATA_DIR", raw_data_dir)
+  config = load_config_file(os.path.join(REPO, path))
+  if not config.model.get("preset"):
+    return
+  built = transformer_config(config.model)
+  preset = PRESETS[config.model.preset]
+  for field in ("num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len", "rope"):
+    if field in preset:
+      assert getattr(built, field) == preset[field], (path, field)

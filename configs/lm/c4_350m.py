@@ -14,11 +14,13 @@ Expected: not measured here.
 """
 
 from configs.lm import c4_gpt2_small
+from reparam_jax.config.base import use_preset
 
 
 def get_config(arg=None):
   c = c4_gpt2_small.get_config(arg)
-  c.model.preset = "gpt2_medium"
+  use_preset(c, "gpt2_medium")
+  c.model.vocab_size = 50304  # padded, as in c4_gpt2_small
   c.optimizer.lr = 3e-4
   c.optimizer.end_lr = 3e-5
   return c

@@ -30,7 +30,7 @@ C4's figures differ.
 
 import os
 
-from reparam_jax.config.base import base_config
+from reparam_jax.config.base import base_config, use_preset
 
 CORPUS = "workdirs/c4_gpt2"
 
@@ -49,7 +49,7 @@ def get_config(arg=None):
   c.batch_size = 512
   c.eval_batch_size = 64
   c.num_steps = 20_000
-  c.model.preset = "gpt2_small"
+  use_preset(c, "gpt2_small")
   c.model.vocab_size = 50304  # GPT-2's 50,257 padded to a multiple of 64 (splits over tensor)
   c.model.dtype = "bfloat16"
   c.model.scan_layers = True

@@ -34,8 +34,7 @@ embeddings and lm_head end bit-identical to the folder's.
 
 import os
 
-from reparam_jax.config.base import base_config
-from reparam_jax.models.presets import PRESETS
+from reparam_jax.config.base import base_config, use_preset
 
 CORPUS = os.environ.get("CORPUS", "corpus")
 # q, k, v, o and the MLP's gate, up and down of every block (Llama's names as imported).
@@ -50,8 +49,7 @@ def get_config(arg=None):
   c.init_from = os.path.join("$REPARAM_DATA_DIR", "models", "SmolLM2-135M")
   # SmolLM2-135M's architecture written out (models/presets.py), so the config validates
   # without the folder; when the run starts, each field is checked against the folder's.
-  for name, value in PRESETS["smollm2_135m"].items():
-    c.model[name] = value
+  use_preset(c, "smollm2_135m")
   c.model.dtype = "bfloat16"
   c.data.source = f"jsonl:{CORPUS}/train.jsonl"
   c.data.eval_source = f"jsonl:{CORPUS}/val.jsonl"

@@ -196,3 +196,21 @@ def base_config() -> ml_collections.ConfigDict:
   # in XLA_FLAGS takes precedence.  No effect on accelerators.
   c.perf.cpu_devices = 0
   return c
+
+
+def use_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`c.model` set to the published architecture `name` (models/presets.py).
+
+  The preset's fields are written into the section: `base_config`'s own model fields
+  (a 4-layer, width-128 model) would otherwise override the preset, since every key of
+  the section does (models.transformer_config).  Keys set after this call, and
+  `--config.model.X=...`, still override it.
+  """
+  from reparam_jax.models.presets import PRESETS  # noqa: PLC0415 (a plain table)
+  if name not in PRESETS:
+    raise KeyError(f"model preset {name!r}: unknown; known: {', '.join(sorted(PRESETS))}")
+  c.model.preset = name
+  with c.model.ignore_type():
+    for field, value in PRESETS[name].items():
+      c.model[field] = value
+  return c

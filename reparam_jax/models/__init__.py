@@ -16,7 +16,9 @@ def transformer_config(model_cfg: Mapping[str, Any]) -> TransformerConfig:
   """`TransformerConfig` from a config's `model` section.
 
   `model.preset` (optional) names an entry of `PRESETS`; every other key of
-  the section overrides the preset.
+  the section overrides the preset, `base_config`'s defaults included: a config
+  file chooses a preset with `config.base.use_preset`, which writes its fields
+  into the section.
   """
   fields = {f.name for f in dataclasses.fields(TransformerConfig)}
   kwargs = dict(PRESETS[model_cfg["preset"]]) if model_cfg.get("preset") else {}
