@@ -16,6 +16,7 @@ from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register
     mask,
     q4,
     quant,
+    smooth,
     spherical,
     variational,
     vera,
