@@ -148,6 +148,33 @@ def test_awq_beats_rtn_on_salient_channels():
     assert awq_err <= awq_scale_only * 1.05, (bits, awq_err, awq_scale_only)
 
 
+def test_awq_then_gptq_rounds_the_scaled_weight_on_the_scaled_inputs():
+  """quantizer='gptq': GPTQ of diag(s)·w on the Hessian of x / s (formed here from x / s).
+  With correlated inputs (what GPTQ exploits) and salient channels, the chain beats both
+  GPTQ alone and AWQ with RTN on fresh inputs."""
+  from reparam_jax.compression.methods import gptq
+  rng = np.random.default_rng(7)
+  w = rng.normal(size=(128, 64)).astype(np.float32)
+  mix = np.eye(128, dtype=np.float32) + 0.3 * rng.normal(size=(128, 128)).astype(np.float32)
+
+  def draw(n):
+    x = rng.normal(size=(n, 128)).astype(np.float32) @ mix
+    x[:, [3, 17, 40]] *= 30
+    return x
+
+  calib, test = draw(1024), draw(256)
+  res = awq.apply(w, _stats(calib), bits=3, group=32, quantizer="gptq")
+  s = res.input_scale_I
+  direct = gptq.apply(s[:, None] * w, _stats(calib / s), bits=3, group=32)
+  np.testing.assert_array_equal(res.grid.codes, direct.grid.codes)
+  np.testing.assert_allclose(res.weight_IxO, direct.weight_IxO / s[:, None], rtol=1e-5, atol=1e-6)
+  err = lambda w_eff: float(np.mean((test @ w_eff - test @ w) ** 2))  # noqa: E731
+  awq_rtn = err(awq.apply(w, _stats(calib), bits=3, group=32).weight_IxO)
+  gptq_alone = err(gptq.apply(w, _stats(calib), bits=3, group=32).weight_IxO)
+  assert err(res.weight_IxO) < 0.7 * min(awq_rtn, gptq_alone), (err(res.weight_IxO), awq_rtn,
+                                                                  gptq_alone)
+
+
 def test_awq_refuses_what_it_cannot_do():
   rng = np.random.default_rng(3)
   x, w = rng.normal(size=(16, 32)).astype(np.float32), np.ones((32, 4), np.float32)
@@ -157,6 +184,10 @@ def test_awq_refuses_what_it_cannot_do():
     awq.apply(w, _stats(x), group=12)
   with pytest.raises(UserError, match="does not read the calibrated input"):
     awq.apply(np.ones((16, 4), np.float32), _stats(x), group=8)
+  with pytest.raises(UserError, match="quantizer='gptq' leave clip unset"):
+    awq.apply(w, _stats(x), group=8, quantizer="gptq", clip=True)
+  with pytest.raises(UserError, match="use 'rtn' or 'gptq'"):
+    awq.apply(w, _stats(x), group=8, quantizer="nf4")
 
 
 # --- SmoothQuant -------------------------------------------------------------------------

@@ -12,7 +12,9 @@ output error on calibration inputs (the reference `auto_scale`):
 with Q the group-grid round-to-nearest (`methods.rtn`).  Then, optionally (`clip`, the
 reference `auto_clip`), the range of each (group, output column) of diag(s)·w is shrunk to
 the fraction in {1, 0.95, …, 1 − max_shrink + 0.05} of its max |w| that minimizes that
-group's output error on x / s.  The layer computes (x / s) @ deq(grid): the `smooth` stage
+group's output error on x / s.  With `quantizer="gptq"` the scaled weight is then
+rounded by GPTQ (methods/gptq.py) on the Hessian of x / s instead of RTN (AWQ then GPTQ,
+as llm-compressor chains them; no clip search then).  The layer computes (x / s) @ deq(grid): the `smooth` stage
 (reparam/transforms/smooth.py) carries 1/s; the paper folds it into the previous op.
 
 `apply_joint` searches one s for several layers that read the same input (q, k, v after one
@@ -27,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from reparam_jax.compression.methods import (METHODS, LayerStats, MethodResult, check_grid,
-                                             grid_params, quantize_with, rtn)
+                                             gptq, grid_params, quantize_with, rtn)
 from reparam_jax.errors import UserError
 
 
@@ -97,8 +99,24 @@ def search_clip(w_IxO: np.ndarray, x_MxI: np.ndarray, bits: int, group: int, sym
   return best_max.astype(np.float32)
 
 
+QUANTIZERS = ("rtn", "gptq")
+
+
+def scaled_stats(stats: LayerStats, s_I: np.ndarray) -> LayerStats:
+  """The statistics of x / s, the input of the scaled layer (for GPTQ after the scales)."""
+  s64 = s_I.astype(np.float64)
+  return LayerStats(hessian_IxI=stats.hessian_IxI / np.outer(s64, s64), count=stats.count,
+                    abs_max_I=stats.abs_max_I / s64, abs_mean_I=stats.abs_mean_I / s64,
+                    samples_MxI=(stats.samples_MxI / s_I).astype(np.float32))
+
+
 def _check(stats: LayerStats, weights_IxO: Sequence[np.ndarray], bits: int, group: int,
-           n_grid: int, max_shrink: float) -> None:
+           n_grid: int, max_shrink: float, quantizer: str, clip: bool) -> None:
+  if quantizer not in QUANTIZERS:
+    raise UserError(f"awq: quantizer={quantizer!r}; use 'rtn' or 'gptq'")
+  if quantizer == "gptq" and clip:
+    raise UserError("awq: clip=True searches clipping on the round-to-nearest grid; with "
+                    "quantizer='gptq' leave clip unset (GPTQ sets its own grid)")
   d_in = stats.abs_mean_I.shape[0]
   for w in weights_IxO:
     if w.ndim != 2 or w.shape[0] != d_in:
@@ -116,13 +134,16 @@ def _check(stats: LayerStats, weights_IxO: Sequence[np.ndarray], bits: int, grou
 
 
 def apply_joint(weights_IxO: Sequence[np.ndarray], stats: LayerStats, bits: int = 4,
-                group: int = 128, symmetric: bool = False, n_grid: int = 20, clip: bool = True,
-                max_shrink: float = 0.5) -> list[MethodResult]:
+                group: int = 128, symmetric: bool = False, n_grid: int = 20,
+                clip: bool | None = None, max_shrink: float = 0.5, quantizer: str = "rtn",
+                damp: float = 0.01) -> list[MethodResult]:
   """AWQ of the layers in `weights_IxO`, which all read the input `stats` describe, with one
   searched s; each result's grid holds clip(diag(s)·w) and its `weight_IxO` is
-  diag(1/s)·deq(grid), what the layer computes with."""
+  diag(1/s)·deq(grid), what the layer computes with.  `clip` defaults to True with RTN;
+  `damp` is GPTQ's (quantizer='gptq')."""
   weights_IxO = [np.asarray(w, np.float32) for w in weights_IxO]
-  _check(stats, weights_IxO, bits, group, n_grid, max_shrink)
+  clip = (quantizer == "rtn") if clip is None else clip
+  _check(stats, weights_IxO, bits, group, n_grid, max_shrink, quantizer, clip)
   x_MxI = np.asarray(stats.samples_MxI, np.float32)
   s, _, _ = search_scale(weights_IxO, x_MxI, stats.abs_mean_I, bits, group, symmetric, n_grid)
   out = []
@@ -133,18 +154,23 @@ def apply_joint(weights_IxO: Sequence[np.ndarray], stats: LayerStats, bits: int 
       max_val = search_clip(scaled, x_MxI / s, bits, group, symmetric, n_grid, max_shrink)
       rows = np.arange(scaled.shape[0]) // (group or scaled.shape[0])
       scaled = np.clip(scaled, -max_val[rows], max_val[rows])
-    grid = rtn(scaled, bits, group, symmetric)
+    if quantizer == "gptq":
+      grid = gptq.apply(scaled, scaled_stats(stats, s), bits=bits, group=group, sym=symmetric,
+                        damp=damp).grid
+    else:
+      grid = rtn(scaled, bits, group, symmetric)
     out.append(MethodResult(weight_IxO=(grid.dequantize() / s[:, None]).astype(np.float32),
                             grid=grid, input_scale_I=s))
   return out
 
 
 def apply(w_IxO: np.ndarray, stats: LayerStats, bits: int = 4, group: int = 128,
-          symmetric: bool = False, n_grid: int = 20, clip: bool = True,
-          max_shrink: float = 0.5) -> MethodResult:
+          symmetric: bool = False, n_grid: int = 20, clip: bool | None = None,
+          max_shrink: float = 0.5, quantizer: str = "rtn", damp: float = 0.01) -> MethodResult:
   """AWQ of one layer (see `apply_joint` for layers sharing an input)."""
   return apply_joint([w_IxO], stats, bits=bits, group=group, symmetric=symmetric,
-                     n_grid=n_grid, clip=clip, max_shrink=max_shrink)[0]
+                     n_grid=n_grid, clip=clip, max_shrink=max_shrink, quantizer=quantizer,
+                     damp=damp)[0]
 
 
 METHODS["awq"] = apply
