@@ -205,12 +205,16 @@ def set_path(tree: PyTree, path: tuple, value: PyTree) -> PyTree:
 def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.ndarray],
                        selected: Callable[[str], bool],
                        compress_layer: Callable[[str, np.ndarray, LayerStats], np.ndarray],
-                       calib: Calibration = Calibration(), log=print) -> PyTree:
+                       calib: Calibration = Calibration(), log=print,
+                       compress_shared: Callable[[list, list, LayerStats], list] | None = None
+                       ) -> PyTree:
   """`params` with every selected kernel `compress_layer(path, w_IxO, stats)`, block by
   block on the calibration `inputs` (module docstring).
 
   `selected(path)` is asked of each Dense's module path (`block_3/attn/query`); the
-  kernel is its `kernel` parameter.
+  kernel is its `kernel` parameter.  With `compress_shared(paths, ws, stats)` → new ws,
+  the layers that read one input (query, key, value) are compressed in one call (AWQ's
+  and SmoothQuant's shared scale).
   """
   chunk = int(calib.chunk)
   total_rows = int(np.prod(inputs["ids_BxL"].shape))
@@ -233,12 +237,18 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
       for acc, (xtx, amax, asum), r in zip(accumulators, sums, rows):
         acc.add(xtx, amax, asum, r, count)
     stats = [a.stats() for a in accumulators]
-    for layer, index in sorted(layout.items()):
-      kernel_path = tuple(layer.split("/")) + ("kernel",)
-      w = np.asarray(get_path(block_params, kernel_path), np.float32)
-      new = compress_layer(f"{prefix}/{layer}/kernel", w, stats[index])
-      block_params = set_path(block_params, kernel_path,
-                              jnp.asarray(new, get_path(block_params, kernel_path).dtype))
+    for index in sorted(set(layout.values())):
+      layers = sorted(k for k, v in layout.items() if v == index)
+      kernel_paths = [tuple(layer.split("/")) + ("kernel",) for layer in layers]
+      ws = [np.asarray(get_path(block_params, k), np.float32) for k in kernel_paths]
+      names = [f"{prefix}/{layer}/kernel" for layer in layers]
+      if compress_shared is not None:
+        news = compress_shared(names, ws, stats[index])
+      else:
+        news = [compress_layer(n, w, stats[index]) for n, w in zip(names, ws)]
+      for k, new in zip(kernel_paths, news):
+        block_params = set_path(block_params, k,
+                                jnp.asarray(new, get_path(block_params, k).dtype))
     params = set_path(params, path, block_params)
     forward = jax.jit(lambda p, a, m=module: _call(m, blocks.static, p, a))
     arrays = [[np.asarray(forward(block_params, a))] + a[1:] for a in arrays]

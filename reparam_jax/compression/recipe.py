@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
+import inspect
 import json
 import os
 import re
@@ -25,9 +27,12 @@ import numpy as np
 from flax.core import meta
 
 from reparam_jax import tasks
+from reparam_jax.compression import calibration as calib_lib
+from reparam_jax.compression import methods
 from reparam_jax.config.base import COMPRESS_KERNELS
 from reparam_jax.data import tokenizers
 from reparam_jax.errors import UserError
+from reparam_jax.pytree.layers import has_stack, like, unstack_layers
 from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan, map_theta
@@ -44,6 +49,16 @@ from reparam_jax.training.loop import train_and_evaluate
 
 PyTree = Any
 KERNELS = COMPRESS_KERNELS
+
+# The calibration-based methods (compression/methods/<name>.py), each registering itself
+# in `methods.METHODS` at import; each is a recipe step of its name.
+METHOD_MODULES = ("gptq", "sparsegpt", "wanda")
+for _name in METHOD_MODULES:
+  importlib.import_module(f"reparam_jax.compression.methods.{_name}")
+PRUNING_METHODS = ("sparsegpt", "wanda")
+# A step's first positional argument: gptq(3) is gptq(bits=3), sparsegpt('2:4') the sparsity.
+FIRST_ARG = {"gptq": "bits", "awq": "bits", "sparsegpt": "sparsity", "wanda": "sparsity",
+             "smoothquant": "alpha", "rtn": "bits"}
 
 
 # ---------------------------------------------------------------------------
@@ -83,8 +98,9 @@ def parse_recipe(text: str) -> list[Step]:
       raise UserError(f"recipe item {ast.unparse(node)!r}: expected name(args)")
     step = Step(node.func.id, tuple(_literal(a) for a in node.args),
                 {k.arg: _literal(k.value) for k in node.keywords})
-    if step.name not in ("svd", "prune", "quantize"):
-      raise UserError(f"unknown recipe step {step.name!r}; known: svd, prune, quantize")
+    known = list(STEPS) + ["calibration"] + sorted(methods.METHODS)
+    if step.name not in known:
+      raise UserError(f"unknown recipe step {step.name!r}; known: {', '.join(known)}")
     steps.append(step)
   if not steps:
     raise UserError("empty recipe")
@@ -103,6 +119,8 @@ class State:
   bits: int = 0            # 0: float storage; else qweight(bits)
   sparse: bool = False     # some entries were pruned (stored zeros)
   kernels: str = KERNELS
+  grid: tuple = ()         # (bits, group, sym) when the kernels lie on a group grid (gptq, rtn, awq)
+  grid_step: str = ""      # the step that put them there
 
   def base_rules(self) -> tuple:
     return ((self.kernels, f"lowrank(rank={self.rank})"),) if self.rank else ()
@@ -180,7 +198,14 @@ def fold_masks(theta: PyTree, masks: PyTree, rules: tuple) -> PyTree:
 # Steps.
 
 
+def _refuse_after_grid(state: State, step: Step) -> None:
+  if state.grid:
+    raise UserError(f"{step.name} after {state.grid_step}: the kernels already lie on "
+                    f"{state.grid_step.split('(')[0]}'s grid; put {step.name} before it")
+
+
 def step_svd(state: State, step: Step, **_) -> State:
+  _refuse_after_grid(state, step)
   if state.rank or state.bits:
     raise UserError("svd must come before prune/quantize and only once in a recipe")
   rank = int(step.kwargs.get("rank", step.args[0] if step.args else 0))
@@ -225,6 +250,7 @@ def _prune_to(state: State, step: Step, config, sparsity: float) -> tuple[State,
 
 
 def step_prune(state: State, step: Step, config, evaluator, finetune, log, **_) -> State:
+  _refuse_after_grid(state, step)
   if state.bits:
     raise UserError("prune must come before quantize")
   if not step.args:
@@ -266,6 +292,7 @@ def step_prune(state: State, step: Step, config, evaluator, finetune, log, **_) 
 
 
 def step_quantize(state: State, step: Step, **_) -> State:
+  _refuse_after_grid(state, step)
   kind = step.args[0] if step.args else step.kwargs.get("dtype", "int8")
   bits = {"int8": 8, "int4": 4}.get(kind)
   if bits is None:
@@ -273,7 +300,131 @@ def step_quantize(state: State, step: Step, **_) -> State:
   return dataclasses.replace(state, bits=bits)
 
 
-STEPS = {"svd": step_svd, "prune": step_prune, "quantize": step_quantize}
+def _method_options(step: Step, fn) -> dict:
+  """The step's options as keyword arguments of `fn`; unknown ones are a one-line error."""
+  kwargs = dict(step.kwargs)
+  if step.args:
+    if len(step.args) > 1 or step.name not in FIRST_ARG:
+      raise UserError(f"{step.text()}: give the options by name, e.g. "
+                      f"{step.name}({FIRST_ARG.get(step.name, 'option')}=...)")
+    kwargs[FIRST_ARG[step.name]] = step.args[0]
+  params = inspect.signature(fn).parameters
+  allowed = [k for k in params if k not in ("w_IxO", "stats")]
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise UserError(f"{step.text()}: unknown option {unknown[0]!r}; {step.name} takes "
+                    f"{', '.join(allowed)}")
+  return kwargs
+
+
+def _grid_of(step: Step, options: dict, fn) -> tuple:
+  params = inspect.signature(fn).parameters
+  get = lambda k, *names: next((options[n] for n in (k, *names) if n in options),  # noqa: E731
+                               next((params[n].default for n in (k, *names) if n in params),
+                                    None))
+  return (int(get("bits")), int(get("group")), bool(get("sym", "symmetric")))
+
+
+def _check_dense_state(state: State, step: Step) -> None:
+  """The combinations the calibrated methods support: dense kernels (LoRA and other
+  adapters are merged when the pipeline loads the run), before quantize, not twice on a
+  grid, and quantizers not after pruning (their updates would fill the pruned entries)."""
+  if state.rank:
+    raise UserError(f"{step.name} after svd: low-rank factors are not supported by the "
+                    f"calibrated methods; put {step.name} before svd or quantize(int8) after it")
+  if state.bits:
+    raise UserError(f"{step.name} after quantize: put {step.name} before quantize")
+  _refuse_after_grid(state, step)
+  if state.sparse and step.name not in PRUNING_METHODS:
+    raise UserError(f"{step.name} after pruning: its weight updates would fill the pruned "
+                    "entries; prune with sparsegpt/wanda after it, or use it alone")
+
+
+def step_rtn(state: State, step: Step, **_) -> State:
+  """Round-to-nearest on the group grid (`methods.rtn`), the calibrated methods' baseline."""
+  _check_dense_state(state, step)
+  if "sym" in step.kwargs:  # gptq's name of the option
+    step.kwargs["symmetric"] = step.kwargs.pop("sym")
+  options = _method_options(step, methods.rtn)
+  grid = _grid_of(step, options, methods.rtn)
+  pattern = re.compile(state.kernels)
+
+  def rec(tree, path):
+    if isinstance(tree, dict):
+      return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
+    if not pattern.fullmatch(path):
+      return tree
+    w = methods.rtn(np.asarray(tree, np.float32), **options).dequantize()
+    return jnp.asarray(w, tree.dtype)
+  return dataclasses.replace(state, theta=rec(state.theta, ""), grid=grid,
+                             grid_step=step.text())
+
+
+def step_calibrated(state: State, step: Step, config, evaluator, log,
+                    calibration: calib_lib.Calibration, calibration_cache: dict,
+                    workdir: str, **_) -> State:
+  """A calibration-based method (`methods.METHODS[step.name]`) on every selected kernel,
+  block by block on the calibration set (compression/calibration.py)."""
+  _check_dense_state(state, step)
+  fn = methods.METHODS[step.name]
+  options = _method_options(step, fn)
+  module = inspect.getmodule(fn)
+  joint = getattr(module, "apply_joint", None)
+  params = state.theta
+  scanned = has_stack(params)
+  model_config = ml_collections.ConfigDict(config.to_dict())
+  if scanned:  # calibrated block by block: the unrolled layout of the same weights
+    params = unstack_layers(params)
+    model_config.model.scan_layers = False
+  task = evaluator.task
+  if not hasattr(type(task), "model_from_config") or not getattr(task, "CAUSAL_LM", False):
+    raise UserError(f"{step.name}: calibration is implemented for language-model runs; "
+                    f"task {config.task!r} is not supported")
+  model = type(task).model_from_config(model_config, task.tokenizer.vocab_size)[0]
+  if calibration not in calibration_cache:
+    calibration_cache[calibration] = calib_lib.calibration_inputs(
+        config, workdir, calibration, model.cfg.max_len, log)
+  inputs = calibration_cache[calibration]
+  log(f"  {step.text()}: calibrating on {inputs['ids_BxL'].shape[0]} sequences of "
+      f"{inputs['ids_BxL'].shape[1]} tokens")
+  pattern = re.compile(state.kernels)
+  selected = lambda path: bool(pattern.fullmatch(f"{path}/kernel"))  # noqa: E731
+  masks = []
+
+  def one(path, w, stats):
+    result = fn(w, stats, **options)
+    masks.append(result.mask_IxO)
+    return result.weight_IxO
+
+  shared = None
+  if joint is not None:
+    def shared(paths, ws, stats):
+      results = joint(ws, stats, **options)
+      return [r.weight_IxO for r in results]
+  new = calib_lib.compress_blockwise(model, params, inputs, selected, one, calibration,
+                                     log=log, compress_shared=shared)
+  if scanned:
+    new = like(new, state.theta)
+  if step.name in PRUNING_METHODS:
+    return dataclasses.replace(state, theta=new, sparse=True)
+  grid = _grid_of(step, options, fn) if "bits" in inspect.signature(fn).parameters else ()
+  return dataclasses.replace(state, theta=new, grid=grid, grid_step=step.text() if grid else "")
+
+
+def step_calibration(step: Step) -> calib_lib.Calibration:
+  """`calibration(n=128, length=512, seed=0, chunk=8, samples=512)`: the calibration set
+  of the calibrated steps after it."""
+  fields = [f.name for f in dataclasses.fields(calib_lib.Calibration)]
+  if step.args:
+    raise UserError(f"{step.text()}: give the options by name: {', '.join(fields)}")
+  unknown = sorted(set(step.kwargs) - set(fields))
+  if unknown:
+    raise UserError(f"{step.text()}: unknown option {unknown[0]!r}; calibration takes "
+                    f"{', '.join(fields)}")
+  return calib_lib.Calibration(**{k: int(v) for k, v in step.kwargs.items()})
+
+
+STEPS = {"svd": step_svd, "prune": step_prune, "quantize": step_quantize, "rtn": step_rtn}
 
 
 # ---------------------------------------------------------------------------
@@ -296,6 +447,10 @@ def kernel_bits(state: State) -> float:
   map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
   stored = sum(n for n, _ in sizes)
   bits = sum(state.bits * n + 32 * c for n, c in sizes) if state.bits else 32 * stored
+  if state.grid:  # codes, f32 scales and (asymmetric) 8-bit zeros per group and column
+    b, group, sym = state.grid
+    bits = sum(b * n + (n // c // (group or n // c)) * c * (32 + (0 if sym else 8))
+               for n, c in sizes)
   rows = Reparam.from_config({"rules": state.base_rules()}).report_rows(state.theta)
   dense = sum(r["dense"] for r in rows[:-1]) if state.rank else stored
   return bits / max(dense, 1)
@@ -347,6 +502,9 @@ def make_finetuner(config, source: str, out: str, steps: int, lr: float, log):
   """`finetune(state, name)`: the real training loop on the state's float weights."""
 
   def finetune(state: State, name: str) -> State:
+    if state.grid:
+      raise UserError(f"--finetune_steps after {state.grid_step}: fine-tuning the float "
+                      "weights would move them off the grid; fine-tune before it")
     folder = os.path.join(out, "finetune", name)
     os.makedirs(folder, exist_ok=True)
     init = os.path.join(folder, "init_params")
@@ -424,9 +582,15 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
   state = State(theta=params, kernels=kernels)
   rows = [measure(state, evaluator, os.path.join(out, "steps", "0_original"), "original")]
   log(f"original: eval loss {rows[0]['eval_loss']:.4f}, {rows[0]['bytes_on_disk']:,} bytes")
+  calibration, calibration_cache = calib_lib.Calibration(), {}
   for i, step in enumerate(steps, 1):
-    state = STEPS[step.name](state, Step(step.name, step.args, dict(step.kwargs)), config=config,
-                             evaluator=evaluator, finetune=finetune, log=log)
+    if step.name == "calibration":  # options of the steps after it, not a step of its own
+      calibration = step_calibration(step)
+      continue
+    run_step = STEPS.get(step.name, step_calibrated)
+    state = run_step(state, Step(step.name, step.args, dict(step.kwargs)), config=config,
+                     evaluator=evaluator, finetune=finetune, log=log, calibration=calibration,
+                     calibration_cache=calibration_cache, workdir=workdir)
     rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{i}_{step.name}"),
                         step.text()))
     log(f"{step.text()}: eval loss {rows[-1]['eval_loss']:.4f}, "
