@@ -19,8 +19,8 @@ COMPOSITIONS = [
 # Transforms whose gradient is not the derivative of a smooth function by design
 # (straight-through estimators, data-dependent masks; their own tests check the
 # gradients they promise), or that train nothing.
-NOT_SMOOTH = {"quant", "qweight", "q4", "mask", "frozen"}
-NOT_TRAINABLE = {"qweight", "q4", "frozen"}
+NOT_SMOOTH = {"quant", "qweight", "q4", "packed", "sparse24", "mask", "frozen"}
+NOT_TRAINABLE = {"qweight", "q4", "packed", "sparse24", "frozen"}
 # Storage forms a model cannot be initialized in (only converted into: `from_dense`).
 # None at present: qweight and q4 initialize by quantizing the model's own init sample.
 CONVERT_ONLY: set[str] = set()

@@ -14,6 +14,7 @@ from reparam_jax.reparam.transforms import (  # noqa: F401 (imported to register
     lowrank,
     magnitude,
     mask,
+    packed,
     q4,
     quant,
     smooth,
