@@ -12,6 +12,11 @@ Steps (applied in order to the block kernels, `--kernels` regex):
       threshold: S = τ, zero |w| ≤ τ (after L1 training: config.reg); reports the sparsity reached
       sensitivity: S = fraction of units; granularity=heads|neurons|both, per_round, max_drop
   quantize(int8|int4)              post-training symmetric per-channel weights (stored as int8)
+  calibration(n=128, length=512, seed=0)   the calibration set of the steps after it
+  gptq(bits=4, group=128, sym=False, act_order=False, damp=0.01)   GPTQ on the group grid
+  sparsegpt(0.5|'2:4'), wanda(0.5|'2:4')   one-shot pruning from the calibration set
+  rtn(bits=4, group=128)           round-to-nearest on the group grid (GPTQ's baseline)
+      (docs/calibration.md: the procedure, each method's options, what composes)
 
 Pruned entries are folded into the weights (stored zeros), so every step's
 checkpoint is self-contained.  With `--finetune_steps=N` the real trainer

@@ -139,10 +139,11 @@ def _call(module: nn.Module, static, params: PyTree, arrays: list, intercept=Non
     return module.apply({"params": params}, *args, **kwargs)
 
 
-def _stats_fn(module: nn.Module, static, selected: Callable[[str], bool]):
+def _stats_fn(module: nn.Module, static):
   """(jit: (block params, call arrays, sampled row indices) → [Σxᵀx, max|x|, Σ|x|] and the
-  sampled rows of each distinct input of the block's selected Dense layers,
-  {layer path: input index} filled when it traces)."""
+  sampled rows of each distinct input of the block's Dense layers, {layer path: input
+  index} filled when it traces).  Every layer's: one function serves all alike blocks,
+  whichever of their layers are selected, so it compiles once."""
   layout: dict = {}
 
   def fn(params, arrays, sample_rows):
@@ -152,7 +153,7 @@ def _stats_fn(module: nn.Module, static, selected: Callable[[str], bool]):
     def interceptor(next_fun, args, kwargs, context):
       m = context.module
       path = "/".join(m.path)
-      if context.method_name == "__call__" and isinstance(m, Dense) and selected(path):
+      if context.method_name == "__call__" and isinstance(m, Dense):
         x = args[0]
         if id(x) not in owners:  # query, key and value read one array
           owners[id(x)] = len(inputs)
@@ -221,11 +222,14 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
   blocks = _find_blocks(model, params, inputs, chunk)
   arrays = blocks.arrays
   rng = np.random.default_rng(calib.seed)
+  compiled: dict = {}  # alike blocks (same module fields) share their jitted functions
   for module, path in zip(blocks.modules, blocks.paths):
     prefix = "/".join(path)
     block_params = get_path(params, path)
-    fn, layout = _stats_fn(module, blocks.static,
-                           lambda p: selected(f"{prefix}/{p}"))
+    if repr(module) not in compiled:
+      compiled[repr(module)] = (*_stats_fn(module, blocks.static), jax.jit(
+          lambda p, a, m=module: _call(m, blocks.static, p, a)))
+    fn, layout, forward = compiled[repr(module)]
     accumulators: list = []
     for call_arrays in arrays:
       count = int(np.prod(call_arrays[0].shape[:-1]))  # this chunk's tokens
@@ -237,8 +241,9 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
       for acc, (xtx, amax, asum), r in zip(accumulators, sums, rows):
         acc.add(xtx, amax, asum, r, count)
     stats = [a.stats() for a in accumulators]
-    for index in sorted(set(layout.values())):
-      layers = sorted(k for k, v in layout.items() if v == index)
+    chosen = {k: v for k, v in layout.items() if selected(f"{prefix}/{k}")}
+    for index in sorted(set(chosen.values())):
+      layers = sorted(k for k, v in chosen.items() if v == index)
       kernel_paths = [tuple(layer.split("/")) + ("kernel",) for layer in layers]
       ws = [np.asarray(get_path(block_params, k), np.float32) for k in kernel_paths]
       names = [f"{prefix}/{layer}/kernel" for layer in layers]
@@ -250,7 +255,6 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
         block_params = set_path(block_params, k,
                                 jnp.asarray(new, get_path(block_params, k).dtype))
     params = set_path(params, path, block_params)
-    forward = jax.jit(lambda p, a, m=module: _call(m, blocks.static, p, a))
     arrays = [[np.asarray(forward(block_params, a))] + a[1:] for a in arrays]
-    log(f"  calibrated {prefix}: {len(layout)} layers")
+    log(f"  calibrated {prefix}: {len(chosen)} layers")
   return params

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from scipy.linalg import lapack
 
 from reparam_jax.compression.methods import LayerStats
 from reparam_jax.errors import UserError
@@ -38,15 +39,18 @@ def damped_inverse_cholesky(w_IxO: np.ndarray, stats: LayerStats, damp: float,
   h[dead, dead] = 1.0
   w[dead] = 0.0
   h[np.diag_indices(d_in)] += damp * np.mean(np.diag(h))
-  try:
-    lower = np.linalg.cholesky(h)
-    h_inv = np.linalg.inv(lower)
-    h_inv = h_inv.T @ h_inv  # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹
-    upper = np.linalg.cholesky(h_inv).T
-  except np.linalg.LinAlgError:
+  # H⁻¹ from H's Cholesky factor, then H⁻¹'s upper factor (the reference's cholesky,
+  # cholesky_inverse, cholesky(upper=True)), with LAPACK's routines for each.
+  factor, info = lapack.dpotrf(h, lower=0)
+  if info == 0:
+    h_inv, info = lapack.dpotri(factor, lower=0)  # the upper triangle of H⁻¹
+  if info == 0:
+    h_inv = np.triu(h_inv) + np.triu(h_inv, 1).T
+    upper, info = lapack.dpotrf(h_inv, lower=0)
+  if info != 0:
     raise UserError(f"{where}: the damped Hessian is not positive definite; raise damp "
-                    f"(now {damp}) or calibrate on more tokens") from None
-  return w, upper.astype(np.float32)
+                    f"(now {damp}) or calibrate on more tokens")
+  return w, np.triu(upper).astype(np.float32)
 
 
 def obs_sweep(w_IxO: np.ndarray, u_IxI: np.ndarray, blocksize: int,
