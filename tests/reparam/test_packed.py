@@ -224,3 +224,17 @@ def test_bench_smoke_decodes_the_same_tokens_as_the_dequantized_model():
   out = packed_decode.main(["--smoke"])
   assert out["same_tokens"] == "2/2"
   assert out["block_bytes"]["packed"] < 0.2 * out["block_bytes"]["float32"]
+
+
+@pytest.mark.parametrize("sym,act_order", [(False, False), (True, True)])
+def test_a_gptq_grid_is_stored_and_computes_what_gptq_computes(sym, act_order):
+  from reparam_jax.compression.methods import LayerStats, gptq  # noqa: PLC0415
+
+  x = _w((256, 64), seed=11) * np.linspace(0.1, 3, 64)  # uneven input channels
+  stats = LayerStats(x.T @ x, len(x), np.abs(x).max(0), np.abs(x).mean(0), x[:0])
+  result = gptq.apply(_w((64, 16), seed=12), stats, bits=3, group=32, sym=sym,
+                      act_order=act_order)
+  theta = packed.theta_from_grid(result.grid)
+  dense = np.asarray(packed.Packed(bits=3, group=32, sym=sym).apply(theta).dense())
+  np.testing.assert_array_equal(dense, result.grid.dequantize())
+  np.testing.assert_allclose(dense, result.weight_IxO, rtol=1e-6, atol=1e-6)
