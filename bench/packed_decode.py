@@ -26,7 +26,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,10 +43,10 @@ from reparam_jax.reparam import Reparam  # noqa: E402
 
 KERNELS = r"block_\d+/(attn/(query|key|value|out)|mlp/fc_(in|out))/kernel"
 SIZES = {
-    "small": dict(vocab_size=50257, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072,
-                  max_len=1024),
-    "tiny": dict(vocab_size=99, num_layers=2, num_heads=4, embed_dim=256, mlp_dim=512,
-                 max_len=128),
+    "small": {"vocab_size": 50257, "num_layers": 12, "num_heads": 12, "embed_dim": 768,
+              "mlp_dim": 3072, "max_len": 1024},
+    "tiny": {"vocab_size": 99, "num_layers": 2, "num_heads": 4, "embed_dim": 256,
+             "mlp_dim": 512, "max_len": 128},
 }
 
 
@@ -98,7 +99,10 @@ def run(size: str, spec: str, prompt_len: int, new: int, rounds: int) -> dict[st
     same += out["packed"] == call("dequantized", r)
   med = {side: statistics.median(v) for side, v in wall.items()}
   tps = {side: new / v for side, v in med.items()}
-  block = lambda tree: {k: v for k, v in tree.items() if k.startswith("block_")}  # noqa: E731
+
+  def block(tree: Any) -> dict:
+    return {k: v for k, v in tree.items() if k.startswith("block_")}
+
   sides.clear()  # the dequantized copy is not needed any more
   return {"size": size, "spec": spec, "prompt": prompt_len, "new_tokens": new, "rounds": rounds,
           "cpu": cpu_model(), "affinity": sorted(os.sched_getaffinity(0)),

@@ -111,7 +111,10 @@ def test_packed_lora_starts_at_the_quantized_weight_and_trains_only_the_adapter(
                                    "lora_a": True, "lora_b": True}
   theta["lora_b"] = jnp.asarray(_w((2, 6), seed=5))
   x = jnp.asarray(_w((3, 16), seed=6))
-  loss = lambda t: jnp.sum(jnp.sin(node.apply(t).left_matmul(x)))  # noqa: E731
+
+  def loss(t):
+    return jnp.sum(jnp.sin(node.apply(t).left_matmul(x)))
+
   grads = jax.grad(loss, allow_int=True)(theta)
   assert not np.any(grads["base"]["scales"]) and np.any(grads["lora_a"]) and np.any(grads["lora_b"])
 
