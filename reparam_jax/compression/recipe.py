@@ -37,6 +37,7 @@ from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.rules import Plan, map_theta
 from reparam_jax.reparam.state import get_in, set_in, state_stages
+from reparam_jax.reparam.transforms import packed
 from reparam_jax.reparam.transforms.mask_update import prune_now
 from reparam_jax.reparam.transforms.quant import quantize as int_quantize
 from reparam_jax.rundir import checkpoint
@@ -52,7 +53,7 @@ KERNELS = COMPRESS_KERNELS
 
 # The calibration-based methods (compression/methods/<name>.py), each registering itself
 # in `methods.METHODS` at import; each is a recipe step of its name.
-METHOD_MODULES = ("gptq", "sparsegpt", "wanda")
+METHOD_MODULES = ("gptq", "sparsegpt", "wanda", "awq", "smoothquant")
 for _name in METHOD_MODULES:
   importlib.import_module(f"reparam_jax.compression.methods.{_name}")
 PRUNING_METHODS = ("sparsegpt", "wanda")
@@ -121,17 +122,28 @@ class State:
   kernels: str = KERNELS
   grid: tuple = ()         # (bits, group, sym) when the kernels lie on a group grid (gptq, rtn, awq)
   grid_step: str = ""      # the step that put them there
+  grids: dict | None = None  # kernel path → its GroupGrid, stored `packed` (None: stored float)
+
+  def packed_rule(self) -> str:
+    bits, group, sym = self.grid
+    return f"packed(bits={bits}, group={group}, sym={sym})"
 
   def base_rules(self) -> tuple:
     return ((self.kernels, f"lowrank(rank={self.rank})"),) if self.rank else ()
 
   def storage_rules(self) -> tuple:
+    if self.grids:
+      return ((self.kernels, self.packed_rule()),)
     if not self.bits:
       return self.base_rules()
     q = f"qweight(bits={self.bits})"
     return ((self.kernels, f"lowrank(rank={self.rank})|{q}" if self.rank else q),)
 
   def storage_params(self) -> PyTree:
+    if self.grids:  # each kernel as `packed`'s θ: the codes packed into bytes, its scales
+      return map_kernel_slots_with_path(
+          self.theta, self.kernels,
+          lambda path, w: packed.theta_from_grid(self.grids[path], jnp.asarray(w).dtype))
     if not self.bits:
       return self.theta
     return quantize_leaves(self.theta, self.base_rules(), self.kernels, self.bits)
@@ -170,6 +182,17 @@ def map_kernel_slots(theta: PyTree, base_rules: tuple, kernels: str, fn) -> PyTr
     if isinstance(tree, dict):
       return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
     return fn(tree) if pattern.fullmatch(path) else tree
+  return rec(theta, "")
+
+
+def map_kernel_slots_with_path(theta: PyTree, kernels: str, fn) -> PyTree:
+  """`fn(path, w)` on each dense kernel matching `kernels` (an unrolled θ)."""
+  pattern = re.compile(kernels)
+
+  def rec(tree, path):
+    if isinstance(tree, dict):
+      return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
+    return fn(path, tree) if pattern.fullmatch(path) else tree
   return rec(theta, "")
 
 
@@ -347,17 +370,25 @@ def step_rtn(state: State, step: Step, **_) -> State:
     step.kwargs["symmetric"] = step.kwargs.pop("sym")
   options = _method_options(step, methods.rtn)
   grid = _grid_of(step, options, methods.rtn)
-  pattern = re.compile(state.kernels)
+  grids = {}
 
-  def rec(tree, path):
-    if isinstance(tree, dict):
-      return {k: rec(v, f"{path}/{k}" if path else k) for k, v in tree.items()}
-    if not pattern.fullmatch(path):
-      return tree
-    w = methods.rtn(np.asarray(tree, np.float32), **options).dequantize()
-    return jnp.asarray(w, tree.dtype)
-  return dataclasses.replace(state, theta=rec(state.theta, ""), grid=grid,
-                             grid_step=step.text())
+  def one(path, w):
+    grids[path] = methods.rtn(np.asarray(w, np.float32), **options)
+    return jnp.asarray(grids[path].dequantize(), w.dtype)
+  theta = map_kernel_slots_with_path(state.theta, state.kernels, one)
+  return dataclasses.replace(state, theta=theta, grid=grid, grid_step=step.text(),
+                             grids=_packable(grids, grid, theta))
+
+
+def _packable(grids: dict, grid: tuple, theta: PyTree) -> dict | None:
+  """`grids` if every kernel can be stored `packed` (an unrolled θ, d_in a multiple of the
+  codes a packed chunk holds), else None: the kernels stay float (on the grid)."""
+  if not grids or None in grids.values() or has_stack(theta):
+    return None
+  rows_per_chunk = packed.chunk(grid[0])[0]
+  if any(g.codes.shape[0] % rows_per_chunk for g in grids.values()):
+    return None
+  return grids
 
 
 def step_calibrated(state: State, step: Step, config, evaluator, log,
@@ -389,26 +420,33 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
       f"{inputs['ids_BxL'].shape[1]} tokens")
   pattern = re.compile(state.kernels)
   selected = lambda path: bool(pattern.fullmatch(f"{path}/kernel"))  # noqa: E731
-  masks = []
+  grids = {}  # a grid a kernel computes with as it is (no input scale): stored `packed`
+
+  def keep(path, result):
+    grids[path] = result.grid if result.input_scale_I is None else None
+    return result.weight_IxO
 
   def one(path, w, stats):
-    result = fn(w, stats, **options)
-    masks.append(result.mask_IxO)
-    return result.weight_IxO
+    return keep(path, fn(w, stats, **options))
 
   shared = None
   if joint is not None:
     def shared(paths, ws, stats):
-      results = joint(ws, stats, **options)
-      return [r.weight_IxO for r in results]
+      return [keep(p, r) for p, r in zip(paths, joint(ws, stats, **options))]
   new = calib_lib.compress_blockwise(model, params, inputs, selected, one, calibration,
                                      log=log, compress_shared=shared)
   if scanned:
     new = like(new, state.theta)
   if step.name in PRUNING_METHODS:
     return dataclasses.replace(state, theta=new, sparse=True)
-  grid = _grid_of(step, options, fn) if "bits" in inspect.signature(fn).parameters else ()
-  return dataclasses.replace(state, theta=new, grid=grid, grid_step=step.text() if grid else "")
+  if "bits" in inspect.signature(fn).parameters:
+    grid = _grid_of(step, options, fn)
+  elif step.name == "smoothquant" and options.get("quantize", True):
+    grid = (8, 0, True)  # int8 per output channel, symmetric
+  else:
+    grid = ()
+  return dataclasses.replace(state, theta=new, grid=grid, grid_step=step.text() if grid else "",
+                             grids=_packable(grids, grid, new) if grid else None)
 
 
 def step_calibration(step: Step) -> calib_lib.Calibration:
