@@ -142,7 +142,7 @@ def test_gptq_and_sparsegpt_steps_beat_their_baselines(trained, tmp_path):
   calib = "calibration(n=16, length=16, chunk=8)"
   recipes = {"rtn": "rtn(bits=3, group=16)", "gptq": f"{calib},gptq(bits=3, group=16)",
              "magnitude": "prune(magnitude, 0.5)", "sparsegpt": f"{calib},sparsegpt(0.5)",
-             "wanda": f"{calib},wanda('2:4')"}
+             "wanda": f"{calib},wanda('2:4')", "awq": f"{calib},awq(bits=3, group=16)"}
   reports = {k: recipe.compress(trained, r, str(tmp_path / k), log=lambda *_: None)
              for k, r in recipes.items()}
   for name, report in reports.items():
@@ -153,6 +153,9 @@ def test_gptq_and_sparsegpt_steps_beat_their_baselines(trained, tmp_path):
   assert reports["gptq"]["rows"][-1]["kernel_bits"] == pytest.approx(3 + 40 / 16)
   for name in ("sparsegpt", "wanda"):
     assert reports[name]["rows"][-1]["kernel_sparsity"] == pytest.approx(0.5, abs=1e-6)
+  # AWQ's layers also scale their input: stored as their effective float weights.
+  assert load_run(str(tmp_path / "awq")).config.reparam.rules == []
+  assert reports["awq"]["rows"][-1]["kernel_bits"] == pytest.approx(3 + 40 / 16)
   # GPTQ's and RTN's kernels are stored packed: 3-bit codes, 8 rows in 3 bytes.
   for name in ("gptq", "rtn"):
     run = load_run(str(tmp_path / name))
