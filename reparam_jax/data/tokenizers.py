@@ -117,12 +117,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
       saved = json.load(f)
     if "chars" in saved:
       return CharTokenizer(saved["chars"])
-  # A run's own fitted SentencePiece model is its only tokenizer file; a pretrained
-  # model's folder (Llama 2, T5) says what it is in tokenizer_config.json / config.json
-  # and is read as transformers reads it.
-  pretrained = any(os.path.exists(os.path.join(directory, f))
-                   for f in (hf_tokenizers.CONFIG_FILENAME, "config.json"))
-  if os.path.exists(sp_path) and not pretrained:
+  if os.path.exists(sp_path) and not _pretrained_folder(directory):
     with open(sp_path, "rb") as f:
       return SentencePieceTokenizer(f.read())
   tokenizer = hf_tokenizers.load(directory)
@@ -131,6 +126,21 @@ def load_tokenizer(directory: str) -> Tokenizer:
   raise UserError(f"no tokenizer in {directory} (expected {CharTokenizer.FILENAME}, "
                   f"{SentencePieceTokenizer.FILENAME}, or a Hugging Face vocab.json + merges.txt "
                   "or vocab.txt); is it a training workdir?")
+
+
+def _pretrained_folder(directory: str) -> bool:
+  """Whether `directory` is a pretrained model's folder (Llama 2, T5: read as transformers
+  reads it) rather than a training run's, whose fitted SentencePiece model is its own:
+  a tokenizer_config.json, or a config.json of transformers' (a run's config.json holds
+  the run's config, which has no model_type)."""
+  if os.path.exists(os.path.join(directory, hf_tokenizers.CONFIG_FILENAME)):
+    return True
+  try:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+      found = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(found, dict) and "model_type" in found
 
 
 def open_tokenizer(spec: str) -> Tokenizer:
