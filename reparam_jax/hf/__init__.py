@@ -35,11 +35,21 @@ def is_encoder_decoder(fam: ModuleType) -> bool:
   return bool(getattr(fam, "ENCODER_DECODER", False))
 
 
+def _per_layer_misfit(cfg: Any, fam: ModuleType) -> str:
+  """Structurally pruned shapes (models/config.py) a family's config.json cannot hold: per-layer
+  MLP widths in every family; per-layer heads except in BERT (`pruned_heads`)."""
+  if getattr(cfg, "layer_mlp_dims", ()):
+    return f"model.layer_mlp_dims={cfg.layer_mlp_dims!r} (needs one intermediate_size: ())"
+  if getattr(cfg, "layer_heads", ()) and fam.MODEL_TYPE != "bert":
+    return f"model.layer_heads={cfg.layer_heads!r} (needs ())"
+  return ""
+
+
 def exporting_family(cfg: Any, encoder_decoder: bool) -> ModuleType:
   """The first family `cfg` exports as; UserError naming, per family, what does not fit."""
   misfits = []
   for fam in FAMILY_MODULES:
-    misfit = fam.fits(cfg, encoder_decoder)
+    misfit = _per_layer_misfit(cfg, fam) or fam.fits(cfg, encoder_decoder)
     if not misfit:
       return fam
     misfits.append(f"{fam.MODEL_TYPE}: {misfit}")

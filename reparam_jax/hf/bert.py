@@ -80,7 +80,17 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
       embed_norm=True, pooler=True, tie_embeddings=True, gelu_approximate=act != "gelu",
       layer_norm_eps=float(get(hf, "layer_norm_eps", 1e-12)), embed_dropout=hidden_drop,
       attention_dropout=float(get(hf, "attention_probs_dropout_prob", 0.1)),
-      residual_dropout=hidden_drop)
+      residual_dropout=hidden_drop, layer_heads=_layer_heads(hf))
+
+
+def _layer_heads(hf: dict[str, Any]) -> tuple[int, ...]:
+  """Heads per layer of a config.json with `pruned_heads` (transformers 4's record of removed
+  heads, {layer: [head, ...]}), or () when no layer lost any."""
+  pruned = get(hf, "pruned_heads", {})
+  if not pruned:
+    return ()
+  heads, layers = int(hf["num_attention_heads"]), int(hf["num_hidden_layers"])
+  return tuple(heads - len(set(pruned.get(str(i), pruned.get(i, ())))) for i in range(layers))
 
 
 def heads_of(tensors: dict[str, np.ndarray], hf: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +234,9 @@ def fits(cfg: Any, encoder_decoder: bool) -> str:
   """"" if `cfg` exports as this family, else the first field that does not fit."""
   if encoder_decoder:
     return "an encoder–decoder"
-  return plain_misfit(cfg, causal=False, pre_norm=False, embed_norm=True)
+  # Per-layer head counts export as `pruned_heads`; `layer_heads` is then cfg's own.
+  return plain_misfit(cfg, causal=False, pre_norm=False, embed_norm=True,
+                      layer_heads=cfg.layer_heads)
 
 
 def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
@@ -242,6 +254,13 @@ def hf_config(cfg: Any, heads: dict[str, Any], base: dict[str, Any] | None) -> d
       layer_norm_eps=cfg.layer_norm_eps, hidden_dropout_prob=cfg.residual_dropout,
       attention_probs_dropout_prob=cfg.attention_dropout, position_embedding_type="absolute")
   out.setdefault("pad_token_id", 0)
+  out.pop("pruned_heads", None)
+  if cfg.layer_heads:
+    # transformers 4 builds each layer with num_attention_heads, then removes these heads
+    # (BertModel.prune_heads) before loading the weights; which numbers are listed does not
+    # change the model, so the last ones stand for the removed.
+    out["pruned_heads"] = {str(i): list(range(h, cfg.num_heads))
+                           for i, h in enumerate(cfg.layer_heads) if h < cfg.num_heads}
   classifier = heads.get("classifier")
   if classifier:
     n = int(classifier["num_classes"])

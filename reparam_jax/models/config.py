@@ -61,6 +61,11 @@ class TransformerConfig:
   embed_proj_dim: int = 0  # > 0: factorised embedding [vocab, E] → E×embed projection (ALBERT)
   share_layers: bool = False  # cross-layer sharing: one block's params used by every layer
   layer_dims: tuple[int, ...] = ()  # width of each block; () = embed_dim everywhere
+  # Structurally pruned models (compression/structured.py): query heads and MLP width of
+  # each block; () = num_heads / mlp_dim everywhere.  Key/value heads keep the group size
+  # num_heads // kv_heads (whole groups are removed), heads keep head_dim.
+  layer_heads: tuple[int, ...] = ()
+  layer_mlp_dims: tuple[int, ...] = ()
   # T5 and original-Transformer options (models/seq2seq.py; the defaults are GPT-2/BERT's).
   norm: str = "layer"  # "layer" (LayerNorm) or "rms" (T5's RMSNorm: scale only, no mean)
   activation: str = "gelu"  # "gelu", "relu" (T5 v1.0, Vaswani et al.) or "silu" (Llama)
@@ -99,6 +104,7 @@ class TransformerConfig:
     if self.scan_layers and (self.share_layers or len(set(self.block_dims)) > 1):
       raise ValueError("scan_layers needs num_layers identical blocks; share_layers and "
                        "varying layer_dims are unrolled only")
+    self._check_pruned_shapes()
     if self.norm not in ("layer", "rms"):
       raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")
     if self.attention not in ATTENTION_KERNELS:
@@ -114,6 +120,28 @@ class TransformerConfig:
                        "context length the model was pre-trained at")
     if sum([self.rope, self.relative_buckets > 0, self.sinusoidal]) > 1:
       raise ValueError("choose one position scheme: rope, relative_buckets or sinusoidal")
+
+  def _check_pruned_shapes(self) -> None:
+    """`layer_heads` and `layer_mlp_dims`: one positive entry per layer, whole key/value
+    groups, one shape for every layer of a scanned or shared stack."""
+    for name in ("layer_heads", "layer_mlp_dims"):
+      values = tuple(int(v) for v in getattr(self, name))
+      object.__setattr__(self, name, values)
+      if not values:
+        continue
+      if len(values) != self.num_layers:
+        raise ValueError(f"{name}={values} needs one entry per layer ({self.num_layers})")
+      if min(values) <= 0:
+        raise ValueError(f"{name}={values} has an entry ≤ 0; keep at least one per layer")
+      if (self.scan_layers or self.share_layers) and len(set(values)) > 1:
+        raise ValueError(f"{name}={values} varies across layers: a scanned or shared stack "
+                         "needs one shape; set scan_layers=False (share_layers=False)")
+    if self.layer_heads and self.num_heads % self.kv_heads == 0:
+      group = self.num_heads // self.kv_heads
+      bad = [h for h in self.layer_heads if h % group]
+      if bad:
+        raise ValueError(f"layer_heads {bad} are not whole key/value groups of {group} query "
+                         f"heads (num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads})")
 
   @property
   def learned_positions(self) -> bool:
@@ -137,3 +165,32 @@ class TransformerConfig:
       return self
     return dataclasses.replace(self, embed_dim=width,
                                mlp_dim=self.mlp_dim * width // self.embed_dim, layer_dims=())
+
+  @property
+  def per_layer_shapes(self) -> bool:
+    """Whether blocks differ from one another (width, heads or MLP width by layer)."""
+    return bool(self.layer_dims or self.layer_heads or self.layer_mlp_dims)
+
+  def block_config(self, i: int) -> TransformerConfig:
+    """The config block i is built with: its width (`layer_dims`), its query and key/value
+    heads (`layer_heads`, same head_dim and group size) and MLP width (`layer_mlp_dims`)."""
+    cfg = self.at_width(self.block_dims[i])
+    changes: dict[str, Any] = {}
+    if self.layer_heads:
+      heads = self.layer_heads[i]
+      group = self.num_heads // self.kv_heads
+      changes.update(num_heads=heads, head_size=cfg.head_dim,
+                     num_kv_heads=heads // group if self.num_kv_heads else 0)
+    if self.layer_mlp_dims:
+      changes["mlp_dim"] = self.layer_mlp_dims[i]
+    if not changes:
+      return cfg
+    return dataclasses.replace(cfg, layer_dims=(), layer_heads=(), layer_mlp_dims=(), **changes)
+
+  @property
+  def heads_by_layer(self) -> tuple[int, ...]:
+    return self.layer_heads or (self.num_heads,) * self.num_layers
+
+  @property
+  def mlp_dims_by_layer(self) -> tuple[int, ...]:
+    return self.layer_mlp_dims or (self.mlp_dim,) * self.num_layers

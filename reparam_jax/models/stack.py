@@ -19,7 +19,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -66,15 +67,20 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
                cache_index: Array | None = None, bias: Array | None = None,
                memory: Array | None = None, memory_mask: Array | None = None, *,
                cross: bool = False, layer_transform: LayerTransform | None = None,
-               owner_path: tuple[str, ...] = ()) -> Array:
+               owner_path: tuple[str, ...] = (),
+               block_configs: Sequence[Any] | None = None) -> Array:
   """Applies `num_layers` blocks of `cfg` to x; called inside the owner's compact method.
 
   `blocks`: the block class and its scan (carry) form, `(Block, ScannedBlock)`
   of block.py: (x, mask, positions, cache_index, bias, memory,
   memory_mask) → (x, None), with `train` and `decode` as fields.
   `owner_path`: the calling module's path (its layers are `{owner_path}/block_{i}`).
+  `block_configs`: one config per layer where layers differ in heads or MLP width
+  (a structurally pruned model); a scanned stack has them all equal.
   """
   block_cls, scanned_cls = blocks
+  if block_configs is not None and cfg.scan_layers:
+    cfg = block_configs[0]  # TransformerConfig checks they are alike when scanned
   policy = remat_policy_name(cfg.remat)
   remat = policy != "none" and not decode  # decoding never differentiates
   if cfg.scan_layers:
@@ -102,7 +108,8 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
     return x
   for i in range(num_layers):
     cls = block_cls if layer_transform is None else layer_transform(block_cls, 0)
-    x = rematerialised(cls, cfg, decode)(cfg, cross=cross, name=layer_name(i))(
+    layer_cfg = cfg if block_configs is None else block_configs[i]
+    x = rematerialised(cls, cfg, decode)(layer_cfg, cross=cross, name=layer_name(i))(
         x, mask, positions, train, decode, cache_index, bias, memory, memory_mask)
   return x
 

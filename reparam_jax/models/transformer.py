@@ -24,6 +24,10 @@ Projection options (ALBERT, Lan et al. 2020; all off by default):
                      `proj_{i}/{kernel [d_{i-1}, d_i], bias}` maps the residual
                      stream into block i (d_{-1} = embed); see docs/tasks.md
 
+Structurally pruned models (docs/structured_pruning.md): `layer_heads` and
+`layer_mlp_dims` give block i its own number of heads (the fused heads axis of
+its query/key/value/out kernels is heads_i*kv) and MLP width.
+
 Projection kernels are 2-D `[d_in, d_out]` matrices (heads fused into the
 output axis, split after the matmul) so every linear map is a matrix a
 reparameterization can factor; the fused axis is sharded along `heads`.
@@ -199,9 +203,11 @@ class Transformer(nn.Module):
     if cfg.share_layers or cfg.layer_dims:
       x, width = self._unshared_blocks(x, mask, positions_BxL, train, decode, cache_index)
     else:
+      per_layer = ([cfg.block_config(i) for i in range(cfg.num_layers)]
+                   if cfg.per_layer_shapes else None)
       x = run_blocks(BLOCKS, cfg, cfg.num_layers, x, mask, positions_BxL, train, decode,
                      cache_index, layer_transform=self.layer_transform,
-                     owner_path=self.scope.path)
+                     owner_path=self.scope.path, block_configs=per_layer)
       width = cfg.embed_dim
     if cfg.pre_norm:
       x = make_norm(cfg, "ln_final")(x)
@@ -229,13 +235,13 @@ class Transformer(nn.Module):
     cfg = self.cfg
     block_cls = rematerialised(Block, cfg, decode)
     if cfg.share_layers:
-      shared = block_cls(cfg.at_width(cfg.block_dims[0]), name="block_shared")
+      shared = block_cls(cfg.block_config(0), name="block_shared")
     width = cfg.embed_dim
     for i, dim in enumerate(cfg.block_dims):
       if dim != width:
         x = Dense(dim, ("embed", None), cfg.use_bias, name=f"proj_{i}", **_dtypes(cfg))(x)
         x, width = constrain(x, ("batch", "length", "embed")), dim
-      block = shared if cfg.share_layers else block_cls(cfg.at_width(dim), name=f"block_{i}")
+      block = shared if cfg.share_layers else block_cls(cfg.block_config(i), name=f"block_{i}")
       x = block(x, mask, positions_BxL, train, decode, cache_index)
     return x, width
 
