@@ -14,6 +14,12 @@ files when the run used a Hugging Face tokenizer.  Fields of the original
 config.json (label names, token ids) are kept when the run started from an
 imported checkpoint (`--config.init_from`).
 
+`--format=compressed-tensors` writes a run whose reparam rules store kernels `packed`
+(docs/compression.md) in the compressed-tensors format that llm-compressor writes and
+vLLM serves: those projections as `pack-quantized` weights with their group scales,
+the rest dense (reparam_jax/hf/compressed_tensors.py, docs/pretrained.md).  The default,
+`--format=dense`, merges every reparameterization into dense float32 weights.
+
 `--peft_dir` writes a LoRA/DoRA run's adapter alone in PEFT's format
 (adapter_config.json + adapter_model.safetensors, docs/peft.md), which
 `peft.PeftModel.from_pretrained` loads onto the run's `init_from` model.
@@ -31,11 +37,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 
-from reparam_jax.errors import exit_on_user_error
+from reparam_jax.errors import UserError, exit_on_user_error
+from reparam_jax.hf import compressed_tensors
 from reparam_jax.hf.exporter import MAX_SHARD_BYTES, export
 from reparam_jax.hf.peft_run import export_run_adapter
 from reparam_jax.training import devices
@@ -53,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--max_shard_mb", type=int, default=MAX_SHARD_BYTES // 10**6,
                       help="largest safetensors file (MB); a bigger model is split over "
                       "several files with an index")
+  parser.add_argument("--format", default="dense", choices=("dense", "compressed-tensors"),
+                      help="dense: every reparameterization merged into float32 weights; "
+                      "compressed-tensors: packed kernels as pack-quantized weights")
   devices.add_distributed_flags(parser)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if not args.dst and not args.peft_dir:
@@ -73,7 +84,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{config['base_model_name_or_path'] or 'unknown (the run has no init_from)'}")
   if not args.dst:
     return out
-  out.update(export(args.workdir, args.dst, args.max_shard_mb * 10**6))
+  if args.format == "compressed-tensors":
+    if jax.process_count() > 1:
+      raise UserError("--format=compressed-tensors is written by one process; run export_hf "
+                      "without --distributed")
+    out.update(compressed_tensors.export(args.workdir, args.dst))
+    say(f"packed kernels: {out['quantized']} projections as pack-quantized "
+        "(compressed-tensors), the rest dense")
+  else:
+    out.update(export(args.workdir, args.dst, args.max_shard_mb * 10**6))
   tok = "with its tokenizer" if out["tokenizer"] is not None else (
       "without a tokenizer (the workdir has none in GPT-2 BPE or WordPiece form)")
   files = f"{out['files']} files" if out["files"] > 1 else "one file"

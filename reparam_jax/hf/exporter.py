@@ -92,7 +92,9 @@ def load_for_export(workdir: str) -> tuple[dict[str, Any], TransformerConfig,
     section = _read_json(model_json)
     section["layer_dims"] = tuple(section.get("layer_dims") or ())
     cfg, source = TransformerConfig(**section), _source_of(workdir)
-  elif os.path.exists(run_json) and os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS)):
+  elif os.path.exists(run_json) and (os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS))
+                                     or os.path.isdir(rundir.path(workdir, rundir.PARAMS))):
+    # a training workdir, or a `compress` output (its params/ and the run's config.json)
     run_config = _read_json(run_json)
     params = checkpoint.load_params(workdir)
     rules = (run_config.get("reparam") or {}).get("rules")
@@ -102,8 +104,9 @@ def load_for_export(workdir: str) -> tuple[dict[str, Any], TransformerConfig,
     flat = _flat_arrays(layers.unstack_layers(params))  # Hugging Face numbers its layers
     cfg, source = _run_model(run_config, flat), _source_of(run_config.get("init_from") or "")
   else:
-    raise UserError(f"{workdir} is neither a training workdir (config.json + checkpoints/) "
-                    "nor a convert_hf output (hf_model.json + params/)")
+    raise UserError(f"{workdir} is neither a training workdir (config.json + checkpoints/), "
+                    "a compress output (config.json + params/) nor a convert_hf output "
+                    "(hf_model.json + params/)")
   return flat, cfg, _heads(flat, source.get("heads") or {}), source
 
 
@@ -131,6 +134,7 @@ def export(workdir: str, out_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES
   tensors = fam.export_params(flat, cfg)  # arrays still split over the processes
   hf_config = fam.hf_config(cfg, heads, source.get("hf_config"))
   hf_config["torch_dtype"] = "float32"
+  hf_config.pop("quantization_config", None)  # an imported compressed model's: written dense
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(out_dir, exist_ok=True)

@@ -104,6 +104,9 @@ def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: st
                    ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
   """(params, config, heads) from a config.json dict and its state dict."""
   fam = family(hf.get("model_type"), where)
+  if (hf.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+    from reparam_jax.hf import compressed_tensors  # here: it imports the exporter, which imports us
+    tensors = compressed_tensors.decompress(tensors, hf, where)  # dequantized, dense
   cfg, heads = architecture(hf, tensors, where)
   flat, src = fam.import_params(tensors, hf, cfg, heads, where)
   unused = src.unused()
