@@ -18,8 +18,10 @@ Scores are calibration-free magnitudes of each unit's path to the residual
 stream (a unit whose output weights are zero scores 0, so it goes first):
   head group g:  ‖[W_v[:, g] ; b_v[g]]‖ · Σ_{h ∈ g} ‖W_out[h, :]‖
   neuron j:      ‖W_out[j, :]‖ · ‖[W_in[:, j] ; b_in[j]]‖ (· ‖[W_gate[:, j] ; b_gate[j]]‖)
-Any other score (a calibration-based one, say) can be handed in instead: one
-array per layer, one entry per unit, larger = keep.
+`activation_scores` is the calibration-based alternative, Wanda's |W|·‖X‖
+(Sun et al. 2024) summed over a unit's rows of the output projection, from the
+`LayerStats` that compression/calibration.py collects.  Any other score can be
+handed in too: one array per layer, one entry per unit, larger = keep.
 """
 
 from __future__ import annotations
@@ -109,6 +111,33 @@ def neuron_scores(params: PyTree, cfg: TransformerConfig) -> list[np.ndarray]:
                                 (0 if bias is None else np.square(bias.astype(np.float64))))
     out.append(score)
   return out
+
+
+def activation_scores(params: PyTree, cfg: TransformerConfig, stats: Mapping[str, Any]
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """(head-group scores, neuron scores) per layer: Σ_r Σ_o |W[r, o]|·‖X_r‖ over the unit's
+  input rows r of attn/out (its heads' K rows each) and of mlp/fc_out (one row), with ‖X_r‖
+  the L2 norm of input feature r over the calibration tokens, √(Σxᵀx)_rr of the layer's
+  `LayerStats` (compression/methods).  `stats` maps `block_{i}/attn/out` and
+  `block_{i}/mlp/fc_out` (or the same with `/kernel`) to those stats."""
+  tree = _dense_layers(params, cfg, "activation_scores")
+  group = cfg.num_heads // cfg.kv_heads
+
+  def wanda_rows(path: str, kernel: np.ndarray) -> np.ndarray:
+    found = stats.get(path, stats.get(f"{path}/kernel"))
+    if found is None:
+      raise UserError(f"activation_scores: no calibration statistics for {path}; collect "
+                      "them for every block's attn/out and mlp/fc_out")
+    x_norm = np.sqrt(np.maximum(np.diag(np.asarray(found.hessian_IxI, np.float64)), 0.0))
+    return np.abs(kernel.astype(np.float64)).sum(axis=1) * x_norm
+
+  heads, neurons = [], []
+  for i in range(cfg.num_layers):
+    block, block_cfg = tree[f"block_{i}"], cfg.block_config(i)
+    rows = wanda_rows(f"block_{i}/attn/out", block["attn"]["out"]["kernel"])
+    heads.append(rows.reshape(block_cfg.kv_heads, group * block_cfg.head_dim).sum(axis=1))
+    neurons.append(wanda_rows(f"block_{i}/mlp/fc_out", block["mlp"]["fc_out"]["kernel"]))
+  return heads, neurons
 
 
 def _counts(keep: Keep, units: Sequence[int], scores: Sequence[np.ndarray], across_layers: bool,

@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax.core import meta
 
-from reparam_jax.compression import structured
+from reparam_jax.compression import calibration, structured
 from reparam_jax.errors import UserError
 from reparam_jax.generation.decode import Sampling, generate
 from reparam_jax.models import Transformer, TransformerConfig
@@ -94,6 +94,43 @@ def test_default_scores_remove_the_zeroed_units_first():
   # A fraction ranked across layers keeps at least one unit everywhere and `keep` overall.
   _, frac_cfg = structured.prune_heads(params, cfg, 0.5, across_layers=True)
   assert sum(frac_cfg.layer_heads) == 6 and min(frac_cfg.layer_heads) >= 1
+
+
+def test_activation_scores_are_wanda_per_unit_and_prune_dead_units():
+  cfg = TransformerConfig(**LLAMA)
+  ids = jax.random.randint(jax.random.key(4), (4, 6), 0, cfg.vocab_size)
+  params = jax.tree.map(np.array, _params(cfg, ids))
+  K = cfg.head_dim
+  # Layer 1's second key/value group reads zero values, layer 0's units 3 and 9 a zero
+  # gate: their inputs to attn/out and fc_out are zero, whatever those kernels hold.
+  params["block_1"]["attn"]["value"]["kernel"][:, K:2 * K] = 0.0
+  params["block_0"]["mlp"]["fc_gate"]["kernel"][:, [3, 9]] = 0.0
+  stats = {}
+
+  def record(path, w, layer_stats):
+    stats[path] = layer_stats
+    return w
+  calibration.compress_blockwise(
+      Transformer(cfg), params, {"ids_BxL": np.asarray(ids)}, lambda p: True, record,
+      calibration.Calibration(n=4, length=6, chunk=2, samples=24), log=lambda *_: None)
+  heads, neurons = structured.activation_scores(params, cfg, stats)
+
+  # Wanda's |W|·‖X‖ written out, ‖X‖ from the sampled rows (here every calibration row).
+  x = stats["block_2/attn/out/kernel"].samples_MxI.astype(np.float64)
+  w = params["block_2"]["attn"]["out"]["kernel"].astype(np.float64)
+  rows_of_group = [range(g * 2 * K, (g + 1) * 2 * K) for g in range(2)]
+  want = [sum(abs(w[r, o]) * np.sqrt((x[:, r] ** 2).sum()) for r in rows
+              for o in range(w.shape[1])) for rows in rows_of_group]
+  np.testing.assert_allclose(heads[2], want, rtol=1e-4)
+  assert heads[1][1] == 0 and heads[1][0] > 0
+  assert sorted(np.flatnonzero(neurons[0] == 0)) == [3, 9]
+  assert structured.head_scores(params, cfg)[1][1] == 0  # no value weights: magnitude agrees
+
+  pruned, pruned_cfg = structured.prune_neurons(params, cfg, [30, 32, 32], scores=neurons)
+  pruned, pruned_cfg = structured.prune_heads(pruned, pruned_cfg, [4, 2, 4], scores=heads)
+  want_logits = Transformer(cfg).apply({"params": params}, ids)["logits"]
+  got = Transformer(pruned_cfg).apply({"params": pruned}, ids)["logits"]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want_logits), rtol=1e-5, atol=1e-5)
 
 
 def test_scanned_stack_stays_scanned_when_layers_agree():
