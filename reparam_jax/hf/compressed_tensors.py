@@ -47,9 +47,10 @@ import numpy as np
 import safetensors.numpy
 
 from reparam_jax.errors import UserError
-from reparam_jax.hf import exporter, llama
+from reparam_jax.hf import exporter, exporting_family, llama
 from reparam_jax.hf.files import read_config, read_weights, weights_file
 from reparam_jax.pytree import layers
+from reparam_jax.pytree.paths import dict_leaves
 from reparam_jax.reparam.rules import Plan, map_theta
 from reparam_jax.reparam.transforms import packed as packed_lib
 from reparam_jax.rundir import checkpoint, sharded
@@ -121,15 +122,23 @@ def compress_theta(node: packed_lib.Packed, theta: dict[str, Any]) -> dict[str, 
 
 
 def packed_kernels(workdir: str) -> dict[str, tuple[packed_lib.Packed, dict[str, Any]]]:
-  """`{block_i/…/kernel: (packed transform, θ on this host)}` of a training workdir whose
-  rules store kernels `packed`; UserError for a rule that compressed-tensors cannot hold."""
+  """`{block_i/…/kernel: (packed transform, θ on this host)}` of a training workdir or
+  compress output whose rules store kernels `packed`; UserError for a model or a rule that
+  compressed-tensors cannot hold."""
   run_json = rundir.path(workdir, rundir.CONFIG)
   if not os.path.exists(run_json):
     raise UserError(f"--workdir={workdir}: --format=compressed-tensors needs a training workdir "
                     "or compress output (config.json) whose reparam rules store kernels packed")
   with open(run_json, encoding="utf-8") as f:
-    plan = Plan.from_config(json.load(f).get("reparam") or {})
+    run_config = json.load(f)
+  plan = Plan.from_config(run_config.get("reparam") or {})
   params = layers.unstack_layers(checkpoint.load_params(workdir))
+  # The family first, before anything is written (the exporter decides it the same way).
+  cfg = exporter._run_model(run_config, dict(dict_leaves(params)))
+  if exporting_family(cfg, False) is not llama:
+    raise UserError(f"--format=compressed-tensors: the model of {workdir} does not export as "
+                    "the Llama family, whose nn.Linear projections compressed-tensors compresses "
+                    "(GPT-2's are Conv1D); export it with --format=dense")
   found: dict[str, tuple[packed_lib.Packed, dict[str, Any]]] = {}
 
   def visit(path: str, rule: Any, theta: Any) -> Any:
@@ -176,10 +185,6 @@ def export(workdir: str, out_dir: str) -> dict[str, Any]:
   hf_path = os.path.join(out_dir, "config.json")
   with open(hf_path, encoding="utf-8") as f:
     hf = json.load(f)
-  if hf.get("model_type") not in llama.MODEL_TYPES:
-    raise UserError(f"--format=compressed-tensors: a {hf.get('model_type')} model's projections "
-                    "are not nn.Linear modules compressed-tensors compresses (the Llama family's "
-                    "are); export with --format=dense")
   weights = os.path.join(out_dir, exporter.WEIGHTS_FILE)
   tensors = dict(safetensors.numpy.load_file(weights))
   schemes: dict[str, dict[str, Any]] = {}

@@ -136,9 +136,16 @@ def test_what_the_format_cannot_hold_is_refused(tmp_path):
       ("lora", "packed(bits=4, group=32)|lora(rank=2)", "packed kernel under another transform"),
       ("plain", "lora(rank=2)", "has no packed kernels")):
     os.makedirs(tmp_path / name)
-    folder, _, _, _ = _run_folder(tmp_path / name, ATTN, spec, num_layers=1)
+    folder, _, _, _ = _run_folder(tmp_path / name, ATTN, spec)
     with pytest.raises(UserError, match=error):
       ct_format.export(folder, str(tmp_path / name / "out"))
+  os.makedirs(tmp_path / "gpt2")
+  folder, _, _, _ = _run_folder(tmp_path / "gpt2", ATTN, "packed(bits=4, group=32)",
+                                norm="layer", activation="gelu", mlp_gated=False, rope=False,
+                                use_bias=True, tie_embeddings=True, num_kv_heads=0)
+  with pytest.raises(UserError, match="does not export as the Llama family"):
+    ct_format.export(folder, str(tmp_path / "gpt2" / "out"))
+  assert not os.path.exists(tmp_path / "gpt2" / "out")  # refused before anything is written
 
 
 # --- against the compressed-tensors package (peer) ---------------------------------------------
