@@ -35,9 +35,9 @@ from reparam_jax.errors import UserError
 from reparam_jax.pytree.layers import has_stack, like, unstack_layers
 from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import Reparam
-from reparam_jax.reparam.rules import Plan, map_theta
+from reparam_jax.reparam.rules import Plan, map_theta, parse_spec
 from reparam_jax.reparam.state import get_in, set_in, state_stages
-from reparam_jax.reparam.transforms import packed
+from reparam_jax.reparam.transforms import packed, smooth
 from reparam_jax.reparam.transforms.mask_update import prune_now
 from reparam_jax.reparam.transforms.quant import quantize as int_quantize
 from reparam_jax.rundir import checkpoint
@@ -123,6 +123,10 @@ class State:
   grid: tuple = ()         # (bits, group, sym) when the kernels lie on a group grid (gptq, rtn, awq)
   grid_step: str = ""      # the step that put them there
   grids: dict | None = None  # kernel path → its GroupGrid, stored `packed` (None: stored float)
+  # kernel path → the input scale s of AWQ / SmoothQuant: the layer computes inner(x / s),
+  # stored as `<inner>|smooth` with the base holding diag(s)·w (None: no input scales)
+  input_scales: dict | None = None
+  input_stage: str = ""  # the inner stage under `smooth`: "" = the packed grid, else a spec
 
   def packed_rule(self) -> str:
     bits, group, sym = self.grid
@@ -132,6 +136,9 @@ class State:
     return ((self.kernels, f"lowrank(rank={self.rank})"),) if self.rank else ()
 
   def storage_rules(self) -> tuple:
+    if self.input_scales:
+      inner = self.input_stage or (self.packed_rule() if self.grids else "identity")
+      return ((self.kernels, f"{inner}|smooth"),)
     if self.grids:
       return ((self.kernels, self.packed_rule()),)
     if not self.bits:
@@ -140,6 +147,17 @@ class State:
     return ((self.kernels, f"lowrank(rank={self.rank})|{q}" if self.rank else q),)
 
   def storage_params(self) -> PyTree:
+    if self.input_scales:
+      node = parse_spec(self.storage_rules()[0][1])
+
+      def scaled(path, w):
+        s = self.input_scales[path]
+        if self.grids and not self.input_stage:  # the grid holds diag(s)·w: stored packed
+          dtype = jnp.asarray(w).dtype
+          return {"base": packed.theta_from_grid(self.grids[path], dtype),
+                  "smooth_s": jnp.asarray(s, dtype)}
+        return smooth.scaled_theta(node, jnp.asarray(w), s)
+      return map_kernel_slots_with_path(self.theta, self.kernels, scaled)
     if self.grids:  # each kernel as `packed`'s θ: the codes packed into bytes, its scales
       return map_kernel_slots_with_path(
           self.theta, self.kernels,
@@ -420,10 +438,12 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
       f"{inputs['ids_BxL'].shape[1]} tokens")
   pattern = re.compile(state.kernels)
   selected = lambda path: bool(pattern.fullmatch(f"{path}/kernel"))  # noqa: E731
-  grids = {}  # a grid a kernel computes with as it is (no input scale): stored `packed`
+  grids, scales = {}, {}  # a kernel's grid (of diag(s)·w where it has an input scale s)
 
   def keep(path, result):
-    grids[path] = result.grid if result.input_scale_I is None else None
+    grids[path] = result.grid
+    if result.input_scale_I is not None:
+      scales[path] = np.asarray(result.input_scale_I)
     return result.weight_IxO
 
   def one(path, w, stats):
@@ -445,8 +465,15 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
     grid = (8, 0, True)  # int8 per output channel, symmetric
   else:
     grid = ()
-  return dataclasses.replace(state, theta=new, grid=grid, grid_step=step.text() if grid else "",
-                             grids=_packable(grids, grid, new) if grid else None)
+  # SmoothQuant runs W8A8: the layer quantizes x / s per token at run time (quant's act_bits)
+  # over its int8-grid weight, so its base is `quant`, not the packed grid.
+  w8a8 = step.name == "smoothquant" and bool(grid)
+  return dataclasses.replace(
+      state, theta=new, grid=grid, grid_step=step.text() if grid else "",
+      grids=None if w8a8 or not grid else _packable(grids, grid, new),
+      # A scanned θ keeps the effective float weights (the scales are per unrolled layer).
+      input_scales=None if has_stack(new) else (scales or None),
+      input_stage="quant(bits=8, act_bits=8)" if w8a8 else ("" if grid else "identity"))
 
 
 def step_calibration(step: Step) -> calib_lib.Calibration:

@@ -142,7 +142,8 @@ def test_gptq_and_sparsegpt_steps_beat_their_baselines(trained, tmp_path):
   calib = "calibration(n=16, length=16, chunk=8)"
   recipes = {"rtn": "rtn(bits=3, group=16)", "gptq": f"{calib},gptq(bits=3, group=16)",
              "magnitude": "prune(magnitude, 0.5)", "sparsegpt": f"{calib},sparsegpt(0.5)",
-             "wanda": f"{calib},wanda('2:4')", "awq": f"{calib},awq(bits=3, group=16)"}
+             "wanda": f"{calib},wanda('2:4')", "awq": f"{calib},awq(bits=3, group=16)",
+             "smoothquant": f"{calib},smoothquant(0.5)"}
   reports = {k: recipe.compress(trained, r, str(tmp_path / k), log=lambda *_: None)
              for k, r in recipes.items()}
   for name, report in reports.items():
@@ -153,9 +154,21 @@ def test_gptq_and_sparsegpt_steps_beat_their_baselines(trained, tmp_path):
   assert reports["gptq"]["rows"][-1]["kernel_bits"] == pytest.approx(3 + 40 / 16)
   for name in ("sparsegpt", "wanda"):
     assert reports[name]["rows"][-1]["kernel_sparsity"] == pytest.approx(0.5, abs=1e-6)
-  # AWQ's layers also scale their input: stored as their effective float weights.
-  assert load_run(str(tmp_path / "awq")).config.reparam.rules == []
+  # AWQ's layers also scale their input: the grid of diag(s)·w packed under `smooth`;
+  # SmoothQuant's run W8A8, quantizing x / s per token at run time.
   assert reports["awq"]["rows"][-1]["kernel_bits"] == pytest.approx(3 + 40 / 16)
+  for name, rule in (("awq", "packed(bits=3, group=16, sym=False)|smooth"),
+                     ("smoothquant", "quant(bits=8, act_bits=8)|smooth")):
+    run = load_run(str(tmp_path / name))
+    assert run.config.reparam.rules[0][1] == rule, name
+    assert run.params["block_0"]["mlp"]["fc_out"]["kernel"]["smooth_s"].shape == (32,)
+    scales = [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(run.params)
+              if "smooth_s" in jax.tree_util.keystr(p)]
+    assert any(np.ptp(s) > 0 for s in scales), name  # some layer's channels were rescaled
+    got = Evaluator(run.config, trained)(run.params, run.config.reparam.rules)
+    assert got["loss"] == pytest.approx(reports[name]["final"]["eval_loss"], rel=1e-6), name
+  assert load_run(str(tmp_path / "awq")).params["block_0"]["mlp"]["fc_out"]["kernel"][
+      "base"]["codes"].dtype == np.uint8
   # GPTQ's and RTN's kernels are stored packed: 3-bit codes, 8 rows in 3 bytes.
   for name in ("gptq", "rtn"):
     run = load_run(str(tmp_path / name))
