@@ -101,6 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_proj_dim = 0
   c.model.share_layers = False
   c.model.layer_dims = ()
+  # Structured pruning (compression/structured.py): per-block query heads and MLP widths
+  # (() = num_heads and mlp_dim everywhere).
+  c.model.layer_heads = ()
+  c.model.layer_mlp_dims = ()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3

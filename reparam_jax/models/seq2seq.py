@@ -130,6 +130,9 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
+    if cfg.layer_heads or cfg.layer_mlp_dims:  # the two stacks would not know whose layers
+      raise ValueError("layer_heads / layer_mlp_dims (structured pruning) are for decoders "
+                       "and encoders; the encoder–decoder has one head count and MLP width")
     self.embed = Embeddings(cfg, positions=False)
     self.encoder = Stack(cfg, cfg.num_layers, decoder=False, layer_transform=self.layer_transform)
     self.decoder = Stack(cfg, cfg.num_decoder_layers or cfg.num_layers, decoder=True,

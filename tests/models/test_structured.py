@@ -233,3 +233,13 @@ def test_prune_refuses_bad_requests(call, message):
   params = _params(cfg, jnp.zeros((1, 4), jnp.int32))
   with pytest.raises(UserError, match=message):
     call(params, cfg)
+
+
+def test_the_encoder_decoder_refuses_per_layer_heads_and_widths():
+  """Its two stacks share one config: per-layer shapes would be silently ignored."""
+  from reparam_jax.models.seq2seq import EncoderDecoder  # noqa: PLC0415
+  cfg = TransformerConfig(vocab_size=20, num_layers=2, num_heads=2, embed_dim=8, mlp_dim=16,
+                          max_len=8, layer_heads=(2, 1))
+  ids = jnp.zeros((1, 4), jnp.int32)
+  with pytest.raises(ValueError, match="encoder–decoder"):
+    EncoderDecoder(cfg).init(jax.random.key(0), ids, ids)
