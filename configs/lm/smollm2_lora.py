@@ -50,6 +50,7 @@ def get_config(arg=None):
   # SmolLM2-135M's architecture written out (models/presets.py), so the config validates
   # without the folder; when the run starts, each field is checked against the folder's.
   use_preset(c, "smollm2_135m")
+  c.model.preset = ""  # the fields stay; init_from supplies (and checks) the architecture
   c.model.dtype = "bfloat16"
   c.data.source = f"jsonl:{CORPUS}/train.jsonl"
   c.data.eval_source = f"jsonl:{CORPUS}/val.jsonl"
