@@ -51,6 +51,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bench import timing
+
 FILE_BYTES = 16 << 20
 DOC_BYTES = (64, 16 << 10)
 BPE_VOCAB = 16_384
@@ -327,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   shards = os.path.join(args.workdir, f"shards_{args.corpus_mb:g}mb")
   made = make_corpus(corpus, int(args.corpus_mb * (1 << 20)))
   tokenizer = train_bpe(corpus, os.path.join(args.workdir, "bpe"))
-  report: dict[str, Any] = {"corpus": made, "cpu": _cpu_model(), "rounds": args.rounds}
+  report: dict[str, Any] = {"corpus": made, "cpu": timing.cpu_model(), "rounds": args.rounds}
   print(f"corpus: {made['documents']:,} documents, {made['text_bytes'] / 2**20:.1f} MiB of text "
         f"in {made['files']} files; CPU {report['cpu']}; one core per measurement")
 
@@ -402,17 +404,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with open(args.out, "w") as f:
       json.dump(report, f, indent=1)
   return report
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
 
 
 if __name__ == "__main__":

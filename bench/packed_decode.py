@@ -36,6 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax.core import meta  # noqa: E402
 
+from bench.timing import cpu_model  # noqa: E402
 from reparam_jax.generation import decode  # noqa: E402
 from reparam_jax.models import Transformer  # noqa: E402
 from reparam_jax.models.config import TransformerConfig  # noqa: E402
@@ -48,17 +49,6 @@ SIZES = {
     "tiny": {"vocab_size": 99, "num_layers": 2, "num_heads": 4, "embed_dim": 256,
              "mlp_dim": 512, "max_len": 128},
 }
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
 
 
 def nbytes(tree: Any) -> int:

@@ -43,3 +43,15 @@ def interleaved(runs: Mapping[str, Callable[[int], object]], steps: int, warmup:
 
 def load_average() -> float:
   return os.getloadavg()[0]
+
+
+def cpu_model() -> str:
+  """The CPU's model name (`lscpu`'s), which every CPU figure names."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
