@@ -36,6 +36,7 @@ from reparam_jax.compression.methods import LayerStats
 from reparam_jax.errors import UserError
 from reparam_jax.models.block import Block
 from reparam_jax.models.layers import Dense
+from reparam_jax.reparam.state import get_in, set_in
 
 PyTree = Any
 _BLOCK_NAME = re.compile(r"block_\d+")
@@ -191,18 +192,6 @@ class _Accumulator:
                       (self.abs_sum / max(self.count, 1)).astype(np.float32), samples)
 
 
-def get_path(tree: PyTree, path: tuple) -> PyTree:
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def set_path(tree: PyTree, path: tuple, value: PyTree) -> PyTree:
-  if not path:
-    return value
-  return {**tree, path[0]: set_path(tree[path[0]], path[1:], value)}
-
-
 def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.ndarray],
                        selected: Callable[[str], bool],
                        compress_layer: Callable[[str, np.ndarray, LayerStats], np.ndarray],
@@ -225,7 +214,7 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
   compiled: dict = {}  # alike blocks (same module fields) share their jitted functions
   for module, path in zip(blocks.modules, blocks.paths):
     prefix = "/".join(path)
-    block_params = get_path(params, path)
+    block_params = get_in(params, path)
     if repr(module) not in compiled:
       compiled[repr(module)] = (*_stats_fn(module, blocks.static), jax.jit(
           lambda p, a, m=module: _call(m, blocks.static, p, a)))
@@ -245,16 +234,16 @@ def compress_blockwise(model: nn.Module, params: PyTree, inputs: dict[str, np.nd
     for index in sorted(set(chosen.values())):
       layers = sorted(k for k, v in chosen.items() if v == index)
       kernel_paths = [tuple(layer.split("/")) + ("kernel",) for layer in layers]
-      ws = [np.asarray(get_path(block_params, k), np.float32) for k in kernel_paths]
+      ws = [np.asarray(get_in(block_params, k), np.float32) for k in kernel_paths]
       names = [f"{prefix}/{layer}/kernel" for layer in layers]
       if compress_shared is not None:
         news = compress_shared(names, ws, stats[index])
       else:
         news = [compress_layer(n, w, stats[index]) for n, w in zip(names, ws)]
       for k, new in zip(kernel_paths, news):
-        block_params = set_path(block_params, k,
-                                jnp.asarray(new, get_path(block_params, k).dtype))
-    params = set_path(params, path, block_params)
+        block_params = set_in(block_params, k,
+                                jnp.asarray(new, get_in(block_params, k).dtype))
+    params = set_in(params, path, block_params)
     arrays = [[np.asarray(forward(block_params, a))] + a[1:] for a in arrays]
     log(f"  calibrated {prefix}: {len(chosen)} layers")
   return params

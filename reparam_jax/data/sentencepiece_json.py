@@ -119,8 +119,6 @@ def backend(proto: Any, where: str, extra_ids: int = 0, add_bos: bool | None = N
   (tokenizer_config.json's `add_bos_token` / `add_eos_token`) say otherwise.
   """
   spec, norm = proto.trainer_spec, proto.normalizer_spec
-  if spec.model_type not in (UNIGRAM, BPE):
-    _model(proto, where)  # the one-line error
   out = tokenizers.Tokenizer(_model(proto, where))
   out.normalizer = _normalizer(norm)
   if (spec.model_type == UNIGRAM and spec.split_by_whitespace

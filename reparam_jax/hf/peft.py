@@ -648,6 +648,16 @@ def _dense_kernels(out: PyTree, paths: Sequence[str]) -> list[np.ndarray]:
   return kernels
 
 
+def _module_paths(table: Modules, name: str, key: str, where: str) -> list[str]:
+  """The project paths of HF module `name` (several for a fused one); a UserError naming
+  the tensor `key` if the model has no such linear module."""
+  paths = table.our_paths(name)
+  if paths is None:
+    raise UserError(f"{where}: tensor {key} adapts module {name}, which is not a linear "
+                    f"module of this model (e.g. {next(iter(table.ours.values()))})")
+  return paths
+
+
 def _place_ia3(vectors: Mapping[str, Mapping[str, np.ndarray]], table: Modules, out: PyTree,
                where: str) -> list[Placed]:
   """Puts each module's (IA)³ θ = {base: W₀, ia3_l} into `out` (changed in place).  PEFT's
@@ -658,10 +668,7 @@ def _place_ia3(vectors: Mapping[str, Mapping[str, np.ndarray]], table: Modules, 
   placed = []
   for name, parts in vectors.items():
     key = f"{KEY_PREFIX}{name}.ia3_l"
-    paths = table.our_paths(name)
-    if paths is None:
-      raise UserError(f"{where}: tensor {key} adapts module {name}, which is not a linear "
-                      f"module of this model (e.g. {next(iter(table.ours.values()))})")
+    paths = _module_paths(table, name, key, where)
     kernels = _dense_kernels(out, paths)
     d_in, d_out = kernels[0].shape[0], sum(w.shape[1] for w in kernels)
     l = parts["ia3_l"]
@@ -721,10 +728,7 @@ def _place_vera(config: Mapping[str, Any], tensors: dict[str, np.ndarray], saved
   placed = []
   for name, parts in vectors.items():
     key = f"{KEY_PREFIX}{name}.vera_lambda_b"
-    paths = table.our_paths(name)
-    if paths is None:
-      raise UserError(f"{where}: tensor {key} adapts module {name}, which is not a linear "
-                      f"module of this model (e.g. {next(iter(table.ours.values()))})")
+    paths = _module_paths(table, name, key, where)
     if len(paths) > 1:
       raise UserError(f"{where}: VeRA on the fused {name} slices one projection over its "
                       "q|k|v outputs, which per-projection vera rules do not reproduce")
@@ -747,11 +751,7 @@ def _place_lora(config: Mapping[str, Any], lora: Mapping[str, Mapping[str, np.nd
   adapters = []
   for name, parts in lora.items():
     key = f"{KEY_PREFIX}{name}"
-    paths = table.our_paths(name)
-    if paths is None:
-      example = next(iter(table.ours.values()))
-      raise UserError(f"{where}: tensor {key}.lora_A.weight adapts module {name}, which is not "
-                      f"a linear module of this model (e.g. {example})")
+    paths = _module_paths(table, name, f"{key}.lora_A.weight", where)
     for part in ("lora_A", "lora_B") + (("magnitude",) if dora else ()):
       if part not in parts:
         what = MAGNITUDE_KEY if part == "magnitude" else f"{part}.weight"

@@ -88,12 +88,12 @@ class Vocabulary:
     """`own`: the tokenizer's own ids (None: where it has sentinels of its own)."""
     self.tokenizer = tokenizer
     self.num_sentinels = num_sentinels
-    own_sentinels = _own_sentinels(tokenizer)
-    if own or (own is None and own_sentinels):
-      own = own_sentinels
-      if len(own) < num_sentinels:
-        raise UserError(f"the tokenizer has {len(own)} sentinels (<extra_id_N>) but "
-                        f"seq2seq.num_sentinels={num_sentinels}; set it to {len(own)} or less")
+    sentinels = _own_sentinels(tokenizer)
+    if own or (own is None and sentinels):
+      if len(sentinels) < num_sentinels:
+        raise UserError(f"the tokenizer has {len(sentinels)} sentinels (<extra_id_N>) but "
+                        f"seq2seq.num_sentinels={num_sentinels}; set it to {len(sentinels)} "
+                        "or less")
       backend = getattr(tokenizer, "backend", None)
       pad, eos = ((backend.token_to_id(_name(tokenizer, "pad_token", "<pad>")),
                    backend.token_to_id(_name(tokenizer, "eos_token", "</s>")))
@@ -102,7 +102,7 @@ class Vocabulary:
         raise UserError(f"the tokenizer's pad and EOS ids are {pad} and {eos}, not T5's {PAD} "
                         f"and {EOS}: a pretrained encoder–decoder's tokenizer must have T5's "
                         "layout (<pad> 0, </s> 1)")
-      self.offset, self.sentinel_ids = 0, own[:num_sentinels]
+      self.offset, self.sentinel_ids = 0, sentinels[:num_sentinels]
       self.size = tokenizer.vocab_size
     else:
       self.offset = OFFSET

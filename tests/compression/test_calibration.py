@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from reparam_jax.compression import calibration
+from reparam_jax.reparam.state import get_in
 from reparam_jax.models.config import TransformerConfig
 from reparam_jax.models.transformer import Transformer
 
@@ -128,8 +129,8 @@ def _output_error(trained, compressed_dirs, calib):
     total = 0.0
     for path, h in hessians.items():
       keys = tuple(path.split("/"))
-      diff = np.asarray(calibration.get_path(params, keys), np.float64) - np.asarray(
-          calibration.get_path(new, keys), np.float64)
+      diff = np.asarray(get_in(params, keys), np.float64) - np.asarray(
+          get_in(new, keys), np.float64)
       total += float(np.trace(diff.T @ h @ diff))
     errors.append(total)
   return errors
