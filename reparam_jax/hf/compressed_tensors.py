@@ -30,14 +30,20 @@ GPT-2's projections are `Conv1D` modules, which compressed-tensors does not comp
 `sparse24` kernels are refused: compressed-tensors 0.20 has no sparse compressor (its
 `sparsity_config` is always empty; `sparse-24-bitmask` was removed).
 
-Import (`decompress`, a hook of importer.import_tensors: convert_hf, init_from, sample) gives
+Import (`decompress`, a hook of importer.import_tensors: convert_hf, sample, init_from) gives
 the dense dequantized weights, because an imported checkpoint is plain params with no
 reparam rules; `packed_params(folder)` gives the `packed` θ of each quantized kernel for
-code that keeps them small.
+code that keeps them small.  `init_from` keeps them small too: the trainer imports with
+`keep_packed` (`split_packed`: a Llama-family folder's quantized projections come as
+`PackedWeight`s, the folder's bytes, not dequantized) and `adopt_packed` then gives each
+one to the run's rules: the θ of a rule whose base stage is `packed` with the folder's
+(bits, group, sym), the same bytes (an adapter on top starts as `Reparam.adopt_dense`
+starts it); dense weights where no rule stores the kernel packed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -50,8 +56,10 @@ from reparam_jax.errors import UserError
 from reparam_jax.hf import exporter, exporting_family, llama
 from reparam_jax.hf.files import read_config, read_weights, weights_file
 from reparam_jax.pytree import layers
-from reparam_jax.pytree.paths import dict_leaves
-from reparam_jax.reparam.rules import Plan, map_theta
+from reparam_jax.pytree.paths import dict_leaves, unflatten
+from reparam_jax.reparam.base import fold_key
+from reparam_jax.reparam.compose import Wrapped
+from reparam_jax.reparam.rules import Plan, map_theta, path_key
 from reparam_jax.reparam.transforms import packed as packed_lib
 from reparam_jax.rundir import checkpoint, sharded
 from reparam_jax.rundir import workdir as rundir
@@ -296,3 +304,108 @@ def packed_params(folder: str) -> dict[str, tuple[packed_lib.Packed, dict[str, n
     out[f"block_{m.group(1)}/{ours[m.group(2)]}/kernel"] = theta_of(
         parts, _weight_args(hf["quantization_config"], module, where))
   return out
+
+
+# --- starting a run packed (init_from) ---------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PackedWeight:
+  """A quantized kernel of a compressed-tensors folder as the folder stores it, where an
+  import with `keep_packed` puts its `[d_in, d_out]` weight: `adopt_packed` turns it into
+  the θ of a rule that stores it `packed`, or dequantizes it (`dense`)."""
+
+  module: str  # the Hugging Face module, for errors
+  node: packed_lib.Packed  # the folder's (bits, group, sym)
+  theta: dict[str, np.ndarray]
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.node.dense_shape(self.theta)
+
+  dtype = np.dtype(np.float32)  # what dequantizing gives: an import's dtype
+
+  def dense(self) -> np.ndarray:
+    return dequantize(self.node, self.theta)
+
+
+def split_packed(tensors: dict[str, np.ndarray], hf: dict[str, Any], where: str
+                 ) -> tuple[dict[str, np.ndarray], dict[str, PackedWeight]]:
+  """(the state dict with each quantized Llama projection's `weight` a placeholder of its
+  shape that holds no memory, `{block_i/…/kernel: PackedWeight}`), for an import that puts
+  the `PackedWeight`s in place of the placeholders; another family's folder, unchanged."""
+  if hf.get("model_type") not in llama.MODEL_TYPES:
+    return tensors, {}
+  ours = {hf_name: path for path, hf_name in _PROJECTIONS.items()}
+  out, kept = dict(tensors), {}
+  for module in _modules(tensors):
+    m = re.fullmatch(re.escape(llama.BACKBONE_PREFIX) + r"layers\.(\d+)\.(.+)", module)
+    if not m or m.group(2) not in ours:
+      continue  # decompress dequantizes it, or names it in its error
+    parts = {k: out.pop(f"{module}.{k}") for k in ("weight_packed", "weight_scale",
+                                                   "weight_shape", "weight_zero_point")
+             if f"{module}.{k}" in out}
+    node, theta = theta_of(parts, _weight_args(hf["quantization_config"], module, where))
+    d_in, d_out = node.dense_shape(theta)
+    # Zero strides: the family's mapping table transposes and checks it like any weight.
+    out[f"{module}.weight"] = np.broadcast_to(np.zeros((), np.float32), (d_out, d_in))
+    kept[f"block_{m.group(1)}/{ours[m.group(2)]}/kernel"] = PackedWeight(module, node, theta)
+  return out, kept
+
+
+def _packed_base(node: Any) -> packed_lib.Packed | None:
+  """The `packed` stage a rule's node stores W in (alone, or under wrappers: `packed|lora`)."""
+  while isinstance(node, Wrapped):
+    node = node.inner
+  return node if isinstance(node, packed_lib.Packed) else None
+
+
+def _same_grid(a: packed_lib.Packed, b: packed_lib.Packed, d_in: int) -> bool:
+  return (a.bits, a.group or d_in, a.sym) == (b.bits, b.group or d_in, b.sym)
+
+
+def _theta_over(node: Any, base: dict[str, np.ndarray], shape: tuple[int, int], key: Any,
+                where: str) -> dict[str, Any]:
+  """θ of `node` whose `packed` stage holds `base`: each wrapper's own entries as
+  `Wrapped.from_dense` would draw them under the same key (LoRA's A, B = 0)."""
+  if not isinstance(node, Wrapped):
+    return base
+  if not getattr(node.outer, "keeps_base", True):
+    raise UserError(f"{where}: {node.outer.describe()} rewrites the weight it wraps (W − A·B), "
+                    "but the folder's packed codes are kept as they are; use a random init "
+                    "(lora's default, init=kaiming) or start from a dense folder")
+  inner = _theta_over(node.inner, base, shape, fold_key(key, 0), where)
+  # std: no wrapper draws from the weight's scale when it wraps an existing base.
+  return {"base": inner, **node.outer.wrap_own(fold_key(key, 1), node.inner, inner, shape,
+                                               np.float32, None)}
+
+
+def adopt_packed(params: Any, plan: Plan, key: Any, where: str) -> Any:
+  """`params` of an import with `keep_packed` (after `init_layers` picked its blocks) with
+  each `PackedWeight` made the θ its rule stores: the folder's codes, scales and zeros
+  where the rule's base stage is `packed` with the folder's bits, group and sym (`key`:
+  `Reparam.adopt_dense`'s, so an adapter on top starts as from a dense folder), dense
+  dequantized weights where no rule stores the kernel packed.  A rule that stores packed a
+  kernel the folder quantizes otherwise, or keeps dense, is a UserError naming both."""
+  flat = dict(dict_leaves(params))
+  if not any(isinstance(v, PackedWeight) for v in flat.values()):
+    return params  # not a compressed-tensors folder (or not one whose kernels stay packed)
+  out = {}
+  for path, leaf in flat.items():
+    rule = plan.match(path)
+    want = None if rule is None else _packed_base(rule.node)
+    if want is None:
+      out[path] = leaf.dense() if isinstance(leaf, PackedWeight) else leaf
+      continue
+    here = f"init_from={where}: {path}"
+    if not isinstance(leaf, PackedWeight):
+      raise UserError(f"{here} is dense in the folder (not in its quantization_config) but "
+                      f"rule {rule.pattern!r} stores it {want.describe()}; exclude it from "
+                      "the rule's regex")
+    d_in, _ = leaf.shape
+    if not _same_grid(leaf.node, want, d_in):
+      raise UserError(f"{here} ({leaf.module}) is {leaf.node.describe()} in the folder but "
+                      f"rule {rule.pattern!r} stores it {want.describe()}; give the rule the "
+                      "folder's bits, group and sym")
+    rule.node.check(leaf.shape)
+    out[path] = _theta_over(rule.node, leaf.theta, leaf.shape, path_key(key, path), here)
+  return unflatten(out)

@@ -67,9 +67,10 @@ def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any],
-                                        dict[str, Any]]:
-  """(params, config, heads, source info) of a Hugging Face model folder."""
+def import_folder(folder: str, keep_packed: bool = False
+                  ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any], dict[str, Any]]:
+  """(params, config, heads, source info) of a Hugging Face model folder (`keep_packed`:
+  see `import_tensors`)."""
   hf = read_config(folder)
   where_cfg = os.path.join(folder, "config.json")
   fam = family(hf.get("model_type"), where_cfg)
@@ -79,7 +80,7 @@ def import_folder(folder: str) -> tuple[dict[str, Any], TransformerConfig, dict[
     raise UserError(f"{where_cfg}: architecture {unknown[0]} is not supported; supported: "
                     f"{', '.join(fam.ARCHITECTURES)}")
   path = weights_file(folder)
-  params, cfg, heads = import_tensors(hf, read_weights(path), path)
+  params, cfg, heads = import_tensors(hf, read_weights(path), path, keep_packed)
   source = {"family": hf.get("model_type"), "architecture": archs[0] if archs else None,
             "encoder_decoder": is_encoder_decoder(fam),
             "heads": heads, "hf_config": hf, "from": os.path.abspath(folder),
@@ -100,12 +101,21 @@ def architecture(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
   return TransformerConfig(**fields), heads
 
 
-def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str
+def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: str,
+                   keep_packed: bool = False
                    ) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
-  """(params, config, heads) from a config.json dict and its state dict."""
+  """(params, config, heads) from a config.json dict and its state dict.
+
+  `keep_packed`: a compressed-tensors folder's quantized Llama projections stay as the
+  folder stores them (`compressed_tensors.PackedWeight` leaves, for `adopt_packed`), not
+  dequantized; everything else is imported as without it.
+  """
   fam = family(hf.get("model_type"), where)
+  kept: dict[str, Any] = {}
   if (hf.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
     from reparam_jax.hf import compressed_tensors  # here: it imports the exporter, which imports us
+    if keep_packed:
+      tensors, kept = compressed_tensors.split_packed(tensors, hf, where)
     tensors = compressed_tensors.decompress(tensors, hf, where)  # dequantized, dense
   cfg, heads = architecture(hf, tensors, where)
   flat, src = fam.import_params(tensors, hf, cfg, heads, where)
@@ -116,9 +126,9 @@ def import_tensors(hf: dict[str, Any], tensors: dict[str, np.ndarray], where: st
                     f"({len(unused)} such in all); is config.json the right one?")
   model = build_model(cfg, heads, encoder_decoder=is_encoder_decoder(fam))
   check_shapes(flat, expected_shapes(model), src.origin, where)
-  params = unflatten({k: v if v.dtype == np.float32 else v.astype(np.float32)
-                      for k, v in flat.items()})
-  return params, cfg, heads
+  flat = {k: v if v.dtype == np.float32 else v.astype(np.float32) for k, v in flat.items()}
+  flat.update(kept)  # in place of their placeholders, checked above like any weight
+  return unflatten(flat), cfg, heads
 
 
 def model_section(cfg: TransformerConfig) -> dict[str, Any]:

@@ -86,10 +86,12 @@ def _hf_model_section(weights: str, mtime: float) -> tuple[tuple[str, Any], ...]
   return tuple(model_section(cfg).items())
 
 
-def load_params(path: str) -> Any:
-  """The parameters of a pretrained model folder, a params checkpoint or a workdir."""
+def load_params(path: str, keep_packed: bool = False) -> Any:
+  """The parameters of a pretrained model folder, a params checkpoint or a workdir
+  (`keep_packed`: a compressed-tensors folder's quantized kernels as it stores them,
+  `importer.import_tensors`)."""
   if kind(path) == "hf":
-    params, _, _, _ = import_folder(path)
+    params, _, _, _ = import_folder(path, keep_packed)
     return params
   return checkpoint.load_params(path)
 

@@ -24,7 +24,7 @@ import tqdm
 from reparam_jax import regularizers
 from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
-from reparam_jax.hf import peft, pretrained
+from reparam_jax.hf import compressed_tensors, peft, pretrained
 from reparam_jax.perf import reparam_report
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
@@ -81,17 +81,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       mesh, rules, rng)
   if config.init_from:
     # Parameters the checkpoint has are loaded; the rest (e.g. a new task head) stay fresh.
-    loaded = pretrained.load_params(config.init_from)
+    # Converting draws LoRA's A from the seed (rng inits the model, fold 1 drives the steps).
+    adopt_key = jax.random.fold_in(rng, 2)
+    # A compressed-tensors folder's quantized kernels stay packed, never dequantized, where
+    # the rules store them packed (its bytes become θ); elsewhere they are dense weights.
+    loaded = pretrained.load_params(config.init_from, keep_packed=True)
     if config.get("init_layers"):
       loaded = pretrained.select_layers(loaded, config.init_layers, config.init_from)
+    loaded = compressed_tensors.adopt_packed(loaded, rp.plan, adopt_key, config.init_from)
     if config.get("init_adapter"):  # a PEFT adapter on top of the pretrained weights
       # The model's params name where a saved classifier goes: the base folder has none.
       loaded = peft.start_from_adapter(os.path.expandvars(config.init_adapter), loaded, rp,
                                        model_params=state.params)
-    # Converting draws LoRA's A from the seed (rng inits the model, fold 1 drives the steps).
     params, init_summary = checkpoint.load_matching_params(
         config.init_from, steps.abstract_like(state.params, state_shardings.params),
-        state.params, rp.adopt_dense(loaded, state.params, jax.random.fold_in(rng, 2)))
+        state.params, rp.adopt_dense(loaded, state.params, adopt_key))
     state = state.replace(params=params)
     if is_main:
       print(init_summary, flush=True)

@@ -12,16 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+import tokenizers
 
-from reparam_jax import convert_hf, export_hf
+from reparam_jax import convert_hf, export_hf, sample, train
 from reparam_jax.errors import UserError
 from reparam_jax.hf import compressed_tensors as ct_format
-from reparam_jax.hf import importer
-from reparam_jax.hf.common import flatten
+from reparam_jax.hf import exporter, importer, pretrained
+from reparam_jax.hf.common import flatten, unflatten
 from reparam_jax.models import Transformer, TransformerConfig
 from reparam_jax.reparam import Reparam
 from reparam_jax.reparam.transforms import packed
 from reparam_jax.rundir import checkpoint
+from tests.helpers import tiny_args
 
 LLAMA = {"vocab_size": 97, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2, "embed_dim": 64,
          "mlp_dim": 128, "max_len": 32, "norm": "rms", "activation": "silu", "mlp_gated": True,
@@ -148,6 +150,136 @@ def test_what_the_format_cannot_hold_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / "gpt2" / "out")  # refused before anything is written
 
 
+# --- starting a run packed (init_from) ---------------------------------------------------------
+
+def _start(folder, rules, cfg, seed=0):
+  """What the trainer does with init_from=folder (training/loop.py): the params the run's
+  θ is loaded from, before the checkpoint's leaves are placed on the model's."""
+  rp = Reparam.from_config({"rules": rules})
+  key = jax.random.fold_in(jax.random.key(seed), 2)
+  model_params = jax.eval_shape(lambda: rp.wrap(Transformer(cfg)).init(
+      jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
+  loaded = ct_format.adopt_packed(pretrained.load_params(folder, keep_packed=True), rp.plan,
+                                  key, folder)
+  return rp.adopt_dense(loaded, model_params, key)
+
+
+def _count_dequantized(monkeypatch):
+  calls = []
+  real = ct_format.dequantize
+  monkeypatch.setattr(ct_format, "dequantize", lambda *a: calls.append(a) or real(*a))
+  return calls
+
+
+@pytest.mark.parametrize("case,adapter", [("w4g32_asym", "|lora(rank=2)"),
+                                          ("w3_channel_sym", "")])
+def test_init_from_a_compressed_folder_keeps_its_bytes_as_theta(tmp_path, monkeypatch, case,
+                                                                adapter):
+  """Rules that store the kernels packed as the folder does (alone, or under LoRA): θ is the
+  folder's codes, scales and zeros bit for bit, never dequantized on the way; the model
+  computes with the W that decompress gives, and LoRA starts as from a dense folder."""
+  out, _, _, cfg = _export(tmp_path, case)
+  kernels, spec = CASES[case]
+  rules = ((kernels, spec + adapter),)
+  folder_theta = ct_format.packed_params(out)
+  dense, _, _, _ = importer.import_folder(out)  # decompress's dequantized weights
+  dequantized = _count_dequantized(monkeypatch)
+  got = flatten(_start(out, rules, cfg))
+  assert not dequantized  # no dense copy of a packed kernel in between
+  base = "/base" if adapter else ""
+  for path, (node, t) in folder_theta.items():
+    for key, value in t.items():
+      ours = got[f"{path}{base}/{key}"]
+      assert ours.dtype == value.dtype, (path, key)
+      np.testing.assert_array_equal(ours, value, err_msg=f"{path}/{key}")
+    w = packed.PackedKernel({k: jnp.asarray(v) for k, v in t.items()}, node.bits,
+                            node.group).dense()
+    np.testing.assert_array_equal(np.asarray(w), flatten(dense)[path], err_msg=path)
+  if adapter:  # A from the seed at the path's key, B = 0, as Reparam.adopt_dense draws them
+    lora = flatten(_start(out, ((kernels, "lora(rank=2)"),), cfg))
+    for path in folder_theta:
+      np.testing.assert_array_equal(got[f"{path}/lora_a"], lora[f"{path}/lora_a"])
+      assert not np.any(got[f"{path}/lora_b"])
+  ids = _ids(cfg)
+  want = Transformer(cfg).apply({"params": dense}, jnp.asarray(ids))["logits"]
+  np.testing.assert_allclose(_our_logits(unflatten(got), rules, cfg, ids), want,
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_init_from_refuses_rules_the_folder_does_not_match(tmp_path):
+  """bits, group, sym or a dense layer that differ from the rule: one line naming the layer
+  and both settings (the same rules on a folder without quantization_config: quantized when
+  the run starts, as before)."""
+  out, _, _, cfg = _export(tmp_path, "w4g32_asym")
+  q = r"block_0/attn/query/kernel \(model.layers.0.self_attn.q_proj\) is "
+  folder = r"packed\(bits=4, group=32, sym=False\) in the folder"
+  for spec, rule in (("packed(bits=8, group=32)", r"packed\(bits=8, group=32, sym=False\)"),
+                     ("packed(bits=4, group=16)", r"packed\(bits=4, group=16, sym=False\)"),
+                     ("packed(bits=4, group=32, sym=True)|lora(rank=2)",
+                      r"packed\(bits=4, group=32, sym=True\)")):
+    with pytest.raises(UserError, match=f"{q}{folder} but rule .* stores it {rule}; give"):
+      _start(out, ((ALL, spec),), cfg)
+  with pytest.raises(UserError, match="lora.*init='pissa'.* rewrites the weight it wraps"):
+    _start(out, ((ALL, "packed(bits=4, group=32)|lora(rank=2, init=pissa)"),), cfg)
+  os.makedirs(tmp_path / "attn")  # the MLP dense in the folder, packed by the rule
+  attn_only, _, _, _ = _export(tmp_path / "attn", "w2g16_asym_attn_only")
+  with pytest.raises(UserError, match=r"block_0/mlp/fc_in/kernel is dense in the folder .* "
+                                      r"stores it packed\(bits=2, group=16, sym=False\)"):
+    _start(attn_only, ((ALL, "packed(bits=2, group=16)"),), cfg)
+  # A rule with no packed stage gets the dequantized weights, as a dense folder's.
+  dense_start = flatten(_start(out, ((ALL, "lora(rank=2)"),), cfg))
+  dense, _, _, _ = importer.import_folder(out)
+  for path, w in flatten(dense).items():
+    np.testing.assert_array_equal(dense_start.get(f"{path}/base", dense_start.get(path)), w,
+                                  err_msg=path)
+  export_hf.main([f"--workdir={tmp_path / 'run'}", f"--to={tmp_path / 'plain'}"])  # dense
+  theta = flatten(_start(str(tmp_path / "plain"), ((ALL, "packed(bits=8, group=32)"),), cfg))
+  assert theta["block_0/attn/query/kernel/codes"].shape == (64, 64)  # RTN at 8 bits
+
+
+def test_a_run_trains_lora_on_the_packed_base_of_a_compressed_folder(tmp_path, monkeypatch,
+                                                                     raw_data_dir, tfds_dir):
+  """train with init_from=<compressed-tensors folder> and `packed|lora` (QLoRA on the
+  folder's own codes): the run's frozen base is the folder's bytes at the end, nothing
+  dequantized on the way in; `sample` decodes from the run, and export_hf writes its
+  merged model dense."""
+  folder, _, _, _ = _run_folder(tmp_path, ALL, "packed(bits=4, group=32)", vocab_size=300)
+  with open(os.path.join(raw_data_dir, "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator([f.read()[:20_000]], vocab_size=300,
+                            special_tokens=["<|end_of_text|>"])
+  bpe.save(os.path.join(folder, "tokenizer.json"))
+  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+    json.dump({"eos_token": "<|end_of_text|>"}, f)
+  out = str(tmp_path / "ct")
+  export_hf.main([f"--workdir={folder}", f"--to={out}", "--format=compressed-tensors"])
+  dequantized = _count_dequantized(monkeypatch)
+  run = str(tmp_path / "train")
+  args = tiny_args(run, raw_data_dir, tfds_dir, num_steps=2, eval_every=2, checkpoint_every=2,
+                   seq_len=16, batch_size=8, init_from=out, **{
+                       "finetune.freeze": "lora", "finetune.head_regex": "classifier",
+                       "reparam.rules": repr(((ALL, "packed(bits=4, group=32)|lora(rank=2)"),))})
+  for field in ("num_layers", "num_heads", "embed_dim", "mlp_dim", "rope"):  # from the folder
+    args.append(f"--config.model.{field}=None")
+  final = train.main(args)
+  assert final["step"] == 2 and np.isfinite(final["eval/loss"])
+  assert not dequantized
+  theta = flatten(checkpoint.load_params(run))
+  for path, (_, t) in ct_format.packed_params(out).items():
+    for key, value in t.items():
+      np.testing.assert_array_equal(theta[f"{path}/base/{key}"], value, err_msg=path)
+    assert np.any(theta[f"{path}/lora_b"])  # trained
+
+  texts = sample.main([f"--workdir={run}", "--prompt=ROMEO:", "--num_tokens=4",
+                       "--temperature=0", "--stop_token_ids=0"])
+  assert texts[0].startswith("ROMEO:")
+  export_hf.main([f"--workdir={run}", f"--to={tmp_path / 'merged'}"])
+  merged, _, _, _ = importer.import_folder(str(tmp_path / "merged"))
+  dense, _, _, _ = exporter.load_for_export(run)  # the run's LoRA merged into the packed W₀
+  for path, value in flatten(merged).items():
+    np.testing.assert_array_equal(value, np.asarray(dense[path]), err_msg=path)
+
+
 # --- against the compressed-tensors package (peer) ---------------------------------------------
 
 def _scheme(node):
@@ -259,3 +391,7 @@ def test_a_folder_the_package_writes_imports_with_its_logits(tmp_path, bits, gro
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
   thetas = ct_format.packed_params(folder)
   assert len(thetas) == 7 and all(n == node for n, _ in thetas.values())
+  started = flatten(_start(folder, ((ALL, node.describe()),), cfg))  # init_from, packed rules
+  for path, (_, t) in thetas.items():
+    for key, value in t.items():
+      np.testing.assert_array_equal(started[f"{path}/{key}"], value, err_msg=f"{path}/{key}")
