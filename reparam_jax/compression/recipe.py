@@ -29,6 +29,7 @@ from flax.core import meta
 from reparam_jax import tasks
 from reparam_jax.compression import calibration as calib_lib
 from reparam_jax.compression import methods
+from reparam_jax.compression.methods import gptq as gptq_lib
 from reparam_jax.config.base import COMPRESS_KERNELS
 from reparam_jax.data import tokenizers
 from reparam_jax.errors import UserError
@@ -127,6 +128,9 @@ class State:
   # stored as `<inner>|smooth` with the base holding diag(s)·w (None: no input scales)
   input_scales: dict | None = None
   input_stage: str = ""  # the inner stage under `smooth`: "" = the packed grid, else a spec
+  # every pruned kernel keeps at most 2 of each 4 consecutive d_in entries: stored `sparse24`
+  # (values + 2-bit indices) instead of with its zeros
+  sparse24: bool = False
 
   def packed_rule(self) -> str:
     bits, group, sym = self.grid
@@ -139,8 +143,12 @@ class State:
     if self.input_scales:
       inner = self.input_stage or (self.packed_rule() if self.grids else "identity")
       return ((self.kernels, f"{inner}|smooth"),)
+    if self.grids and self.rank:  # each factor (u and v) on its own grid
+      return ((self.kernels, f"lowrank(rank={self.rank})|{self.packed_rule()}"),)
     if self.grids:
       return ((self.kernels, self.packed_rule()),)
+    if self.sparse24 and not (self.bits or self.rank):
+      return ((self.kernels, "sparse24"),)
     if not self.bits:
       return self.base_rules()
     q = f"qweight(bits={self.bits})"
@@ -158,10 +166,19 @@ class State:
                   "smooth_s": jnp.asarray(s, dtype)}
         return smooth.scaled_theta(node, jnp.asarray(w), s)
       return map_kernel_slots_with_path(self.theta, self.kernels, scaled)
+    if self.grids and self.rank:  # grids keyed `<kernel path>/u` and `/v`
+      return map_theta(Plan.from_config({"rules": self.base_rules()}), self.theta,
+                       lambda path, rule, t: t if rule is None else {
+                           k: packed.theta_from_grid(self.grids[f"{path}/{k}"],
+                                                     jnp.asarray(f).dtype)
+                           for k, f in t.items()})
     if self.grids:  # each kernel as `packed`'s θ: the codes packed into bytes, its scales
       return map_kernel_slots_with_path(
           self.theta, self.kernels,
           lambda path, w: packed.theta_from_grid(self.grids[path], jnp.asarray(w).dtype))
+    if self.sparse24 and not (self.bits or self.rank):
+      return map_kernel_slots_with_path(
+          self.theta, self.kernels, lambda _, w: packed.theta_from_masked(w, packed.top2_of_4(w)))
     if not self.bits:
       return self.theta
     return quantize_leaves(self.theta, self.base_rules(), self.kernels, self.bits)
@@ -366,13 +383,33 @@ def _grid_of(step: Step, options: dict, fn) -> tuple:
   return (int(get("bits")), int(get("group")), bool(get("sym", "symmetric")))
 
 
+def all_2_of_4(theta: PyTree, kernels: str) -> bool:
+  """Whether every kernel keeps at most 2 of each 4 consecutive d_in entries (and d_in is a
+  multiple of 4): then `sparse24` stores it exactly."""
+  ok = []
+
+  def visit(_, w):
+    w = np.asarray(w)
+    ok.append(w.ndim == 2 and w.shape[0] % 4 == 0 and bool(
+        ((w.reshape(w.shape[0] // 4, 4, -1) != 0).sum(axis=1) <= 2).all()))
+    return w
+  map_kernel_slots_with_path(theta, kernels, visit)
+  return bool(ok) and all(ok)
+
+
+# The calibrated steps that take a low-rank state: the factors quantized, each on its grid.
+LOWRANK_STEPS = ("gptq", "rtn")
+
+
 def _check_dense_state(state: State, step: Step) -> None:
   """The combinations the calibrated methods support: dense kernels (LoRA and other
-  adapters are merged when the pipeline loads the run), before quantize, not twice on a
-  grid, and quantizers not after pruning (their updates would fill the pruned entries)."""
-  if state.rank:
-    raise UserError(f"{step.name} after svd: low-rank factors are not supported by the "
-                    f"calibrated methods; put {step.name} before svd or quantize(int8) after it")
+  adapters are merged when the pipeline loads the run) or, for GPTQ and RTN, the factors
+  of svd; before quantize, not twice on a grid, and quantizers not after pruning (their
+  updates would fill the pruned entries)."""
+  if state.rank and step.name not in LOWRANK_STEPS:
+    raise UserError(f"{step.name} after svd: of the calibrated methods only "
+                    f"{' and '.join(LOWRANK_STEPS)} quantize low-rank factors; put "
+                    f"{step.name} before svd")
   if state.bits:
     raise UserError(f"{step.name} after quantize: put {step.name} before quantize")
   _refuse_after_grid(state, step)
@@ -389,6 +426,20 @@ def step_rtn(state: State, step: Step, **_) -> State:
   options = _method_options(step, methods.rtn)
   grid = _grid_of(step, options, methods.rtn)
   grids = {}
+  if state.rank:  # each factor on its stored grid: u [I, R] and v [O, R], groups along dim 0
+    def factors(path, rule, t):
+      if rule is None:
+        return t
+      out = {}
+      for k, f in t.items():
+        f = np.asarray(f, np.float32)
+        group = grid[1] if grid[1] and f.shape[0] % grid[1] == 0 else 0
+        grids[f"{path}/{k}"] = methods.rtn(f, grid[0], group, grid[2])
+        out[k] = jnp.asarray(grids[f"{path}/{k}"].dequantize(), t[k].dtype)
+      return out
+    theta = map_theta(Plan.from_config({"rules": state.base_rules()}), state.theta, factors)
+    return dataclasses.replace(state, theta=theta, grid=grid, grid_step=step.text(),
+                               grids=_packable(grids, grid, theta))
 
   def one(path, w):
     grids[path] = methods.rtn(np.asarray(w, np.float32), **options)
@@ -406,6 +457,8 @@ def _packable(grids: dict, grid: tuple, theta: PyTree) -> dict | None:
   rows_per_chunk = packed.chunk(grid[0])[0]
   if any(g.codes.shape[0] % rows_per_chunk for g in grids.values()):
     return None
+  if any(g.group != grid[1] for g in grids.values()):  # one `packed` rule: one group size
+    return None
   return grids
 
 
@@ -420,22 +473,32 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
   module = inspect.getmodule(fn)
   joint = getattr(module, "apply_joint", None)
   params = state.theta
+  if state.rank:  # the blocks run on U Vᵀ; the factors are quantized (_lowrank_layer)
+    if step.name != "gptq" or options.get("act_order") or options.get("static_groups"):
+      raise UserError(f"{step.text()} after svd: the factors take gptq(bits, group, sym, "
+                      "damp) without act_order/static_groups")
+    if has_stack(params):
+      raise UserError(f"{step.text()} after svd: a scanned low-rank model is not supported; "
+                      "train or convert it with model.scan_layers=False")
+    params = Reparam.from_config({"rules": state.base_rules()}).to_dense(state.theta)
   scanned = has_stack(params)
   model_config = ml_collections.ConfigDict(config.to_dict())
   if scanned:  # calibrated block by block: the unrolled layout of the same weights
     params = unstack_layers(params)
     model_config.model.scan_layers = False
   task = evaluator.task
-  if not hasattr(type(task), "model_from_config") or not getattr(task, "CAUSAL_LM", False):
-    raise UserError(f"{step.name}: calibration is implemented for language-model runs; "
-                    f"task {config.task!r} is not supported")
+  if not hasattr(type(task), "model_from_config"):
+    raise UserError(f"{step.name}: task {config.task!r} cannot build its model from the "
+                    "config; calibration is not supported for it")
   model = type(task).model_from_config(model_config, task.tokenizer.vocab_size)[0]
   if calibration not in calibration_cache:
+    max_len = getattr(getattr(model, "cfg", None), "max_len", None) or config.seq_len
     calibration_cache[calibration] = calib_lib.calibration_inputs(
-        config, workdir, calibration, model.cfg.max_len, log)
+        config, workdir, calibration, max_len, log)
   inputs = calibration_cache[calibration]
-  log(f"  {step.text()}: calibrating on {inputs['ids_BxL'].shape[0]} sequences of "
-      f"{inputs['ids_BxL'].shape[1]} tokens")
+  mesh = evaluator.mesh  # the run's: config.mesh over this process's devices, as trained
+  log(f"  {step.text()}: calibrating on {inputs.shape[0]} sequences of {inputs.shape[1]} "
+      f"tokens, mesh {dict(mesh.shape)}")
   pattern = re.compile(state.kernels)
   selected = lambda path: bool(pattern.fullmatch(f"{path}/kernel"))  # noqa: E731
   grids, scales = {}, {}  # a kernel's grid (of diag(s)·w where it has an input scale s)
@@ -449,14 +512,34 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
   def one(path, w, stats):
     return keep(path, fn(w, stats, **options))
 
+  if state.rank:
+    factors: dict = {}  # kernel path → its quantized {u, v}
+
+    def one(path, w, stats):  # noqa: F811 (the low-rank form of `one`)
+      t = get_in(state.theta, tuple(path.split("/")))
+      grid_u, grid_v = gptq_lib.apply_factors(
+          np.asarray(t["u"], np.float32), np.asarray(t["v"], np.float32), stats,
+          **{k: v for k, v in options.items() if k not in ("act_order", "static_groups")})
+      grids[f"{path}/u"], grids[f"{path}/v"] = grid_u, grid_v
+      factors[path] = {"u": grid_u.dequantize(), "v": grid_v.dequantize()}
+      return factors[path]["u"] @ factors[path]["v"].T
+
   shared = None
   if joint is not None:
     def shared(paths, ws, stats):
       return [keep(p, r) for p, r in zip(paths, joint(ws, stats, **options))]
   new = calib_lib.compress_blockwise(model, params, inputs, selected, one, calibration,
-                                     log=log, compress_shared=shared)
+                                     log=log, compress_shared=shared, mesh=mesh,
+                                     rules=evaluator.rules)
   if scanned:
     new = like(new, state.theta)
+  if state.rank:
+    grid = _grid_of(step, options, fn)
+    theta = map_theta(Plan.from_config({"rules": state.base_rules()}), state.theta,
+                      lambda path, rule, t: t if rule is None else {
+                          k: _like_sharded(factors[path][k], t[k]) for k in t})
+    return dataclasses.replace(state, theta=theta, grid=grid, grid_step=step.text(),
+                               grids=_packable(grids, grid, theta))
   if step.name in PRUNING_METHODS:
     return dataclasses.replace(state, theta=new, sparse=True)
   if "bits" in inspect.signature(fn).parameters:
@@ -474,6 +557,12 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
       # A scanned θ keeps the effective float weights (the scales are per unrolled layer).
       input_scales=None if has_stack(new) else (scales or None),
       input_stage="quant(bits=8, act_bits=8)" if w8a8 else ("" if grid else "identity"))
+
+
+def _like_sharded(new: np.ndarray, old: jax.Array) -> jax.Array:
+  """`new` in `old`'s dtype and, where `old` is a placed jax array, its sharding."""
+  new = jnp.asarray(new, old.dtype)
+  return jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
 
 
 def step_calibration(step: Step) -> calib_lib.Calibration:
@@ -656,6 +745,8 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
     state = run_step(state, Step(step.name, step.args, dict(step.kwargs)), config=config,
                      evaluator=evaluator, finetune=finetune, log=log, calibration=calibration,
                      calibration_cache=calibration_cache, workdir=workdir)
+    if state.sparse and not state.rank:
+      state = dataclasses.replace(state, sparse24=all_2_of_4(state.theta, state.kernels))
     rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{i}_{step.name}"),
                         step.text()))
     log(f"{step.text()}: eval loss {rows[-1]['eval_loss']:.4f}, "

@@ -192,7 +192,8 @@ def test_gptq_and_sparsegpt_steps_beat_their_baselines(trained, tmp_path):
 def test_refused_combinations_are_one_line_errors(trained, tmp_path):
   from reparam_jax.compression import recipe
   from reparam_jax.errors import UserError
-  cases = {"svd(rank=4),gptq(bits=4, group=16)": "low-rank factors are not supported",
+  cases = {"svd(rank=4),awq(bits=4, group=16)": "only gptq and rtn quantize low-rank factors",
+           "svd(rank=4),gptq(bits=4, act_order=True)": "without act_order",
            "quantize(int8),sparsegpt(0.5)": "put sparsegpt before quantize",
            "prune(magnitude, 0.5),gptq(bits=4, group=16)": "fill the pruned entries",
            "rtn(bits=4, group=16),prune(magnitude, 0.5)": "already lie on rtn's grid",

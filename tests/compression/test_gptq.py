@@ -105,3 +105,30 @@ def test_gptq_bad_options_are_one_line_errors():
     gptq.apply(w, stats_of(x), bits=5)
   with pytest.raises(UserError, match="group=24"):
     gptq.apply(w, stats_of(x), group=24)
+
+
+@pytest.mark.parametrize("bits, group", [(4, 32), (3, 0)])
+def test_gptq_of_low_rank_factors(bits, group):
+  """apply_factors: both grids in lowrank's stored layout, and the product's output error
+  below round-to-nearest of each factor and below GPTQ of each factor on its own (no
+  refit of V to the rounded U)."""
+  d_in, d_out, rank = 64, 96, 16
+  x = correlated_inputs(2048, d_in, seed=1)
+  rng = np.random.default_rng(2)
+  u = rng.normal(size=(d_in, rank)).astype(np.float32) / 8
+  v = rng.normal(size=(d_out, rank)).astype(np.float32) / 4
+  stats = stats_of(x)
+  grid_u, grid_v = gptq.apply_factors(u, v, stats, bits=bits, group=group, sym=False)
+  assert grid_u.codes.shape == (d_in, rank) and grid_v.codes.shape == (d_out, rank)
+  assert grid_v.group == group and grid_v.scales.shape[0] == (d_out // group if group else 1)
+  assert grid_u.codes.max() < 2 ** bits and grid_v.codes.max() < 2 ** bits
+
+  def out_err(u_hat, v_hat):
+    return np.linalg.norm(x @ u @ v.T - x @ u_hat @ v_hat.T)
+
+  ours = out_err(grid_u.dequantize(), grid_v.dequantize())
+  rtn_err = out_err(rtn(u, bits, group).dequantize(), rtn(v, bits, group).dequantize())
+  u_alone = gptq.apply(u, stats, bits=bits, group=group).weight_IxO
+  v_alone = gptq.apply(v.T.copy(), stats_of(x @ u_alone), bits=bits, group=0).weight_IxO.T
+  assert ours < 0.8 * rtn_err, (ours, rtn_err)
+  assert ours < out_err(u_alone, v_alone), (ours, out_err(u_alone, v_alone))

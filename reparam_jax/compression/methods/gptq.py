@@ -77,3 +77,50 @@ def _permuted(stats: LayerStats, perm: np.ndarray) -> LayerStats:
 
 
 METHODS["gptq"] = apply
+
+
+def apply_factors(u_IxR: np.ndarray, v_OxR: np.ndarray, stats: LayerStats, bits: int = 4,
+                  group: int = 128, sym: bool = False, damp: float = 0.01,
+                  blocksize: int = BLOCKSIZE) -> tuple[GroupGrid, GroupGrid]:
+  """GPTQ of a low-rank layer `x ↦ x U Vᵀ` (`lowrank`'s θ), each factor on its own grid:
+  (grid of U [I, R], grid of V [O, R]), both in the stored layout, so `lowrank|packed`
+  stores them.
+
+  1. U is the weight of `x ↦ x U`: plain GPTQ on the layer's Hessian H (groups along I).
+  2. V is refit to the rounded Û before it is rounded (GPTQ's idea, one factor later):
+     Ṽᵀ = argmin ‖X U Vᵀ − X Û Ṽᵀ‖ = (ÛᵀHÛ + λI)⁻¹ ÛᵀH U Vᵀ, so the output error of step
+     1 is absorbed where the rank allows; then Ṽᵀ [R, O] is rounded row by row with GPTQ's
+     sweep on H₂ = ÛᵀHÛ (the Hessian of the factor's input x Û).  The grid is V's stored
+     one (groups of `group` along O for each r; one group when `group` does not divide O),
+     which GPTQ allows: each row's scales come from that row as updated so far.
+  """
+  d_in, rank = u_IxR.shape
+  d_out = v_OxR.shape[0]
+  u_result = apply(u_IxR, stats, bits=bits, group=group, sym=sym, damp=damp,
+                   blocksize=blocksize)
+  u_hat = u_result.weight_IxO.astype(np.float64)
+  h = np.asarray(stats.hessian_IxI, np.float64)
+  h2 = u_hat.T @ h @ u_hat
+  lam = damp * max(np.mean(np.diag(h2)), 1e-30)
+  target_RxO = u_hat.T @ h @ (u_IxR.astype(np.float64) @ v_OxR.T.astype(np.float64))
+  v_fit_RxO = np.linalg.solve(h2 + lam * np.eye(rank), target_RxO).astype(np.float32)
+  g = group if group and d_out % group == 0 else 0
+  check_grid(bits, g, d_out, "gptq on lowrank's V: ")
+  width = g or d_out
+  n_groups = d_out // width
+  codes_OxR = np.empty((d_out, rank), np.uint8)
+  scales = np.empty((n_groups, rank), np.float32)
+  zeros = np.empty_like(scales)
+
+  def round_row(r, w_O):
+    w_GxN = w_O.reshape(n_groups, width).T  # one column per group of outputs
+    scales[:, r], zeros[:, r] = grid_params(w_GxN, bits, sym)
+    c_GxN = quantize_with(w_GxN, scales[:, r], zeros[:, r], bits)
+    codes_OxR[:, r] = c_GxN.T.reshape(d_out)
+    return ((c_GxN.astype(np.float32) - zeros[:, r]) * scales[:, r]).T.reshape(d_out)
+
+  stats2 = LayerStats(h2, stats.count, np.zeros(rank, np.float32), np.zeros(rank, np.float32),
+                      np.zeros((0, rank), np.float32))
+  w, u_chol = damped_inverse_cholesky(v_fit_RxO, stats2, damp, "gptq on lowrank's V")
+  obs_sweep(w, u_chol, blocksize, round_row)
+  return u_result.grid, GroupGrid(codes_OxR, scales, zeros, bits, g, sym)

@@ -64,13 +64,15 @@ def _check(stats: LayerStats, weights_IxO: Sequence[np.ndarray], alpha: float) -
 
 
 def apply_joint(weights_IxO: Sequence[np.ndarray], stats: LayerStats, alpha: float = 0.5,
-                quantize: bool = True) -> list[MethodResult]:
+                quantize: bool = True, migrate: bool = True) -> list[MethodResult]:
   """One s shared by every layer in `weights_IxO` (they all read the input `stats` describe);
   each weight becomes diag(s)·w quantized int8 per output channel (`quantize=False`: only
-  smoothed).  Each result's `weight_IxO` is what the layer computes with, diag(1/s)·deq."""
+  smoothed).  Each result's `weight_IxO` is what the layer computes with, diag(1/s)·deq.
+  `migrate=False` keeps s = 1: plain W8A8 round-to-nearest, the paper's baseline."""
   weights_IxO = [np.asarray(w, np.float32) for w in weights_IxO]
   _check(stats, weights_IxO, alpha)
-  s = smooth_scales(stats.abs_max_I, weights_IxO, alpha)
+  s = smooth_scales(stats.abs_max_I, weights_IxO, alpha) if migrate else \
+      np.ones(stats.abs_max_I.shape, np.float32)
   out = []
   for w in weights_IxO:
     scaled = s[:, None] * w
@@ -82,9 +84,9 @@ def apply_joint(weights_IxO: Sequence[np.ndarray], stats: LayerStats, alpha: flo
 
 
 def apply(w_IxO: np.ndarray, stats: LayerStats, alpha: float = 0.5,
-          quantize: bool = True) -> MethodResult:
+          quantize: bool = True, migrate: bool = True) -> MethodResult:
   """SmoothQuant of one layer (see `apply_joint` for layers sharing an input)."""
-  return apply_joint([w_IxO], stats, alpha=alpha, quantize=quantize)[0]
+  return apply_joint([w_IxO], stats, alpha=alpha, quantize=quantize, migrate=migrate)[0]
 
 
 METHODS["smoothquant"] = apply
