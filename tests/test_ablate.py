@@ -222,6 +222,28 @@ def test_variant_reference_resolves_to_that_variants_workdir_and_runs_after_it(
     experiment.expand(exp, tmp_path / "root")
 
 
+def test_a_chain_of_references_runs_link_by_link_and_a_cycle_is_refused(tmp_path: Path) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG.replace('"size": 1', '"size": 1, "teacher": ""'))
+  (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
+      from reparam_jax.sweeps.experiment import Experiment, Metric
+      def get_experiment():
+        return Experiment(name="chain", config={str(tmp_path / "cfg.py")!r}, seeds=1,
+                          variants={{"compressed": {{"size": 3, "teacher": "{{variant:lora}}"}},
+                                    "lora": {{"size": 2, "teacher": "{{variant:base}}"}},
+                                    "base": {{"size": 1}}}},
+                          metrics=[Metric("eval/loss", fmt=".2f")])
+  '''))
+  exp = experiment.load_experiment(tmp_path / "exp.py")
+  points, entries = experiment.expand(exp, tmp_path / "root")
+  label = {e.point.name: e.labels["variant"] for e in entries}
+  waves = experiment.run_waves(points)
+  assert [[label[p.name] for p in w] for w in waves] == [["base"], ["lora"], ["compressed"]]
+  exp.variants["base"]["teacher"] = "{variant:compressed}"
+  points, _ = experiment.expand(exp, tmp_path / "root2")
+  with pytest.raises(UserError, match="form a cycle"):
+    experiment.run_waves(points)
+
+
 def test_variant_flag_runs_and_tabulates_only_those_rows(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
   (tmp_path / "cfg.py").write_text(CONFIG.replace('"size": 1', '"size": 1, "teacher": ""'))

@@ -209,17 +209,25 @@ def _resolve_variant_refs(exp: Experiment, entries: Sequence[Entry]) -> None:
 
 
 def run_waves(points: Sequence[RunPoint]) -> list[list[RunPoint]]:
-  """Points in the order they can run: those another point's overrides name come first."""
+  """Points in the order they can run: each wave holds the points whose references
+  (`{variant:...}`, resolved to workdirs) all name points of earlier waves, so a chain
+  (a LoRA run on a trained model, then its compression) runs link by link."""
   workdirs = {p.workdir for p in points}
   needs = {p.name: {v for v in p.overrides.values() if isinstance(v, str) and v in workdirs}
            for p in points}
-  first = [p for p in points if not needs[p.name]]
-  second = [p for p in points if needs[p.name]]
-  needed_late = set().union(*needs.values()) & {p.workdir for p in second}
-  if needed_late:
-    raise UserError(f"{sorted(needed_late)[0]} is both named by a variant reference and "
-                    "itself refers to another variant; chains of references are not supported")
-  return [w for w in (first, second) if w]
+  waves: list[list[RunPoint]] = []
+  done: set[str] = set()
+  left = list(points)
+  while left:
+    wave = [p for p in left if needs[p.name] <= done]
+    if not wave:
+      raise UserError(f"{left[0].workdir}: its variant references form a cycle "
+                      f"({', '.join(sorted(needs[left[0].name]))}); a row cannot "
+                      "start from a row that starts from it")
+    waves.append(wave)
+    done |= {p.workdir for p in wave}
+    left = [p for p in left if p not in wave]
+  return waves
 
 
 def check_configs(exp_path: str, points: Sequence[RunPoint],
