@@ -3,7 +3,10 @@
 See that command (and docs/compression.md) for the recipe language.  The
 state is a float model (dense or low-rank kernels, pruned entries stored as
 zeros) plus optionally a quantization applied on top for storage; every
-step's checkpoint is self-contained.  Fine-tuning runs the real training
+step's checkpoint is self-contained.  `remove` makes the model itself smaller
+(attention heads and MLP units gone, per-layer shapes in the state's
+`model_shapes`): the steps, evaluations, fine-tuning and the written
+config.json after it use the smaller model's config.  Fine-tuning runs the real training
 loop (`training.loop.train_and_evaluate`) on the float weights with the
 pruned entries held at zero and, when quantized, fake-quantized.
 """
@@ -28,11 +31,13 @@ from flax.core import meta
 
 from reparam_jax import tasks
 from reparam_jax.compression import calibration as calib_lib
-from reparam_jax.compression import methods
+from reparam_jax.compression import methods, structured
 from reparam_jax.compression.methods import gptq as gptq_lib
 from reparam_jax.config.base import COMPRESS_KERNELS
 from reparam_jax.data import tokenizers
 from reparam_jax.errors import UserError
+from reparam_jax.models import Transformer
+from reparam_jax.models.heads import EncoderWithHeads
 from reparam_jax.pytree.layers import has_stack, like, unstack_layers
 from reparam_jax.pytree.paths import subtree
 from reparam_jax.reparam import Reparam
@@ -131,6 +136,18 @@ class State:
   # every pruned kernel keeps at most 2 of each 4 consecutive d_in entries: stored `sparse24`
   # (values + 2-bit indices) instead of with its zeros
   sparse24: bool = False
+  # config.model fields a `remove` step changed (layer_heads, layer_mlp_dims, scan_layers):
+  # the state's model is the run's with these (`model_config`)
+  model_shapes: dict = dataclasses.field(default_factory=dict)
+
+  def model_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The run's `config` describing this state's model (a copy where `remove` changed it)."""
+    if not self.model_shapes:
+      return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    for name, value in self.model_shapes.items():
+      out.model[name] = value
+    return out
 
   def packed_rule(self) -> str:
     bits, group, sym = self.grid
@@ -281,6 +298,7 @@ def _mask_rules(state: State, step: Step, config: ml_collections.ConfigDict,
   if pattern in ("heads", "neurons"):
     if state.rank:
       raise UserError("structured (heads/neurons) pruning needs dense kernels, not low-rank")
+    _refuse_per_layer_shapes(config, step)
     groups = {"heads": config.model.num_heads, "neurons": config.model.mlp_dim}[pattern]
     extra = f"sparsity={sparsity}, scope={scope!r}"
     return sensitivity.group_rules(pattern, config.model.num_heads, config.model.mlp_dim,
@@ -289,6 +307,15 @@ def _mask_rules(state: State, step: Step, config: ml_collections.ConfigDict,
   spec = f"mask(sparsity={sparsity}, scope={scope!r}, pattern={pattern!r})"
   base = f"lowrank(rank={state.rank})|" if state.rank else ""
   return ((state.kernels, base + spec),)
+
+
+def _refuse_per_layer_shapes(config, step: Step) -> None:
+  """Head and neuron masks cut every layer into num_heads / mlp_dim groups alike."""
+  if config.model.get("layer_heads") or config.model.get("layer_mlp_dims"):
+    raise UserError(f"{step.text()}: head/neuron masks need every layer at num_heads and "
+                    "mlp_dim, but this model has per-layer shapes (layer_heads/layer_mlp_dims, "
+                    "as remove leaves them); remove more units with remove(keep_heads=..., "
+                    "keep_neurons=...) instead")
 
 
 def _masked_theta(state: State, rules: tuple) -> PyTree:
@@ -334,6 +361,7 @@ def step_prune(state: State, step: Step, config, evaluator, finetune, log, **_) 
   if method == "sensitivity":
     if state.rank:
       raise UserError("sensitivity pruning works on dense kernels (put it before svd)")
+    _refuse_per_layer_shapes(config, step)
     kw = step.kwargs
     rules = sensitivity.group_rules(kw.get("granularity", "heads"), config.model.num_heads,
                                     config.model.mlp_dim, int(kw.get("neuron_block", 32)))
@@ -462,6 +490,33 @@ def _packable(grids: dict, grid: tuple, theta: PyTree) -> dict | None:
   return grids
 
 
+def _blockwise_setup(params: PyTree, step: Step, config, evaluator: Evaluator, log,
+                     calibration: calib_lib.Calibration, calibration_cache: dict,
+                     workdir: str) -> tuple[Any, PyTree, calib_lib.CalibrationSet, bool]:
+  """(model, its dense params, the calibration inputs, whether `params` was scanned): what
+  `calib_lib.compress_blockwise` takes, for the model `config` describes.  A scanned stack
+  is calibrated block by block in the unrolled layout of the same weights."""
+  scanned = has_stack(params)
+  model_config = ml_collections.ConfigDict(config.to_dict())
+  if scanned:
+    params = unstack_layers(params)
+    model_config.model.scan_layers = False
+  task = evaluator.task
+  if not hasattr(type(task), "model_from_config"):
+    raise UserError(f"{step.name}: task {config.task!r} cannot build its model from the "
+                    "config; calibration is not supported for it")
+  model = type(task).model_from_config(model_config, task.tokenizer.vocab_size)[0]
+  if calibration not in calibration_cache:  # the inputs do not depend on the layers' shapes
+    max_len = getattr(getattr(model, "cfg", None), "max_len", None) or config.seq_len
+    calibration_cache[calibration] = calib_lib.calibration_inputs(
+        config, workdir, calibration, max_len, log)
+  inputs = calibration_cache[calibration]
+  # evaluator.mesh is the run's: config.mesh over this process's devices, as trained
+  log(f"  {step.text()}: calibrating on {inputs.shape[0]} sequences of {inputs.shape[1]} "
+      f"tokens, mesh {dict(evaluator.mesh.shape)}")
+  return model, params, inputs, scanned
+
+
 def step_calibrated(state: State, step: Step, config, evaluator, log,
                     calibration: calib_lib.Calibration, calibration_cache: dict,
                     workdir: str, **_) -> State:
@@ -481,24 +536,9 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
       raise UserError(f"{step.text()} after svd: a scanned low-rank model is not supported; "
                       "train or convert it with model.scan_layers=False")
     params = Reparam.from_config({"rules": state.base_rules()}).to_dense(state.theta)
-  scanned = has_stack(params)
-  model_config = ml_collections.ConfigDict(config.to_dict())
-  if scanned:  # calibrated block by block: the unrolled layout of the same weights
-    params = unstack_layers(params)
-    model_config.model.scan_layers = False
-  task = evaluator.task
-  if not hasattr(type(task), "model_from_config"):
-    raise UserError(f"{step.name}: task {config.task!r} cannot build its model from the "
-                    "config; calibration is not supported for it")
-  model = type(task).model_from_config(model_config, task.tokenizer.vocab_size)[0]
-  if calibration not in calibration_cache:
-    max_len = getattr(getattr(model, "cfg", None), "max_len", None) or config.seq_len
-    calibration_cache[calibration] = calib_lib.calibration_inputs(
-        config, workdir, calibration, max_len, log)
-  inputs = calibration_cache[calibration]
-  mesh = evaluator.mesh  # the run's: config.mesh over this process's devices, as trained
-  log(f"  {step.text()}: calibrating on {inputs.shape[0]} sequences of {inputs.shape[1]} "
-      f"tokens, mesh {dict(mesh.shape)}")
+  model, params, inputs, scanned = _blockwise_setup(params, step, config, evaluator, log,
+                                                    calibration, calibration_cache, workdir)
+  mesh = evaluator.mesh
   pattern = re.compile(state.kernels)
   selected = lambda path: bool(pattern.fullmatch(f"{path}/kernel"))  # noqa: E731
   grids, scales = {}, {}  # a kernel's grid (of diag(s)·w where it has an input scale s)
@@ -565,6 +605,132 @@ def _like_sharded(new: np.ndarray, old: jax.Array) -> jax.Array:
   return jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
 
 
+# ---------------------------------------------------------------------------
+# Structured removal: whole heads and MLP units out of the model (compression/structured.py).
+
+REMOVE_OPTIONS = ("keep_heads", "keep_neurons", "score", "across_layers")
+REMOVE_SCORES = ("magnitude", "activation")
+
+
+def _keep_option(step: Step, name: str) -> structured.Keep | None:
+  """A `keep_*` option as `prune_heads`/`prune_neurons` take it (None: not given)."""
+  value = step.kwargs.get(name)
+  if value is None:
+    return None
+  if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+    return value
+  if isinstance(value, (list, tuple)) and all(
+      isinstance(v, int) and not isinstance(v, bool) for v in value):
+    return tuple(value)
+  raise UserError(f"{step.text()}: {name}={value!r}; give a fraction in (0, 1] of each "
+                  "layer's units (0.5), a count for every layer (2) or one count per layer "
+                  "([2, 4])")
+
+
+def _remove_options(step: Step) -> dict:
+  if step.args:
+    raise UserError(f"{step.text()}: give the options by name, e.g. "
+                    "remove(keep_heads=0.5, keep_neurons=0.5)")
+  unknown = sorted(set(step.kwargs) - set(REMOVE_OPTIONS))
+  if unknown:
+    raise UserError(f"{step.text()}: unknown option {unknown[0]!r}; remove takes "
+                    f"{', '.join(REMOVE_OPTIONS)}")
+  options = {"keep_heads": _keep_option(step, "keep_heads"),
+             "keep_neurons": _keep_option(step, "keep_neurons"),
+             "score": step.kwargs.get("score", "magnitude"),
+             "across_layers": step.kwargs.get("across_layers", False)}
+  if options["keep_heads"] is None and options["keep_neurons"] is None:
+    raise UserError(f"{step.text()}: say what each layer keeps: keep_heads=... and/or "
+                    "keep_neurons=... (a fraction, a count or counts per layer)")
+  if options["score"] not in REMOVE_SCORES:
+    raise UserError(f"{step.text()}: score={options['score']!r}; use "
+                    f"{' or '.join(REMOVE_SCORES)}")
+  if not isinstance(options["across_layers"], bool):
+    raise UserError(f"{step.text()}: across_layers={options['across_layers']!r}; use True "
+                    "or False")
+  counted = [k for k in ("keep_heads", "keep_neurons")
+             if options[k] is not None and not isinstance(options[k], float)]
+  if options["across_layers"] and counted:
+    raise UserError(f"{step.text()}: across_layers=True ranks a fraction of all layers' units "
+                    f"together; give {counted[0]} as a fraction (0.5), not counts")
+  return options
+
+
+def _refuse_before_remove(state: State, step: Step) -> None:
+  """The states whose stored tensors cannot lose rows and columns unit by unit."""
+  if state.rank:
+    raise UserError(f"{step.text()} after svd: the low-rank factors mix every unit's "
+                    "weights; put remove before svd")
+  if state.bits:
+    raise UserError(f"{step.text()} after quantize: put remove before quantize")
+  _refuse_after_grid(state, step)
+  if state.input_scales:
+    raise UserError(f"{step.text()} after awq/smoothquant: their input scales belong to "
+                    "the unpruned layers; put remove before them")
+  if jax.process_count() > 1:
+    raise UserError(f"{step.text()}: structured removal runs in one process (it slices the "
+                    "weights on the host); run compress with one process")
+
+
+def _activation_scores(state: State, step: Step, config, evaluator: Evaluator, log,
+                       calibration: calib_lib.Calibration, calibration_cache: dict,
+                       workdir: str, model_cfg) -> tuple[list, list]:
+  """`structured.activation_scores` from one blockwise pass over the calibration set with
+  the weights left as they are (the statistics of the model before removal)."""
+  model, params, inputs, _ = _blockwise_setup(state.theta, step, config, evaluator, log,
+                                              calibration, calibration_cache, workdir)
+  stats: dict = {}
+
+  def record(path, w, layer_stats):
+    stats[path] = layer_stats
+    return w
+
+  output_projection = re.compile(r"block_\d+/(attn/out|mlp/fc_out)")
+  calib_lib.compress_blockwise(model, params, inputs,
+                               lambda path: bool(output_projection.fullmatch(path)), record,
+                               calibration, log=log, mesh=evaluator.mesh, rules=evaluator.rules)
+  return structured.activation_scores(params, model_cfg, stats)
+
+
+def step_remove(state: State, step: Step, config, evaluator, log,
+                calibration: calib_lib.Calibration, calibration_cache: dict, workdir: str,
+                **_) -> State:
+  """`remove(keep_heads=F, keep_neurons=F, score=magnitude|activation, across_layers=False)`:
+  each layer keeps its best attention heads (whole key/value groups) and MLP units, the
+  rest physically removed (`structured.prune_heads` / `prune_neurons`); the state's model
+  gets the per-layer shapes."""
+  options = _remove_options(step)
+  _refuse_before_remove(state, step)
+  model = evaluator.task.model()
+  if not isinstance(model, (Transformer, EncoderWithHeads)):
+    raise UserError(f"{step.text()}: task {config.task!r} builds {type(model).__name__}, not "
+                    "one stack of Transformer blocks; per-layer head counts and MLP widths "
+                    "are for decoders and encoders (tasks lm, classify, mlm), not an "
+                    "encoder–decoder")
+  cfg = model.cfg
+  head_scores = neuron_scores = None
+  if options["score"] == "activation":
+    head_scores, neuron_scores = _activation_scores(
+        state, step, config, evaluator, log, calibration, calibration_cache, workdir, cfg)
+  params = state.theta
+  try:
+    if options["keep_heads"] is not None:
+      params, cfg = structured.prune_heads(params, cfg, options["keep_heads"], head_scores,
+                                           options["across_layers"])
+    if options["keep_neurons"] is not None:
+      params, cfg = structured.prune_neurons(params, cfg, options["keep_neurons"],
+                                             neuron_scores, options["across_layers"])
+  except UserError as e:  # "prune_heads: keep=…" in this step's words
+    what, _, message = str(e).partition(": ")
+    name = {"prune_heads": "keep_heads", "prune_neurons": "keep_neurons"}.get(what)
+    raise UserError(f"{step.text()}: {name}: {message}" if name else str(e)) from None
+  log(f"  {step.text()}: query heads per layer {list(cfg.heads_by_layer)}, MLP units per "
+      f"layer {list(cfg.mlp_dims_by_layer)}")
+  shapes = dict(state.model_shapes, layer_heads=tuple(cfg.layer_heads),
+                layer_mlp_dims=tuple(cfg.layer_mlp_dims), scan_layers=bool(cfg.scan_layers))
+  return dataclasses.replace(state, theta=params, model_shapes=shapes)
+
+
 def step_calibration(step: Step) -> calib_lib.Calibration:
   """`calibration(n=128, length=512, seed=0, chunk=8, samples=512)`: the calibration set
   of the calibrated steps after it."""
@@ -578,7 +744,8 @@ def step_calibration(step: Step) -> calib_lib.Calibration:
   return calib_lib.Calibration(**{k: int(v) for k, v in step.kwargs.items()})
 
 
-STEPS = {"svd": step_svd, "prune": step_prune, "quantize": step_quantize, "rtn": step_rtn}
+STEPS = {"svd": step_svd, "prune": step_prune, "quantize": step_quantize, "rtn": step_rtn,
+         "remove": step_remove}
 
 
 # ---------------------------------------------------------------------------
@@ -665,7 +832,7 @@ def make_finetuner(config, source: str, out: str, steps: int, lr: float, log):
     checkpoint.save_params(init, state.train_params())
     if tokenizers.has_tokenizer(source) and jax.process_index() == 0:
       tokenizers.load_tokenizer(source).save(init)  # its token ids are in the weights
-    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg = ml_collections.ConfigDict(state.model_config(config).to_dict())  # pruned shapes
     cfg.reparam.rules = state.train_rules()
     cfg.init_from = init
     cfg.num_steps = steps
@@ -730,11 +897,20 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
   with config.unlocked():
     config.reparam = ml_collections.ConfigDict({"rules": ()})
   os.makedirs(out, exist_ok=True)
-  evaluator = Evaluator(config, workdir)
+  evaluators: dict[str, Evaluator] = {}
+
+  def evaluator_of(state: State) -> Evaluator:
+    """An Evaluator of the state's model: the run's, or the shapes `remove` left."""
+    key = json.dumps(state.model_shapes, sort_keys=True)
+    if key not in evaluators:
+      evaluators[key] = Evaluator(state.model_config(config), workdir)
+    return evaluators[key]
+
   finetune = make_finetuner(config, workdir, out, finetune_steps, finetune_lr, log) \
       if finetune_steps > 0 else None
   state = State(theta=params, kernels=kernels)
-  rows = [measure(state, evaluator, os.path.join(out, "steps", "0_original"), "original")]
+  rows = [measure(state, evaluator_of(state), os.path.join(out, "steps", "0_original"),
+                  "original")]
   log(f"original: eval loss {rows[0]['eval_loss']:.4f}, {rows[0]['bytes_on_disk']:,} bytes")
   calibration, calibration_cache = calib_lib.Calibration(), {}
   for i, step in enumerate(steps, 1):
@@ -742,18 +918,20 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
       calibration = step_calibration(step)
       continue
     run_step = STEPS.get(step.name, step_calibrated)
-    state = run_step(state, Step(step.name, step.args, dict(step.kwargs)), config=config,
-                     evaluator=evaluator, finetune=finetune, log=log, calibration=calibration,
+    state = run_step(state, Step(step.name, step.args, dict(step.kwargs)),
+                     config=state.model_config(config), evaluator=evaluator_of(state),
+                     finetune=finetune, log=log, calibration=calibration,
                      calibration_cache=calibration_cache, workdir=workdir)
     if state.sparse and not state.rank:
       state = dataclasses.replace(state, sparse24=all_2_of_4(state.theta, state.kernels))
-    rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{i}_{step.name}"),
-                        step.text()))
+    rows.append(measure(state, evaluator_of(state),
+                        os.path.join(out, "steps", f"{i}_{step.name}"), step.text()))
     log(f"{step.text()}: eval loss {rows[-1]['eval_loss']:.4f}, "
         f"sparsity {rows[-1]['kernel_sparsity']:.3f}, {rows[-1]['bytes_on_disk']:,} bytes")
   if finetune is not None:
     state = finetune(state, "final")
-    rows.append(measure(state, evaluator, os.path.join(out, "steps", f"{len(steps) + 1}_finetune"),
+    rows.append(measure(state, evaluator_of(state),
+                        os.path.join(out, "steps", f"{len(steps) + 1}_finetune"),
                         f"finetune({finetune_steps} steps)"))
     log(f"finetuned: eval loss {rows[-1]['eval_loss']:.4f}")
   final_dir = rundir.path(out, rundir.PARAMS)
@@ -761,6 +939,7 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
     shutil.rmtree(final_dir)
   sync("reparam_jax:compress")
   checkpoint.save_params(final_dir, state.storage_params())
+  config = state.model_config(config)  # a removed unit's shapes: load_run builds the smaller model
   with config.unlocked():
     config.reparam.rules = state.storage_rules()
   report = dict(workdir=workdir, recipe=recipe, finetune_steps=finetune_steps, rows=rows,
@@ -768,6 +947,8 @@ def compress(workdir: str, recipe: str, out: str, finetune_steps: int = 0,
   if jax.process_index() != 0:  # the files below are one copy, written by process 0
     return report
   rundir.write_config(out, config)
+  if tokenizers.has_tokenizer(workdir):  # sample, export_hf and init_from read it from `out`
+    tokenizers.load_tokenizer(workdir).save(out)
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   table = format_table(rows)
