@@ -799,10 +799,15 @@ def measure(state: State, evaluator: Evaluator, where: str, label: str) -> dict[
               kernel_bits=kernel_bits(state), **{f"eval_{k}": v for k, v in metrics.items()})
 
 
+HEADLINE_METRICS = (("eval_accuracy", "accuracy"), ("eval_perplexity", "val ppl"),
+                    ("eval_mlm_perplexity", "MLM ppl"))
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-  """One line per step; the task's headline metric: perplexity (LM) or accuracy (classifiers)."""
-  metric, label = (("eval_accuracy", "accuracy") if "eval_accuracy" in rows[0]
-                   else ("eval_perplexity", "val ppl"))
+  """One line per step; the task's headline metric: accuracy (classifiers), perplexity (LM)
+  or masked-token perplexity (MLM pre-training)."""
+  metric, label = next(((k, name) for k, name in HEADLINE_METRICS if k in rows[0]),
+                       ("eval_loss", "val loss"))
   head = ("| step | stored params | stored bytes | kernel sparsity | kernel bits/w | "
           f"bytes on disk | val loss | Δ loss | {label} |")
   lines = [head, "|" + "---|" * 9]

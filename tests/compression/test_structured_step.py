@@ -237,3 +237,13 @@ def test_bad_options_and_unsupported_orders_are_one_line_errors(lm, tmp_path):
   # The whole pipeline refuses the same (before computing anything after the original).
   with pytest.raises(UserError, match="remove before svd"):
     recipe.compress(lm, "svd(rank=2),remove(keep_heads=0.5)", str(tmp_path / "x"), **QUIET)
+
+
+def test_the_report_table_shows_each_tasks_headline_metric():
+  row = {"step": "original", "stored_params": 1, "stored_bytes": 4, "kernel_sparsity": 0.0,
+         "kernel_bits": 32.0, "bytes_on_disk": 10, "eval_loss": 3.5}
+  mlm = recipe.format_table([dict(row, eval_mlm_perplexity=33.1, eval_mlm_accuracy=0.1)])
+  assert "| MLM ppl |" in mlm and mlm.endswith("| 33.1000 |")
+  lm_table = recipe.format_table([dict(row, eval_perplexity=33.1)])
+  assert "| val ppl |" in lm_table
+  assert "| accuracy |" in recipe.format_table([dict(row, eval_accuracy=0.9, eval_f1=0.8)])
