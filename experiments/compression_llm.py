@@ -13,7 +13,10 @@ task's own loader:
   asymmetric): round-to-nearest (`rtn`), GPTQ, AWQ (its scale and clip search, then RTN);
 - W8A8 (int8 weights per channel, int8 activations per token at run time): without
   migration, and SmoothQuant (α = 0.5);
-- 50 % unstructured and 2:4 sparsity: magnitude (per layer), SparseGPT, Wanda;
+- 50 % unstructured and 2:4 sparsity: magnitude (per layer), SparseGPT, Wanda (and Wanda's
+  scores compared per layer instead of per output, the paper's comparison-group ablation);
+- structured: one head of 4 and half of the MLP units of every block removed (Wanda-style
+  activation scores), alone and followed by GPTQ;
 - GPTQ on top of low-rank (the rank-32 model trained from scratch, configs/lm/
   shakespeare_char_lowrank.py, factors recovered exactly by `svd(rank=32)`, each factor
   quantized; `gptq.apply_factors`) and of a LoRA-merged model (LoRA r=8 trained 500 steps on
@@ -59,9 +62,14 @@ ROWS = {  # label → (the trained row it compresses, recipe)
     "50% magnitude": (FLOAT, "prune(magnitude, 0.5)"),
     "50% SparseGPT": (FLOAT, "sparsegpt(sparsity=0.5)"),
     "50% Wanda": (FLOAT, "wanda(sparsity=0.5)"),
+    "50% Wanda, compared per layer": (FLOAT, "wanda(sparsity=0.5, compare='layer')"),
     "2:4 magnitude": (FLOAT, "prune(magnitude, 0.5, pattern='2:4')"),
     "2:4 SparseGPT": (FLOAT, "sparsegpt(sparsity='2:4')"),
     "2:4 Wanda": (FLOAT, "wanda(sparsity='2:4')"),
+    "structured: 3 of 4 heads, half the MLP units": (
+        FLOAT, "remove(keep_heads=0.75, keep_neurons=0.5, score='activation')"),
+    "structured as above, then W4g128 GPTQ": (
+        FLOAT, "remove(keep_heads=0.75, keep_neurons=0.5, score='activation'), gptq(bits=4)"),
     "low-rank r=32, float factors": (LOWRANK, "svd(rank=32)"),
     "low-rank r=32, W4g128 RTN factors": (LOWRANK, "svd(rank=32), rtn(bits=4)"),
     "low-rank r=32, W4g128 GPTQ factors": (LOWRANK, "svd(rank=32), gptq(bits=4)"),

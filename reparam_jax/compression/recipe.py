@@ -768,6 +768,8 @@ def kernel_bits(state: State) -> float:
   map_kernel_slots(state.theta, state.base_rules(), state.kernels, visit)
   stored = sum(n for n, _ in sizes)
   bits = sum(state.bits * n + 32 * c for n, c in sizes) if state.bits else 32 * stored
+  if state.sparse24 and not (state.bits or state.grid or state.rank):
+    bits = 17 * stored  # sparse24: half the entries as f32 values, a 2-bit index each
   if state.grid:  # codes, f32 scales and (asymmetric) 8-bit zeros per group and column
     b, group, sym = state.grid
     bits = sum(b * n + (n // c // (group or n // c)) * c * (32 + (0 if sym else 8))

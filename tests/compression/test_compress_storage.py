@@ -58,6 +58,7 @@ def test_two_of_four_pruning_is_stored_compressed(trained, tmp_path):  # noqa: F
     assert kernel["values"].shape == (16, 16) and kernel["index"].dtype == np.uint8
     assert loss == pytest.approx(reports[name]["final"]["eval_loss"], rel=1e-6), name
     assert reports[name]["rows"][-1]["stored_bytes"] < 0.8 * dense_bytes, name
+    assert reports[name]["rows"][-1]["kernel_bits"] == 17.0, name
 
 
 def load_rules(out):

@@ -121,3 +121,20 @@ def test_bad_sparsity_is_a_one_line_error():
       sparsegpt.apply(w, stats_of(x), bad)
   with pytest.raises(UserError, match="divisible"):
     wanda.apply(w[:30], stats_of(x[:, :30]), "4:8")
+
+
+def test_wanda_compared_per_layer_ranks_the_whole_layers_scores():
+  """compare='layer' (the paper's comparison-group ablation): the lowest p·d_in·d_out
+  scores of the layer go, so columns lose different counts; per output they lose the same."""
+  d_in, d_out = 64, 16
+  x = correlated_inputs(256, d_in, seed=7)
+  w = np.random.default_rng(8).normal(size=(d_in, d_out)).astype(np.float32)
+  w[:, 0] *= 10  # one output column of large weights keeps more of its entries per layer
+  score = np.abs(w) * np.linalg.norm(x.astype(np.float64), axis=0)[:, None]
+  result = wanda.apply(w, stats_of(x), 0.5, compare="layer")
+  np.testing.assert_array_equal(result.mask_IxO, score > np.median(score))
+  per_column = result.mask_IxO.sum(axis=0)
+  assert per_column[0] > per_column[1:].max()
+  assert (wanda.apply(w, stats_of(x), 0.5).mask_IxO.sum(axis=0) == d_in // 2).all()
+  with pytest.raises(UserError, match="N:M groups are per output"):
+    wanda.apply(w, stats_of(x), "2:4", compare="layer")
