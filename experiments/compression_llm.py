@@ -16,7 +16,8 @@ task's own loader:
 - 50 % unstructured and 2:4 sparsity: magnitude (per layer), SparseGPT, Wanda (and Wanda's
   scores compared per layer instead of per output, the paper's comparison-group ablation);
 - structured: one head of 4 and half of the MLP units of every block removed (Wanda-style
-  activation scores), alone and followed by GPTQ;
+  activation scores), alone and followed by GPTQ (groups of 32: the 3 remaining heads
+  give attn/out 96 inputs);
 - GPTQ on top of low-rank (the rank-32 model trained from scratch, configs/lm/
   shakespeare_char_lowrank.py, factors recovered exactly by `svd(rank=32)`, each factor
   quantized; `gptq.apply_factors`) and of a LoRA-merged model (LoRA r=8 trained 500 steps on
@@ -68,8 +69,10 @@ ROWS = {  # label → (the trained row it compresses, recipe)
     "2:4 Wanda": (FLOAT, "wanda(sparsity='2:4')"),
     "structured: 3 of 4 heads, half the MLP units": (
         FLOAT, "remove(keep_heads=0.75, keep_neurons=0.5, score='activation')"),
-    "structured as above, then W4g128 GPTQ": (
-        FLOAT, "remove(keep_heads=0.75, keep_neurons=0.5, score='activation'), gptq(bits=4)"),
+    # 3 heads of 32 dims: attn/out's d_in is 96, so groups of 32 (128 does not divide it)
+    "structured as above, then W4g32 GPTQ": (
+        FLOAT, "remove(keep_heads=0.75, keep_neurons=0.5, score='activation'), "
+               "gptq(bits=4, group=32)"),
     "low-rank r=32, float factors": (LOWRANK, "svd(rank=32)"),
     "low-rank r=32, W4g128 RTN factors": (LOWRANK, "svd(rank=32), rtn(bits=4)"),
     "low-rank r=32, W4g128 GPTQ factors": (LOWRANK, "svd(rank=32), gptq(bits=4)"),
