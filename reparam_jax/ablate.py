@@ -108,6 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       validate_points(points, source=args.experiment)
     waves = run_waves(points)
     for i, wave in enumerate(waves):
+      if i and not args.dry_run:
+        # A failed or unfinished point holds back only the points that read its results.
+        ready = [p for p in wave if all(q.done for q in points if q.workdir in
+                                        p.overrides.values())]
+        if len(ready) < len(wave):
+          print(f"[ablate] {len(wave) - len(ready)} points need results of unfinished "
+                "points; run the same command again once those finish")
+        wave = ready
+        if not wave:
+          continue
       result = run_points(
           wave, launcher=args.launcher, parallel=args.parallel, dry_run=args.dry_run,
           train_module=args.train_module, launcher_args=shlex.split(args.launcher_args),
@@ -117,10 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       if result.submitted:
         print(f"[ablate] {len(result.submitted)} points submitted; run the same command again "
               "once they finish to fill the table")
-      if i + 1 < len(waves) and not args.dry_run and not all(p.done for p in wave):
-        print(f"[ablate] {len(waves[i + 1])} points need results of unfinished points; "
-              "run the same command again once those finish")
-        break
     if args.dry_run:
       return 0
   written = render(exp, entries, root)

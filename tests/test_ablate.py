@@ -36,6 +36,8 @@ FAKE_TRAINER = textwrap.dedent('''
     import json, os, sys
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     wd = args["workdir"]
+    if args.get("config.size") == "99":
+      sys.exit("size 99 fails")
     if "config.teacher" in args and not os.path.exists(os.path.join(args["config.teacher"],
                                                                     "done.json")):
       sys.exit("teacher not finished: " + args["config.teacher"])
@@ -242,6 +244,30 @@ def test_a_chain_of_references_runs_link_by_link_and_a_cycle_is_refused(tmp_path
   points, _ = experiment.expand(exp, tmp_path / "root2")
   with pytest.raises(UserError, match="form a cycle"):
     experiment.run_waves(points)
+
+
+def test_a_failed_row_holds_back_only_the_rows_that_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG.replace('"size": 1', '"size": 1, "teacher": ""'))
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
+  (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
+      from reparam_jax.sweeps.experiment import Experiment, Metric
+      def get_experiment():
+        return Experiment(name="chain", config={str(tmp_path / "cfg.py")!r}, seeds=1,
+                          variants={{"base": {{"size": 1}},
+                                    "lora": {{"size": 2, "teacher": "{{variant:base}}"}},
+                                    "broken": {{"size": 99, "teacher": "{{variant:base}}"}},
+                                    "of lora": {{"size": 3, "teacher": "{{variant:lora}}"}},
+                                    "of broken": {{"size": 4, "teacher": "{{variant:broken}}"}}}},
+                          metrics=[Metric("eval/loss", fmt=".2f")])
+  '''))
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+  out = run_ablate(str(tmp_path / "exp.py"), f"--workdir={tmp_path / 'root'}",
+                   "--train_module=fake_train")
+  assert out.returncode == 1, out.stdout + out.stderr
+  assert "1 points need results of unfinished points" in out.stdout
+  table = (tmp_path / "root" / "table.md").read_text()
+  assert "| of lora | 1.00 |" in table and "| of broken | — |" in table, table
 
 
 def test_variant_flag_runs_and_tabulates_only_those_rows(tmp_path: Path,
