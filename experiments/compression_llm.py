@@ -24,8 +24,10 @@ task's own loader:
   the float model, configs/lm/shakespeare_char_lora.py, merged when `compress` loads it).
 
 Each compressed row stores what it claims (packed codes, 2:4 values + indices), and
-"bytes on disk" is that params checkpoint as orbax wrote it; the float model's is in the
-float row.  The papers' direction to look for: GPTQ ≤ RTN perplexity at 4 and 3 bits,
+"param bytes" is the stored arrays' bytes (the whole model: embeddings, norms and head
+included) and "bytes on disk" that params checkpoint as orbax wrote it (the float model
+writes none of its own here; its compressed rows' done.json hold its size,
+compress/original_disk_bytes).  The papers' direction to look for: GPTQ ≤ RTN perplexity at 4 and 3 bits,
 SparseGPT and Wanda ≤ magnitude at 50 % and 2:4.
 
   python -m reparam_jax.ablate experiments/compression_llm.py --workdir=runs/ablate/compression_llm
@@ -101,6 +103,7 @@ def get_experiment() -> Experiment:
           Metric("eval/loss", "val loss", fmt=".4f", goal="min"),
           Metric("compress/kernel_bits", "bits / block weight", fmt=".2f"),
           Metric("compress/kernel_sparsity", "block sparsity", fmt=".2f"),
+          Metric("params/bytes", "param bytes", fmt="si"),
           Metric("params/disk_bytes", "bytes on disk", fmt="si"),
       ],
   )
