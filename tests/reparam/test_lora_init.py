@@ -99,7 +99,7 @@ def _adopted_at_start(tmp_path, raw, tfds, seed, monkeypatch):
     dense = jax.tree.map(np.asarray, meta.unbox(self.to_dense(model_params)))
     raise _Started(real(self, dense, model_params, *args, **kwargs))
 
-  monkeypatch.setattr(pretrained, "load_params", lambda path: "the checkpoint")
+  monkeypatch.setattr(pretrained, "load_params", lambda path, keep_packed=False: "the checkpoint")
   monkeypatch.setattr(Reparam, "adopt_dense", adopt_and_stop)
   args = tiny_args(str(tmp_path / f"run_{seed}"), raw, tfds, num_steps=1, seed=seed,
                    init_from=str(tmp_path / "no_such_checkpoint"))
