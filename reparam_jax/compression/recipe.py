@@ -195,7 +195,7 @@ class State:
           lambda path, w: packed.theta_from_grid(self.grids[path], jnp.asarray(w).dtype))
     if self.sparse24 and not (self.bits or self.rank):
       return map_kernel_slots_with_path(
-          self.theta, self.kernels, lambda _, w: packed.theta_from_masked(w, packed.top2_of_4(w)))
+          self.theta, self.kernels, lambda _, w: packed.Sparse24().from_dense(w))
     if not self.bits:
       return self.theta
     return quantize_leaves(self.theta, self.base_rules(), self.kernels, self.bits)
@@ -461,8 +461,8 @@ def step_rtn(state: State, step: Step, **_) -> State:
       out = {}
       for k, f in t.items():
         f = np.asarray(f, np.float32)
-        group = grid[1] if grid[1] and f.shape[0] % grid[1] == 0 else 0
-        grids[f"{path}/{k}"] = methods.rtn(f, grid[0], group, grid[2])
+        grids[f"{path}/{k}"] = methods.rtn(f, grid[0], methods.fitting_group(grid[1], len(f)),
+                                           grid[2])
         out[k] = jnp.asarray(grids[f"{path}/{k}"].dequantize(), t[k].dtype)
       return out
     theta = map_theta(Plan.from_config({"rules": state.base_rules()}), state.theta, factors)
@@ -528,7 +528,7 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
   module = inspect.getmodule(fn)
   joint = getattr(module, "apply_joint", None)
   params = state.theta
-  if state.rank:  # the blocks run on U Vᵀ; the factors are quantized (_lowrank_layer)
+  if state.rank:  # the blocks run on U Vᵀ; the factors are quantized (one_factored)
     if step.name != "gptq" or options.get("act_order") or options.get("static_groups"):
       raise UserError(f"{step.text()} after svd: the factors take gptq(bits, group, sym, "
                       "damp) without act_order/static_groups")
@@ -552,23 +552,23 @@ def step_calibrated(state: State, step: Step, config, evaluator, log,
   def one(path, w, stats):
     return keep(path, fn(w, stats, **options))
 
-  if state.rank:
-    factors: dict = {}  # kernel path → its quantized {u, v}
+  factors: dict = {}  # low-rank: kernel path → its quantized {u, v}
 
-    def one(path, w, stats):  # noqa: F811 (the low-rank form of `one`)
-      t = get_in(state.theta, tuple(path.split("/")))
-      grid_u, grid_v = gptq_lib.apply_factors(
-          np.asarray(t["u"], np.float32), np.asarray(t["v"], np.float32), stats,
-          **{k: v for k, v in options.items() if k not in ("act_order", "static_groups")})
-      grids[f"{path}/u"], grids[f"{path}/v"] = grid_u, grid_v
-      factors[path] = {"u": grid_u.dequantize(), "v": grid_v.dequantize()}
-      return factors[path]["u"] @ factors[path]["v"].T
+  def one_factored(path, w, stats):  # GPTQ of the kernel's factors; the blocks see Û V̂ᵀ
+    t = get_in(state.theta, tuple(path.split("/")))
+    grid_u, grid_v = gptq_lib.apply_factors(
+        np.asarray(t["u"], np.float32), np.asarray(t["v"], np.float32), stats,
+        **{k: v for k, v in options.items() if k not in ("act_order", "static_groups")})
+    grids[f"{path}/u"], grids[f"{path}/v"] = grid_u, grid_v
+    factors[path] = {"u": grid_u.dequantize(), "v": grid_v.dequantize()}
+    return factors[path]["u"] @ factors[path]["v"].T
 
   shared = None
   if joint is not None:
     def shared(paths, ws, stats):
       return [keep(p, r) for p, r in zip(paths, joint(ws, stats, **options))]
-  new = calib_lib.compress_blockwise(model, params, inputs, selected, one, calibration,
+  new = calib_lib.compress_blockwise(model, params, inputs, selected,
+                                     one_factored if state.rank else one, calibration,
                                      log=log, compress_shared=shared, mesh=mesh,
                                      rules=evaluator.rules)
   if scanned:

@@ -79,6 +79,12 @@ def check_grid(bits: int, group: int, d_in: int, where: str = "") -> None:
                     "for one group per output column")
 
 
+def fitting_group(group: int, d_in: int) -> int:
+  """`group` where it divides `d_in`, else 0 (one group over all of d_in): the grid a
+  factor of another shape than the layer gets (`gptq.apply_factors`, `rtn` after svd)."""
+  return group if group and d_in % group == 0 else 0
+
+
 def grid_params(w_GxO: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
   """(scale, zero) per column of the rows `w_GxO` of one group: min–max (asymmetric) or
   max-|w| (symmetric) round-to-nearest, as GPTQ's and AWQ's reference quantizers."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from reparam_jax.compression.methods import (
-    METHODS, GroupGrid, LayerStats, MethodResult, check_grid, grid_params, quantize_with)
+    METHODS, GroupGrid, LayerStats, MethodResult, check_grid, fitting_group, grid_params,
+    quantize_with)
 from reparam_jax.compression.methods._obs import damped_inverse_cholesky, obs_sweep
 
 BLOCKSIZE = 128
@@ -104,7 +105,7 @@ def apply_factors(u_IxR: np.ndarray, v_OxR: np.ndarray, stats: LayerStats, bits:
   lam = damp * max(np.mean(np.diag(h2)), 1e-30)
   target_RxO = u_hat.T @ h @ (u_IxR.astype(np.float64) @ v_OxR.T.astype(np.float64))
   v_fit_RxO = np.linalg.solve(h2 + lam * np.eye(rank), target_RxO).astype(np.float32)
-  g = group if group and d_out % group == 0 else 0
+  g = fitting_group(group, d_out)
   check_grid(bits, g, d_out, "gptq on lowrank's V: ")
   width = g or d_out
   n_groups = d_out // width
