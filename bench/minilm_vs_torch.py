@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench import vs_torch
+from bench import peer_process
 from bench.lm_step import StepRunner
 from reparam_jax.config.load import load_config_file
 from reparam_jax.hf import pretrained
@@ -62,7 +62,7 @@ def compare(n_batches: int, rounds: int, chunk: int, python: str,
     np.savez(npz, **{f"{k}_{i}": v for i, b in enumerate(host) for k, v in
                      (("ids", b["ids"]), ("mask", b["padding_mask"].astype(np.int64)),
                       ("label", b["label"][:, 0]))})
-    peer = vs_torch.TorchPeer(python, PEER)
+    peer = peer_process.TorchPeer(python, PEER)
     try:
       info = peer.call(cmd="init", folder=config.init_from, batches=npz,
                        threads=os.cpu_count(), seed=0)
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--cpu_devices", type=int, default=None,
                       help="perf.cpu_devices for the JAX side (default: the config's)")
   args = parser.parse_args(argv)
-  python = vs_torch.torch_python(args.torch_python)
+  python = peer_process.torch_python(args.torch_python)
   if python is None:
     parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
                  "or pass --torch_python")

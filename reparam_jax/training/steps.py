@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from reparam_jax.reparam import Reparam
-from reparam_jax.training import reliability
+from reparam_jax.training import optim, reliability
 from reparam_jax.training import sharding as shd
 
 PyTree = Any
@@ -151,15 +151,25 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
           accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
       total, metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps,
                                            (total, metrics, grads))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = rp.post_update(optax.apply_updates(state.params, updates))
+    grad_norm = optax.tree.norm(grads)
     # Scheduled sparsity-mask / movement-score updates see this step's θ and gradient.
     extra, extra_metrics = rp.update_state(state.params, grads, state.extra, state.step)
-    grad_norm = optax.tree.norm(grads)
-    # Decided on device so a bad step costs no host round-trip.
-    ok = reliability.all_finite(total, grad_norm, params)
-    params, opt_state, extra = reliability.keep_if(ok, (params, opt_state, extra),
-                                                   (state.params, state.opt_state, state.extra))
+    # The finiteness guard is decided on device so a bad step costs no host round-trip.
+    if isinstance(tx, optim.FusedAdamW) and not rp.active:
+      # No post-update hook: the optimizer's own pass applies the guard to params and state.
+      params, opt_state, ok = tx.apply(grads, state.opt_state, state.params, grad_norm,
+                                       reliability.all_finite(total, grad_norm))
+      extra = reliability.keep_if(ok, extra, state.extra)
+    else:
+      if isinstance(tx, optim.FusedAdamW):
+        params, opt_state, _ = tx.apply(grads, state.opt_state, state.params, grad_norm)
+      else:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+      params = rp.post_update(params)
+      ok = reliability.all_finite(total, grad_norm, params)
+      params, opt_state, extra = reliability.keep_if(ok, (params, opt_state, extra),
+                                                     (state.params, state.opt_state, state.extra))
     metrics = dict(metrics, **extra_metrics, total_loss=total, grad_norm=grad_norm,
                    lr=schedule(state.step), nonfinite=1.0 - ok.astype(jnp.float32))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
