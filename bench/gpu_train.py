@@ -45,6 +45,7 @@ from bench.reparam_bench import nbytes
 from bench.speed import speed_row
 from bench.suites import lm_size
 from bench.table import markdown
+from reparam_jax.config.base import use_preset
 from reparam_jax.perf.peaks import device_peak_flops
 
 # Every projection kernel of every block, unrolled (`block_i/...`) or scanned.
@@ -52,10 +53,26 @@ PROJECTIONS = r"(block_\d+|blocks)/(attn|mlp)/\w+/kernel"
 
 # (model overrides, vocabulary, low-rank rank).  GPT-2 medium's vocabulary is
 # padded to a multiple of 64 (50,257 → 50,304) as GPU LM codebases do.
+# An override key naming a models/presets.py architecture: the config gets every field of
+# the preset (config.base.use_preset) before the other overrides, which narrow it.
+PRESET = "model.preset"
+# Llama-3.2-1B (16 layers, width 2048, 32 query and 8 key/value heads, SwiGLU 8192, tied
+# 128,256-token vocabulary) at context 2048, a common fine-tuning length.
+_LLAMA3_2_1B = {PRESET: "llama3_2_1b", "seq_len": 2048, "batch_size": 4,
+                "model.dtype": "bfloat16"}
 SIZES: dict[str, tuple[dict[str, Any], int, int]] = {
     "gpt2-medium": (lm_size(24, 16, 1024, 1024, 8, "bfloat16"), 50304, 256),
+    "llama3.2-1b": (_LLAMA3_2_1B, 128256, 512),
     "tiny": (lm_size(2, 2, 32, 32, 4), 65, 8),
+    # The same Llama block narrowed to test size (its vocabulary too).
+    "tiny-llama": ({PRESET: "llama3_2_1b", "model.num_layers": 2, "model.embed_dim": 32,
+                    "model.num_heads": 4, "model.num_kv_heads": 2, "model.mlp_dim": 64,
+                    "model.vocab_size": 97, "seq_len": 32, "batch_size": 4}, 97, 8),
 }
+
+
+class DoesNotFit(RuntimeError):
+  """A compiled step whose temporaries exceed the device memory left: not run."""
 
 
 def variants(rank: int, scanned: bool = True, kernels: tuple[str, ...] = ("xla", "cudnn")
@@ -71,10 +88,41 @@ def variants(rank: int, scanned: bool = True, kernels: tuple[str, ...] = ("xla",
   return out
 
 
-def build(overrides: dict[str, Any], vocab: int, rules: tuple) -> tuple[StepRunner, dict]:
-  """A runner whose step is compiled ahead of time; (runner, compile facts)."""
-  config = quickstart_config(**overrides)
+def config_for(overrides: dict[str, Any], rules: tuple) -> Any:
+  """The quick-start config with a size's overrides (a `PRESET` first) and reparam rules."""
+  overrides = dict(overrides)
+  preset = overrides.pop(PRESET, "")
+  config = quickstart_config()
+  # A preset and its narrowing add model keys the quick start lacks (num_kv_heads, ...).
+  with config.unlocked(), config.ignore_type():
+    if preset:
+      use_preset(config, preset)
+    for key, value in overrides.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
   config.reparam.rules = rules
+  return config
+
+
+def free_device_bytes(device: Any) -> int | None:
+  """Bytes the device's allocator can still hand out, where the backend says (GPU, TPU)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+
+
+def build(overrides: dict[str, Any], vocab: int, rules: tuple) -> tuple[StepRunner, dict]:
+  """A runner whose step is compiled ahead of time; (runner, compile facts).
+
+  Raises DoesNotFit, before running it, for a step whose temporaries exceed what the
+  device has left next to the state: an out-of-memory failure mid-run says less and
+  can leave the allocator fragmented for the next variant.
+  """
+  config = config_for(overrides, rules)
   runner = StepRunner(config, vocab, devices=jax.devices()[:1])  # one accelerator
   t0 = time.perf_counter()
   lowered = runner.lower()
@@ -89,6 +137,10 @@ def build(overrides: dict[str, Any], vocab: int, rules: tuple) -> tuple[StepRunn
   if mem is not None:
     facts.update(temp_gib=mem.temp_size_in_bytes / 2**30,
                  argument_gib=mem.argument_size_in_bytes / 2**30)
+    free = free_device_bytes(runner.mesh.devices.flat[0])
+    if free is not None and mem.temp_size_in_bytes > free:
+      raise DoesNotFit(f"the step needs {mem.temp_size_in_bytes / 2**30:.2f} GiB of temporaries; "
+                       f"{free / 2**30:.2f} GiB free beside the state")
   facts["first_loss"] = runner.run(0)
   facts["state_gib"] = nbytes(runner.state) / 2**30
   return runner, facts
