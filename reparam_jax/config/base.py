@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (models/stack.py); full keeps only each block's input.
   c.model.remat = "none"
   c.model.scan_layers = False  # nn.scan over stacked blocks: compile once, whatever the depth
+  c.model.scan_unroll = 1  # layers per iteration of the scanned loop (models/stack.py)
   # Self-attention kernel: "xla", or "cudnn" (fused flash attention on GPUs, bf16/fp16).
   c.model.attention = "xla"
   # Projection (ALBERT etc.; docs/tasks.md): factorised embedding width (0 = off),

@@ -54,6 +54,9 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: Any = "none"  # backward-pass rematerialisation of each block: stack.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over a stacked `blocks` (models/stack.py)
+  # Layers per iteration of the scanned stack's loop (nn.scan's `unroll`; models/stack.py):
+  # the parameter layout is unchanged, the loop runs ceil(L / scan_unroll) times.
+  scan_unroll: int = 1
   # Self-attention kernel: "xla", or "cudnn" for cuDNN's fused (flash) kernel on GPUs in
   # bf16/fp16, used where the mask is the causal one or none (no padding, bias or decode
   # cache); elsewhere, and on other backends, the XLA kernel with the same masking.
@@ -104,6 +107,10 @@ class TransformerConfig:
     if self.scan_layers and (self.share_layers or len(set(self.block_dims)) > 1):
       raise ValueError("scan_layers needs num_layers identical blocks; share_layers and "
                        "varying layer_dims are unrolled only")
+    if int(self.scan_unroll) < 1:
+      raise ValueError(f"scan_unroll={self.scan_unroll}: use a layer count ≥ 1 "
+                       "(1 = one layer per scan iteration)")
+    object.__setattr__(self, "scan_unroll", int(self.scan_unroll))
     self._check_pruned_shapes()
     if self.norm not in ("layer", "rms"):
       raise ValueError(f"norm={self.norm!r}: use 'layer' or 'rms'")

@@ -6,8 +6,13 @@
   leading `layers` axis and an `nn.scan` over it (MaxText, big_vision): the
   block is traced and compiled once.  pytree/layers.py converts checkpoints
   between the two layouts; rules name layers by their unrolled paths.
+  `model.scan_unroll` layers run per loop iteration (nn.scan's `unroll`; same
+  parameters, ceil(L / scan_unroll) iterations).
 * `model.remat`: what the backward pass may keep of each block's forward
-  (`REMAT_POLICIES`); `full` keeps only the block's inputs.
+  (`REMAT_POLICIES`); `full` keeps only the block's inputs.  A scanned stack
+  without remat keeps the matmul outputs only (`SCANNED_REMAT_POLICIES`): what
+  its backward loop reads must be stacked through the loop, which costs more
+  than recomputing the rest.
 * `layer_transform(cls, stacked)`: a class transform applied to the block
   class before remat and scan.  The reparameterization passes one that
   computes each layer's effective weights inside the layer (reparam/intercept.py),
@@ -40,6 +45,10 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight-like dots
 }
+# What a scanned stack uses instead (docs/performance.md, "Scanned against unrolled"):
+# without remat the scan would stack every intermediate through its loop; keeping the
+# matmul outputs only made the scanned quick-start step as fast as the unrolled one.
+SCANNED_REMAT_POLICIES = {"none": "dots"}
 
 
 def remat_policy_name(value: Any) -> str:
@@ -82,7 +91,6 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
   if block_configs is not None and cfg.scan_layers:
     cfg = block_configs[0]  # TransformerConfig checks they are alike when scanned
   policy = remat_policy_name(cfg.remat)
-  remat = policy != "none" and not decode  # decoding never differentiates
   if cfg.scan_layers:
     starts = [0]
     if getattr(layer_transform, "runs", None) is not None and num_layers > 1:
@@ -95,12 +103,20 @@ def run_blocks(blocks: tuple[type, type], cfg: Any, num_layers: int, x: Array,
       cls: type = scanned_cls
       if layer_transform is not None:
         cls = layer_transform(cls, stop - start)
-      if remat:
-        # prevent_cse=False: scan already keeps the recomputation from being merged away.
-        cls = nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=False)
+      unroll = min(cfg.scan_unroll, stop - start)
+      if not decode:
+        # Policy "none" too: a scan writes each residual the backward loop reads into a
+        # stacked [layers, ...] buffer (dynamic-update-slice) and slices it back out
+        # (dynamic-slice), weights as the dots see them included; recomputing all but
+        # the matmul outputs in the backward loop is cheaper (SCANNED_REMAT_POLICIES).
+        # prevent_cse=False: the loop keeps the recomputation from being merged with the
+        # forward, unless it is unrolled away.
+        cls = nn.remat(cls, policy=REMAT_POLICIES[SCANNED_REMAT_POLICIES.get(policy, policy)],
+                       prevent_cse=unroll >= stop - start)
       scanned = nn.scan(cls, variable_axes={True: 0},
                         split_rngs={"params": True, "dropout": True, "reparam": True},
                         in_axes=(nn.broadcast,) * 6, length=stop - start,
+                        unroll=unroll,
                         metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
       x, _ = scanned(cfg, cross=cross, train=train, decode=decode,
                      name=stack_name(start, len(starts) == 1))(
