@@ -81,6 +81,7 @@ CHECKS: tuple[_Check, ...] = (
     ("model.param_dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     ("model.remat", lambda v: v in (True, False, "True", "False", *REMAT_POLICIES),
      f"one of {', '.join(REMAT_POLICIES)}"),
+    ("model.scan_unroll", _positive, "a positive integer (layers per scan iteration)"),
     ("model.attention", lambda v: v in ATTENTION_KERNELS,
      f"one of {', '.join(ATTENTION_KERNELS)}"),
     ("reparam.per_layer", lambda v: v in ("auto", True, False, "True", "False"),

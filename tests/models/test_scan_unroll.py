@@ -74,8 +74,14 @@ def test_scanned_stack_without_remat_stacks_matmul_outputs_only():
 
 
 def test_scan_unroll_must_be_positive():
+  from bench.lm_step import quickstart_config
+  from reparam_jax.config.validate import validate_config
+  from reparam_jax.errors import UserError
+
   with pytest.raises(ValueError, match="scan_unroll=0"):
     transformer_config(dict(BASE, scan_layers=True, scan_unroll=0))
+  with pytest.raises(UserError, match="model.scan_unroll"):
+    validate_config(quickstart_config(**{"model.scan_unroll": 0}))
 
 
 def test_hlo_reading_counts_moves_in_loops():
