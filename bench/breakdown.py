@@ -16,7 +16,7 @@ a small share can come out slightly negative on a noisy machine.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -56,9 +56,15 @@ def _phase_runners(r: StepRunner) -> dict[str, Any]:
   return {"forward": call(fwd), "forward+backward": call(fwd_bwd), "train step": r.run}
 
 
-def step_breakdown(r: StepRunner, suite: Suite) -> list[dict[str, Any]]:
-  """Rows {phase, wall_ms, cpu_ms, share}: the measured programs and their differences."""
-  runs = _phase_runners(r)
+def step_breakdown(r: StepRunner, suite: Suite,
+                   variants: dict[str, Callable[[int], Any]] | None = None
+                   ) -> list[dict[str, Any]]:
+  """Rows {phase, wall_ms, cpu_ms, share}: the measured programs and their differences.
+
+  `variants` ({name: run(i)}, e.g. another runner's step) are timed in the same
+  rounds and listed as rows of their own.
+  """
+  runs = {**_phase_runners(r), **(variants or {})}
   t = timing.interleaved(runs, speed.rounds(runs, suite), suite.warmup)
   fwd, both, step = (t[k]["wall_ms"] for k in ("forward", "forward+backward", "train step"))
   rows = [dict(phase=k, **v) for k, v in t.items()]

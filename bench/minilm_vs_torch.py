@@ -10,8 +10,13 @@ from the same folder) in the interpreter that has torch, on the same batches
 (handed over in an .npz).  The two alternate in chunks, the order flipping
 every round, so drift in the machine's load falls on both; each side's figure
 is the median over the same batch indices.  The JAX step compiles once per
-padded length: that is reported apart, not timed as steps.  Goal (issue 18):
-JAX/PyTorch ≤ 0.9.
+padded length: that is reported apart, not timed as steps.  Goal (issues 18
+and 36): JAX/PyTorch ≤ 0.9.
+
+`--optax` times the JAX step with `optimizer.fused=False` (the plain optax
+chain) instead; `--phases` times, on real batches padded to 32 tokens, the
+forward, the forward+backward and the whole step, fused and plain
+(bench/breakdown.py), without the PyTorch side.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import os
 import statistics
 import tempfile
 import time
+import types
 from typing import Any, Sequence
 
 import numpy as np
 
-from bench import peer_process
+from bench import breakdown, peer_process
 from bench.lm_step import StepRunner
 from reparam_jax.config.load import load_config_file
 from reparam_jax.hf import pretrained
@@ -40,11 +46,12 @@ PEER = os.path.join(REPO, "bench", "minilm_torch_peer.py")
 
 
 def compare(n_batches: int, rounds: int, chunk: int, python: str,
-            cpu_devices: int | None = None) -> dict[str, Any]:
+            cpu_devices: int | None = None, fused: bool = True) -> dict[str, Any]:
   config = pretrained.resolve(load_config_file(CONFIG))
-  if cpu_devices is not None:
-    with config.unlocked():
+  with config.unlocked():
+    if cpu_devices is not None:
       config.perf.cpu_devices = cpu_devices
+    config.optimizer.fused = fused
   configure_cpu_devices(config.perf.cpu_devices)
   task = ClassificationTask(config, workdir=None)
   stream = task.train_iterator()
@@ -95,7 +102,27 @@ def compare(n_batches: int, rounds: int, chunk: int, python: str,
           "padded_lengths": sorted(set(lengths)), "jax_compile_s": compile_s,
           "torch": info["torch"], "transformers": info["transformers"],
           "params": info["params"], "threads": info["threads"],
-          "jax_devices": config.perf.cpu_devices or 1}
+          "jax_devices": config.perf.cpu_devices or 1, "fused": config.optimizer.fused}
+
+
+def phases(n_batches: int, rounds: int, length: int = 32) -> list[dict[str, Any]]:
+  """Where the JAX step goes (bench/breakdown.py) on `n_batches` real batches padded to
+  `length`, with the step of `optimizer.fused=False` (the plain optax chain) alongside."""
+  config = pretrained.resolve(load_config_file(CONFIG))
+  configure_cpu_devices(config.perf.cpu_devices)
+  task = ClassificationTask(config, workdir=None)
+  stream = task.train_iterator()
+  host = []
+  while len(host) < n_batches:
+    batch = next(stream)
+    if batch["ids"].shape[1] == length:
+      host.append(batch)
+  plain = config.copy_and_resolve_references()
+  plain.optimizer.fused = False
+  unfused = StepRunner(plain, task=task, batches=host)
+  suite = types.SimpleNamespace(steps=rounds, warmup=1, speed_seconds=0.0)
+  return breakdown.step_breakdown(StepRunner(config, task=task, batches=host), suite,
+                                  {"train step, optimizer.fused=False": unfused.run})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -106,15 +133,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--torch_python", default=None)
   parser.add_argument("--cpu_devices", type=int, default=None,
                       help="perf.cpu_devices for the JAX side (default: the config's)")
+  parser.add_argument("--phases", action="store_true",
+                      help="instead: where the JAX step goes (forward, backward, optimizer; "
+                      "fused and plain optax) on --batches batches padded to 32 tokens")
+  parser.add_argument("--optax", action="store_true",
+                      help="the JAX step with optimizer.fused=False (the plain optax chain)")
   args = parser.parse_args(argv)
+  if args.phases:
+    rows = phases(args.batches, args.rounds)
+    for row in rows:
+      print(f"  {row['phase']:<48} {row['wall_ms']:8.1f} ms  {row['share']:6.1%}")
+    print(json.dumps(rows))
+    return {"phases": rows}
   python = peer_process.torch_python(args.torch_python)
   if python is None:
     parser.error("no interpreter with torch; run `make test-peers` once (it builds .venv-py311) "
                  "or pass --torch_python")
-  out = compare(args.batches, args.rounds, args.chunk, python, args.cpu_devices)
+  out = compare(args.batches, args.rounds, args.chunk, python, args.cpu_devices,
+                not args.optax)
   print(f"MiniLM SST-2 fine-tuning step (batch 32, lengths {out['padded_lengths']}), median over "
         f"{out['steps_each']} steps each:")
-  print(f"  reparam_jax {out['jax_ms']:.1f} ms on {out['jax_devices']} CPU device(s)   transformers {out['torch_ms']:.1f} ms "
+  print(f"  reparam_jax {out['jax_ms']:.1f} ms on {out['jax_devices']} CPU device(s) "
+        f"(optimizer.fused={out['fused']})   transformers {out['torch_ms']:.1f} ms "
         f"(torch {out['torch']}, {out['threads']} threads)   ratio {out['ratio']:.3f}")
   print("  JAX compile per padded length (s): "
         + ", ".join(f"{k}: {v:.1f}" for k, v in sorted(out["jax_compile_s"].items())))
