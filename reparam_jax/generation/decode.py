@@ -207,7 +207,7 @@ def _decoder(model: Transformer, sampling: Sampling, steps: int, stop_tokens: tu
     def body(state):
       j, last, cache, done, tokens = state
       positions = (lengths_B + j - 1)[:, None]  # the token fed is the (j-1)-th new one
-      logits, cache = apply(params, cache, last[:, None], jnp.ones((B, 1), bool), positions)
+      logits, cache = apply(_tied_to_step(params, j), cache, last[:, None], jnp.ones((B, 1), bool), positions)
       done = done | (j >= limits_B)
       nxt = jnp.where(done, pad_id, choose(logits, sampling, jax.random.fold_in(rng, j)))
       tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, j))
@@ -222,6 +222,25 @@ def _decoder(model: Transformer, sampling: Sampling, steps: int, stop_tokens: tu
     return tokens, count.astype(jnp.int32)
 
   return run
+
+
+def _tied_to_step(params: PyTree, step: jax.Array) -> PyTree:
+  """`params` with its integer leaves (stored codes: packed, int8) made to depend on `step`.
+
+  XLA hoists loop-invariant work out of a while loop, a stored kernel's conversion to
+  float included: the loop would then read a float32 copy of int8 codes, 4× the bytes a
+  step, and lose what storing them small was for.  An optimization barrier with the
+  step counter makes their decoding loop-variant.  Float leaves stay invariant: there
+  the hoisting pays (XLA folds each bias into its kernel once, not every step).
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  codes = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.integer)]
+  if not codes:
+    return params
+  tied, _ = jax.lax.optimization_barrier(([leaves[i] for i in codes], step))
+  for i, leaf in zip(codes, tied):
+    leaves[i] = leaf
+  return jax.tree.unflatten(treedef, leaves)
 
 
 def decoding_params(params: PyTree, reparam_config: Any, masks: PyTree | None = None) -> PyTree:

@@ -214,7 +214,14 @@ def _grouped_product(x_RxI: Array, theta: dict, bits: int) -> Array:
   n_groups, d_out = s.shape
   p = theta["codes"]
   x = x_RxI.astype(jnp.float32)
-  if nbytes == 1:
+  if bits == 8:
+    # A multiply-reduce, not a dot: XLA fuses the uint8 → float conversion into the
+    # reduction, so a step reads each code byte once; a dot first writes W as float32
+    # (4 bytes a weight) and reads it back, slower than the float32 model it replaces.
+    x_RxGxH = x.reshape(-1, n_groups, p.shape[0] // n_groups)
+    p_GxHxO = p.reshape(n_groups, -1, d_out)
+    dot_RxGxO = jnp.sum(x_RxGxH[..., None] * p_GxHxO.astype(jnp.float32)[None], axis=2)
+  elif nbytes == 1:
     x_RxGxHxL = x.reshape(-1, n_groups, p.shape[0] // n_groups, rows)
     p_GxHxO = p.reshape(n_groups, -1, d_out)
     dot_RxGxO = sum(
