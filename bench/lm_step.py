@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from reparam_jax.config import load as config_load
+from reparam_jax.perf import rng as rng_lowering
 from reparam_jax.reparam import Reparam
 from reparam_jax.tasks.lm import LanguageModelTask, lm_model
 from reparam_jax.training import optim, sharding, steps
@@ -54,6 +55,8 @@ class StepRunner:
                devices: list[Any] | None = None, task: Any = None,
                batches: list[dict[str, np.ndarray]] | None = None):
     self.config = config
+    # As the trainer compiles its step (training/loop.py).
+    rng_lowering.use_unrolled_threefry_on_cpu(config.perf.get("cpu_unrolled_threefry", True))
     self.task = task if task is not None else SyntheticLMTask(config, vocab_size)
     self.reparam = Reparam.from_config(config.reparam)
     self.model = self.reparam.wrap(self.task.model())

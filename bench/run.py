@@ -109,10 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, notes = speed.reparam_overhead(suite)
     result["reparam"], result["notes"] = rows, result["notes"] + notes
     print("\n## Reparameterizations: train step vs dense (same process, interleaved)\n")
-    print(markdown(rows, [("variant", "variant", "s"), ("wall_ms", "step ms", ".1f"),
-                        ("wall_ratio", "÷ dense (wall)", ".3f"),
+    print(markdown(rows, [("model", "model", "s"), ("variant", "variant", "s"),
+                        ("wall_ms", "step ms", ".1f"), ("wall_ratio", "÷ dense (wall)", ".3f"),
                         ("cpu_ratio", "÷ dense (CPU time)", ".3f"),
                         ("model_flops_per_token", "model FLOPs/token", ",d"),
+                        ("flops_ratio", "FLOPs ÷ dense", ".3f"),
                         ("opt_state_ratio", "optimizer state ÷ dense", ".3f")]), flush=True)
     for n in notes:
       print(f"note: {n}")

@@ -91,8 +91,20 @@ def speed_row(label: str, r: StepRunner, t: dict[str, float], peak_flops: float
 
 
 def reparam_overhead(suite: Suite) -> tuple[list[dict[str, Any]], list[str]]:
-  overrides, vocab = suite.reparam_model
-  variants, notes = reparam_variants(suite.lowrank_rank, set(reparam.TRANSFORMS))
+  """Every variant's step against dense on each of the suite's reparam models."""
+  models = {suite.reparam_model_label or "reparam model":
+            (*suite.reparam_model, suite.lowrank_rank), **suite.reparam_more}
+  rows, notes = [], []
+  for model_label, (overrides, vocab, rank) in models.items():
+    model_rows, model_notes = _reparam_rows(overrides, vocab, rank, suite)
+    rows += [{"model": model_label, **row} for row in model_rows]
+    notes += [f"{model_label}: {n}" for n in model_notes]
+  return rows, notes
+
+
+def _reparam_rows(overrides: dict[str, Any], vocab: int, rank: int, suite: Suite
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+  variants, notes = reparam_variants(rank, set(reparam.TRANSFORMS))
   if suite.reparam_subset is not None:
     variants = {k: v for k, v in variants.items() if k in suite.reparam_subset}
   runners = {}
@@ -106,12 +118,15 @@ def reparam_overhead(suite: Suite) -> tuple[list[dict[str, Any]], list[str]]:
   times = timing.interleaved({k: r.run for k, r in runners.items()}, suite.steps, suite.warmup)
   dense = times["dense"]
   dense_opt = nbytes(runners["dense"].state.opt_state)
+  dense_flops = _flops_per_token(runners["dense"])
   rows = []
   for label, r in runners.items():
-    t = times[label]
+    t, flops = times[label], _flops_per_token(r)
+    # Time ratio beside FLOPs ratio: a row whose time ratio is far above its
+    # FLOPs ratio is bound by overhead (element-wise work, small kernels), not matmuls.
     rows.append(dict(variant=label, **t, wall_ratio=t["wall_ms"] / dense["wall_ms"],
-                     cpu_ratio=t["cpu_ms"] / dense["cpu_ms"],
-                     model_flops_per_token=_flops_per_token(r),
+                     cpu_ratio=t["cpu_ms"] / dense["cpu_ms"], model_flops_per_token=flops,
+                     flops_ratio=flops / dense_flops,
                      opt_state_ratio=nbytes(r.state.opt_state) / dense_opt))
   return rows, notes
 

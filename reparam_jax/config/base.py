@@ -204,6 +204,9 @@ def base_config() -> ml_collections.ConfigDict:
   # for small models); 0 = JAX's default.  --xla_force_host_platform_device_count
   # in XLA_FLAGS takes precedence.  No effect on accelerators.
   c.perf.cpu_devices = 0
+  # Threefry random bits on CPU as one fused loop (the same bits, ~3x faster to
+  # draw; longer compiles): reparam_jax/perf/rng.py.  No effect on accelerators.
+  c.perf.cpu_unrolled_threefry = True
   return c
 
 

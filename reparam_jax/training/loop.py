@@ -26,6 +26,7 @@ from reparam_jax.config import validate as config_validate
 from reparam_jax.data.pipeline import to_global
 from reparam_jax.hf import compressed_tensors, peft, pretrained
 from reparam_jax.perf import reparam_report
+from reparam_jax.perf import rng as rng_lowering
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
 from reparam_jax.rundir import checkpoint
@@ -54,6 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = pretrained.resolve(config)  # a pretrained init_from supplies the architecture
   config_validate.validate_config(config)
   devices.configure_cpu_devices(config.perf.cpu_devices)
+  rng_lowering.use_unrolled_threefry_on_cpu(config.perf.get("cpu_unrolled_threefry", True))
   rundir.prepare(workdir, jax.process_index())
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)

@@ -118,6 +118,39 @@ def test_spherical_poles_and_edge_cases():
   np.testing.assert_allclose(a2, [[-np.pi / 2]], atol=1e-6)
 
 
+def _from_spherical_cumprod(radius, angles_VxN1):
+  """The formula as `jnp.cumprod` writes it: the scan in `from_spherical` must equal it."""
+  sin, cos = jnp.sin(angles_VxN1), jnp.cos(angles_VxN1)
+  prod = jnp.cumprod(sin, axis=-1)
+  prefix = jnp.concatenate([jnp.ones_like(prod[..., :1]), prod[..., :-1]], -1)
+  return radius[..., None] * jnp.concatenate([prefix * cos, prod[..., -1:]], -1)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_spherical_values_and_gradients_equal_the_cumprod_formula(axis):
+  """Angles anywhere (negative sines, exact poles 0 and π): same W, same gradients."""
+  angles = jax.random.uniform(jax.random.key(0), (9, 7), minval=-4.0, maxval=4.0)
+  angles = angles.at[2, 3].set(0.0).at[5, 0].set(jnp.pi).at[6, :].set(0.0)
+  radius = jax.random.uniform(jax.random.key(1), (7,), minval=0.5, maxval=2.0)
+  probe = jax.random.normal(jax.random.key(2), (10, 7))  # a fixed linear read-out of W
+  t = Spherical(axis=axis)
+  theta = {"radius": radius, "angles": angles if axis == 0 else angles.T}
+
+  def reference(theta):
+    a = theta["angles"] if axis == 1 else theta["angles"].T  # vectors along the last axis
+    x = _from_spherical_cumprod(theta["radius"], a)
+    return x.T if axis == 0 else x
+
+  def loss(fn, theta):
+    return jnp.sum(jnp.tanh(fn(theta)) * (probe if axis == 0 else probe.T))
+
+  np.testing.assert_allclose(t.apply(theta), reference(theta), rtol=1e-6, atol=1e-6)
+  got, want = (jax.grad(lambda th, f=f: loss(f, th))(theta) for f in (t.apply, reference))
+  for key in ("radius", "angles"):
+    assert np.isfinite(np.asarray(got[key])).all()
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("x", [[1.0, 1e-30, 0.0, 0.0], [1.0, 1e-20, 1e-25, 0.0],
                                [1e-30, 0.0, 0.0, 0.0], [0.0, 1e-30, 0.0, -1e-30]])
 def test_spherical_gradient_is_finite_just_off_a_pole(x):
