@@ -58,7 +58,10 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable: An
   chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay, mask=decay_mask))
   tx = optax.chain(*chain)
-  if trainable is None and opt.get("fused", True):
+  # An all-True mask (e.g. variational or spherical θ, every leaf trained) freezes nothing.
+  nothing_frozen = trainable is None or all(
+      isinstance(t, bool) and t for t in jax.tree.leaves(trainable))
+  if nothing_frozen and opt.get("fused", True):
     return FusedAdamW(tx.init, tx.update, _fused_apply(tx, opt, schedule, decay_mask))
   return freeze(tx, trainable)
 

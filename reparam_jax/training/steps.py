@@ -155,7 +155,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     # Scheduled sparsity-mask / movement-score updates see this step's θ and gradient.
     extra, extra_metrics = rp.update_state(state.params, grads, state.extra, state.step)
     # The finiteness guard is decided on device so a bad step costs no host round-trip.
-    if isinstance(tx, optim.FusedAdamW) and not rp.active:
+    if isinstance(tx, optim.FusedAdamW) and not _moves_params_after_update(rp, state.params):
       # No post-update hook: the optimizer's own pass applies the guard to params and state.
       params, opt_state, ok = tx.apply(grads, state.opt_state, state.params, grad_norm,
                                        reliability.all_finite(total, grad_norm))
@@ -176,6 +176,19 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                          extra=extra), metrics
 
   return train_step
+
+
+def _moves_params_after_update(rp: Reparam, params: PyTree) -> bool:
+  """Whether a transform's `post_update` changes θ (e.g. hypersphere's re-projection).
+
+  Decided while tracing: a transform without the hook hands back the very arrays
+  it got, and then the optimizer's pass can guard the step itself (any ops traced
+  here are unused and dropped by XLA).
+  """
+  if not rp.active:
+    return False
+  after = jax.tree.leaves(rp.post_update(params))
+  return any(a is not b for a, b in zip(after, jax.tree.leaves(params), strict=True))
 
 
 def _value_and_grad(loss_fn: LossFn) -> Callable[..., Any]:

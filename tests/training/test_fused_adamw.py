@@ -107,20 +107,23 @@ def test_frozen_leaves_or_fused_false_give_the_plain_optax_chain():
   assert not isinstance(optim.make_optimizer(_opt(fused=False), 10), optim.FusedAdamW)
 
 
-def _train(fused: bool, nan_at_step: int = 0):
+def _train(fused: bool, nan_at_step: int = 0, reparam_rules: tuple = ()):
   """Three steps of the trainer's jitted train step on a tiny LM; the params after each."""
   from bench.lm_step import SyntheticLMTask, quickstart_config  # noqa: PLC0415
   config = quickstart_config(**{"optimizer.fused": fused, "model.num_layers": 1,
                                 "model.embed_dim": 16, "model.mlp_dim": 32, "model.num_heads": 2,
                                 "seq_len": 8, "batch_size": 4, "optimizer.lr": 1e-2,
-                                "optimizer.warmup_steps": 1})
+                                "optimizer.warmup_steps": 1, "reparam.rules": reparam_rules})
   task = SyntheticLMTask(config, vocab_size=65)
-  model, rp = task.model(), Reparam.from_config(config.reparam)
+  rp = Reparam.from_config(config.reparam)
+  model = rp.wrap(task.model())
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = sharding.rules_tuple(config.axis_rules)
   state, _, tx = steps.create_train_state(
       steps.init_variables_fn(model, task.init_args()),
-      lambda p: optim.make_optimizer(config.optimizer, 10), mesh, rules, jax.random.key(0))
+      lambda p: optim.make_optimizer(config.optimizer, 10, rp.trainable_mask(p),
+                                     default_decay=rp.decay_mask),
+      mesh, rules, jax.random.key(0))
   assert isinstance(tx, optim.FusedAdamW) == fused
   step = jax.jit(steps.make_train_step(
       model, task, tx, rp, optim.learning_rate_schedule(config.optimizer, 10), 1,
@@ -146,3 +149,32 @@ def test_a_non_finite_step_keeps_params_and_state_with_fusing():
   _assert_identical(history[1][0], history[0][0])
   assert not np.array_equal(history[2][0][0]["embed"]["token"]["embedding"],
                             history[1][0][0]["embed"]["token"]["embedding"])
+
+
+# Variational has no post-update hook (the optimizer's pass guards the step);
+# hypersphere re-projects after the update (the guard runs after it); both train every θ leaf.
+@pytest.mark.parametrize("spec", ["variational", "hypersphere(learn_scale=True)"])
+def test_a_reparameterized_train_step_is_unchanged_by_fusing(spec):
+  reparam_rules = ((r"block_\d+/(attn|mlp)/\w+/kernel", spec),)
+  for (fused, fused_bad), (plain, plain_bad) in zip(
+      _train(True, reparam_rules=reparam_rules), _train(False, reparam_rules=reparam_rules)):
+    assert fused_bad == plain_bad == 0.0
+    for x, y in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", ["variational", "hypersphere(learn_scale=True)"])
+def test_a_reparameterized_non_finite_step_keeps_params_and_state(spec):
+  history = _train(True, nan_at_step=2,
+                   reparam_rules=((r"block_\d+/(attn|mlp)/\w+/kernel", spec),))
+  assert [bad for _, bad in history] == [0.0, 1.0, 0.0]
+  _assert_identical(history[1][0], history[0][0])
+
+
+def test_only_a_transform_with_a_post_update_hook_keeps_the_separate_guard():
+  from reparam_jax.training.steps import _moves_params_after_update  # noqa: PLC0415
+  dense = {"block_0": {"mlp": {"fc_in": {"kernel": jnp.ones((4, 4))}}}}
+  for spec, moves in [("variational", False), ("spherical", False), ("hypersphere", True)]:
+    rp = Reparam.from_config({"rules": ((r".*kernel", spec),)})
+    assert _moves_params_after_update(rp, rp.from_dense(dense)) == moves, spec
+  assert not _moves_params_after_update(Reparam.from_config(None), dense)
