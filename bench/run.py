@@ -44,7 +44,7 @@ def machine() -> dict[str, Any]:
   return {"platform": dev.platform, "device_kind": dev.device_kind,
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "processor": platform.processor() or platform.machine(),
-          "python": platform.python_version(), "jax": jax.__version__,
+          "cpu_model": timing.cpu_model(), "python": platform.python_version(), "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "suite": suite.name, "started": datetime.datetime.now().isoformat(timespec="seconds"),
       "machine": machine(), "load_average_start": timing.load_average(), "notes": []}
   print(f"# bench suite '{suite.name}' on {result['machine']['device_count']}x "
-        f"{result['machine']['device_kind']} ({result['machine']['cpu_count']} CPUs), "
+        f"{result['machine']['device_kind']} ({result['machine']['cpu_count']} CPUs, "
+        f"{result['machine']['cpu_model']}), "
         f"load average {result['load_average_start']:.2f}", flush=True)
 
   if "speed" in only:
