@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Any
 
+from bench.suites import lm_size
+
 # Data movement: what a scan may add around the block's own compute.
 MOVES = ("copy", "dynamic-update-slice", "dynamic-slice", "transpose", "concatenate", "pad")
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
@@ -41,20 +43,14 @@ DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16"
 
 # The models: (overrides, vocabulary).  The quick start's own config (2 CPU devices,
 # data parallel) and a width-512 model at 4 and 8 layers; GPT-2 medium for a GPU.
-def _lm(layers: int, heads: int, width: int, seq: int, batch: int, dtype: str = "float32"
-        ) -> dict[str, Any]:
-  return {"model.num_layers": layers, "model.num_heads": heads, "model.embed_dim": width,
-          "model.mlp_dim": 4 * width, "seq_len": seq, "batch_size": batch, "model.dtype": dtype}
-
-
 MODELS: dict[str, tuple[dict[str, Any], int]] = {
     "quickstart": ({}, 65),
-    "w512-L4": (_lm(4, 8, 512, 128, 8), 512),
-    "w512-L8": (_lm(8, 8, 512, 128, 8), 512),
+    "w512-L4": (lm_size(4, 8, 512, 128, 8), 512),
+    "w512-L8": (lm_size(8, 8, 512, 128, 8), 512),
 }
-GPU_MODELS = {"gpt2-medium": ({**_lm(24, 16, 1024, 1024, 8, "bfloat16"),
+GPU_MODELS = {"gpt2-medium": ({**lm_size(24, 16, 1024, 1024, 8, "bfloat16"),
                                "model.attention": "cudnn"}, 50304)}
-SMOKE_MODELS = {"tiny": (_lm(2, 2, 32, 16, 4), 65)}
+SMOKE_MODELS = {"tiny": (lm_size(2, 2, 32, 16, 4), 65)}
 
 
 # --- HLO reading -------------------------------------------------------------------------
