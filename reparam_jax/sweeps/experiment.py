@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from reparam_jax.errors import UserError
 from reparam_jax.sweeps import hyper
+from reparam_jax.sweeps.budget import Budget
 from reparam_jax.sweeps.points import (
   RunPoint,
   load_module,
@@ -22,6 +23,7 @@ from reparam_jax.sweeps.points import (
   point_name,
   split_config_spec,
 )
+from reparam_jax.sweeps.tuning import Tuning
 
 REDUCTIONS = ("auto", "final", "last", "median", "mean", "min", "max")
 
@@ -72,10 +74,18 @@ class Plot:
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """A row's overrides, plus per-metric reductions that differ from the experiment's."""
+  """A row's overrides, plus per-metric reductions that differ from the experiment's.
+
+  `search` is the row's search space, `{override key: [values]}` (their product
+  is the row's settings), chosen on the held-out split of `Experiment.tuning`
+  (sweeps/tuning.py). `budget` sizes the row to a budget relative to another
+  row instead of a fixed size (sweeps/budget.py).
+  """
 
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   reduce: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  search: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+  budget: Budget | None = None
 
 
 @dataclasses.dataclass
@@ -95,6 +105,10 @@ class Experiment:
   plots: Sequence[Plot] = ()
   curves: Sequence[str] = ("train/loss", "eval/loss")
   description: str = ""
+  # The row every other row is compared with (paired tests, budgets); None: no comparisons.
+  reference: str | None = None
+  # How rows with a `Variant.search` choose their setting (sweeps/tuning.py).
+  tuning: Tuning | None = None
 
   def __post_init__(self) -> None:
     self.metrics = [m if isinstance(m, Metric) else Metric(m) for m in self.metrics]
