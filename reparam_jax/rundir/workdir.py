@@ -18,11 +18,13 @@ runs through here.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from typing import Any
 
 import ml_collections
+import numpy as np
 from etils import epath
 
 from reparam_jax.errors import UserError
@@ -41,6 +43,9 @@ BEST = "best"
 REPARAM_REPORT = "reparam_report.txt"
 LOG = "log.txt"  # the run's console output, when a launcher or sweep captured it
 POINT = "point.json"  # a sweep point's overrides and command
+# Per-example outcomes of the final evaluation (classification: `correct`, `loss`, in the
+# evaluation split's order): what a paired bootstrap between two runs resamples.
+EVAL_EXAMPLES = "eval_examples.npz"
 
 PyTree = Any
 
@@ -124,6 +129,22 @@ def read_done(workdir: str | os.PathLike) -> dict[str, Any] | None:
   except json.JSONDecodeError as e:
     raise UserError(f"{where} is not valid JSON ({e})") from e
   return data if isinstance(data, dict) else None
+
+
+def write_eval_examples(workdir: str, arrays: dict[str, Any]) -> None:
+  """`eval_examples.npz`, written whole or not at all (a reader never sees half a file)."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write(path(workdir, EVAL_EXAMPLES), buf.getvalue())
+
+
+def read_eval_examples(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The final evaluation's per-example arrays, or None for a run that wrote none."""
+  where = path(workdir, EVAL_EXAMPLES)
+  if not os.path.exists(where):
+    return None
+  with np.load(where) as data:
+    return {k: data[k] for k in data.files}
 
 
 def is_done(workdir: str | os.PathLike) -> bool:

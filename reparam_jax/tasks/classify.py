@@ -28,8 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from reparam_jax.data.buckets import bucketed_loader
 from reparam_jax.data.classification import load_classification
@@ -140,6 +142,14 @@ class ClassificationTask(Task):
   def eval_sums(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
     out = apply_fn(*self.inputs(batch), train=False)
     return self.classification_sums(out["logits"], batch)
+
+  def eval_examples(self, apply_fn: Callable[..., dict], batch: Batch) -> dict[str, jax.Array]:
+    """Per-example outcomes (`weights` 0 marks padding): what a paired bootstrap resamples."""
+    out = apply_fn(*self.inputs(batch), train=False)
+    logits, labels = out["logits"].astype(jnp.float32), batch["label"][:, 0]
+    return {"correct": (jnp.argmax(logits, -1) == labels).astype(jnp.int8),
+            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+            "weights": batch["weights"][:, 0]}
 
   @staticmethod
   def classification_sums(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:

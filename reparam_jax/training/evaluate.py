@@ -32,6 +32,33 @@ def evaluate(eval_step: Callable, state: steps.TrainState, task: Any, batch_shar
   return {f"eval/{k}": v for k, v in task.eval_metrics(sums).items()}
 
 
+def per_example_outcomes(model: Any, task: Any, state: steps.TrainState, mesh: Any,
+                         batch_sharding: Any) -> dict[str, np.ndarray] | None:
+  """The task's `eval_examples` over the whole validation split, padding dropped, in order.
+
+  None for a task without per-example outcomes.  The outputs are replicated so
+  every process can fetch the whole split (a batch-sharded output is not
+  addressable from one host of a multi-process run).
+  """
+  if not hasattr(task, "eval_examples"):
+    return None
+
+  def step(state: steps.TrainState, batch: dict) -> dict:
+    def apply_fn(*args: Any, train: bool, **kwargs: Any) -> Any:
+      return model.apply({"params": state.params, **state.extra}, *args, train=train, **kwargs)
+    return task.eval_examples(apply_fn, batch)
+
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(step, out_shardings=replicated)
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in task.eval_batches():
+    out = jax.device_get(step(state, to_global(batch, batch_sharding)))
+    keep = np.asarray(out.pop("weights")) > 0
+    for k, v in out.items():
+      parts.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def sum_over_batches(eval_step: Callable, state: Any, batches: Any) -> dict[str, float]:
   """The eval step's sums over `batches`, one batch in flight at a time.
 

@@ -42,7 +42,7 @@ from reparam_jax.training import (
   sharding,
   steps,
 )
-from reparam_jax.training.evaluate import evaluate
+from reparam_jax.training.evaluate import evaluate, per_example_outcomes
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -234,6 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar.close()
   ckpt.close()
   _log_generations(task, state.params, config.num_steps, "after training")
+  # The final evaluation example by example: what paired tests between rows resample.
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    examples = per_example_outcomes(model, task, state, mesh, batch_sharding)
+  if examples is not None and is_main:
+    rundir.write_eval_examples(workdir, examples)
 
   final = {"step": config.num_steps, **last_eval, "params/stored": n_params,
            "params/trainable": n_trainable, "params/bytes": param_bytes,

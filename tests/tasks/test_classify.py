@@ -11,6 +11,7 @@ from reparam_jax.data.buckets import bucketed_loader
 from reparam_jax.errors import UserError
 from reparam_jax.objectives.classification import classification_loss, confusion_counts
 from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import workdir as rundir
 from reparam_jax.tasks import classify_report
 from tests.tasks.encoder_helpers import VOCAB, init_params, tiny_encoder, train_few_steps
 
@@ -168,6 +169,9 @@ def test_a_sentence_pair_jsonl_source_trains_with_token_types(tmp_path, capsys):
           "checkpoint_every": 2}.items()]
   final = train.main(args)
   assert final["eval/accuracy"] >= 0 and "report.txt" in os.listdir(tmp_path / "run")
+  examples = rundir.read_eval_examples(tmp_path / "run")  # padding dropped: 40 dev pairs
+  assert examples["correct"].shape == (40,)
+  assert examples["correct"].mean() == pytest.approx(final["eval/accuracy"], abs=1e-9)
   report = open(tmp_path / "run" / "report.txt").read()
   assert "other" in report and "same" in report  # the labels' own names (sorted)
 

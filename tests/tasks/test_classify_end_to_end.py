@@ -45,6 +45,12 @@ def test_pretrain_finetune_distill(tmp_path, raw_data_dir, tfds_dir, capsys):
   # The logged accuracy is the confusion matrix's (the report's own count over 872).
   report_acc = [float(line.split()[-2]) for line in report.splitlines() if "accuracy" in line]
   assert report_acc == [pytest.approx(final["eval/accuracy"], abs=1e-4)]
+  # The per-example outcomes (paired tests between rows resample them): one per dev
+  # sentence, in order, and their mean is the logged accuracy exactly.
+  examples = rundir.read_eval_examples(clf)
+  assert examples["correct"].shape == examples["loss"].shape == (872,)
+  assert examples["correct"].mean() == pytest.approx(final["eval/accuracy"], abs=1e-9)
+  assert examples["loss"].mean() == pytest.approx(final["eval/loss"], rel=1e-5)
   assert "eval/f1_macro" in final
 
   # The fine-tuned embedding started from the MLM one (and moved only a few steps).
