@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prompt_field = "prompt"  # Alpaca: "instruction"
   c.data.input_field = ""  # Alpaca: "input", an optional context joined to the prompt
   c.data.prompt_template = "### Instruction:\n{prompt}\n\n### Response:\n"
+  # Tuning without reading the reported split (sweeps/tuning.py; task classify): this many
+  # training examples, chosen by a fixed permutation (not config.seed), are held out of
+  # training; data.evaluate_on="holdout" evaluates on them instead of the validation split.
+  c.data.holdout_examples = 0
+  c.data.evaluate_on = "validation"  # or "holdout"
 
   c.seq_len = 64
   c.batch_size = 12  # global, summed over all devices and hosts
