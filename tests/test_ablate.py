@@ -340,3 +340,13 @@ def test_plot_cli_writes_png(tmp_path: Path) -> None:
   assert plots.series(rundir.read_metrics(tmp_path / "a"), "eval/loss") == ([50.0, 100.0], [2.8, 2.5])
   with pytest.raises(SystemExit):
     plot.main([str(tmp_path / "missing"), f"--out={out}"])
+
+
+def test_reference_must_be_a_row_and_comes_along_with_selected_rows():
+  with pytest.raises(UserError, match="reference='nope' is not a row"):
+    Experiment(name="r", config="c.py", variants={"a": {}, "b": {}}, metrics=["eval/loss"],
+               reference="nope")
+  exp = Experiment(name="r", config="c.py", variants={"a": {}, "b": {}, "c": {}},
+                   metrics=["eval/loss"], reference="a")
+  assert list(experiment.select_variants(exp, ["c"]).variants) == ["a", "c"]
+  assert Experiment(name="d", config="c.py", variants={"a": {}}, metrics=["x"]).seeds == 3

@@ -97,7 +97,8 @@ class Experiment:
   config: str | None = None
   variants: Mapping[str, Mapping[str, Any] | Variant] | None = None
   sweep: Sequence[Mapping[str, Any]] | None = None
-  seeds: int = 1
+  # Seeds 0..k-1 for every row: the same seeds in each row, so comparisons are paired.
+  seeds: int = 3
   seed_key: str = hyper.SEED_KEY
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   rows: Sequence[str] = (VARIANT,)
@@ -116,6 +117,9 @@ class Experiment:
       raise UserError(f"experiment {self.name}: give exactly one of variants= and sweep=")
     if self.sweep is not None and tuple(self.rows) == (VARIANT,):
       raise UserError(f"experiment {self.name}: with sweep=, name the row keys in rows=")
+    if self.reference is not None and self.reference not in (self.variants or {}):
+      raise UserError(f"experiment {self.name}: reference={self.reference!r} is not a row "
+                      f"(variants: {', '.join(map(repr, self.variants or {}))})")
 
 
 @dataclasses.dataclass
@@ -146,7 +150,8 @@ def select_variants(exp: Experiment, labels: Sequence[str]) -> Experiment:
 
   Re-running a few rows after a fix (`ablate --variant=LABEL`) keeps the
   other rows' points untouched; a referenced row (a student's teacher) comes
-  along because the selected row cannot run without it.
+  along because the selected row cannot run without it, and so does
+  `exp.reference`, the row the others are compared with.
   """
   if not labels:
     return exp
@@ -157,8 +162,9 @@ def select_variants(exp: Experiment, labels: Sequence[str]) -> Experiment:
   if unknown:
     raise UserError(f"experiment {exp.name}: no variant {unknown[0]!r} "
                     f"(variants: {', '.join(map(repr, exp.variants))})")
-  wanted = set(labels)
-  todo = list(labels)
+  # The reference row comes along too: the selected rows are compared with it.
+  wanted = set(labels) | ({exp.reference} if exp.reference else set())
+  todo = list(wanted)
   while todo:
     v = exp.variants[todo.pop()]
     for value in (v.overrides if isinstance(v, Variant) else v).values():
