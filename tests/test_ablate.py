@@ -94,12 +94,13 @@ def test_table_mean_std_from_recorded_metrics(tmp_path: Path) -> None:
 
   tables.render(exp, entries, tmp_path)
   md = (tmp_path / "table.md").read_text()
-  assert "| variant | val loss | params | ms | step |" in md
+  # A goal metric shows its 95% t-interval of the mean (mean ± 4.303 std / sqrt(n)).
+  assert "| variant | val loss | val loss 95% CI | params | ms | step |" in md
   # mean 2, sample std 1; step time = median(900, 10+s, 12+s) = 12+s -> 13 ± 1.
-  assert "| small | 2.000 ± 1.000 | 1.5M | 13.0 ± 1.0 | 300 |" in md
+  assert "| small | 2.000 ± 1.000 | [−0.484, 4.484] | 1.5M | 13.0 ± 1.0 | 300 |" in md
   # best eval per run: 0.5, 1.5, 2.5 at step 200.
-  assert "| small best | 1.500 ± 1.000 | 1.5M | 13.0 ± 1.0 | 200 |" in md
-  assert "| big | **0.600 ± 0.141 (n=2/3)** | 3M (n=2/3) | — |" in md
+  assert "| small best | 1.500 ± 1.000 | [−0.984, 3.984] | 1.5M | 13.0 ± 1.0 | 200 |" in md
+  assert "| big | **0.600 ± 0.141 (n=2/3)** | [−0.671, 1.871] | 3M (n=2/3) | — |" in md
 
   rows = list(csv.DictReader(io.StringIO((tmp_path / "table.csv").read_text())))
   assert rows[0]["variant"] == "small"
@@ -108,7 +109,7 @@ def test_table_mean_std_from_recorded_metrics(tmp_path: Path) -> None:
   assert rows[1]["eval/loss n"] == "2" and rows[1]["train/step_time_ms mean"] == ""
 
   tex = (tmp_path / "table.tex").read_text()
-  assert r"small & $2.000 \pm 1.000$ & $1.5\,\mathrm{M}$ &" in tex
+  assert r"small & $2.000 \pm 1.000$ & $[-0.484, 4.484]$ & $1.5\,\mathrm{M}$ &" in tex
   assert r"$\mathbf{0.600} \pm 0.141$ ($n=2/3$)" in tex
   assert "\\toprule" in tex and "\\end{tabular}" in tex
   for png in ("eval_loss_vs_params_stored.png", "eval_loss_vs_size.png", "curves.png"):

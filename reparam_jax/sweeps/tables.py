@@ -1,4 +1,11 @@
-"""Ablation tables: collect each point's metric, mean ± std over seeds, render Markdown/CSV/LaTeX."""
+"""Ablation tables: collect each point's metric, mean ± std over seeds, render Markdown/CSV/LaTeX.
+
+With `Experiment.reference`, every goal metric gets a Δ-vs-reference column:
+a paired test per row (per-example bootstrap where runs wrote
+eval_examples.npz for that metric, else a t-test over shared seeds; stats.py),
+marked NOT_SIGNIFICANT where the 95% interval contains 0. `table_view` is the
+format-independent table every renderer (Markdown, LaTeX, HTML) draws.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +21,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reparam_jax.errors import UserError
 from reparam_jax.rundir import workdir as rundir
+from reparam_jax.sweeps import stats
 from reparam_jax.sweeps.experiment import _AT_RE, Entry, Experiment, Metric
 from reparam_jax.sweeps.plots import plot_curves, series
 from reparam_jax.sweeps.points import config_label
@@ -81,10 +90,38 @@ def _number(x: Any) -> float | None:
   return float(x) if math.isfinite(x) else None
 
 
+# Metric key -> the per-example array of `eval_examples.npz` whose mean it is: those
+# metrics are compared by a paired bootstrap over the evaluation examples.
+PER_EXAMPLE: dict[str, str] = {"eval/accuracy": "correct"}
+
+# The one mark for a difference whose 95% interval contains 0, in every format.
+NOT_SIGNIFICANT = "n.s."
+UNTESTED = "(untested)"
+REFERENCE = "reference"
+# Per-example arrays are the final evaluation's: only reductions that read it may use them.
+_FINAL_REDUCTIONS = ("auto", "final")
+
+
+def _read_eval_examples(workdir: str | os.PathLike[str]) -> dict[str, np.ndarray] | None:
+  reader = getattr(rundir, "read_eval_examples", None)
+  if reader is not None:
+    return reader(workdir)
+  where = Path(workdir) / "eval_examples.npz"  # until rundir has the shared reader
+  if not where.exists():
+    return None
+  with np.load(where) as data:
+    return {k: data[k] for k in data.files}
+
+
 @dataclasses.dataclass
 class Cell:
+  """One (row, column)'s finished values, one per seed, with what pairs them across rows."""
+
   values: list[float]
   expected: int
+  seeds: list[Any] = dataclasses.field(default_factory=list)  # parallel to values
+  # Per-example scores of each value's run (PER_EXAMPLE), None where a run has none.
+  examples: list[np.ndarray | None] = dataclasses.field(default_factory=list)
 
   @property
   def n(self) -> int:
@@ -98,16 +135,38 @@ class Cell:
   def std(self) -> float | None:
     return statistics.stdev(self.values) if len(self.values) > 1 else None
 
+  @property
+  def summary(self) -> stats.Summary:
+    return stats.summary(self.values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowComparison:
+  """A row against the reference row in one column: the test on the seeds both finished.
+
+  `partial` is True when either row finished seeds the other did not, so the
+  difference is over `seeds` only, not over the rows' whole means.
+  """
+
+  comparison: stats.Comparison
+  seeds: list[Any]
+  partial: bool
+
+
+CellKey = tuple[tuple[Any, ...], Metric, Any]
+
 
 @dataclasses.dataclass
 class Table:
-  """Everything the renderers need: ordered rows, display columns, cells."""
+  """Everything the renderers need: ordered rows, display columns, cells, comparisons."""
 
   exp: Experiment
   row_keys: list[tuple[Any, ...]]
   columns: list[tuple[Metric, Any]]  # (metric, pivot value or None)
-  cells: dict[tuple[tuple[Any, ...], Metric, Any], Cell]
+  cells: dict[CellKey, Cell]
   entries: list[Entry]
+  reference: tuple[Any, ...] | None = None  # the row key of exp.reference, if in the table
+  comparisons: dict[CellKey, RowComparison | None] = dataclasses.field(default_factory=dict)
 
   def column_name(self, col: tuple[Metric, Any], short: bool = False) -> str:
     metric, value = col
@@ -118,14 +177,37 @@ class Table:
       return pivot
     return f"{metric.key if short else metric.name} @ {pivot}"
 
+  def row_label(self, rk: tuple[Any, ...]) -> str:
+    return ", ".join(_fmt_label(v) for v in rk)
+
+  def compared(self, col: tuple[Metric, Any]) -> bool:
+    """Whether `col` gets a Δ-vs-reference column: goal metrics, when a reference is set."""
+    return self.exp.reference is not None and col[0].goal is not None
+
+
+def _per_example(wd: str, metric: Metric, reduce: str, value: float,
+                 done: Mapping[str, Any]) -> np.ndarray | None:
+  """The run's per-example scores whose mean is `value`, or None if it has none that match."""
+  name = PER_EXAMPLE.get(metric.key)
+  if name is None or reduce not in _FINAL_REDUCTIONS or _number(done.get(metric.key)) is None:
+    return None
+  arrays = _read_eval_examples(wd)
+  if not arrays or name not in arrays or np.asarray(arrays[name]).size == 0:
+    return None
+  scores = np.asarray(arrays[name], dtype=np.float64).ravel()
+  # Arrays of another evaluation (a subset, a different checkpoint) would test the wrong thing.
+  if abs(float(scores.mean()) - value) > 1e-4:
+    return None
+  return scores
+
 
 def collect(exp: Experiment, entries: Sequence[Entry]) -> Table:
-  """Reads every finished point once and groups the values into cells."""
+  """Reads every finished point once, groups the values into cells, compares with the reference."""
   cache: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
   row_keys: list[tuple[Any, ...]] = []
   col_values: list[Any] = []
-  cells: dict[tuple[tuple[Any, ...], Metric, Any], Cell] = {}
-  for e in entries:
+  cells: dict[CellKey, Cell] = {}
+  for i, e in enumerate(entries):
     rk = tuple(e.labels.get(k) for k in exp.rows)
     cv = e.labels.get(exp.columns) if exp.columns else None
     if rk not in row_keys:
@@ -136,17 +218,67 @@ def collect(exp: Experiment, entries: Sequence[Entry]) -> Table:
     if wd not in cache:
       cache[wd] = (rundir.read_metrics(wd), rundir.read_done(wd))
     records, done = cache[wd]
+    seed = e.labels.get(exp.seed_key, i)
     for m in exp.metrics:
       cell = cells.setdefault((rk, m, cv), Cell([], 0))
       cell.expected += 1
       if done is None:
         continue
-      v = point_metric(wd, m.key, e.reduce.get(m.key, m.reduce), records, done)
+      reduce = e.reduce.get(m.key, m.reduce)
+      v = point_metric(wd, m.key, reduce, records, done)
       if v is not None:
         cell.values.append(v)
+        cell.seeds.append(seed)
+        wants_examples = exp.reference is not None and m.goal is not None
+        cell.examples.append(_per_example(wd, m, reduce, v, done) if wants_examples else None)
   columns = [(m, cv) for m in exp.metrics for cv in col_values]
-  return Table(exp, row_keys, columns, cells, list(entries))
+  table = Table(exp, row_keys, columns, cells, list(entries))
+  table.reference = next((rk for rk in row_keys if table.row_label(rk) == exp.reference), None)
+  if table.reference is not None:
+    for col in columns:
+      if not table.compared(col):
+        continue
+      ref = cells.get((table.reference, col[0], col[1]))
+      for rk in row_keys:
+        cell = cells.get((rk, col[0], col[1]))
+        if rk != table.reference and cell is not None and ref is not None:
+          table.comparisons[(rk, col[0], col[1])] = compare_cells(cell, ref)
+  return table
 
+
+def _paired_keys(seeds: Sequence[Any]) -> list[tuple[Any, int]]:
+  # (seed, k-th occurrence): rows that group several points under one seed still pair up.
+  seen: dict[Any, int] = {}
+  keys = []
+  for s in seeds:
+    keys.append((s, seen.get(s, 0)))
+    seen[s] = seen.get(s, 0) + 1
+  return keys
+
+
+def compare_cells(row: Cell, ref: Cell,
+                  n_resamples: int = stats.BOOTSTRAP_RESAMPLES) -> RowComparison | None:
+  """`row` − `ref` on the seeds both finished: per-example bootstrap where both rows have
+  per-example scores of the same length at every shared seed, else a t-test over seeds.
+  None when no seed finished in both."""
+  row_at = dict(zip(_paired_keys(row.seeds), range(row.n)))
+  ref_at = dict(zip(_paired_keys(ref.seeds), range(ref.n)))
+  shared = [k for k in row_at if k in ref_at]
+  if not shared:
+    return None
+  partial = len(shared) != len(row_at) or len(shared) != len(ref_at)
+  seeds = [k[0] for k in shared]
+  a_ex = [row.examples[row_at[k]] if row.examples else None for k in shared]
+  b_ex = [ref.examples[ref_at[k]] if ref.examples else None for k in shared]
+  sizes = {x.size for x in a_ex + b_ex if x is not None}
+  if all(x is not None for x in a_ex + b_ex) and len(sizes) == 1:
+    # Seeds averaged per example: the bootstrap resamples examples, the seeds ride along.
+    comparison = stats.paired_bootstrap(np.mean(a_ex, axis=0), np.mean(b_ex, axis=0),
+                                        n_resamples=n_resamples)
+  else:
+    comparison = stats.paired_seeds([row.values[row_at[k]] for k in shared],
+                                    [ref.values[ref_at[k]] for k in shared])
+  return RowComparison(comparison, seeds, partial)
 
 def format_number(x: float, fmt: str) -> str:
   if fmt == "si":
@@ -188,49 +320,276 @@ def _best(table: Table, col: tuple[Metric, Any]) -> tuple[Any, ...] | None:
   return pick(means, key=lambda t: t[0])[1]
 
 
-def _footer(table: Table) -> str:
-  seeds = {c.expected for c in table.cells.values()}
-  n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}–{max(seeds)}"
-  return (f"mean ± sample std (ddof=1) over {n} seed(s); — = no finished run; "
-          "(n=k/N) = only k of N seeds finished.")
+def _minus(text: str) -> str:
+  """A typographic minus for a leading "-" (a hyphen reads as a dash in a table)."""
+  return "−" + text[1:] if text.startswith("-") else text
 
 
-def render_markdown(table: Table) -> str:
+def _signed(x: float, fmt: str) -> str:
+  """A difference with its sign always shown."""
+  text = format_number(x, fmt)
+  return _minus(text) if text.startswith("-") or float(x) == 0 else "+" + text
+
+
+def _tex_signed(x: float, fmt: str) -> str:
+  text = _tex_number(x, fmt)
+  return text if text.startswith("-") or float(x) == 0 else "+" + text
+
+
+def _seed_list(seeds: Sequence[Any]) -> str:
+  return ", ".join(str(s) for s in seeds)
+
+
+def _shows_interval(table: Table, col: tuple[Metric, Any]) -> bool:
+  # A 95% column only for goal metrics, and only once some row has 2+ seeds to spread.
+  return col[0].goal is not None and any(
+      table.cells[(rk, col[0], col[1])].n >= 2 for rk in table.row_keys
+      if (rk, col[0], col[1]) in table.cells)
+
+
+def _extra_names(table: Table, extra_columns: Mapping[str, Mapping[str, str]] | None) -> list[str]:
+  names: list[str] = []
+  for rk in table.row_keys:
+    for name in (extra_columns or {}).get(table.row_label(rk), {}):
+      if name not in names:
+        names.append(name)
+  return names
+
+
+@dataclasses.dataclass
+class TableView:
+  """The table as cell texts, shared by the Markdown, LaTeX and HTML renderers.
+
+  `headers`/`rows` hold every column: the row-key columns, the extra columns
+  (`label_columns` in all), then per metric column its value ("mean ± std"),
+  for goal metrics its 95% interval and, with a reference row, the Δ column
+  whose not-significant entries carry NOT_SIGNIFICANT. `best` holds the
+  (row, column) indexes to set in bold; `notes` the footnotes explaining the
+  seeds, intervals, tests and marks. `tex_headers`/`tex_rows` are the same
+  cells typeset for LaTeX (math mode, escapes); `align` is "l" or "r" per column.
+  """
+
+  headers: list[str]
+  rows: list[list[str]]
+  row_labels: list[str]
+  best: set[tuple[int, int]]
+  notes: list[str]
+  align: list[str] = dataclasses.field(default_factory=list)
+  label_columns: int = 0
+  tex_headers: list[str] = dataclasses.field(default_factory=list)
+  tex_rows: list[list[str]] = dataclasses.field(default_factory=list)
+
+
+def _value_texts(cell: Cell | None, metric: Metric, bold: bool) -> tuple[str, str]:
+  if cell is None or cell.mean is None:
+    return "—", "--"
+  text = format_cell(cell, metric)
+  mean = _tex_number(cell.mean, metric.fmt)
+  if bold:
+    mean = f"\\mathbf{{{mean}}}"
+  tex = mean if not cell.std else f"{mean} \\pm {_tex_number(cell.std, metric.fmt)}"
+  suffix = f" ($n={cell.n}/{cell.expected}$)" if cell.n < cell.expected else ""
+  return text, f"${tex}${suffix}"
+
+
+def _interval_texts(cell: Cell | None, metric: Metric) -> tuple[str, str]:
+  s = cell.summary if cell is not None else None
+  if s is None or s.ci_low is None or s.ci_high is None:
+    return "—", "--"
+  lo, hi = format_number(s.ci_low, metric.fmt), format_number(s.ci_high, metric.fmt)
+  tex_lo, tex_hi = _tex_number(s.ci_low, metric.fmt), _tex_number(s.ci_high, metric.fmt)
+  return f"[{_minus(lo)}, {_minus(hi)}]", f"$[{tex_lo}, {tex_hi}]$"
+
+
+def _delta_texts(table: Table, rk: tuple[Any, ...], col: tuple[Metric, Any]) -> tuple[str, str]:
+  if rk == table.reference:
+    return REFERENCE, REFERENCE
+  rc = table.comparisons.get((rk, col[0], col[1]))
+  if rc is None:
+    return "—", "--"
+  c, fmt = rc.comparison, col[0].fmt
+  text, tex = _signed(c.diff, fmt), _tex_signed(c.diff, fmt)
+  if c.ci_low is not None and c.ci_high is not None:
+    text += f" [{_signed(c.ci_low, fmt)}, {_signed(c.ci_high, fmt)}]"
+    tex += f"\\ [{_tex_signed(c.ci_low, fmt)}, {_tex_signed(c.ci_high, fmt)}]"
+  tex = f"${tex}$"
+  mark = NOT_SIGNIFICANT if c.significant is False else UNTESTED if not c.testable else ""
+  if mark:
+    text, tex = f"{text} {mark}", f"{tex} {mark}"
+  if rc.partial:
+    on = f" (on seeds {_seed_list(rc.seeds)})"
+    text, tex = text + on, tex + on
+  return text, tex
+
+
+def _notes(table: Table, shown_intervals: bool) -> list[str]:
   exp = table.exp
-  header = [str(k) for k in exp.rows] + [table.column_name(c) for c in table.columns]
+  expected = {c.expected for c in table.cells.values()}
+  n = "0" if not expected else (f"{min(expected)}" if len(expected) == 1
+                                else f"{min(expected)}–{max(expected)}")
+  seeds = sorted({s for c in table.cells.values() for s in c.seeds}, key=str)
+  which = f" (seeds {_seed_list(seeds)})" if seeds and exp.seed_key in (
+      k for e in table.entries for k in e.labels) else ""
+  notes = [f"mean ± sample std (ddof=1) over {n} seed(s){which}; — = no finished run; "
+           "(n=k/N) = only k of N seeds finished."]
+  if shown_intervals:
+    notes.append("95% CI = Student-t 95% interval of the mean over the finished seeds.")
+  if exp.reference is None:
+    return notes
+  if table.reference is None:
+    notes.append(f"reference row {exp.reference!r} is not in this table: no comparisons.")
+    return notes
+  tests: dict[str, list[str]] = {}
+  flags = {"n.s.": False, "untested": False, "partial": False}
+  for (rk, metric, cv), rc in table.comparisons.items():
+    if rc is None:
+      continue
+    c = rc.comparison
+    name = table.column_name((metric, cv))
+    if c.method == stats.BOOTSTRAP:
+      what = (f"paired bootstrap over the {c.n} evaluation examples "
+              f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, each example's score averaged "
+              "over the shared seeds)")
+    elif c.method == stats.SEED_T_TEST:
+      what = "paired t-test over the seeds both rows finished"
+    else:
+      what = None
+    if what is not None and name not in tests.setdefault(what, []):
+      tests[what].append(name)
+    flags["n.s."] |= c.significant is False
+    flags["untested"] |= not c.testable
+    flags["partial"] |= rc.partial
+  text = (f"Δ = row − {exp.reference} (means over the seeds both finished) with its 95% "
+          "interval")
+  if tests:
+    text += "; " + "; ".join(f"{', '.join(names)}: {what}" for what, names in tests.items())
+  notes.append(text + ".")
+  if flags["n.s."]:
+    notes.append(f"{NOT_SIGNIFICANT} = not significant at 95% (the interval contains 0).")
+  if flags["untested"]:
+    notes.append(f"{UNTESTED} = one shared seed and no per-example results: no test; "
+                 "run more seeds.")
+  if flags["partial"]:
+    notes.append("(on seeds …) = the two rows finished different seeds; compared on the "
+                 "seeds both finished.")
+  return notes
+
+
+def table_view(table: Table, exp: Experiment | None = None,
+               extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> TableView:
+  """The format-independent table (see TableView); `extra_columns` maps a row label to
+  {column name: text} shown after the row label (a tuner's chosen values, a budget)."""
+  exp = exp or table.exp
+  extras = _extra_names(table, extra_columns)
+  headers = [str(k) for k in exp.rows] + extras
+  tex_headers = [_tex_text(h) for h in headers]
+  align = ["l"] * len(headers)
+  layout: list[tuple[str, tuple[Metric, Any]]] = []
+  shown_intervals = False
+  for col in table.columns:
+    name = table.column_name(col)
+    layout.append(("value", col))
+    headers.append(name)
+    if _shows_interval(table, col):
+      shown_intervals = True
+      layout.append(("interval", col))
+      headers.append(f"{name} 95% CI")
+    if table.compared(col):
+      layout.append(("delta", col))
+      headers.append(f"Δ {name} vs {exp.reference}")
+  tex_headers += [_tex_text(h) for h in headers[len(tex_headers):]]
+  align += ["r"] * len(layout)
+  best_of = {c: _best(table, c) for c in table.columns}
+  rows, tex_rows, labels, best = [], [], [], set()
+  for i, rk in enumerate(table.row_keys):
+    label = table.row_label(rk)
+    given = (extra_columns or {}).get(label, {})
+    row = [_fmt_label(v) for v in rk] + [str(given.get(name, "")) for name in extras]
+    tex_row = [_tex_text(t) for t in row]
+    for kind, col in layout:
+      cell = table.cells.get((rk, col[0], col[1]))
+      if kind == "value":
+        is_best = best_of[col] == rk
+        text, tex = _value_texts(cell, col[0], is_best)
+        if is_best:
+          best.add((i, len(row)))
+      elif kind == "interval":
+        text, tex = _interval_texts(cell, col[0])
+      else:
+        text, tex = _delta_texts(table, rk, col)
+      row.append(text)
+      tex_row.append(tex)
+    rows.append(row)
+    tex_rows.append(tex_row)
+    labels.append(label)
+  return TableView(headers, rows, labels, best, _notes(table, shown_intervals), align,
+                   len(exp.rows) + len(extras), tex_headers, tex_rows)
+
+
+def _md_cell(text: str) -> str:
+  return text.replace("|", "\\|")
+
+
+def render_markdown(table: Table,
+                    extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
+  exp = table.exp
+  view = table_view(table, exp, extra_columns)
   lines = [f"# {exp.name}", ""]
   if exp.description:
     lines += [exp.description.strip(), ""]
-  lines += ["| " + " | ".join(header) + " |",
-            "|" + "|".join(["---"] * len(exp.rows) + ["---:"] * len(table.columns)) + "|"]
-  best = {c: _best(table, c) for c in table.columns}
-  for rk in table.row_keys:
-    cells = []
-    for col in table.columns:
-      text = format_cell(table.cells.get((rk, col[0], col[1])), col[0])
-      cells.append(f"**{text}**" if best[col] == rk else text)
-    lines.append("| " + " | ".join([_fmt_label(v) for v in rk] + cells) + " |")
-  lines += ["", _footer(table), ""]
+  lines += ["| " + " | ".join(_md_cell(h) for h in view.headers) + " |",
+            "|" + "|".join("---:" if a == "r" else "---" for a in view.align) + "|"]
+  for i, row in enumerate(view.rows):
+    cells = [f"**{_md_cell(t)}**" if (i, j) in view.best else _md_cell(t)
+             for j, t in enumerate(row)]
+    lines.append("| " + " | ".join(cells) + " |")
+  for note in view.notes:  # one paragraph each: consecutive lines would run together
+    lines += ["", note]
+  lines.append("")
   return "\n".join(lines)
 
 
-def render_csv(table: Table) -> str:
+def render_csv(table: Table, extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
+  """Numbers at full precision for scripts: per column mean, std, n; for goal metrics the
+  95% interval; with a reference row the Δ, its interval, p, test, seeds and mark."""
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
-  header = [str(k) for k in table.exp.rows]
+  extras = _extra_names(table, extra_columns)
+  header = [str(k) for k in table.exp.rows] + extras
   for col in table.columns:
     name = table.column_name(col, short=True)
     header += [f"{name} mean", f"{name} std", f"{name} n"]
+    if col[0].goal is not None:
+      header += [f"{name} ci_low", f"{name} ci_high"]
+    if table.compared(col):
+      header += [f"{name} delta", f"{name} delta ci_low", f"{name} delta ci_high",
+                 f"{name} delta p", f"{name} delta test", f"{name} delta seeds",
+                 f"{name} delta mark"]
   w.writerow(header)
+  g = lambda x: "" if x is None else f"{x:.10g}"  # noqa: E731
   for rk in table.row_keys:
-    row = [_fmt_label(v) for v in rk]
-    for metric, cv in table.columns:
+    given = (extra_columns or {}).get(table.row_label(rk), {})
+    row: list[Any] = [_fmt_label(v) for v in rk] + [str(given.get(n, "")) for n in extras]
+    for col in table.columns:
+      metric, cv = col
       cell = table.cells.get((rk, metric, cv))
-      mean = cell.mean if cell else None
-      std = cell.std if cell else None
       # 10 significant digits: full precision without float noise (43.79999999999999).
-      row += ["" if mean is None else f"{mean:.10g}", "" if std is None else f"{std:.10g}",
+      row += [g(cell.mean if cell else None), g(cell.std if cell else None),
               cell.n if cell else 0]
+      if metric.goal is not None:
+        s = cell.summary if cell else None
+        row += [g(s.ci_low if s else None), g(s.ci_high if s else None)]
+      if table.compared(col):
+        rc = table.comparisons.get((rk, metric, cv))
+        if rk == table.reference:
+          row += ["", "", "", "", REFERENCE, "", ""]
+        elif rc is None:
+          row += [""] * 7
+        else:
+          c = rc.comparison
+          mark = NOT_SIGNIFICANT if c.significant is False else UNTESTED if not c.testable else ""
+          row += [g(c.diff), g(c.ci_low), g(c.ci_high), g(c.p), c.method,
+                  " ".join(str(s) for s in rc.seeds), mark]
     w.writerow(row)
   return buf.getvalue()
 
@@ -238,10 +597,18 @@ def render_csv(table: Table) -> str:
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}"}
+# Non-ASCII the tables print, typeset for any TeX engine.
+_TEX_UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", "—": "--", "–": "--", "−": "$-$",
+                "…": r"\ldots{}", "×": r"$\times$", "|": r"\textbar{}", "<": r"\textless{}",
+                ">": r"\textgreater{}"}
 
 
 def tex_escape(s: str) -> str:
   return "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
+
+
+def _tex_text(s: str) -> str:
+  return "".join(_TEX_UNICODE.get(ch, ch) for ch in tex_escape(s))
 
 
 def _tex_number(x: float, fmt: str) -> str:
@@ -250,31 +617,24 @@ def _tex_number(x: float, fmt: str) -> str:
   return re.sub(r"([KMBT])$", r"\\,\\mathrm{\1}", text) if fmt == "si" else text
 
 
-def render_latex(table: Table) -> str:
+def render_latex(table: Table,
+                 extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
+  """A booktabs tabular; the notes follow it as a footnotesize paragraph (and, for
+  readers of the .tex, as comments above it)."""
   exp = table.exp
-  spec = "l" * len(exp.rows) + "r" * len(table.columns)
-  header = [tex_escape(str(k)) for k in exp.rows] + [tex_escape(table.column_name(c))
-                                                    for c in table.columns]
-  footer = _footer(table).replace("±", "+-").replace("—", "--")  # ASCII for any TeX engine
-  lines = [f"% {tex_escape(exp.name)}: {footer}", "% needs \\usepackage{booktabs}",
-           f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(header) + r" \\", "\\midrule"]
-  best = {c: _best(table, c) for c in table.columns}
-  for rk in table.row_keys:
-    cells = []
-    for col in table.columns:
-      cell = table.cells.get((rk, col[0], col[1]))
-      if cell is None or cell.mean is None:
-        cells.append("--")
-        continue
-      mean = _tex_number(cell.mean, col[0].fmt)
-      if best[col] == rk:
-        mean = f"\\mathbf{{{mean}}}"
-      text = mean if not cell.std else f"{mean} \\pm {_tex_number(cell.std, col[0].fmt)}"
-      suffix = f" ($n={cell.n}/{cell.expected}$)" if cell.n < cell.expected else ""
-      cells.append(f"${text}${suffix}")
-    lines.append(" & ".join([tex_escape(_fmt_label(v)) for v in rk] + cells) + r" \\")
-  lines += ["\\bottomrule", "\\end{tabular}", ""]
+  view = table_view(table, exp, extra_columns)
+  notes = [_tex_text(n) for n in view.notes]
+  ascii_notes = [n.replace("±", "+-").replace("—", "--").replace("Δ", "delta")
+                 .replace("−", "-").replace("–", "-").replace("…", "...") for n in view.notes]
+  lines = [f"% {tex_escape(exp.name)}: {ascii_notes[0]}"] + [f"% {n}" for n in ascii_notes[1:]]
+  lines += ["% needs \\usepackage{booktabs}",
+            f"\\begin{{tabular}}{{{''.join(view.align)}}}", "\\toprule",
+            " & ".join(view.tex_headers) + r" \\", "\\midrule"]
+  lines += [" & ".join(row) + r" \\" for row in view.tex_rows]
+  lines += ["\\bottomrule", "\\end{tabular}", "",
+            "{\\footnotesize " + "\\par\n".join(notes) + "\\par}", ""]
   return "\n".join(lines)
+
 
 
 def _safe(s: str) -> str:
@@ -348,14 +708,20 @@ def _reduce_of(exp: Experiment, key: str) -> str:
   return "auto"
 
 
-def render(exp: Experiment, entries: Sequence[Entry], root: str | os.PathLike[str]) -> list[Path]:
-  """Writes table.{md,csv,tex}, the declared plots and curves.png into `root`."""
+def render(exp: Experiment, entries: Sequence[Entry], root: str | os.PathLike[str],
+           extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
+  """Writes table.{md,csv,tex}, the declared plots and curves.png into `root`.
+
+  `extra_columns` maps a row label to {column name: text}, shown after the row
+  label in every format (e.g. a tuned row's chosen setting and search budget).
+  """
   root = Path(root)
   root.mkdir(parents=True, exist_ok=True)
   table = collect(exp, entries)
   written = []
-  for name, text in (("table.md", render_markdown(table)), ("table.csv", render_csv(table)),
-                     ("table.tex", render_latex(table))):
+  for name, text in (("table.md", render_markdown(table, extra_columns)),
+                     ("table.csv", render_csv(table, extra_columns)),
+                     ("table.tex", render_latex(table, extra_columns))):
     (root / name).write_text(text, encoding="utf-8")
     written.append(root / name)
   written += render_plots(table, root)
