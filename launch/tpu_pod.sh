@@ -15,7 +15,8 @@
 #   install  a Python 3.12 venv (uv) + `pip install -r requirements.txt -e .[tpu]` on every worker
 #   run      the trainer on --worker=all (one process per host, with --distributed),
 #            output tee'd to ~/reparam_logs/LOG_NAME.log on each worker
-#   fetch    worker 0's log, metrics.jsonl and done.json into --local-dir
+#   fetch    worker 0's log, metrics.jsonl and done.json into --local-dir, and the run's
+#            point.json (its provenance) as --local-dir/point_remote.json
 #   delete   delete the TPU (or the queued resource)
 # On a multi-host slice the workdir must be shared by the hosts: use gs://.
 # A failed run step still fetches and deletes; the script then exits non-zero.
@@ -56,7 +57,7 @@ while (( $# )); do
     --log-name=*) LOG_NAME="${1#*=}" ;;
     --module=*) MODULE="${1#*=}" ;;
     --) shift; TRAIN_ARGS+=("$@"); break ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (trainer overrides look like --config.a.b=value)" ;;
   esac
   shift
@@ -109,7 +110,12 @@ if has_step copy; then
         | tar --null --ignore-failed-read -czf "$TARBALL" -T -)
     fi
     run "${TPU[@]}" scp "$TARBALL" "$NAME:reparam_jax_code.tgz" "${G[@]}" --worker=all
-    ssh_all "mkdir -p $REMOTE_DIR && tar -xzf reparam_jax_code.tgz -C $REMOTE_DIR"
+    # The copy has no .git: REVISION.json tells the runs' provenance which commit it is.
+    COMMIT="$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || true)"
+    DIRTY=false; [[ -z "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] || DIRTY=true
+    if [[ -n "$COMMIT" ]]; then COMMIT="\"$COMMIT\""; else COMMIT=null; fi
+    REVISION="{\"commit\": $COMMIT, \"dirty\": $DIRTY}"
+    ssh_all "mkdir -p $REMOTE_DIR && tar -xzf reparam_jax_code.tgz -C $REMOTE_DIR && printf '%s\\n' $(printf %q "$REVISION") > $REMOTE_DIR/REVISION.json"
   elif [[ "$CODE" == git ]]; then
     [[ -n "$REPO" ]] || REPO="$(git -C "$REPO_ROOT" remote get-url origin 2>/dev/null)" \
       || die "--code=git needs --repo=URL (no origin remote here)"
@@ -137,13 +143,14 @@ if has_step fetch; then
   run mkdir -p "$LOCAL_DIR"
   run "${TPU[@]}" scp "$NAME:reparam_logs/$LOG_NAME.log" "$LOCAL_DIR/tpu_worker0.log" "${G[@]}" \
     --worker=0 || echo "[tpu_pod] could not fetch the log" >&2
-  for f in metrics.jsonl done.json; do
+  for f in metrics.jsonl done.json point.json; do
+    to="$f"; [[ "$f" != point.json ]] || to=point_remote.json  # the launcher's own is local
     if [[ "$WORKDIR" == gs://* ]]; then
-      run gcloud storage cp "$WORKDIR/$f" "$LOCAL_DIR/$f" || echo "[tpu_pod] no $f yet" >&2
+      run gcloud storage cp "$WORKDIR/$f" "$LOCAL_DIR/$to" || echo "[tpu_pod] no $f yet" >&2
     else
       # A relative workdir is relative to the code directory on the workers.
       remote="$WORKDIR"; [[ "$remote" == /* ]] || remote="$REMOTE_DIR/$remote"
-      run "${TPU[@]}" scp "$NAME:$remote/$f" "$LOCAL_DIR/$f" "${G[@]}" --worker=0 \
+      run "${TPU[@]}" scp "$NAME:$remote/$f" "$LOCAL_DIR/$to" "${G[@]}" --worker=0 \
         || echo "[tpu_pod] no $f yet" >&2
     fi
   done

@@ -22,24 +22,30 @@ overrides and command are recorded in ``ROOT/<name>/point.json``. Failed points
 are listed at the end with their logs and the exit status is 1.
 
 Launchers: ``local`` runs the trainer here (``--parallel=N`` subprocesses;
-``--gpus=0,1,2,3`` splits GPUs between them). ``slurm`` submits one job per
-point through ``launch/slurm.sh`` and returns; ``tpu`` runs the points one
-after another on one TPU VM/pod through ``launch/tpu_pod.sh`` (create, copy,
-install once; run and fetch per point; delete at the end unless
-``--tpu_keep``). ``--launcher_args`` is passed to the launch script, e.g.
+``--gpus=0,1,2,3`` splits GPUs between them). ``slurm`` submits the points
+that are neither done nor queued as one job array (``ROOT/slurm/array_*.txt``,
+one point per line; ``--array_limit=K`` tasks at a time) through
+``launch/slurm.sh`` and returns; ``tpu`` spreads the points over the pods of
+``--tpu_names=a,b`` (or the one ``--name=`` in ``--launcher_args``), each pod
+set up once and running its share one after another, through
+``launch/tpu_pod.sh`` (deleted at the end unless ``--tpu_keep``).
+``--launcher_args`` is passed to the launch script, e.g.
 ``--launcher_args="--nodes=2 --gpus-per-node=8 --partition=gpu"``.
+
+Retries: a failed point is retried up to ``--max_retries`` times (default 2;
+exit status 2, a config error, never): locally and on TPUs in the same call,
+on SLURM by the next call of the command (attempts counted in point.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Sequence
 
 from reparam_jax.errors import exit_on_user_error
 from reparam_jax.sweeps import hyper
-from reparam_jax.sweeps.launchers import add_runner_flags, report, run_points
+from reparam_jax.sweeps.launchers import add_runner_flags, report, run_points, runner_kwargs
 from reparam_jax.sweeps.points import get_sweep, make_points, split_overrides, validate_points
 
 
@@ -61,10 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   points = make_points(sweep, args.config, args.workdir, extra)
   if args.validate:
     validate_points(points, source=args.config)
-  result = run_points(points, launcher=args.launcher, parallel=args.parallel,
-                      dry_run=args.dry_run, train_module=args.train_module,
-                      launcher_args=shlex.split(args.launcher_args), gpus=args.gpus,
-                      remote_root=args.remote_root, tpu_keep=args.tpu_keep)
+  result = run_points(points, **runner_kwargs(args))
   report(result, len(points), args.dry_run)
   return 0 if result.ok else 1
 
