@@ -40,8 +40,27 @@ $(PEER_VENV)/.test-installed: requirements.txt requirements-test.txt pyproject.t
 	$(PEER_PY) -m pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: setup quickstart test test-main test-peers test-all
+.PHONY: setup quickstart test test-main test-peers test-all browser
 setup: $(VENV)/.installed
+
+# The ablation HTML page's tests (tests/test_report_html.py) open it in a real
+# headless browser: Debian's chromium, installed here when missing and make runs
+# as root.  Otherwise one line says those tests will be skipped; under CI=true,
+# where they must run, a missing browser stops make.
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
+browser:
+	@for b in $$REPARAM_CHROMIUM $(BROWSERS); do command -v "$$b" >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing Debian's chromium for the HTML page's browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+	    { echo "make: apt-get install chromium failed" >&2; exit 2; }; \
+	elif [ "$$CI" = true ]; then \
+	  echo "make: no chromium and not root: CI=true needs it for tests/test_report_html.py; run 'sudo make browser' (or sudo apt-get install chromium)" >&2; exit 2; \
+	else \
+	  echo "make: no chromium and not root: the HTML page's browser tests will be skipped ('sudo make browser' installs it)"; \
+	fi
 
 quickstart: $(VENV)/.installed
 	$(PY) -m reparam_jax.train --config=configs/lm/shakespeare_char.py --workdir=$(WORKDIR)
@@ -67,11 +86,11 @@ PEER_MARKERS ?= peer and not slow
 MAIN_WORKERS ?= 2
 PEER_WORKERS ?= 1
 
-test-main: $(VENV)/.test-installed
+test-main: $(VENV)/.test-installed browser
 	$(PY) -m pytest -n $(MAIN_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-peers: $(PEER_VENV)/.test-installed
 	$(PEER_PY) -m pytest -n $(PEER_WORKERS) --dist loadfile -m "$(PEER_MARKERS)" $(PYTEST_ARGS)
 
-test-all: $(VENV)/.test-installed
+test-all: $(VENV)/.test-installed browser
 	$(PY) -m pytest -m "slow or not slow"
