@@ -1,0 +1,266 @@
+"""Per-row tuning (sweeps/tuning.py): the halving schedule and its cost, the choice, the checks
+that keep it fair and off the reported split, and the rungs run through the local launcher
+(a stand-in trainer, then the real one on a held-out split)."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reparam_jax.errors import UserError
+from reparam_jax.sweeps import experiment, tuning
+from reparam_jax.sweeps.experiment import Experiment, Metric, Variant
+from reparam_jax.sweeps.launchers import run_points
+from reparam_jax.sweeps.tuning import Tuning
+
+REPO = Path(__file__).resolve().parent.parent
+HOLDOUT = {"data.holdout_examples": 40, "data.evaluate_on": "holdout"}
+
+CONFIG = textwrap.dedent('''
+    import ml_collections
+
+    def get_config(arg=None):
+      return ml_collections.ConfigDict({
+          "seed": 0, "num_steps": 8, "size": 1,
+          "optimizer": {"lr": 0.001, "warmup_steps": 4},
+          "data": {"holdout_examples": 0, "evaluate_on": "validation"}})
+''')
+
+# A stand-in for reparam_jax.train: eval/accuracy peaks at lr = 0.01 on the held-out
+# split and at lr = 0.1 on the validation split, grows with the steps, and lr = 1 diverges.
+FAKE_TRAINER = textwrap.dedent('''
+    import json, math, os, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    wd = args["workdir"]
+    os.makedirs(wd, exist_ok=True)
+    with open(os.path.join(wd, "invocations.txt"), "a") as f:
+      f.write(" ".join(sys.argv[1:]) + "\\n")
+    lr, steps = float(args["config.optimizer.lr"]), int(args.get("config.num_steps", 8))
+    if lr >= 1:
+      sys.exit("error: training diverged: non-finite loss or gradient at step 1; lower the lr")
+    best = 0.01 if args.get("config.data.evaluate_on") == "holdout" else 0.1
+    acc = 0.9 - 0.1 * abs(math.log10(lr / best)) - 0.2 / steps + 0.01 * int(args.get("config.size", 1))
+    with open(os.path.join(wd, "done.json"), "w") as f:
+      json.dump({"step": steps, "eval/accuracy": acc}, f)
+''')
+
+
+# --- the schedule and its cost -------------------------------------------------------------
+
+@pytest.mark.parametrize("n", range(2, 28))
+def test_halving_costs_at_most_one_full_run_per_setting(n: int) -> None:
+  rungs = tuning.halving_schedule(n)
+  cost = tuning.halving_cost(n)
+  assert cost == pytest.approx(sum(r.settings * r.fraction for r in rungs))
+  assert 0 < cost <= n
+  # The documented bounds of the default schedule (eta 3, first rung >= 1/9).
+  if n <= 3:
+    assert [(r.settings, r.fraction) for r in rungs] == [(n, pytest.approx(1 / 3))]
+  elif n <= 9:
+    assert len(rungs) == 2 and cost <= 2 * n / 9 + 4 / 9 + 1e-9
+  else:
+    assert len(rungs) == 3 and rungs[-1].fraction == 1.0 and cost <= n / 3 + 13 / 9 + 1e-9
+  # Each rung keeps ceil(n / eta) of the last, with eta times the steps.
+  for a, b in zip(rungs, rungs[1:]):
+    assert b.settings == -(-a.settings // 3) and b.fraction == pytest.approx(min(1, 3 * a.fraction))
+
+
+def test_schedule_examples_other_etas_and_one_setting() -> None:
+  plan = lambda n, eta=3, f=None: [(r.settings, round(r.fraction, 4))  # noqa: E731
+                                   for r in tuning.halving_schedule(n, eta, f)]
+  assert plan(1) == [] and tuning.halving_cost(1) == 0
+  assert plan(9) == [(9, 0.1111), (3, 0.3333)] and tuning.halving_cost(9) == pytest.approx(2)
+  assert plan(27) == [(27, 0.1111), (9, 0.3333), (3, 1.0)]
+  assert plan(100) == [(100, 0.1111), (34, 0.3333), (12, 1.0)]  # stops at the full budget
+  assert plan(4, eta=2) == [(4, 0.25), (2, 0.5)]
+  assert plan(3, eta=3, f=0.5) == [(3, 0.5)]  # min_fraction above eta**-R wins
+  for eta in (2, 3, 4):
+    assert all(tuning.halving_cost(n, eta) <= n for n in range(2, 200)), eta
+
+
+def test_rank_breaks_ties_by_declaration_and_puts_diverged_last() -> None:
+  assert tuning.rank([0.5, 0.7, 0.7, None, float("nan")], "max") == [1, 2, 0, 3, 4]
+  assert tuning.rank([0.5, 0.3, 0.3, None], "min") == [1, 2, 0, 3]
+  assert tuning.settings_of({"config.optimizer.lr": [1, 2], "b": ["x", "y"]}) == [
+      {"optimizer.lr": 1, "b": "x"}, {"optimizer.lr": 1, "b": "y"},
+      {"optimizer.lr": 2, "b": "x"}, {"optimizer.lr": 2, "b": "y"}]
+  assert tuning.row_dir("lora r=8") == f"lora_r=8-{tuning.row_dir('lora r=8')[-6:]}"
+  assert tuning.row_dir("dense") == "dense" and tuning.row_dir("a_b") != tuning.row_dir("a b")
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+def _exp(config: str = "cfg.py", **kwargs) -> Experiment:
+  fields = dict(
+      name="tuned", config=config, seeds=2, metrics=[Metric("eval/accuracy", goal="max")],
+      variants={"small": Variant({"size": 1}, search={"optimizer.lr": [0.001, 0.01, 0.1, 1.0]}),
+                "big": Variant({"size": 2}, search={"optimizer.lr": [0.003, 0.03, 0.3, 1.0]})},
+      tuning=Tuning("eval/accuracy", holdout=HOLDOUT, eta=2), curves=())
+  fields.update(kwargs)
+  return Experiment(**fields)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(holdout={}), r"Tuning\(holdout=...\) is empty"),
+    (dict(holdout=HOLDOUT, goal="best"), "use 'max' or 'min'"),
+    (dict(holdout=HOLDOUT, eta=1), "integer >= 2"),
+    (dict(holdout=HOLDOUT, min_fraction=0), r"in \(0, 1\]"),
+])
+def test_bad_tuning_fields_are_one_line_errors(kwargs, message) -> None:
+  with pytest.raises(UserError, match=message):
+    Tuning("eval/accuracy", **kwargs)
+
+
+def test_unequal_search_sizes_are_refused_unless_allowed() -> None:
+  exp = _exp()
+  tuning.check_tuning(exp)
+  exp.variants["dense"] = {"size": 3}  # no search: 1 setting against 4
+  with pytest.raises(UserError, match=r"rows search different numbers of settings \(small: 4, "
+                                      r"big: 4, dense: 1\).*allow_unequal=True"):
+    tuning.check_tuning(exp)
+  tuning.check_tuning(_exp(variants=exp.variants,
+                           tuning=Tuning("eval/accuracy", holdout=HOLDOUT, allow_unequal=True)))
+  with pytest.raises(UserError, match="no tuning=Tuning"):
+    tuning.check_tuning(_exp(tuning=None))
+  with pytest.raises(UserError, match="searches seed"):
+    tuning.check_tuning(_exp(variants={"a": Variant(search={"seed": [1, 2]})}))
+
+
+@pytest.mark.parametrize("metrics,variant_reduce", [
+    ([Metric("eval/loss", reduce="min")], {}),
+    ([Metric("train/loss", reduce="at_max:eval/accuracy")], {}),
+    (["eval/accuracy"], {"eval/accuracy": "max"}),
+])
+def test_a_reduction_that_selects_on_the_reported_split_is_refused(metrics, variant_reduce) -> None:
+  variants = {"a": Variant({"size": 1}, reduce=variant_reduce, search={"optimizer.lr": [1, 2]})}
+  with pytest.raises(UserError, match="picks the best evaluation .* reduce='final'"):
+    tuning.check_tuning(_exp(metrics=metrics, variants=variants))
+  # The same reductions of training metrics, or the final evaluation, read no eval step.
+  tuning.check_tuning(_exp(metrics=[Metric("train/loss", reduce="min"), "eval/loss"],
+                           variants={"a": Variant(search={"optimizer.lr": [1, 2]})}))
+
+
+# --- the rungs, through the local launcher ---------------------------------------------------
+
+def _launcher(calls: list[list[str]], parallel: int = 2, train_module: str = "reparam_jax.train"):
+  def run(points):
+    calls.append([p.name for p in points])
+    return run_points(points, parallel=parallel, train_module=train_module)
+  return run
+
+
+def test_rungs_choose_on_the_holdout_resume_and_apply(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG)
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+  exp = _exp(str(tmp_path / "cfg.py"))
+  root = tmp_path / "root"
+  calls: list[list[str]] = []
+  outcome = tuning.run_tuning(exp, root, _launcher(calls, train_module="fake_train"))
+  assert outcome.complete
+  # Chosen on the held-out split (best lr 0.01), not the validation split (0.1).
+  assert outcome.chosen == {"small": {"optimizer.lr": 0.01}, "big": {"optimizer.lr": 0.03}}
+  # 4 settings, eta 2: rung 0 trains all 4 for 2 of 8 steps, rung 1 the best 2 for 4.
+  assert [len(c) for c in calls] == [8, 4]
+  assert outcome.cost == {"small": pytest.approx(4 * 0.25 + 2 * 0.5),
+                          "big": pytest.approx(2.0)}
+  assert outcome.columns["small"] == {"chosen": "optimizer.lr=0.01",
+                                      "search": "4 settings, SH eta=2, 2 rungs, 2 full runs"}
+  small = root / "tuning" / "small"
+  names = sorted(p.name for p in small.iterdir())
+  assert len(names) == 6 and all("data.evaluate_on=holdout" in n and n.endswith("seed=0")
+                                 for n in names)
+  # The warm-up scales with the steps: 4 of 8 -> 1 at 2 steps, 2 at 4 steps.
+  assert "num_steps=2,optimizer.lr=0.001,optimizer.warmup_steps=1,size=1" in ",".join(names)
+  assert "num_steps=4,optimizer.lr=0.01,optimizer.warmup_steps=2,size=1" in ",".join(names)
+
+  choices = json.loads((root / "tuning" / "choices.json").read_text())
+  row = choices["rows"]["small"]
+  assert row["chosen"] == {"optimizer.lr": 0.01} and row["complete"]
+  rung0, rung1 = row["rungs"]
+  assert rung0["steps"] == 2 and rung1["steps"] == 4
+  assert [e["status"] for e in rung0["scores"]] == ["done", "done", "done", "diverged"]
+  assert rung0["scores"][3]["score"] is None and rung0["scores"][1]["score"] > 0.6
+  assert [e["setting"]["optimizer.lr"] for e in rung1["scores"]] == [0.001, 0.01]
+  assert row["planned_cost"] == pytest.approx(2.0) and choices["holdout"] == HOLDOUT
+
+  # Re-running trains nothing: finished points are skipped, the diverged one is not retried.
+  invocations = {p: (p / "invocations.txt").read_text() for p in small.iterdir()}
+  calls.clear()
+  again = tuning.run_tuning(exp, root, _launcher(calls, train_module="fake_train"))
+  assert again == outcome and [len(c) for c in calls] == [6, 4]
+  assert {p: (p / "invocations.txt").read_text() for p in small.iterdir()} == invocations
+
+  # The reported runs: the chosen lr at the experiment's seeds, on the reported split.
+  final = tuning.apply_choices(exp, outcome)
+  assert final.variants["small"].overrides == {"size": 1, "optimizer.lr": 0.01}
+  assert not final.variants["small"].search
+  points, _ = experiment.expand(final, root)
+  assert sorted(p.name for p in points) == [
+      "optimizer.lr=0.01,size=1,seed=0", "optimizer.lr=0.01,size=1,seed=1",
+      "optimizer.lr=0.03,size=2,seed=0", "optimizer.lr=0.03,size=2,seed=1"]
+
+
+def test_an_unfinished_rung_is_incomplete_and_says_what_it_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+  (tmp_path / "cfg.py").write_text(CONFIG)
+  exp = _exp(str(tmp_path / "cfg.py"))
+  submitted: list[str] = []
+  outcome = tuning.run_tuning(exp, tmp_path, lambda pts: submitted.extend(p.name for p in pts))
+  assert not outcome.complete and outcome.chosen == {} and len(submitted) == 8
+  assert outcome.columns["big"]["chosen"] == ""
+  row = json.loads((tmp_path / "tuning" / "choices.json").read_text())["rows"]["big"]
+  assert not row["complete"] and "has no result yet" in row["waiting_for"]
+  with pytest.raises(UserError, match="row 'small' has no chosen setting yet"):
+    tuning.apply_choices(exp, outcome)
+  # An experiment without searches passes through untouched.
+  plain = _exp(variants={"a": {"size": 1}}, tuning=None)
+  assert tuning.apply_choices(plain, tuning.run_tuning(plain, tmp_path, None)) is plain
+
+
+@pytest.mark.heavy
+def test_real_runs_choose_on_the_held_out_split(tmp_path: Path) -> None:
+  """Two rows, three learning rates each, through the real trainer on a tiny labelled
+  corpus: the tuning runs evaluate the 40 held-out training examples (not the 60 of the
+  dev split), the lowest held-out loss is chosen, and a re-run trains nothing."""
+  from tests.helpers import tiny_labelled_corpus  # noqa: PLC0415
+  data = tiny_labelled_corpus(str(tmp_path), train=200, dev=60)
+  tiny = {"data.vocab_size": 40, "model.num_layers": 1, "model.num_heads": 2,
+          "model.embed_dim": 16, "model.mlp_dim": 32, "seq_len": 16, "batch_size": 16,
+          "eval_batch_size": 64, "num_steps": 6, "log_every": 6, "eval_every": 6,
+          "checkpoint_every": 6, "optimizer.warmup_steps": 3, "encoder.length_buckets": (),
+          "model.embed_dropout": 0.0, "model.residual_dropout": 0.0,
+          "encoder.classifier_dropout": 0.0}
+  exp = Experiment(
+      name="real", config=str(REPO / "configs" / "sst2" / "encoder.py"), seeds=1,
+      overrides={**data, **tiny}, metrics=[Metric("eval/accuracy")], curves=(),
+      variants={"wide": Variant({}, search={"optimizer.lr": [1e-4, 3e-3, 3e-2]}),
+                "narrow": Variant({"model.mlp_dim": 16},
+                                  search={"optimizer.lr": [1e-4, 3e-3, 3e-2]})},
+      tuning=Tuning("eval/loss", goal="min", holdout=HOLDOUT))
+  calls: list[list[str]] = []
+  outcome = tuning.run_tuning(exp, tmp_path / "root", _launcher(calls))
+  assert outcome.complete and [len(c) for c in calls] == [6]  # 3 settings: one rung at 1/3
+  choices = json.loads((tmp_path / "root" / "tuning" / "choices.json").read_text())
+  for label in ("wide", "narrow"):
+    (rung,) = choices["rows"][label]["rungs"]
+    assert rung["steps"] == 2
+    losses = []
+    for entry in rung["scores"]:
+      wd = tmp_path / "root" / "tuning" / label / entry["point"]
+      done = json.loads((wd / "done.json").read_text())
+      assert done["step"] == 2 and entry["score"] == done["eval/loss"]
+      # The evaluation's support is the held-out examples, not the dev split's 60.
+      total = (wd / "report.txt").read_text().splitlines()[-3].split()[-1]
+      assert total == "40", (wd / "report.txt").read_text()
+      losses.append(done["eval/loss"])
+    best = losses.index(min(losses))
+    assert outcome.chosen[label] == rung["scores"][best]["setting"]
+  calls.clear()
+  assert tuning.run_tuning(exp, tmp_path / "root", _launcher(calls)) == outcome
