@@ -165,7 +165,7 @@ def test_interrupted_point_is_rerun_in_same_workdir(env: Path) -> None:
   done_wd.mkdir(parents=True)
   (done_wd / "done.json").write_text("{}")
   args = [f"--config={env / 'cfg.py'}", f"--workdir={root}", "--train_module=fake_train",
-          "--config.crash=True"]
+          "--config.crash=True", "--max_retries=0"]
   out = run_sweep(*args)
   assert out.returncode == 1
   crashed = root / "reparam.rank=16,seed=1"
@@ -181,12 +181,43 @@ def test_interrupted_point_is_rerun_in_same_workdir(env: Path) -> None:
   assert (crashed / "log.txt").read_text().count("==== sweep") == 2
 
 
+def test_failed_point_is_retried_in_the_same_call(env: Path) -> None:
+  (env / "one.py").write_text(CONFIG.split("def get_sweep")[0])
+  out = run_sweep(f"--config={env / 'one.py'}", f"--workdir={env / 'root'}",
+                  "--train_module=fake_train", "--config.crash=True")
+  assert out.returncode == 0, out.stdout + out.stderr
+  wd = env / "root" / "base"
+  assert [r["resumed"] for r in invocations(wd)] == [False, True]  # resumed its checkpoint
+  assert (wd / "done.json").exists() and json.loads((wd / "point.json").read_text())["attempts"] == 2
+  assert "retrying from its checkpoint" in out.stdout
+  assert "(try 2)" in (wd / "log.txt").read_text()
+
+
+def test_retry_limit_and_user_errors(env: Path) -> None:
+  (env / "always_fails.py").write_text(textwrap.dedent('''
+      import os, sys
+      wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
+      os.makedirs(wd, exist_ok=True)
+      open(os.path.join(wd, "invocations.txt"), "a").write("{}\\n")
+      sys.exit(2 if "--config.lr=2" in sys.argv else 1)
+  '''))
+  (env / "one.py").write_text(CONFIG.split("def get_sweep")[0])
+  base = [f"--config={env / 'one.py'}", "--train_module=always_fails"]
+  out = run_sweep(*base, f"--workdir={env / 'r1'}", "--max_retries=1")
+  assert out.returncode == 1
+  assert "FAILED base: exit status 1 after 2 attempts; log: " in out.stdout
+  assert len(invocations(env / "r1" / "base")) == 2
+  out = run_sweep(*base, f"--workdir={env / 'r2'}", "--config.lr=2")  # a UserError: no retry
+  assert out.returncode == 1 and "FAILED base: exit status 2; log" in out.stdout
+  assert len(invocations(env / "r2" / "base")) == 1
+
+
 def test_failure_without_done_json_is_reported(env: Path) -> None:
   (env / "noop_train.py").write_text("print('forgot done.json')\n")
   out = run_sweep(f"--config={env / 'cfg.py'}", f"--workdir={env / 'root'}",
-                  "--train_module=noop_train")
+                  "--train_module=noop_train", "--max_retries=0")
   assert out.returncode == 1
-  assert out.stdout.count("exited 0 but wrote no done.json") == 4
+  assert out.stdout.count(": exited 0 but wrote no done.json; log: ") == 4
 
 
 def test_missing_config_and_bad_key_are_one_line_errors(env: Path) -> None:
