@@ -114,8 +114,10 @@ def paired_bootstrap(scores_a: Sequence[float] | np.ndarray, scores_b: Sequence[
     means[start:stop] = d[idx].mean(axis=1)
   tail = (1 - LEVEL) / 2
   lo, hi = (float(v) for v in np.quantile(means, [tail, 1 - tail]))
-  # Two-sided p: twice the smaller share of resampled differences on either side of 0.
-  p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+  # Two-sided p: twice the smaller share of resampled differences on either side of 0,
+  # counted with +1 (the observed sample) so a finite resampling never claims p = 0.
+  below, above = int(np.sum(means <= 0)), int(np.sum(means >= 0))
+  p = min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))
   return Comparison(diff, lo, hi, p, _significant(lo, hi), BOOTSTRAP, n)
 
 

@@ -102,17 +102,6 @@ REFERENCE = "reference"
 _FINAL_REDUCTIONS = ("auto", "final")
 
 
-def _read_eval_examples(workdir: str | os.PathLike[str]) -> dict[str, np.ndarray] | None:
-  reader = getattr(rundir, "read_eval_examples", None)
-  if reader is not None:
-    return reader(workdir)
-  where = Path(workdir) / "eval_examples.npz"  # until rundir has the shared reader
-  if not where.exists():
-    return None
-  with np.load(where) as data:
-    return {k: data[k] for k in data.files}
-
-
 @dataclasses.dataclass
 class Cell:
   """One (row, column)'s finished values, one per seed, with what pairs them across rows."""
@@ -191,7 +180,7 @@ def _per_example(wd: str, metric: Metric, reduce: str, value: float,
   name = PER_EXAMPLE.get(metric.key)
   if name is None or reduce not in _FINAL_REDUCTIONS or _number(done.get(metric.key)) is None:
     return None
-  arrays = _read_eval_examples(wd)
+  arrays = rundir.read_eval_examples(wd)
   if not arrays or name not in arrays or np.asarray(arrays[name]).size == 0:
     return None
   scores = np.asarray(arrays[name], dtype=np.float64).ravel()
@@ -439,7 +428,9 @@ def _notes(table: Table, shown_intervals: bool) -> list[str]:
   if table.reference is None:
     notes.append(f"reference row {exp.reference!r} is not in this table: no comparisons.")
     return notes
-  tests: dict[str, list[str]] = {}
+  # test description -> column -> rows it was used for
+  tests: dict[str, dict[str, list[str]]] = {}
+  methods_of: dict[str, set[str]] = {}
   flags = {"n.s.": False, "untested": False, "partial": False}
   for (rk, metric, cv), rc in table.comparisons.items():
     if rc is None:
@@ -454,15 +445,22 @@ def _notes(table: Table, shown_intervals: bool) -> list[str]:
       what = "paired t-test over the seeds both rows finished"
     else:
       what = None
-    if what is not None and name not in tests.setdefault(what, []):
-      tests[what].append(name)
+    if what is not None:
+      tests.setdefault(what, {}).setdefault(name, []).append(table.row_label(rk))
+      methods_of.setdefault(name, set()).add(what)
     flags["n.s."] |= c.significant is False
     flags["untested"] |= not c.testable
     flags["partial"] |= rc.partial
+  parts = []
+  for what, columns in tests.items():
+    # A column whose rows used different tests names the rows of each.
+    names = [name if len(methods_of[name]) == 1 else f"{name} ({', '.join(rows)})"
+             for name, rows in columns.items()]
+    parts.append(f"{', '.join(names)}: {what}")
   text = (f"Δ = row − {exp.reference} (means over the seeds both finished) with its 95% "
           "interval")
-  if tests:
-    text += "; " + "; ".join(f"{', '.join(names)}: {what}" for what, names in tests.items())
+  if parts:
+    text += "; " + "; ".join(parts)
   notes.append(text + ".")
   if flags["n.s."]:
     notes.append(f"{NOT_SIGNIFICANT} = not significant at 95% (the interval contains 0).")
