@@ -457,8 +457,9 @@ def _notes(table: Table, shown_intervals: bool) -> list[str]:
     names = [name if len(methods_of[name]) == 1 else f"{name} ({', '.join(rows)})"
              for name, rows in columns.items()]
     parts.append(f"{', '.join(names)}: {what}")
-  text = (f"Δ = row − {exp.reference} (means over the seeds both finished) with its 95% "
-          "interval")
+  tested = any(rc is not None and rc.comparison.testable for rc in table.comparisons.values())
+  text = (f"Δ = row − {exp.reference} (means over the seeds both finished)"
+          + (" with its 95% interval" if tested else ""))
   if parts:
     text += "; " + "; ".join(parts)
   notes.append(text + ".")
