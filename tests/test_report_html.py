@@ -11,9 +11,8 @@ import json
 import math
 import os
 import textwrap
-from pathlib import Path
-
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +140,32 @@ def test_page_holds_every_row_and_plot_and_is_self_contained(page: Path) -> None
   assert "abc1234def" in text and 'data-provenance="machine.host"' in text
   assert "8 of 8 points finished" in text
   assert len(text.encode()) < 200_000
+
+
+def test_unfinished_points_leave_their_row_out_of_the_plots_not_the_table(tmp_path: Path) -> None:
+  exp = toy_experiment()
+  entries = write_finished_points(exp, tmp_path)
+  for e in entries:  # int8 never finished; LoRA's seed 1 was interrupted
+    if e.labels["variant"] == "int8" or (e.labels["variant"] == "LoRA r=8" and e.labels["seed"]):
+      (Path(e.point.workdir) / "done.json").unlink()
+  h = Handles(html_page.page_html(exp, entries))
+  assert h.table_rows == list(ROWS)
+  assert set(h.plots) == PLOTS
+  for plot_id, rows in h.plots.items():
+    assert sorted(rows) == sorted(set(ROWS) - {"int8"}), plot_id
+  assert "5 of 8 points finished" in html_page.page_html(exp, entries)
+
+
+def test_labels_that_would_overlap_move_or_are_left_out() -> None:
+  box = (0.0, 0.0, 400.0, 300.0)
+  spots = html_page.place_labels([(100, 100, "first"), (100, 100, "second"),
+                                  (100, 100, "third"), (100, 100, "fourth"),
+                                  (100, 100, "fifth"), (395, 100, "edge")],
+                                 [0, 1, 2, 3, 4, 5], box)
+  assert spots[0] == (107, 94, "start") and spots[1] == (93, 94, "end")  # right, then left
+  assert spots[2] == (107, 114, "start") and spots[3] == (93, 114, "end")  # then below
+  assert spots[4] is None  # all four spots taken
+  assert spots[5] == (388, 94, "end")  # at the right edge: to the left
 
 
 def test_pareto_front_known_answers() -> None:

@@ -46,8 +46,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.sweeps import tables
@@ -70,7 +71,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#7f7f7f", "#bcbd22", "#17becf", "#0b3d63", "#a04a00", "#135e13", "#7a1111",
            "#4d2e73", "#4a2b25", "#8f2e73", "#3d3d3d", "#6b6b0f", "#0a6470")
 WIDTH, HEIGHT = 640, 380
-MARGIN = dict(left=72, right=16, top=30, bottom=46)
+MARGIN = {"left": 72, "right": 16, "top": 30, "bottom": 46}
 
 
 # ---------------------------------------------------------------- reading runs
@@ -217,14 +218,14 @@ class Axis:
   def ticks(self) -> list[float]:
     if self.log:
       first, last = math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi))
-      mults = (1,) if last - first > 2 else (1, 2, 5)
+      mults = (1,) if last - first > 3 else (1, 2, 5)
       ticks = [m * 10.0 ** k for k in range(first, last + 1) for m in mults]
     else:
       raw = (self.hi - self.lo) / 5
       mag = 10 ** math.floor(math.log10(raw))
       step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
       start = math.ceil(self.lo / step)
-      ticks = [round(k * step, 12) for k in range(start, int(math.floor(self.hi / step)) + 1)]
+      ticks = [round(k * step, 12) for k in range(start, math.floor(self.hi / step) + 1)]
     return [t for t in ticks if self.lo <= t <= self.hi]
 
 
@@ -232,8 +233,8 @@ def _frame(x: Axis, y: Axis, xlabel: str, ylabel: str, title: str) -> list[str]:
   """Axes box, grid, ticks and labels."""
   left, right = MARGIN["left"], WIDTH - MARGIN["right"]
   top, bottom = MARGIN["top"], HEIGHT - MARGIN["bottom"]
-  out = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
-         'class="box"/>']
+  out = [(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
+          'class="box"/>')]
   for t in x.ticks():
     px = _num(x(t))
     out.append(f'<line x1="{px}" x2="{px}" y1="{top}" y2="{bottom}" class="grid"/>'
@@ -323,7 +324,7 @@ def scatter_svg(plot_id: str, title: str, xlabel: str, ylabel: str,
   xa = Axis.fit(xs or [1.0], logx, left, right)
   ya = Axis.fit(ys or [1.0], logy, bottom, top)
   body = _frame(xa, ya, xlabel, ylabel, title)
-  clip = lambda v, a: max(min(v, max(a.lo, a.hi)), min(a.lo, a.hi))  # noqa: E731
+  clip = lambda v, a: max(min(v, max(a.lo, a.hi)), min(a.lo, a.hi))
   front: list[int] = []
   if goal and len(points) > 1:
     front = pareto_front([(p.x_mean, p.y_mean) for p in points], goal)
@@ -340,6 +341,9 @@ def scatter_svg(plot_id: str, title: str, xlabel: str, ylabel: str,
                 f'<line x1="{left}" x2="{right}" y1="{py}" y2="{py}" stroke="{ref.color}" '
                 f'class="ref"/><text x="{right - 4}" y="{_num(float(py) - 3)}" '
                 f'text-anchor="end" class="pl">{_esc(ref.label)}</text></g>')
+  spots = place_labels([(xa(p.x_mean), ya(p.y_mean), p.label) for p in points],
+                       front + [i for i in range(len(points)) if i not in front],
+                       (left, top, right, bottom))
   for i, p in enumerate(points):
     cx, cy = xa(p.x_mean), ya(p.y_mean)
     sx, sy = _std(p.x), _std(p.y)
@@ -352,15 +356,17 @@ def scatter_svg(plot_id: str, title: str, xlabel: str, ylabel: str,
       x0, x1 = xa(clip(p.x_mean - sx, xa)), xa(clip(p.x_mean + sx, xa))
       bars.append(f'M{_num(x0)} {_num(cy)}H{_num(x1)}')
     on_front = i in front
+    front_attr = ' data-front="1"' if on_front else ""
     tip = (f"{p.label}: {ylabel} {p.y_mean:.4g} ± {sy:.2g}, {xlabel} {p.x_mean:.4g}"
            f" (n={len(p.y)})" + (", on the Pareto front" if on_front else ""))
     body.append(
-        f'<g data-row="{_esc(p.label)}" class="row"{" data-front=\"1\"" if on_front else ""}>'
+        f'<g data-row="{_esc(p.label)}" class="row"{front_attr}>'
         f'<title>{_esc(tip)}</title>'
         + (f'<path d="{"".join(bars)}" stroke="{p.color}" class="err"/>' if bars else "")
         + f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{5 if on_front else 4}" '
         f'fill="{p.color if on_front else "#fff"}" stroke="{p.color}" stroke-width="2"/>'
-        + _point_label(p.label, cx, cy, right) + '</g>')
+        + (f'<text x="{_num(spots[i][0])}" y="{_num(spots[i][1])}" text-anchor="{spots[i][2]}" '
+           f'class="pl">{_esc(p.label)}</text>' if spots[i] else "") + '</g>')
   caption = (f"{_esc(ylabel)} against {_esc(xlabel)}: one point per row, the mean over its "
              "seeds with ±1 std (ddof=1) as error bars")
   if front:
@@ -368,16 +374,38 @@ def scatter_svg(plot_id: str, title: str, xlabel: str, ylabel: str,
                 f"{_esc(ylabel)} for less {_esc(xlabel)}), its rows filled")
   if references:
     caption += f"; dashed: rows without {_esc(xlabel)}"
+  if None in spots:
+    caption += "; labels that would overlap are left out (hover a point, or see the colors)"
   return _svg(plot_id, body, caption + ".")
 
 
-def _point_label(label: str, cx: float, cy: float, right: float) -> str:
-  """The row's label beside its point, on the left where it would run past the axes."""
-  width = 5.6 * len(label)  # ~ a 10px sans-serif character
-  if cx + 7 + width > right:
-    return (f'<text x="{_num(cx - 7)}" y="{_num(cy - 6)}" text-anchor="end" class="pl">'
-            f'{_esc(label)}</text>')
-  return f'<text x="{_num(cx + 7)}" y="{_num(cy - 6)}" class="pl">{_esc(label)}</text>'
+def place_labels(anchors: Sequence[tuple[float, float, str]], order: Sequence[int],
+                 box: tuple[float, float, float, float]) -> list[tuple[float, float, str] | None]:
+  """Where each point's label goes: (x, y, text-anchor), or None where every spot beside
+  the point would cover a label placed before it or leave the axes `box`.
+
+  `anchors` are (px, py, label); labels are placed in `order` (the Pareto front first,
+  as those are the rows a reader looks for), each at the first free spot of:
+  right-above, left-above, right-below, left-below. A left-out label is still the
+  point's tooltip, and the legend's colors name the row.
+  """
+  left, top, right, bottom = box
+  placed: list[tuple[float, float, float, float]] = []
+  out: list[tuple[float, float, str] | None] = [None] * len(anchors)
+  for i in order:
+    px, py, label = anchors[i]
+    width, height = 5.6 * len(label) + 2, 11.0  # a 10px sans-serif line
+    for dx, dy in ((7, -6), (-7, -6), (7, 14), (-7, 14)):
+      x0 = px + dx if dx > 0 else px + dx - width
+      y1 = py + dy + 2
+      rect = (x0, y1 - height, x0 + width, y1)
+      inside = rect[0] >= left and rect[2] <= right and rect[1] >= top and rect[3] <= bottom
+      if inside and not any(rect[0] < q[2] and q[0] < rect[2] and rect[1] < q[3] and q[1] < rect[3]
+                            for q in placed):
+        placed.append(rect)
+        out[i] = (px + dx, py + dy, "start" if dx > 0 else "end")
+        break
+  return out
 
 
 @dataclasses.dataclass
@@ -515,7 +543,8 @@ def _table_html(view: tables.TableView, n_keys: int) -> str:
   n_label = view.label_columns
   right = [a == "r" for a in view.align] if len(view.align) == len(view.headers) else [
       j >= n_label for j in range(len(view.headers))]
-  head = "".join(f'<th data-col="{j}"{" class=\"num\"" if right[j] else ""}>{_esc(h)}</th>'
+  num = ' class="num"'
+  head = "".join(f'<th data-col="{j}"{num if right[j] else ""}>{_esc(h)}</th>'
                  for j, h in enumerate(view.headers))
   body = []
   for i, (label, cells) in enumerate(zip(view.row_labels, view.rows)):
@@ -525,7 +554,8 @@ def _table_html(view: tables.TableView, n_keys: int) -> str:
       tag = "th" if j < n_keys else "td"
       cls = " ".join(c for c, on in (("num", right[j]), ("best", best)) if on)
       cell = f"<b>{_esc(text)}</b>" if best else _esc(text)
-      tds.append(f'<{tag}{f" class=\"{cls}\"" if cls else ""}>{cell}</{tag}>')
+      attr = f' class="{cls}"' if cls else ""
+      tds.append(f"<{tag}{attr}>{cell}</{tag}>")
     body.append(f'<tr data-row="{_esc(label)}">{"".join(tds)}</tr>')
   notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in view.notes)
   return (f'<section id="table"><h2>Table</h2><div class="scroll"><table id="results"><thead><tr>{head}</tr>'
@@ -670,8 +700,8 @@ def page_html(exp: Experiment, entries: Sequence[Entry],
       _table_html(view, len(exp.rows)),
   ]
   sections = (("pareto", "Pareto plots", pareto,
-               "no row has both a goal metric and a resource (params/bytes, params/stored, "
-               "params/trainable, train/model_flops_per_token, train/step_time_ms)"),
+               ("no row has both a goal metric and a resource (params/bytes, params/stored, "
+                "params/trainable, train/model_flops_per_token, train/step_time_ms)")),
               ("plots", "Declared plots", declared, None),
               ("curves", "Learning curves", curves,
                f"no finished point logged {', '.join(exp.curves) or 'curves'}"))
@@ -719,7 +749,7 @@ def find_chromium() -> str | None:
 # `--enable-logging=stderr --v=0` prints every console message and uncaught error as
 #   [pid:tid:time:INFO:CONSOLE:12] "Uncaught Error: boom", source: file:///x.html (12)
 _CONSOLE_RE = re.compile(r':CONSOLE(?::\d+|\(\d+\))?\] "(.*)", source: (.*?) \((\d+)\)\s*$',
-                         re.M)
+                         re.MULTILINE)
 
 
 @dataclasses.dataclass
