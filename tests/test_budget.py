@@ -124,8 +124,7 @@ def test_solves_each_size_argument_within_two_percent(name, arg):
   spec = _example(name)
   size = B.RuleArg(arg, name)
   row = _row_overrides(spec)
-  config = B.build_config(CONFIG, {**TINY, **row})
-  candidates, _ = B._search_space(config, size, None, 65)
+  candidates, _ = B._search_space(CONFIG, {**TINY, **row}, size, None, 65)
   assert len(candidates) >= 3, candidates
   pick = candidates[len(candidates) // 2]
   measures = ["stored_bytes"]
@@ -139,10 +138,11 @@ def test_solves_each_size_argument_within_two_percent(name, arg):
     b = B.Budget(measure, fraction=target / reference, size=str(size))
     solved, columns = B.resolve_budgets(_experiment(row, b))
     overrides = solved.variants["row"].overrides
-    achieved = _measure(overrides, measure)  # rebuilt from the solved override
+    # Rebuilt from the solved override (afresh once; the second measure through the cache).
+    achieved = (_measure if measure == measures[0] else _measure_cached)(overrides, measure)
     assert abs(achieved / target - 1) <= 0.02, (measure, overrides, achieved, target)
-    stage_args = [getattr(s, arg) for _, s, _ in B._shapes_for(
-        B.build_config(CONFIG, {**TINY, **overrides}), size, 65)]
+    stage_args = [getattr(s, arg) for _, s, _ in B._shapes_for(CONFIG, {**TINY, **overrides},
+                                                               size, 65)]
     value = int(columns["row"]["size"].split("=")[1])
     assert stage_args and set(stage_args) == {value}
     assert columns["row"]["budget"].startswith(B.MEASURE_LABELS[measure])

@@ -300,11 +300,13 @@ def counted_measures(config: Any, vocab_size: int) -> dict[str, float]:
   from reparam_jax.perf import reparam_report
   from reparam_jax.training import freezing
   built = reparam_report.abstract_model(config, vocab_size)
+  rows = reparam_report.model_rows(config, vocab_size, built=built)
   return {"stored_bytes": float(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
                                     for x in jax.tree.leaves(built.params))),
           "trainable_params": float(freezing.count_trainable(built.params, built.trainable)),
-          "flops_per_token": float(
-              reparam_report.model_rows(config, vocab_size, built=built)[-1]["flops"])}
+          "flops_per_token": float(rows[-1]["flops"]),
+          # (filled spec, dense shape) of each reparameterized weight: what the sizes act on
+          "weights": tuple((r["spec"], tuple(r["shape"])) for r in rows[:-1] if r.get("spec"))}
 
 
 def step_time(config: Any, vocab_size: int, warmup: int = 2, steps: int = 5) -> float:
@@ -338,9 +340,14 @@ def _measure_cached(config_spec: str, overrides: tuple[tuple[str, str], ...], na
 
 @functools.lru_cache(maxsize=4096)
 def _counted_cached(config_spec: str, overrides: tuple[tuple[str, str], ...], vocab_size: int
-                    ) -> dict[str, float]:
+                    ) -> dict[str, Any]:
   config = build_config(config_spec, dict(overrides))
   return counted_measures(config, _vocab(config, vocab_size))
+
+
+def _key(overrides: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+  from reparam_jax.sweeps.points import format_value
+  return tuple(sorted((k, format_value(v)) for k, v in overrides.items()))
 
 
 def measure_row(config_spec: str, overrides: Mapping[str, Any], name: str,
@@ -349,9 +356,7 @@ def measure_row(config_spec: str, overrides: Mapping[str, Any], name: str,
   shared by several budgets is built once, for all its counted measures."""
   if name not in MEASURES:
     raise UserError(f"unknown budget measure {name!r}; use one of {', '.join(MEASURES)}")
-  from reparam_jax.sweeps.points import format_value
-  key = tuple(sorted((k, format_value(v)) for k, v in overrides.items()))
-  return _measure_cached(config_spec, key, name, vocab_size)
+  return _measure_cached(config_spec, _key(overrides), name, vocab_size)
 
 
 # --- solving ---------------------------------------------------------------------------------
@@ -372,19 +377,16 @@ class Solution:
     return self.achieved / self.target - 1
 
 
-def _shapes_for(config: Any, size: RuleArg, vocab: int) -> list[tuple[type, Any, tuple]]:
+def _shapes_for(config_spec: str, overrides: Mapping[str, Any], size: RuleArg, vocab: int
+                ) -> list[tuple[type, Any, tuple]]:
   """(transform class, parsed stage, weight shape) of every weight a stage `size` sets."""
-  from reparam_jax.perf import reparam_report
   from reparam_jax.reparam.rules import parse_stage
   out = []
-  for row in reparam_report.model_rows(config, vocab)[:-1]:
-    if not row.get("spec"):
-      continue
-    for text in row["spec"].split("|"):
-      name = _stage_calls(text)[0][0]
-      if _takes(name, size):
+  for spec, shape in _counted_cached(config_spec, _key(overrides), vocab)["weights"]:
+    for text in spec.split("|"):
+      if _takes(_stage_calls(text)[0][0], size):
         stage = parse_stage(text)
-        out.append((type(stage), stage, tuple(row["shape"])))
+        out.append((type(stage), stage, shape))
   return out
 
 
@@ -409,9 +411,12 @@ def _stage_ok(stage: Any, arg: str, value: Any, shapes: Sequence[tuple]) -> bool
   return True
 
 
-def _search_space(config: Any, size: RuleArg | ConfigKey, bounds: tuple[float, float] | None,
-                  vocab: int) -> tuple[list[Any] | tuple[float, float], Callable[[Any], dict]]:
-  """(the integer candidates in order, or a float (lo, hi) range; value -> overrides)."""
+def _search_space(config_spec: str, overrides: Mapping[str, Any], size: RuleArg | ConfigKey,
+                  bounds: tuple[float, float] | None, vocab: int
+                  ) -> tuple[list[Any] | tuple[float, float], Callable[[Any], dict]]:
+  """(the integer candidates in order, or a float (lo, hi) range; value -> overrides) of
+  `size` in the row (`config_spec` + `overrides`)."""
+  config = build_config(config_spec, overrides)
   rules = tuple(tuple(r) for r in (config.reparam.get("rules") or ()))
   if isinstance(size, ConfigKey):
     node = config
@@ -436,7 +441,7 @@ def _search_space(config: Any, size: RuleArg | ConfigKey, bounds: tuple[float, f
     rule_arg = size
     to_overrides = lambda v: {"reparam.rules": set_rule_arg(rules, size, v)}  # noqa: E731
     set_rule_arg(rules, size, 0)  # a size no stage takes is refused here
-  matched = _shapes_for(config, rule_arg, vocab)
+  matched = _shapes_for(config_spec, overrides, rule_arg, vocab)
   if not matched:
     raise UserError(f"size {size}: no weight of the model is matched by a rule whose spec "
                     f"takes {rule_arg.arg!r}")
@@ -484,16 +489,16 @@ def solve(config_spec: str, overrides: Mapping[str, Any], budget: Budget, refere
           label: str = "row") -> Solution:
   """The size of `budget.size` whose measure is closest to `budget.fraction × reference`.
 
-  Integer sizes: bisection over the valid values (every measure here grows or
-  shrinks with its size argument), then the better neighbour; float sizes:
-  bisection on the range.  Outside the tolerance: a `UserError` naming the
+  Integer sizes: interpolation search (with bisection steps) over the valid
+  values, as every measure here grows or shrinks with its size argument, then
+  the better of the two values around the target; float sizes: bisection.  Outside the tolerance: a `UserError` naming the
   closest values on both sides.
   """
   size = parse_size(budget.size)
   target = budget.fraction * reference
   base = build_config(config_spec, overrides)
   vocab = _vocab(base, budget.vocab_size)
-  space, to_overrides = _search_space(base, size, budget.bounds, vocab)
+  space, to_overrides = _search_space(config_spec, overrides, size, budget.bounds, vocab)
 
   def f(v: Any) -> float:
     return measure_row(config_spec, {**overrides, **to_overrides(v)}, budget.measure, vocab)
@@ -520,19 +525,30 @@ def solve(config_spec: str, overrides: Mapping[str, Any], budget: Budget, refere
                       f"({_fmt(f_first, budget.measure)}) at {size}={values[0]} and "
                       f"{size}={values[-1]}: {size} does not change it (a masked weight, for "
                       "one, is stored dense); budget another measure or size")
-    up = f_last > f_first
-    lo_i, hi_i = 0, len(values) - 1  # invariant: f(values[lo_i]) <= target <= f(values[hi_i]) (up)
-    below = (lambda i: f(values[i]) <= target) if up else (lambda i: f(values[i]) >= target)
-    if not below(lo_i):
-      lo_i = hi_i = 0
-    elif below(hi_i):
-      lo_i = hi_i = len(values) - 1
+    sign = 1.0 if f_last > f_first else -1.0
+    g = lambda i: sign * f(values[i])  # noqa: E731 (increasing along the candidates)
+    goal = sign * target
+    lo_i, hi_i = 0, len(values) - 1  # invariant: g(lo_i) <= goal < g(hi_i)
+    if g(lo_i) > goal:
+      hi_i = 0
+    elif g(hi_i) <= goal:
+      lo_i = hi_i
+    interpolate = True
     while hi_i - lo_i > 1:
-      mid = (lo_i + hi_i) // 2
-      if below(mid):
+      # Interpolation lands next to the answer in a step or two (the counted measures are
+      # near-linear in their size); a step that does not halve the bracket is followed by
+      # a bisection step, so the search stays logarithmic for any monotone measure.
+      width = hi_i - lo_i
+      if interpolate and g(hi_i) > g(lo_i):
+        mid = lo_i + round((goal - g(lo_i)) * width / (g(hi_i) - g(lo_i)))
+        mid = min(max(mid, lo_i + 1), hi_i - 1)
+      else:
+        mid = (lo_i + hi_i) // 2
+      if g(mid) <= goal:
         lo_i = mid
       else:
         hi_i = mid
+      interpolate = not interpolate or 2 * (hi_i - lo_i) <= width
     pairs = [(values[i], f(values[i])) for i in sorted({lo_i, hi_i})]
     ends = [(values[0], f_first), (values[-1], f_last)]
   value, achieved = min(pairs, key=lambda p: (abs(p[1] / target - 1), p[0]))
