@@ -114,7 +114,7 @@ def sst2_like(tmp_path: Path, **kw) -> tuple[Experiment, list]:
       metrics=[Metric("eval/accuracy", "dev accuracy", fmt=".3f", goal="max"),
                Metric("eval/loss", "dev loss", fmt=".3f", goal="min"),
                Metric("params/stored", "params", fmt="si")], **kw)
-  points, entries = experiment.expand(exp, tmp_path)
+  _, entries = experiment.expand(exp, tmp_path)
   by_row = {}
   for e in entries:
     by_row.setdefault(e.labels["variant"], {})[e.labels["seed"]] = e.point.workdir

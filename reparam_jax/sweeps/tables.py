@@ -17,8 +17,9 @@ import os
 import re
 import statistics
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -419,8 +420,8 @@ def _notes(table: Table, shown_intervals: bool) -> list[str]:
   seeds = sorted({s for c in table.cells.values() for s in c.seeds}, key=str)
   which = f" (seeds {_seed_list(seeds)})" if seeds and exp.seed_key in (
       k for e in table.entries for k in e.labels) else ""
-  notes = [f"mean ± sample std (ddof=1) over {n} seed(s){which}; — = no finished run; "
-           "(n=k/N) = only k of N seeds finished."]
+  notes = [(f"mean ± sample std (ddof=1) over {n} seed(s){which}; — = no finished run; "
+            "(n=k/N) = only k of N seeds finished.")]
   if shown_intervals:
     notes.append("95% CI = Student-t 95% interval of the mean over the finished seeds.")
   if exp.reference is None:
@@ -548,6 +549,11 @@ def render_markdown(table: Table,
   return "\n".join(lines)
 
 
+def _csv_number(x: float | None) -> str:
+  # 10 significant digits: full precision without float noise (43.79999999999999).
+  return "" if x is None else f"{x:.10g}"
+
+
 def render_csv(table: Table, extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
   """Numbers at full precision for scripts: per column mean, std, n; for goal metrics the
   95% interval; with a reference row the Δ, its interval, p, test, seeds and mark."""
@@ -565,14 +571,13 @@ def render_csv(table: Table, extra_columns: Mapping[str, Mapping[str, str]] | No
                  f"{name} delta p", f"{name} delta test", f"{name} delta seeds",
                  f"{name} delta mark"]
   w.writerow(header)
-  g = lambda x: "" if x is None else f"{x:.10g}"  # noqa: E731
+  g = _csv_number
   for rk in table.row_keys:
     given = (extra_columns or {}).get(table.row_label(rk), {})
     row: list[Any] = [_fmt_label(v) for v in rk] + [str(given.get(n, "")) for n in extras]
     for col in table.columns:
       metric, cv = col
       cell = table.cells.get((rk, metric, cv))
-      # 10 significant digits: full precision without float noise (43.79999999999999).
       row += [g(cell.mean if cell else None), g(cell.std if cell else None),
               cell.n if cell else 0]
       if metric.goal is not None:
