@@ -32,6 +32,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +99,16 @@ def _median_browser_s(page: Path, rounds: int, shot: Path) -> tuple[float, list[
   return statistics.median(times), console
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m bench.html_page",
+                                   description=__doc__.split("\n", 1)[0])
   parser.add_argument("--rows", type=int, default=16)
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--keep", default=None, help="build the experiment here and keep it")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory(prefix="html-bench-") as tmp:
     root = Path(args.keep or tmp)
     exp = synthetic_experiment(args.rows, args.seeds)
