@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from reparam_jax.errors import UserError, exit_on_user_error
 from reparam_jax.sweeps.experiment import expand, load_experiment, select_variants
