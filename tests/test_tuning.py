@@ -226,9 +226,10 @@ def test_an_unfinished_rung_is_incomplete_and_says_what_it_waits_for(
 
 @pytest.mark.heavy
 def test_real_runs_choose_on_the_held_out_split(tmp_path: Path) -> None:
-  """Two rows, three learning rates each, through the real trainer on a tiny labelled
-  corpus: the tuning runs evaluate the 40 held-out training examples (not the 60 of the
-  dev split), the lowest held-out loss is chosen, and a re-run trains nothing."""
+  """Three learning rates through the real trainer on a tiny labelled corpus: the tuning
+  runs evaluate the 40 held-out training examples (not the 60 of the dev split), the
+  lowest held-out loss is chosen, a re-run trains nothing, and a row without a search
+  (accepted with allow_unequal) is left as it is."""
   from tests.helpers import tiny_labelled_corpus  # noqa: PLC0415
   data = tiny_labelled_corpus(str(tmp_path), train=200, dev=60)
   tiny = {"data.vocab_size": 40, "model.num_layers": 1, "model.num_heads": 2,
@@ -240,27 +241,27 @@ def test_real_runs_choose_on_the_held_out_split(tmp_path: Path) -> None:
   exp = Experiment(
       name="real", config=str(REPO / "configs" / "sst2" / "encoder.py"), seeds=1,
       overrides={**data, **tiny}, metrics=[Metric("eval/accuracy")], curves=(),
-      variants={"wide": Variant({}, search={"optimizer.lr": [1e-4, 3e-3, 3e-2]}),
-                "narrow": Variant({"model.mlp_dim": 16},
-                                  search={"optimizer.lr": [1e-4, 3e-3, 3e-2]})},
-      tuning=Tuning("eval/loss", goal="min", holdout=HOLDOUT))
+      variants={"tuned": Variant({}, search={"optimizer.lr": [1e-4, 3e-3, 3e-2]}),
+                "fixed": Variant({"optimizer.lr": 1e-3})},
+      tuning=Tuning("eval/loss", goal="min", holdout=HOLDOUT, allow_unequal=True))
   calls: list[list[str]] = []
   outcome = tuning.run_tuning(exp, tmp_path / "root", _launcher(calls))
-  assert outcome.complete and [len(c) for c in calls] == [6]  # 3 settings: one rung at 1/3
+  assert outcome.complete and [len(c) for c in calls] == [3]  # 3 settings: one rung at 1/3
+  assert outcome.columns["fixed"] == {"chosen": "", "search": "not searched"}
   choices = json.loads((tmp_path / "root" / "tuning" / "choices.json").read_text())
-  for label in ("wide", "narrow"):
-    (rung,) = choices["rows"][label]["rungs"]
-    assert rung["steps"] == 2
-    losses = []
-    for entry in rung["scores"]:
-      wd = tmp_path / "root" / "tuning" / label / entry["point"]
-      done = json.loads((wd / "done.json").read_text())
-      assert done["step"] == 2 and entry["score"] == done["eval/loss"]
-      # The evaluation's support is the held-out examples, not the dev split's 60.
-      total = (wd / "report.txt").read_text().splitlines()[-3].split()[-1]
-      assert total == "40", (wd / "report.txt").read_text()
-      losses.append(done["eval/loss"])
-    best = losses.index(min(losses))
-    assert outcome.chosen[label] == rung["scores"][best]["setting"]
+  (rung,) = choices["rows"]["tuned"]["rungs"]
+  assert rung["steps"] == 2 and list(choices["rows"]) == ["tuned"]
+  losses = []
+  for entry in rung["scores"]:
+    wd = tmp_path / "root" / "tuning" / "tuned" / entry["point"]
+    done = json.loads((wd / "done.json").read_text())
+    assert done["step"] == 2 and entry["score"] == done["eval/loss"]
+    # The evaluation's support is the held-out examples, not the dev split's 60.
+    total = (wd / "report.txt").read_text().splitlines()[-3].split()[-1]
+    assert total == "40", (wd / "report.txt").read_text()
+    losses.append(done["eval/loss"])
+  assert outcome.chosen == {"tuned": rung["scores"][losses.index(min(losses))]["setting"]}
   calls.clear()
   assert tuning.run_tuning(exp, tmp_path / "root", _launcher(calls)) == outcome
+  final = tuning.apply_choices(exp, outcome)
+  assert final.variants["fixed"] is exp.variants["fixed"]
