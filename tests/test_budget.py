@@ -100,7 +100,8 @@ def _experiment(row_overrides: dict, budget: B.Budget, reference: dict | None = 
                 overrides: dict | None = None) -> Experiment:
   return Experiment(name="budget_test", metrics=["eval/loss"], config=CONFIG,
                     overrides=overrides or TINY, reference="full",
-                    variants={"full": reference or {}, "row": Variant(row_overrides, budget=budget)})
+                    variants={"full": reference or {},
+                              "row": Variant(row_overrides, budget=budget)})
 
 
 def _measure(overrides: dict, measure: str) -> float:

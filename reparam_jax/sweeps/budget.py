@@ -49,7 +49,8 @@ import math
 import re
 import statistics
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from reparam_jax.errors import UserError
 
@@ -180,8 +181,8 @@ def parse_size(size: str) -> RuleArg | ConfigKey:
       raise UserError(f"Budget(size={size!r}): write rules:ARG or rules:TRANSFORM.ARG, "
                       "e.g. rules:rank or rules:lora.rank")
     if m.group(1):
-      from reparam_jax.reparam.base import TRANSFORMS
       import reparam_jax.reparam.transforms  # noqa: F401 (registers them)
+      from reparam_jax.reparam.base import TRANSFORMS
       if m.group(1) not in TRANSFORMS:
         raise UserError(f"Budget(size={size!r}): no transform {m.group(1)!r}; known: "
                         f"{', '.join(sorted(TRANSFORMS))}")
@@ -211,8 +212,8 @@ def _stage_calls(spec: str) -> list[tuple[str, list[ast.keyword]]]:
 
 def _takes(name: str, size: RuleArg) -> bool:
   """Whether stage `name` is one `size` sets."""
-  from reparam_jax.reparam.base import TRANSFORMS
   import reparam_jax.reparam.transforms  # noqa: F401
+  from reparam_jax.reparam.base import TRANSFORMS
   if size.transform is not None and name != size.transform:
     return False
   cls = TRANSFORMS.get(name)
@@ -276,7 +277,7 @@ def _vocab(config: Any, vocab_size: int) -> int:
   try:
     from reparam_jax.tasks import make_task
     return int(make_task(config, None).tokenizer.vocab_size)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 (a task's data loading raises many types)
     raise UserError(f"the vocabulary size of {config.get('task')} is read from its data, which "
                     f"failed ({type(e).__name__}: {str(e)[:120]}); set Budget(vocab_size=N) or "
                     "model.vocab_size") from None
@@ -427,7 +428,7 @@ def _search_space(config_spec: str, overrides: Mapping[str, Any], size: RuleArg 
     current = node
     if isinstance(current, bool) or not isinstance(current, (int, float)):
       raise UserError(f"size {size}: {size.key} = {current!r} is not a number")
-    to_overrides = lambda v: {size.key: v}  # noqa: E731
+    to_overrides = lambda v: {size.key: v}
     filled = (_placeholder_arg(rules, size.key.split(".", 1)[1])
               if size.key.startswith("reparam.") else None)
     if filled is None:
@@ -439,7 +440,7 @@ def _search_space(config_spec: str, overrides: Mapping[str, Any], size: RuleArg 
     rule_arg = RuleArg(filled[1], filled[0])
   else:
     rule_arg = size
-    to_overrides = lambda v: {"reparam.rules": set_rule_arg(rules, size, v)}  # noqa: E731
+    to_overrides = lambda v: {"reparam.rules": set_rule_arg(rules, size, v)}
     set_rule_arg(rules, size, 0)  # a size no stage takes is refused here
   matched = _shapes_for(config_spec, overrides, rule_arg, vocab)
   if not matched:
@@ -468,7 +469,7 @@ def _search_space(config_spec: str, overrides: Mapping[str, Any], size: RuleArg 
     shapes_of.setdefault(stage, []).append(shape)
   if hi - lo > _MAX_CANDIDATES:
     raise UserError(f"size {size}: the range {lo}..{hi} is too wide; set Budget(bounds=...)")
-  candidates = [v for v in range(int(math.ceil(lo)), int(hi) + 1)
+  candidates = [v for v in range(math.ceil(lo), int(hi) + 1)
                 if all(_stage_ok(st, rule_arg.arg, v, sh) for st, sh in shapes_of.items())]
   if not candidates:
     raise UserError(f"size {size}: no value in {lo}..{hi} suits every matched weight; "
@@ -490,9 +491,9 @@ def solve(config_spec: str, overrides: Mapping[str, Any], budget: Budget, refere
   """The size of `budget.size` whose measure is closest to `budget.fraction × reference`.
 
   Integer sizes: interpolation search (with bisection steps) over the valid
-  values, as every measure here grows or shrinks with its size argument, then
-  the better of the two values around the target; float sizes: bisection.  Outside the tolerance: a `UserError` naming the
-  closest values on both sides.
+  values, as every measure here grows or shrinks with its size argument,
+  then the better of the two values around the target; floats: bisection.
+  Outside the tolerance: a `UserError` naming the closest values on both sides.
   """
   size = parse_size(budget.size)
   target = budget.fraction * reference
@@ -526,7 +527,7 @@ def solve(config_spec: str, overrides: Mapping[str, Any], budget: Budget, refere
                       f"{size}={values[-1]}: {size} does not change it (a masked weight, for "
                       "one, is stored dense); budget another measure or size")
     sign = 1.0 if f_last > f_first else -1.0
-    g = lambda i: sign * f(values[i])  # noqa: E731 (increasing along the candidates)
+    g = lambda i: sign * f(values[i])
     goal = sign * target
     lo_i, hi_i = 0, len(values) - 1  # invariant: g(lo_i) <= goal < g(hi_i)
     if g(lo_i) > goal:
