@@ -351,3 +351,8 @@ def test_reference_must_be_a_row_and_comes_along_with_selected_rows():
                    metrics=["eval/loss"], reference="a")
   assert list(experiment.select_variants(exp, ["c"]).variants) == ["a", "c"]
   assert Experiment(name="d", config="c.py", variants={"a": {}}, metrics=["x"]).seeds == 3
+  from reparam_jax.sweeps.budget import Budget  # noqa: PLC0415
+  budgeted = Experiment(name="b", config="c.py", metrics=["x"], variants={
+      "dense": {}, "other": {},
+      "lora": Variant({}, budget=Budget("trainable_params", 0.01, relative_to="dense"))})
+  assert list(experiment.select_variants(budgeted, ["lora"]).variants) == ["dense", "lora"]

@@ -150,8 +150,9 @@ def select_variants(exp: Experiment, labels: Sequence[str]) -> Experiment:
 
   Re-running a few rows after a fix (`ablate --variant=LABEL`) keeps the
   other rows' points untouched; a referenced row (a student's teacher) comes
-  along because the selected row cannot run without it, and so does
-  `exp.reference`, the row the others are compared with.
+  along because the selected row cannot run without it, and so do the row a
+  selected row's budget is relative to and `exp.reference`, the row the
+  others are compared with.
   """
   if not labels:
     return exp
@@ -167,11 +168,17 @@ def select_variants(exp: Experiment, labels: Sequence[str]) -> Experiment:
   todo = list(wanted)
   while todo:
     v = exp.variants[todo.pop()]
+    needed = []
     for value in (v.overrides if isinstance(v, Variant) else v).values():
       m = _VARIANT_REF_RE.match(value) if isinstance(value, str) else None
-      if m and m.group(1) in exp.variants and m.group(1) not in wanted:
-        wanted.add(m.group(1))
-        todo.append(m.group(1))
+      if m:
+        needed.append(m.group(1))
+    if isinstance(v, Variant) and v.budget is not None:  # its budget is relative to a row
+      needed.append(v.budget.relative_to or exp.reference)
+    for label in needed:
+      if label in exp.variants and label not in wanted:
+        wanted.add(label)
+        todo.append(label)
   kept = {label: v for label, v in exp.variants.items() if label in wanted}
   return dataclasses.replace(exp, variants=kept)
 
