@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from reparam_jax.errors import exit_on_user_error
 from reparam_jax.sweeps import hyper

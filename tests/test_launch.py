@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from reparam_jax.errors import UserError
+from reparam_jax.sweeps import launchers, points
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -228,16 +229,19 @@ def point_json(workdir: Path) -> dict:
   return json.loads((workdir / "point.json").read_text())
 
 
-def test_slurm_array_submit_run_requeue_and_retry_limit(config: str, tmp_path: Path,
-                                                        fake_slurm: dict[str, str]) -> None:
+def test_slurm_array_submit_run_requeue_and_retry_limit(
+    config: str, tmp_path: Path, fake_slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture) -> None:
   root = tmp_path / "root"
   args = [sys.executable, "-m", "reparam_jax.sweep", f"--config={config}", f"--workdir={root}",
           "--launcher=slurm", "--train_module=fake_train", "--array_limit=3",
           f"--launcher_args=--partition=gpu --python={sys.executable}"]
-  sweep = lambda *more: subprocess.run([*args, *more], capture_output=True, text=True, cwd=REPO,
-                                       env=fake_slurm, check=False)
-  calls = lambda: (tmp_path / "sbatch_calls.txt").read_text().splitlines()
-  out = sweep()
+  out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=fake_slurm,
+                       check=False)
+
+  def calls() -> list[str]:
+    return (tmp_path / "sbatch_calls.txt").read_text().splitlines()
+
   assert out.returncode == 0, out.stdout + out.stderr
   assert "job array 123: 2 points, at most 3 at a time" in out.stdout
   (call,) = calls()
@@ -266,23 +270,34 @@ def test_slurm_array_submit_run_requeue_and_retry_limit(config: str, tmp_path: P
   assert "==== slurm array task 123_1" in log and "fake train" in log
   assert json.loads((wd16 / "done.json").read_text())["argv"][-1] == "--distributed"
 
+  # Later calls, in this process (the command's flags are covered above).
+  for key in ("PATH", "FAKE", "PYTHONPATH"):
+    monkeypatch.setenv(key, fake_slurm[key])
+  pts = points.make_points(points.get_sweep(config), config, root)
+
+  def again(max_retries: int) -> tuple[launchers.SweepResult, str]:
+    result = launchers.run_slurm(pts, launcher_args=["--partition=gpu"],
+                                 train_module="fake_train", array_limit=3,
+                                 max_retries=max_retries)
+    launchers.report(result, len(pts))
+    return result, capsys.readouterr().out
+
   # Task 0 still queued: nothing is submitted twice.
   (tmp_path / "queue.txt").write_text("123_0\n")
-  out = sweep()
-  assert out.returncode == 0 and "job 123_0 still queued/running" in out.stdout
-  assert len(calls()) == 1 and "1 already done" in out.stdout
+  result, out = again(2)
+  assert result.ok and "job 123_0 still queued/running" in out
+  assert len(calls()) == 1 and "1 already done" in out
   # Task 0 ended without done.json: resubmitted alone (retry 1/1), then given up.
   (tmp_path / "queue.txt").write_text("")
-  out = sweep("--max_retries=1")
-  assert out.returncode == 0, out.stdout
-  assert "resubmitting (retry 1/1)" in out.stdout and len(calls()) == 2
+  result, out = again(1)
+  assert result.ok, out
+  assert "resubmitting (retry 1/1)" in out and len(calls()) == 2
   assert "--array=0-0%3" in shlex.split(calls()[1])
   assert point_json(wd8)["attempts"] == 2 and point_json(wd8)["slurm"]["job_id"] == "124_0"
-  out = sweep("--max_retries=1")
-  assert out.returncode == 1 and len(calls()) == 2
+  result, out = again(1)
+  assert not result.ok and len(calls()) == 2
   assert (f"FAILED reparam.rank=8,seed=0: failed 2 attempts (last: SLURM job 124_0); not "
-          f"resubmitted (--max_retries=1; raise it to try again); log: {wd8 / 'log.txt'}"
-          in out.stdout)
+          f"resubmitted (--max_retries=1; raise it to try again); log: {wd8 / 'log.txt'}" in out)
 
 
 def test_array_task_passes_sigterm_on_and_requeues(tmp_path: Path,
@@ -345,7 +360,6 @@ def test_sweep_spreads_points_over_tpu_pods_queued(tmp_path: Path) -> None:
   # point i goes to pod i mod 2; each pod runs its share in order
   assert ranks == [("pa", "4"), ("pa", "16"), ("pb", "8")]
   assert "--workdir=gs://b/sw/reparam.rank=8" in runs[2][1]
-  from reparam_jax.sweeps import launchers, points  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match="either with --tpu_names or with --name="):
     launchers.run_tpu(points.make_points([{}], str(cfg), tmp_path), dry_run=True,
                       tpu_names=["pa"], launcher_args=["--name=x", "--zone=z"])
@@ -371,7 +385,6 @@ FAKE_TPU_POD = textwrap.dedent('''\
 
 
 def test_tpu_pods_run_in_parallel_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-  from reparam_jax.sweeps import launchers, points  # pylint: disable=import-outside-toplevel
   launch = tmp_path / "launch"
   launch.mkdir()
   (launch / "tpu_pod.sh").write_text(FAKE_TPU_POD)

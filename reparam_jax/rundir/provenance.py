@@ -23,8 +23,9 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from reparam_jax.errors import UserError
 from reparam_jax.rundir.files import atomic_write
@@ -50,7 +51,7 @@ def _git(repo: Path, *args: str) -> str | None:
   return out.stdout if out.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_state(repo: str | os.PathLike[str] = CODE_ROOT) -> tuple[str | None, bool | None]:
   """(commit, dirty) of the checkout at `repo`; (None, None) outside git.
 
@@ -93,7 +94,7 @@ def config_hash(config: Any) -> str | None:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_versions() -> dict[str, str | None]:
   versions: dict[str, str | None] = {}
   for name in PACKAGES:
@@ -105,7 +106,7 @@ def package_versions() -> dict[str, str | None]:
   return versions
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_model() -> str | None:
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -131,8 +132,8 @@ def machine() -> dict[str, Any]:
       info["device_kinds"] = sorted({d.device_kind for d in devices})
       info["device_count"] = len(devices)
       info["process_count"] = jax.process_count()
-    except Exception:  # pylint: disable=broad-except  (no backend yet: provenance never fails a run)
-      pass
+    except RuntimeError as e:  # no backend: provenance never fails a run
+      info["devices_error"] = str(e).splitlines()[0][:200]
   return info
 
 

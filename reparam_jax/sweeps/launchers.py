@@ -23,8 +23,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from reparam_jax.errors import UserError
 from reparam_jax.rundir import provenance
@@ -146,7 +147,7 @@ def run_local(points: Sequence[RunPoint], *, parallel: int = 1,
         cmd = p.command(train_module, python)
         _write_point_file(p, cmd, "local")
         tries[p.name] = tries.get(p.name, 0) + 1
-        log = open(Path(p.workdir) / rundir.LOG, "ab")  # pylint: disable=consider-using-with
+        log = open(Path(p.workdir) / rundir.LOG, "ab")  # noqa: SIM115 (closed when the run ends)
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         log.write(f"==== sweep {stamp} (try {tries[p.name]}): {shlex.join(cmd)}\n".encode())
         log.flush()
@@ -274,8 +275,9 @@ def run_slurm(points: Sequence[RunPoint], *, launcher_args: Sequence[str] = (),
     attempts = attempts_of(p)
     if attempts > max_retries:
       last = f" (last: SLURM job {job})" if job else ""
-      result.failed.append((p, f"failed {attempts} attempts{last}; not resubmitted "
-                               f"(--max_retries={max_retries}; raise it to try again)"))
+      why = (f"failed {attempts} attempts{last}; not resubmitted "
+             f"(--max_retries={max_retries}; raise it to try again)")
+      result.failed.append((p, why))
       continue
     if attempts:
       print(f"[sweep] {p.name}: {f'job {job}' if job else 'its last attempt'} ended without "
