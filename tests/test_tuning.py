@@ -25,7 +25,7 @@ CONFIG = textwrap.dedent('''
 
     def get_config(arg=None):
       return ml_collections.ConfigDict({
-          "seed": 0, "num_steps": 8, "size": 1,
+          "task": "classify", "seed": 0, "num_steps": 8, "size": 1,
           "optimizer": {"lr": 0.001, "warmup_steps": 4},
           "data": {"holdout_examples": 0, "evaluate_on": "validation"}})
 ''')
@@ -40,10 +40,12 @@ FAKE_TRAINER = textwrap.dedent('''
     with open(os.path.join(wd, "invocations.txt"), "a") as f:
       f.write(" ".join(sys.argv[1:]) + "\\n")
     lr, steps = float(args["config.optimizer.lr"]), int(args.get("config.num_steps", 8))
-    if lr >= 1:
-      sys.exit("error: training diverged: non-finite loss or gradient at step 1; lower the lr")
+    if lr >= 1:  # what exit_on_user_error prints for TrainingDiverged, and its exit status
+      print("error: training diverged: non-finite loss at step 1; lower the lr", file=sys.stderr)
+      sys.exit(3)
     best = 0.01 if args.get("config.data.evaluate_on") == "holdout" else 0.1
-    acc = 0.9 - 0.1 * abs(math.log10(lr / best)) - 0.2 / steps + 0.01 * int(args.get("config.size", 1))
+    size = int(args.get("config.size", 1))
+    acc = 0.9 - 0.1 * abs(math.log10(lr / best)) - 0.2 / steps + 0.01 * size
     with open(os.path.join(wd, "done.json"), "w") as f:
       json.dump({"step": steps, "eval/accuracy": acc}, f)
 ''')
@@ -142,6 +144,20 @@ def test_a_reduction_that_selects_on_the_reported_split_is_refused(metrics, vari
   # The same reductions of training metrics, or the final evaluation, read no eval step.
   tuning.check_tuning(_exp(metrics=[Metric("train/loss", reduce="min"), "eval/loss"],
                            variants={"a": Variant(search={"optimizer.lr": [1, 2]})}))
+
+
+def test_holdout_overrides_a_task_does_not_read_are_refused() -> None:
+  from reparam_jax.config.base import base_config  # noqa: PLC0415
+  config = base_config()
+  assert tuning.holdout_unread(config) is None  # evaluates the reported split: nothing to check
+  config.data.evaluate_on = "holdout"
+  assert tuning.holdout_unread(config) is None  # lm on tiny_shakespeare carves it
+  config.task = "classify"
+  assert tuning.holdout_unread(config) is None
+  config.task, config.data.prepared = "lm", "/shards"
+  assert "not read by data.prepared" in tuning.holdout_unread(config)
+  config.task, config.data.prepared = "mlm", ""
+  assert "not read by task 'mlm'" in tuning.holdout_unread(config)
 
 
 # --- the rungs, through the local launcher ---------------------------------------------------

@@ -108,7 +108,31 @@ def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:
   builder = prepare_once(tfds_builders.load_builder, data.name, raw_dir=raw_dir,
                          tfds_dir=data.tfds_dir or None)
   source = builder.as_data_source()
-  return {split: _text(source[split][0]["text"]) for split in ("train", "validation")}
+  texts = {split: _text(source[split][0]["text"]) for split in ("train", "validation")}
+  return with_text_holdout(texts, data)
+
+
+def with_text_holdout(splits: dict[str, str], data: ml_collections.ConfigDict) -> dict[str, str]:
+  """`splits` with the last `data.holdout_examples` characters of the training text held out;
+  with `data.evaluate_on="holdout"` they are the text evaluated instead of `validation`.
+
+  Contiguous text, not a permutation of characters: a held-out window must share no
+  characters with a training window.  The end of the text is fixed, so the split is
+  the same for every seed and row (sweeps/tuning.py).
+  """
+  # classification.py holds the one definition of the two settings and their checks.
+  from reparam_jax.data.classification import holdout_settings  # noqa: PLC0415
+  evaluate_on, n = holdout_settings(data)
+  if n == 0:
+    return splits
+  train = splits["train"]
+  if n >= len(train):
+    raise UserError(f"data.holdout_examples={n} characters leaves no training text (the "
+                    f"training split has {len(train)}); hold out fewer")
+  out = dict(splits, train=train[:-n])
+  if evaluate_on == "holdout":
+    out["validation"] = train[-n:]
+  return out
 
 
 def _text(value: bytes | str) -> str:

@@ -86,8 +86,8 @@ class Tuning:
   holdout: the overrides that make a run train without, and evaluate on, a
     held-out split of the training data; never empty.
   seed: the seed of every tuning run.  eta, min_fraction: successive halving
-    (min_fraction None = 1/eta**2, the shortest first rung).  steps_key: the config key of a run's length;
-    scale_keys: step counts scaled with it.  allow_unequal: accept rows that
+    (min_fraction None = 1/eta**2, the shortest first rung).  steps_key: the
+    config key of a run's length; scale_keys: step counts scaled with it.  allow_unequal: accept rows that
     search different numbers of settings.
   """
 
@@ -250,6 +250,29 @@ def row_dir(label: str) -> str:
   return safe
 
 
+def holdout_unread(config: Any) -> str | None:
+  """Why a config's `data.evaluate_on="holdout"` would not be what its run evaluates, if so.
+
+  The classify task (data/classification.py) and the tiny_shakespeare text of the lm and
+  seq2seq tasks (data/lm_text.py) carve the held-out split; any other data would still
+  evaluate the reported split while tuning believed otherwise.
+  """
+  data = config.get("data") or {}
+  if data.get("evaluate_on", "validation") != "holdout":
+    return None
+  task = config.get("task")
+  if task == "classify":
+    return None
+  other = [k for k in ("prepared", "mixture", "response_field") if data.get(k)]
+  if task in ("lm", "seq2seq") and data.get("name") == "tiny_shakespeare" and not other:
+    return None
+  what = f"data.{other[0]}" if other else f"task {task!r} on data.name={data.get('name')!r}"
+  return (f"data.evaluate_on='holdout' is not read by {what} (only the classify task and "
+          "tiny_shakespeare text carve a held-out split); give Tuning(holdout=...) overrides "
+          "that point this task's evaluation at data carved from training instead (e.g. "
+          "data.eval_prepared or data.eval_source)")
+
+
 def _scaled(value: Any, factor: float) -> Any:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise UserError(f"a Tuning.scale_keys value must be a number of steps, got {value!r}")
@@ -291,6 +314,10 @@ def _row_state(exp: Experiment, label: str, v: Variant, root: str,
   extra = [a for a in extra_args if a.split("=", 1)[0][len("--config."):] not in owned]
   flags = [override_flag(k, val) for k, val in base.items() if k != hyper.CONFIG_KEY]
   config, _ = config_load.load([f"--config={config_spec}", *flags, *extra_args])
+
+  problem = holdout_unread(config)
+  if problem:
+    raise UserError(f"experiment {exp.name}: row {label!r}: {problem}")
 
   def read(key: str) -> Any:
     node: Any = config
@@ -356,9 +383,9 @@ def _score(exp: Experiment, point: RunPoint) -> tuple[str, float | None]:
   if done is None:
     return "missing", None
   if t.metric not in done:
+    evals = ", ".join(sorted(k for k in done if k.startswith("eval/"))) or "no eval/ keys"
     raise UserError(f"{point.workdir}: done.json has no {t.metric!r}; Tuning(metric=...) must be "
-                    f"a key the run writes at its final evaluation (it has: "
-                    f"{', '.join(sorted(k for k in done if k.startswith('eval/'))) or 'no eval/ keys'})")
+                    f"a key the run writes at its final evaluation (it has: {evals})")
   value = done[t.metric]
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
     return "diverged", None  # a non-finite final metric ranks last, like a diverged run

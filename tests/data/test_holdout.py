@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from reparam_jax.config.base import base_config
+from reparam_jax.data import lm_text
 from reparam_jax.data.classification import holdout_indices, load_classification
 from reparam_jax.errors import UserError
 from tests.helpers import tiny_labelled_corpus
@@ -77,3 +78,19 @@ def test_a_builtin_dataset_gets_the_same_holdout(raw_data_dir, tfds_dir) -> None
   assert tuned["validation"][0] == [plain["train"][0][i] for i in held]
   assert len(tuned["train"][0]) == len(plain["train"][0]) - 500
   assert len(tuned["validation"][0]) == 500 and "validation" in plain
+
+
+def test_lm_text_holds_out_the_end_of_the_training_text(raw_data_dir, tfds_dir) -> None:
+  data = base_config().data
+  data.update(raw_dir=raw_data_dir, tfds_dir=tfds_dir)
+  plain = lm_text.load_splits(data)
+  data.update(holdout_examples=1000)
+  carved = lm_text.load_splits(data)
+  assert carved["train"] == plain["train"][:-1000]
+  assert carved["validation"] == plain["validation"]  # still the reported split
+  data.update(evaluate_on="holdout")
+  tuned = lm_text.load_splits(data)
+  assert tuned["train"] == carved["train"] and tuned["validation"] == plain["train"][-1000:]
+  data.update(holdout_examples=len(plain["train"]))
+  with pytest.raises(UserError, match="leaves no training text"):
+    lm_text.load_splits(data)
