@@ -4,6 +4,7 @@ that keep it fair and off the reported split, and the rungs run through the loca
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import textwrap
@@ -67,12 +68,12 @@ def test_halving_costs_at_most_one_full_run_per_setting(n: int) -> None:
   else:
     assert len(rungs) == 3 and rungs[-1].fraction == 1.0 and cost <= n / 3 + 13 / 9 + 1e-9
   # Each rung keeps ceil(n / eta) of the last, with eta times the steps.
-  for a, b in zip(rungs, rungs[1:]):
+  for a, b in itertools.pairwise(rungs):
     assert b.settings == -(-a.settings // 3) and b.fraction == pytest.approx(min(1, 3 * a.fraction))
 
 
 def test_schedule_examples_other_etas_and_one_setting() -> None:
-  plan = lambda n, eta=3, f=None: [(r.settings, round(r.fraction, 4))  # noqa: E731
+  plan = lambda n, eta=3, f=None: [(r.settings, round(r.fraction, 4))
                                    for r in tuning.halving_schedule(n, eta, f)]
   assert plan(1) == [] and tuning.halving_cost(1) == 0
   assert plan(9) == [(9, 0.1111), (3, 0.3333)] and tuning.halving_cost(9) == pytest.approx(2)
@@ -107,10 +108,10 @@ def _exp(config: str = "cfg.py", **kwargs) -> Experiment:
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(holdout={}), r"Tuning\(holdout=...\) is empty"),
-    (dict(holdout=HOLDOUT, goal="best"), "use 'max' or 'min'"),
-    (dict(holdout=HOLDOUT, eta=1), "integer >= 2"),
-    (dict(holdout=HOLDOUT, min_fraction=0), r"in \(0, 1\]"),
+    ({"holdout": {}}, r"Tuning\(holdout=...\) is empty"),
+    ({"holdout": HOLDOUT, "goal": "best"}, "use 'max' or 'min'"),
+    ({"holdout": HOLDOUT, "eta": 1}, "integer >= 2"),
+    ({"holdout": HOLDOUT, "min_fraction": 0}, r"in \(0, 1\]"),
 ])
 def test_bad_tuning_fields_are_one_line_errors(kwargs, message) -> None:
   with pytest.raises(UserError, match=message):
@@ -147,7 +148,7 @@ def test_a_reduction_that_selects_on_the_reported_split_is_refused(metrics, vari
 
 
 def test_holdout_overrides_a_task_does_not_read_are_refused() -> None:
-  from reparam_jax.config.base import base_config  # noqa: PLC0415
+  from reparam_jax.config.base import base_config
   config = base_config()
   assert tuning.holdout_unread(config) is None  # evaluates the reported split: nothing to check
   config.data.evaluate_on = "holdout"
@@ -212,6 +213,7 @@ def test_rungs_choose_on_the_holdout_resume_and_apply(tmp_path: Path,
   again = tuning.run_tuning(exp, root, _launcher(calls, train_module="fake_train"))
   assert again == outcome and [len(c) for c in calls] == [6, 4]
   assert {p: (p / "invocations.txt").read_text() for p in small.iterdir()} == invocations
+  assert tuning.run_tuning(exp, root, None) == outcome  # read only (ablate --render-only)
 
   # The reported runs: the chosen lr at the experiment's seeds, on the reported split.
   final = tuning.apply_choices(exp, outcome)
@@ -246,7 +248,7 @@ def test_real_runs_choose_on_the_held_out_split(tmp_path: Path) -> None:
   runs evaluate the 40 held-out training examples (not the 60 of the dev split), the
   lowest held-out loss is chosen, a re-run trains nothing, and a row without a search
   (accepted with allow_unequal) is left as it is."""
-  from tests.helpers import tiny_labelled_corpus  # noqa: PLC0415
+  from tests.helpers import tiny_labelled_corpus
   data = tiny_labelled_corpus(str(tmp_path), train=200, dev=60)
   tiny = {"data.vocab_size": 40, "model.num_layers": 1, "model.num_heads": 2,
           "model.embed_dim": 16, "model.mlp_dim": 32, "seq_len": 16, "batch_size": 16,

@@ -52,8 +52,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from reparam_jax.config import load as config_load
 from reparam_jax.errors import UserError
@@ -87,8 +88,8 @@ class Tuning:
     held-out split of the training data; never empty.
   seed: the seed of every tuning run.  eta, min_fraction: successive halving
     (min_fraction None = 1/eta**2, the shortest first rung).  steps_key: the
-    config key of a run's length; scale_keys: step counts scaled with it.  allow_unequal: accept rows that
-    search different numbers of settings.
+    config key of a run's length; scale_keys: step counts scaled with it.
+  allow_unequal: accept rows that search different numbers of settings.
   """
 
   metric: str
@@ -173,7 +174,7 @@ def rank(scores: Sequence[float | None], goal: str) -> list[int]:
 
 
 def _variant(v: Any) -> Variant:
-  from reparam_jax.sweeps.experiment import Variant  # noqa: PLC0415
+  from reparam_jax.sweeps.experiment import Variant
   return v if isinstance(v, Variant) else Variant(dict(v))
 
 
@@ -188,7 +189,7 @@ _VARIANT_REF = re.compile(r"^\{variant:(.+)\}$")
 
 def leaking_reduction(exp: Experiment) -> str | None:
   """A metric reduction that picks a step on the reported split (None if there is none)."""
-  from reparam_jax.sweeps.experiment import _AT_RE  # noqa: PLC0415
+  from reparam_jax.sweeps.experiment import _AT_RE
   reductions = [(m.key, m.reduce, None) for m in exp.metrics]
   for label, v in (exp.variants or {}).items():
     reductions += [(k, r, label) for k, r in _variant(v).reduce.items()]
@@ -276,7 +277,7 @@ def holdout_unread(config: Any) -> str | None:
 def _scaled(value: Any, factor: float) -> Any:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise UserError(f"a Tuning.scale_keys value must be a number of steps, got {value!r}")
-  return int(round(value * factor)) if isinstance(value, int) else value * factor
+  return round(value * factor) if isinstance(value, int) else value * factor
 
 
 @dataclasses.dataclass
@@ -415,13 +416,14 @@ def _describe_setting(setting: Mapping[str, Any]) -> str:
 
 
 def run_tuning(exp: Experiment, root: str | os.PathLike[str],
-               run: Callable[[list[RunPoint]], SweepResult],
+               run: Callable[[list[RunPoint]], SweepResult | None] | None,
                extra_args: Sequence[str] = ()) -> TuningOutcome:
   """Runs the searched rows' rungs (all rows' points of a rung in one `run` call) and writes
   ROOT/tuning/choices.json.
 
   `run` is the launcher, e.g. ``lambda pts: run_points(pts, launcher=..., parallel=...)``
-  (launchers.py); it skips finished points, so a re-run resumes.  A row stops where one
+  (launchers.py); it skips finished points, so a re-run resumes.  `run=None` runs nothing
+  and reads what has finished (``--render-only``).  A row stops where one
   of its points has no result (failed, queued, dry run): its choice waits for the next
   invocation, and the outcome is not `complete`.
   """
@@ -441,7 +443,7 @@ def run_tuning(exp: Experiment, root: str | os.PathLike[str],
       break
     batch = {row.label: _rung_points(exp, row, row.schedule[r]) for row in active}
     todo = [p for pts in batch.values() for _, p in pts if not diverged(p)]
-    if todo:
+    if todo and run is not None:
       run(todo)
     for row in active:
       rung = row.schedule[r]
@@ -504,7 +506,7 @@ def apply_choices(exp: Experiment, outcome: TuningOutcome) -> Experiment:
   """`exp` with each searched row's overrides set to its chosen setting and its search
   cleared; rows without a search are unchanged.  The reported runs are then the
   experiment's ordinary points (its seeds, its reported split)."""
-  from reparam_jax.sweeps.experiment import Variant  # noqa: PLC0415
+  from reparam_jax.sweeps.experiment import Variant
   rows = searched_rows(exp)
   if not rows:
     return exp

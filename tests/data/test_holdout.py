@@ -74,7 +74,7 @@ def test_a_builtin_dataset_gets_the_same_holdout(raw_data_dir, tfds_dir) -> None
   _, tuned = load_classification(data)
   data.update(holdout_examples=0, evaluate_on="validation")
   _, plain = load_classification(data)
-  keep, held = holdout_indices(len(plain["train"][0]), 500)
+  _, held = holdout_indices(len(plain["train"][0]), 500)
   assert tuned["validation"][0] == [plain["train"][0][i] for i in held]
   assert len(tuned["train"][0]) == len(plain["train"][0]) - 500
   assert len(tuned["validation"][0]) == 500 and "validation" in plain
