@@ -93,6 +93,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, 
   assert result.returncode == 0, result.stderr
   assert f"resumed from step {stopped}" in result.stdout
   assert _losses(workdir) == _losses(ref_dir)  # exactly, step by step
+  # point.json says what ran: both starts, how each ended, at which commit.
+  point = json.loads(open(os.path.join(workdir, "point.json")).read())
+  assert point["starts"] == 2 and point["status"] == "done" and point["end"]
+  assert [h["status"] for h in point["history"]] == ["preempted", "done"]
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+  if head.returncode == 0:  # a checkout (an sdist has no commit to record)
+    assert point["provenance"]["commit"] == head.stdout.strip()
+  assert point["provenance"]["config_hash"] and point["provenance"]["packages"]["jax"]
 
 
 def test_tensorboard_after_resume_shows_each_step_once(tmp_path, raw_data_dir, tfds_dir):

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from reparam_jax.errors import UserError
 from reparam_jax.rundir.files import atomic_write
 
@@ -147,22 +149,34 @@ def collect(config: Any = None, repo: str | os.PathLike[str] = CODE_ROOT) -> dic
 # --------------------------------------------------------------------------- point.json
 
 
+def _is_remote(workdir: str | os.PathLike[str]) -> bool:
+  """A bucket path (gs://, s3://): os.open would make a local folder named 'gs:'."""
+  return "://" in os.fspath(workdir)
+
+
 def read_point(workdir: str | os.PathLike[str]) -> dict[str, Any]:
   """The point's `point.json` ({} when absent or unreadable: a torn file is not fatal)."""
   try:
-    with open(os.path.join(os.fspath(workdir), POINT), encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, json.JSONDecodeError):
+    if _is_remote(workdir):
+      data = json.loads(epath.Path(os.fspath(workdir), POINT).read_text())
+    else:
+      with open(os.path.join(os.fspath(workdir), POINT), encoding="utf-8") as f:
+        data = json.load(f)
+  except (OSError, ValueError):
     return {}
   return data if isinstance(data, dict) else {}
 
 
 def update_point(workdir: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict[str, Any]:
   """Merges `fields` into `point.json` (keeping every other key) with an atomic replace."""
-  os.makedirs(workdir, exist_ok=True)
   info = {**read_point(workdir), **fields}
-  atomic_write(os.path.join(os.fspath(workdir), POINT),
-               json.dumps(info, indent=1, default=repr) + "\n")
+  text = json.dumps(info, indent=1, default=repr) + "\n"
+  if _is_remote(workdir):  # gs://...: the object store replaces an object whole
+    epath.Path(os.fspath(workdir)).mkdir(parents=True, exist_ok=True)
+    epath.Path(os.fspath(workdir), POINT).write_text(text)
+    return info
+  os.makedirs(workdir, exist_ok=True)
+  atomic_write(os.path.join(os.fspath(workdir), POINT), text)
   return info
 
 

@@ -29,7 +29,7 @@ from reparam_jax.perf import reparam_report
 from reparam_jax.perf import rng as rng_lowering
 from reparam_jax.perf.accounting import MfuMeter
 from reparam_jax.reparam import Reparam, format_report
-from reparam_jax.rundir import checkpoint
+from reparam_jax.rundir import checkpoint, provenance
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.rundir.metrics import MetricWriter
 from reparam_jax.tasks import make_task
@@ -64,6 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding = sharding.batch_sharding(mesh, rules)
   if is_main:
     rundir.write_config(workdir, config)
+    # What ran (commit, dirty flag, config hash, versions, machine, start) in point.json.
+    provenance.record_start(workdir, config, process_index=0)
 
   # --- Task, model, reparameterization, regularizers ---------------------------------------
   task = make_task(config, workdir)
@@ -142,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     if is_main:
       print(f"already finished: {rundir.path(workdir, rundir.DONE)}", flush=True)
+      provenance.record_end(workdir, "done", process_index=0)
     return done
   writer = MetricWriter(workdir, resume_step=start_step)
 
@@ -212,6 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.close()
           print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume",
                 flush=True)
+          if is_main:
+            provenance.record_end(workdir, "preempted", process_index=0)
           return {"step": step, "preempted": True}
 
       # --- Final evaluation --------------------------------------------------------------------
@@ -228,6 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(config.num_steps, last_eval)
   except BaseException:
     _close_quietly(ckpt)  # let an in-flight save of a good state finish
+    if is_main:
+      provenance.record_end(workdir, "failed", process_index=0)
     raise
   finally:
     preemption.restore()
@@ -247,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     print(f"stopped at step {final['step']}: {final['stop_reason']}", flush=True)
     rundir.write_done(workdir, final)
+    provenance.record_end(workdir, "done", process_index=0)
   writer.close()
   return final
 
