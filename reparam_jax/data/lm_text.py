@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -121,7 +122,7 @@ def with_text_holdout(splits: dict[str, str], data: ml_collections.ConfigDict) -
   the same for every seed and row (sweeps/tuning.py).
   """
   # classification.py holds the one definition of the two settings and their checks.
-  from reparam_jax.data.classification import holdout_settings  # noqa: PLC0415
+  from reparam_jax.data.classification import holdout_settings
   evaluate_on, n = holdout_settings(data)
   if n == 0:
     return splits
