@@ -174,7 +174,17 @@ def test_ablate_runs_missing_then_only_rerenders(tmp_path: Path,
   out = run_ablate(*args)
   assert out.returncode == 0 and "4 already done, 0 ran" in out.stdout
   assert (wd / "invocations.txt").read_text() == "x\n"
-  assert (root / "table.md").exists()
+  assert (root / "table.md").exists() and 'data-row="two"' in (root / "index.html").read_text()
+
+  # A table of points from two commits is refused unless told; the data stays untouched.
+  point = json.loads((wd / "point.json").read_text())
+  for w, commit in ((wd, "a" * 40), (root / "size=1,seed=0", "b" * 40)):
+    (w / "point.json").write_text(json.dumps({**point, "provenance": {"commit": commit}}))
+  out = run_ablate(*args, "--render-only")
+  assert out.returncode == 2 and "come from 2 commits" in out.stderr, out.stderr
+  assert (wd / "done.json").exists()
+  out = run_ablate(*args, "--render-only", "--allow_mixed_commits")
+  assert out.returncode == 0, out.stderr
 
 
 def test_missing_config_is_one_line_error(tmp_path: Path) -> None:

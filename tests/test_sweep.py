@@ -43,7 +43,7 @@ FAKE_TRAINER = textwrap.dedent('''
     if args.get("config.crash") == "True" and not resumed:
       open(ckpt, "w").close()
       print("simulated preemption", file=sys.stderr)
-      sys.exit(3)
+      sys.exit(1)  # a crash (3 is a diverged run, 2 a bad config: neither is retried)
     with open(os.path.join(wd, "done.json"), "w") as f:
       json.dump({"step": 2, "eval/loss": loss, "params/stored": 1000 * rank}, f)
 ''')
@@ -169,7 +169,7 @@ def test_interrupted_point_is_rerun_in_same_workdir(env: Path) -> None:
   out = run_sweep(*args)
   assert out.returncode == 1
   crashed = root / "reparam.rank=16,seed=1"
-  assert f"FAILED reparam.rank=16,seed=1: exit status 3; log: {crashed / 'log.txt'}" in out.stdout
+  assert f"FAILED reparam.rank=16,seed=1: exit status 1; log: {crashed / 'log.txt'}" in out.stdout
   assert "simulated preemption" in (crashed / "log.txt").read_text()
   assert not invocations(done_wd)  # had done.json: never run
   out = run_sweep(*args)
@@ -199,7 +199,7 @@ def test_retry_limit_and_user_errors(env: Path) -> None:
       wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
       os.makedirs(wd, exist_ok=True)
       open(os.path.join(wd, "invocations.txt"), "a").write("{}\\n")
-      sys.exit(2 if "--config.lr=2" in sys.argv else 1)
+      sys.exit(2 if "--config.lr=2" in sys.argv else 3 if "--config.lr=3" in sys.argv else 1)
   '''))
   (env / "one.py").write_text(CONFIG.split("def get_sweep")[0])
   base = [f"--config={env / 'one.py'}", "--train_module=always_fails"]
@@ -210,6 +210,9 @@ def test_retry_limit_and_user_errors(env: Path) -> None:
   out = run_sweep(*base, f"--workdir={env / 'r2'}", "--config.lr=2")  # a UserError: no retry
   assert out.returncode == 1 and "FAILED base: exit status 2; log" in out.stdout
   assert len(invocations(env / "r2" / "base")) == 1
+  out = run_sweep(*base, f"--workdir={env / 'r3'}", "--config.lr=3")  # diverged: no retry
+  assert out.returncode == 1 and "FAILED base: exit status 3; log" in out.stdout
+  assert len(invocations(env / "r3" / "base")) == 1
 
 
 def test_failure_without_done_json_is_reported(env: Path) -> None:

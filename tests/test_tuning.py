@@ -156,9 +156,13 @@ def test_holdout_overrides_a_task_does_not_read_are_refused() -> None:
   config.task = "classify"
   assert tuning.holdout_unread(config) is None
   config.task, config.data.prepared = "lm", "/shards"
-  assert "not read by data.prepared" in tuning.holdout_unread(config)
+  assert "not read: data.prepared carves no held-out split" in tuning.holdout_unread(config)
   config.task, config.data.prepared = "mlm", ""
-  assert "not read by task 'mlm'" in tuning.holdout_unread(config)
+  assert "not read: task 'mlm' carves no held-out split" in tuning.holdout_unread(config)
+  # The trainer refuses such a run before any compute, in the same words.
+  from reparam_jax.config.validate import validate_config
+  with pytest.raises(UserError, match="task 'mlm' carves no held-out split"):
+    validate_config(config)
 
 
 # --- the rungs, through the local launcher ---------------------------------------------------

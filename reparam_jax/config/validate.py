@@ -145,6 +145,15 @@ def _problems(config: ConfigDict) -> Iterator[str]:
   yield from _mesh_problems(config)
   yield from _axis_rule_problems(config)
   yield from _reparam_problems(config)
+  yield from _holdout_problems(config)
+
+
+def _holdout_problems(config: ConfigDict) -> Iterator[str]:
+  """`data.evaluate_on='holdout'` on data its task does not carve a held-out split from."""
+  from reparam_jax.sweeps.tuning import holdout_unread  # pylint: disable=import-outside-toplevel
+  problem = holdout_unread(config)
+  if problem:
+    yield problem
 
 
 def _safe(ok: Callable[[Any], bool], value: Any) -> bool:

@@ -113,6 +113,14 @@ def load_splits(data: ml_collections.ConfigDict) -> dict[str, str]:
   return with_text_holdout(texts, data)
 
 
+def holdout_unread(data: ml_collections.ConfigDict) -> str | None:
+  """Why this text data would not evaluate a held-out split (None: `load_splits` carves it)."""
+  other = [k for k in ("prepared", "mixture", "response_field") if data.get(k)]
+  if other:
+    return f"data.{other[0]} carves no held-out split"
+  return None  # load_splits: tiny_shakespeare, through with_text_holdout
+
+
 def with_text_holdout(splits: dict[str, str], data: ml_collections.ConfigDict) -> dict[str, str]:
   """`splits` with the last `data.holdout_examples` characters of the training text held out;
   with `data.evaluate_on="holdout"` they are the text evaluated instead of `validation`.

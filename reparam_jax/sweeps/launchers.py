@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reparam_jax.errors import UserError
+from reparam_jax.errors import TrainingDiverged, UserError
 from reparam_jax.rundir import provenance
 from reparam_jax.rundir import workdir as rundir
 from reparam_jax.sweeps.points import DEFAULT_TRAIN_MODULE, RunPoint
@@ -36,7 +36,9 @@ LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"  # the repository's 
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_ARRAY_LIMIT = 8
 SLURM_MAX_ARRAY = 1000  # SLURM's default MaxArraySize is 1001 (indices 0..1000)
-USER_ERROR_EXIT = 2  # exit_on_user_error: a bad config or flag; retrying cannot help
+# Exits a retry cannot change: a bad config, and a diverged run (resuming from its last good
+# checkpoint diverges again at the same step: the data order and the params are the same).
+NOT_RETRIED = (UserError.exit_code, TrainingDiverged.exit_code)
 # Keys of the trainer's point.json that a TPU run leaves on the pod and fetch brings back.
 TRAINER_KEYS = ("provenance", "start", "end", "status", "starts", "history")
 
@@ -104,7 +106,7 @@ def _failure(rc: int, p: RunPoint, what: str = rundir.DONE) -> str | None:
 
 
 def _give_up(rc: int, tries: int, max_retries: int) -> bool:
-  return rc == USER_ERROR_EXIT or tries > max_retries
+  return rc in NOT_RETRIED or tries > max_retries
 
 
 def run_local(points: Sequence[RunPoint], *, parallel: int = 1,

@@ -254,24 +254,20 @@ def row_dir(label: str) -> str:
 def holdout_unread(config: Any) -> str | None:
   """Why a config's `data.evaluate_on="holdout"` would not be what its run evaluates, if so.
 
-  The classify task (data/classification.py) and the tiny_shakespeare text of the lm and
-  seq2seq tasks (data/lm_text.py) carve the held-out split; any other data would still
-  evaluate the reported split while tuning believed otherwise.
+  The task says (`Task.holdout_unread`): the classify task carves the held-out split
+  from any source (data/classification.py), the lm and seq2seq tasks from
+  tiny_shakespeare text (data/lm_text.py); otherwise the run would still evaluate
+  the reported split while tuning believed otherwise.
   """
-  data = config.get("data") or {}
-  if data.get("evaluate_on", "validation") != "holdout":
+  from reparam_jax.tasks import task_class  # pylint: disable=import-outside-toplevel
+  if (config.get("data") or {}).get("evaluate_on", "validation") != "holdout":
     return None
-  task = config.get("task")
-  if task == "classify":
+  why = task_class(config).holdout_unread(config)
+  if why is None:
     return None
-  other = [k for k in ("prepared", "mixture", "response_field") if data.get(k)]
-  if task in ("lm", "seq2seq") and data.get("name") == "tiny_shakespeare" and not other:
-    return None
-  what = f"data.{other[0]}" if other else f"task {task!r} on data.name={data.get('name')!r}"
-  return (f"data.evaluate_on='holdout' is not read by {what} (only the classify task and "
-          "tiny_shakespeare text carve a held-out split); give Tuning(holdout=...) overrides "
-          "that point this task's evaluation at data carved from training instead (e.g. "
-          "data.eval_prepared or data.eval_source)")
+  return (f"data.evaluate_on='holdout' is not read: {why}; give Tuning(holdout=...) "
+          "overrides that point this task's evaluation at data carved from training "
+          "instead (e.g. data.eval_prepared or data.eval_source)")
 
 
 def _scaled(value: Any, factor: float) -> Any:

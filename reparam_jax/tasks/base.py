@@ -19,3 +19,9 @@ class Task:
     """The folder whose tokenizer this task takes instead of fitting one ('' for none):
     `init_from`'s, for a run that starts from a pretrained model."""
     return config.get("init_from", "")
+
+  @classmethod
+  def holdout_unread(cls, config: ml_collections.ConfigDict) -> str | None:
+    """Why `data.evaluate_on='holdout'` would not be what this task evaluates; None when
+    it carves the held-out split from its training data (tuning, sweeps/tuning.py)."""
+    return f"task {config.get('task')!r} carves no held-out split"

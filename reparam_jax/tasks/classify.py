@@ -82,6 +82,10 @@ class ClassificationTask(Task):
                                     encode_all(self.tokenizer, pairs) if pairs else None)
         for split, (texts, labels, pairs) in data.items()}
 
+  @classmethod
+  def holdout_unread(cls, config: ml_collections.ConfigDict) -> str | None:
+    return None  # load_classification carves it, whatever the source
+
   def tokenizer_sources(self) -> tuple[str, ...]:
     """Runs whose tokenizer this one must reuse (their token ids are in the weights)."""
     return init_from_tokenizer(self.config)

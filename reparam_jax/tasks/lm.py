@@ -79,6 +79,10 @@ def target_weights(batch: Batch) -> jax.Array | None:
 class LanguageModelTask(Task):
   CAUSAL_LM = True
 
+  @classmethod
+  def holdout_unread(cls, config: ml_collections.ConfigDict) -> str | None:
+    return lm_text.holdout_unread(config.data)
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     self.shards = None

@@ -185,6 +185,10 @@ def smoothed_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
 class Seq2SeqTask(Task):
   ENCODER_DECODER = True
 
+  @classmethod
+  def holdout_unread(cls, config: ml_collections.ConfigDict) -> str | None:
+    return lm_text.holdout_unread(config.data)
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None):
     self.config = config
     s = config.seq2seq
