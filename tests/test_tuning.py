@@ -287,3 +287,16 @@ def test_real_runs_choose_on_the_held_out_split(tmp_path: Path) -> None:
   assert tuning.run_tuning(exp, tmp_path / "root", _launcher(calls)) == outcome
   final = tuning.apply_choices(exp, outcome)
   assert final.variants["fixed"] is exp.variants["fixed"]
+
+
+@pytest.mark.parametrize("name", ["adapters", "sst2_pretrained", "adapters_budget"])
+def test_committed_tuned_experiments_are_well_formed(name: str) -> None:
+  """The MiniLM ablations tune every trainable row on the held-out split, at 3 seeds, with
+  a reference row and without reductions that would select on the dev set."""
+  from tests.helpers import REPO  # noqa: PLC0415
+  exp = experiment.load_experiment(os.path.join(REPO, "experiments", f"{name}.py"))
+  tuning.check_tuning(exp)
+  assert exp.seeds == 3 and exp.reference in exp.variants
+  searched = tuning.searched_rows(exp)
+  assert exp.reference in searched and len(searched) >= 4
+  assert all(len(tuning.settings_of(v.search)) == 3 for v in searched.values())
