@@ -67,12 +67,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from reparam_jax.errors import exit_on_user_error
+from reparam_jax.rundir.provenance import check_one_commit
 from reparam_jax.sweeps.experiment import (
   check_configs,
   expand,
@@ -80,13 +80,11 @@ from reparam_jax.sweeps.experiment import (
   run_waves,
   select_variants,
 )
-from reparam_jax.rundir.provenance import check_one_commit
-from reparam_jax.sweeps.budget import resolve_budgets
 from reparam_jax.sweeps.html import write_page
 from reparam_jax.sweeps.launchers import add_runner_flags, report, run_points, runner_kwargs
 from reparam_jax.sweeps.points import split_overrides, validate_points
+from reparam_jax.sweeps.resolve import resolve
 from reparam_jax.sweeps.tables import render
-from reparam_jax.sweeps.tuning import apply_choices, run_tuning
 
 
 @exit_on_user_error
@@ -105,16 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   exp = select_variants(load_experiment(args.experiment), args.variant)
   root = args.workdir or os.path.join("runs", "ablate", exp.name)
 
-  # 1. Sizes from budgets (counted under eval_shape; nothing trains).
-  exp, budget_columns = resolve_budgets(exp, extra_args=extra)
-  # 2. Each searched row's setting, chosen on the held-out split (short runs, halving).
+  # 1. Sizes from budgets (counted under eval_shape: nothing trains); 2. each searched
+  # row's setting, chosen on the held-out split (short runs, successive halving).
   run = None if args.render_only else lambda wave: _run(wave, args)
-  outcome = run_tuning(exp, root, run, extra_args=extra)
-  if not outcome.complete and not args.render_only:
+  resolved = resolve(exp, root, extra, run)
+  if not resolved.complete and not args.render_only:
     print("[ablate] tuning is not finished (points failed, queued or not run); the final "
           "runs wait for its choices: run the same command again")
     return 0 if args.dry_run else 1
-  exp = apply_choices(exp, outcome)
+  exp = resolved.experiment
   # 3. The reported runs: every row at the chosen setting, k seeds, evaluated once.
   points, entries = expand(exp, root, args.seeds, extra)
   status = 0
@@ -144,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   # 4. The table, its plots and its page, from one commit's points unless told otherwise.
   check_one_commit(list(dict.fromkeys(e.point.workdir for e in entries if e.point.done)),
                    args.allow_mixed_commits)
-  extra_columns = _row_columns(exp, budget_columns, outcome.columns if exp.tuning else {})
-  written = render(exp, entries, root, extra_columns=extra_columns)
-  written.append(write_page(exp, entries, root, extra_columns))
+  written = render(exp, entries, root, extra_columns=resolved.extra_columns)
+  written.append(write_page(exp, entries, root, resolved.extra_columns))
   print((Path(root) / "table.md").read_text(encoding="utf-8"))
   for path in written:
     print(f"[ablate] wrote {path}")
@@ -157,20 +153,6 @@ def _run(wave: list, args: argparse.Namespace):
   result = run_points(wave, **runner_kwargs(args))
   report(result, len(wave), args.dry_run)
   return result
-
-
-def _row_columns(exp, *per_row: dict[str, dict[str, str]]) -> dict[str, dict[str, str]] | None:
-  """The budget's solved size and the tuning's choice beside each row; None when no row
-  has either (a table without budgets or searches looks as it always did)."""
-  columns: dict[str, dict[str, str]] = {}
-  for part in per_row:
-    for label, cols in part.items():
-      columns.setdefault(label, {}).update(cols)
-  keys = {k for cols in columns.values() for k, v in cols.items() if v}
-  if not keys or exp.variants is None:
-    return None
-  return {label: {k: columns.get(label, {}).get(k, "") for k in sorted(keys)}
-          for label in exp.variants}
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from reparam_jax.sweeps.html import (
   write_page,
 )
 from reparam_jax.sweeps.points import split_overrides
+from reparam_jax.sweeps.resolve import resolve
 
 
 @exit_on_user_error
@@ -51,13 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not Path(root).is_dir():
     raise UserError(f"{root} does not exist; run `python -m reparam_jax.ablate "
                     f"{args.experiment}` first or pass the --workdir it ran in")
+  resolved = resolve(exp, root, extra)  # budgets and tuning choices: nothing runs
+  exp = resolved.experiment
   _, entries = expand(exp, root, args.seeds, extra)
   if args.out:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page_html(exp, entries), encoding="utf-8")
+    path.write_text(page_html(exp, entries, resolved.extra_columns), encoding="utf-8")
   else:
-    path = write_page(exp, entries, root)
+    path = write_page(exp, entries, root, resolved.extra_columns)
   print(f"[report_html] wrote {path} ({path.stat().st_size:,} bytes)")
   if args.check:
     if find_chromium() is None:

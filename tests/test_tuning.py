@@ -300,3 +300,43 @@ def test_committed_tuned_experiments_are_well_formed(name: str) -> None:
   searched = tuning.searched_rows(exp)
   assert exp.reference in searched and len(searched) >= 4
   assert all(len(tuning.settings_of(v.search)) == 3 for v in searched.values())
+
+
+def test_ablate_tunes_then_runs_the_choices_and_report_html_shows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+  """One `ablate` call: the rungs, then the reported runs at the chosen lr; the table and the
+  page (also rebuilt by `report_html`, which runs nothing) show each row's choice."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from reparam_jax import report_html  # noqa: PLC0415
+  (tmp_path / "cfg.py").write_text(CONFIG)
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAINER)
+  (tmp_path / "exp.py").write_text(textwrap.dedent(f'''
+      from reparam_jax.sweeps.experiment import Experiment, Metric, Variant
+      from reparam_jax.sweeps.tuning import Tuning
+      def get_experiment():
+        return Experiment(
+            name="tuned", config={str(tmp_path / "cfg.py")!r}, seeds=2, reference="small",
+            metrics=[Metric("eval/accuracy", goal="max", fmt=".3f")], curves=(),
+            variants={{"small": Variant({{"size": 1}}, search={{"optimizer.lr": [0.001, 0.01, 0.1]}}),
+                      "big": Variant({{"size": 2}}, search={{"optimizer.lr": [0.003, 0.03, 0.3]}})}},
+            tuning=Tuning("eval/accuracy", holdout={HOLDOUT!r}))
+  '''))
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+  root = tmp_path / "root"
+  args = [str(tmp_path / "exp.py"), f"--workdir={root}", "--no_validate"]
+  out = subprocess.run([sys.executable, "-m", "reparam_jax.ablate", *args,
+                        "--train_module=fake_train"], cwd=REPO, capture_output=True, text=True,
+                       check=False)
+  assert out.returncode == 0, out.stdout + out.stderr
+  # The reported runs are at the choices (held-out best 0.01 and 0.03), 2 seeds each.
+  assert (root / "optimizer.lr=0.01,size=1,seed=1" / "done.json").exists()
+  assert (root / "optimizer.lr=0.03,size=2,seed=0" / "done.json").exists()
+  md = (root / "table.md").read_text()
+  assert "| small | optimizer.lr=0.01 | 3 settings, SH eta=3, 1 rung" in md
+  (root / "index.html").unlink()
+  assert report_html.main(args[:2]) == 0
+  page = (root / "index.html").read_text()
+  assert "optimizer.lr=0.03" in page and 'data-row="big"' in page
+  assert "0.843" in page  # big at lr 0.03, scored on the reported split: a real cell
