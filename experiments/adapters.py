@@ -28,7 +28,7 @@ config's learning rate, chosen on the dev set).
 """
 
 from reparam_jax.sweeps.experiment import Experiment, Metric, Plot, Variant
-from reparam_jax.sweeps.tuning import Tuning
+from reparam_jax.sweeps.tuning import Tuning, around
 
 HOLDOUT = {"data.holdout_examples": 2000, "data.evaluate_on": "holdout"}
 
@@ -36,7 +36,7 @@ HOLDOUT = {"data.holdout_examples": 2000, "data.evaluate_on": "holdout"}
 def row(config: str, lr: float) -> Variant:
   """A row tuned over its config's learning rate `lr`, ÷3 and ×3."""
   return Variant({"config": f"configs/sst2/{config}.py"},
-                 search={"optimizer.lr": [round(lr / 3, 8), lr, round(lr * 3, 8)]})
+                 search={"optimizer.lr": around(lr)})
 
 
 def get_experiment() -> Experiment:

@@ -517,3 +517,9 @@ def apply_choices(exp: Experiment, outcome: TuningOutcome) -> Experiment:
       v = Variant({**v.overrides, **outcome.chosen[label]}, reduce=v.reduce, budget=v.budget)
     variants[label] = v
   return dataclasses.replace(exp, variants=variants)
+
+
+def around(value: float, factor: float = 3.0) -> list[float]:
+  """`[value / factor, value, value * factor]`: a row's search around its config's setting
+  (rounded to 8 digits, so point names stay short)."""
+  return [round(value / factor, 8), value, round(value * factor, 8)]

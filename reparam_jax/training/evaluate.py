@@ -43,13 +43,8 @@ def per_example_outcomes(model: Any, task: Any, state: steps.TrainState, mesh: A
   if not hasattr(task, "eval_examples"):
     return None
 
-  def step(state: steps.TrainState, batch: dict) -> dict:
-    def apply_fn(*args: Any, train: bool, **kwargs: Any) -> Any:
-      return model.apply({"params": state.params, **state.extra}, *args, train=train, **kwargs)
-    return task.eval_examples(apply_fn, batch)
-
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.jit(step, out_shardings=replicated)
+  step = jax.jit(steps.make_eval_step(model, task, "eval_examples"), out_shardings=replicated)
   parts: dict[str, list[np.ndarray]] = {}
   for batch in task.eval_batches():
     out = jax.device_get(step(state, to_global(batch, batch_sharding)))

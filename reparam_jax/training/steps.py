@@ -209,11 +209,13 @@ def _value_and_grad(loss_fn: LossFn) -> Callable[..., Any]:
   return fn
 
 
-def make_eval_step(model: nn.Module, task: Any) -> Callable[[TrainState, dict], dict]:
+def make_eval_step(model: nn.Module, task: Any, method: str = "eval_sums"
+                   ) -> Callable[[TrainState, dict], dict]:
+  """The task's `method` (its sums, or `eval_examples`' per-example outcomes) on a batch."""
   def eval_step(state: TrainState, batch: dict) -> dict:
     def apply_fn(*args: Any, train: bool, **kwargs: Any) -> Any:
       return model.apply({"params": state.params, **state.extra}, *args, train=train, **kwargs)
-    return task.eval_sums(apply_fn, batch)
+    return getattr(task, method)(apply_fn, batch)
   return eval_step
 
 
