@@ -210,7 +210,8 @@ def base_config() -> ml_collections.ConfigDict:
   # in XLA_FLAGS takes precedence.  No effect on accelerators.
   c.perf.cpu_devices = 0
   # Threefry random bits on CPU as one fused loop (the same bits, ~3x faster to
-  # draw; longer compiles): reparam_jax/perf/rng.py.  No effect on accelerators.
+  # draw; longer compiles): reparam_jax/perf/rng.py.  No effect on accelerators,
+  # nor where JAX_DISABLE_MOST_OPTIMIZATIONS=1 asks for short compiles (the tests).
   c.perf.cpu_unrolled_threefry = True
   return c
 
