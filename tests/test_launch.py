@@ -310,10 +310,13 @@ def test_array_task_passes_sigterm_on_and_requeues(tmp_path: Path,
              REPARAM_PYTHON=sys.executable, REPARAM_MODULE="fake_train")
   task = subprocess.Popen(["bash", str(LAUNCH / "slurm_array.sbatch"), str(array_file)],
                           cwd=REPO, env=env)
-  deadline = time.monotonic() + 30
+  deadline = time.monotonic() + 120
   while not (wd / "started").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
+  assert (wd / "started").exists(), "the fake run did not start within 120 s"
   task.send_signal(signal.SIGTERM)  # what --signal=B:TERM@grace sends the batch shell
+  # The run's own exit status (0: it checkpointed), not the 143 of the `wait` the trap cut
+  # short: that was the script's exit when the run ended before the trap's loop looked.
   assert task.wait(timeout=30) == 0
   assert (wd / "ckpt").exists() and not (wd / "done.json").exists()
   assert (tmp_path / "scontrol_calls.txt").read_text().split() == ["requeue", "77_0"]
