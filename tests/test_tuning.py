@@ -4,6 +4,7 @@ that keep it fair and off the reported split, and the rungs run through the loca
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -163,6 +164,24 @@ def test_holdout_overrides_a_task_does_not_read_are_refused() -> None:
   from reparam_jax.config.validate import validate_config
   with pytest.raises(UserError, match="task 'mlm' carves no held-out split"):
     validate_config(config)
+
+
+def test_early_stopping_in_a_tuned_row_is_refused(tmp_path: Path) -> None:
+  """The reported runs would keep their best checkpoint by the reported split's evaluations."""
+  (tmp_path / "cfg.py").write_text(CONFIG.replace(
+      '"optimizer":', '"early_stopping": {"metric": ""}, "optimizer":'))
+  exp = _exp(str(tmp_path / "cfg.py"))
+  stopping = dataclasses.replace(exp, variants={
+      **exp.variants, "big": dataclasses.replace(
+          exp.variants["big"], overrides={**exp.variants["big"].overrides,
+                                          "early_stopping.metric": "eval/accuracy"})})
+  submitted: list[str] = []
+  with pytest.raises(UserError, match="row 'big': early_stopping.metric='eval/accuracy' would "
+                                      "keep the reported runs' best checkpoint"):
+    tuning.run_tuning(stopping, tmp_path, lambda pts: submitted.extend(p.name for p in pts))
+  assert submitted == []  # refused before anything ran
+  tuning.run_tuning(exp, tmp_path, lambda pts: submitted.extend(p.name for p in pts))
+  assert submitted  # the same rows without it start their rungs
 
 
 # --- the rungs, through the local launcher ---------------------------------------------------

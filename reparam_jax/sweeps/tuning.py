@@ -315,6 +315,14 @@ def _row_state(exp: Experiment, label: str, v: Variant, root: str,
   problem = holdout_unread(config)
   if problem:
     raise UserError(f"experiment {exp.name}: row {label!r}: {problem}")
+  stopping = (config.get("early_stopping") or {}).get("metric", "")
+  if stopping:
+    # The reported runs would keep their best evaluation on the split the table reports: a
+    # choice made on it, which is what the tuning exists to avoid.
+    raise UserError(f"experiment {exp.name}: row {label!r}: early_stopping.metric="
+                    f"{stopping!r} would keep the reported runs' best checkpoint by their "
+                    "evaluations on the reported split; a tuned row trains for its full steps: "
+                    "set early_stopping.metric='' in its overrides, or search num_steps instead")
 
   def read(key: str) -> Any:
     node: Any = config
