@@ -56,8 +56,7 @@ class StepRunner:
                batches: list[dict[str, np.ndarray]] | None = None):
     self.config = config
     # As the trainer compiles its step (training/loop.py).
-    rng_lowering.use_unrolled_threefry_on_cpu(
-        rng_lowering.unrolled_wanted(config.perf.get("cpu_unrolled_threefry", True)))
+    rng_lowering.use_configured_lowering(config)
     self.task = task if task is not None else SyntheticLMTask(config, vocab_size)
     self.reparam = Reparam.from_config(config.reparam)
     self.model = self.reparam.wrap(self.task.model())

@@ -23,6 +23,8 @@ programs compiled *afterwards* are lowered, in this process.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from jax.interpreters import mlir
 
@@ -42,6 +44,13 @@ def unrolled_wanted(requested: bool) -> bool:
   and a test's program runs a few times.  The bits are the same either way.
   """
   return bool(requested) and not jax.config.values.get("jax_disable_most_optimizations", False)
+
+
+def use_configured_lowering(config: Any) -> bool:
+  """What the trainer (and a benchmark compiling its step) sets before compiling: the lowering
+  `config.perf.cpu_unrolled_threefry` asks for, as `unrolled_wanted` decides."""
+  return use_unrolled_threefry_on_cpu(
+      unrolled_wanted(config.perf.get("cpu_unrolled_threefry", True)))
 
 
 def use_unrolled_threefry_on_cpu(enabled: bool = True) -> bool:

@@ -55,8 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = pretrained.resolve(config)  # a pretrained init_from supplies the architecture
   config_validate.validate_config(config)
   devices.configure_cpu_devices(config.perf.cpu_devices)
-  rng_lowering.use_unrolled_threefry_on_cpu(
-      rng_lowering.unrolled_wanted(config.perf.get("cpu_unrolled_threefry", True)))
+  rng_lowering.use_configured_lowering(config)
   rundir.prepare(workdir, jax.process_index())
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
