@@ -184,6 +184,24 @@ def test_early_stopping_in_a_tuned_row_is_refused(tmp_path: Path) -> None:
   assert submitted  # the same rows without it start their rungs
 
 
+def test_early_stopping_in_an_unsearched_row_of_a_tuned_table_is_refused(tmp_path: Path) -> None:
+  """An unsearched row's reported runs are evaluated on the reported split like the others."""
+  (tmp_path / "cfg.py").write_text(CONFIG.replace(
+      '"optimizer":', '"early_stopping": {"metric": ""}, "optimizer":'))
+  unequal = Tuning("eval/accuracy", holdout=HOLDOUT, eta=2, allow_unequal=True)
+  exp = _exp(str(tmp_path / "cfg.py"), tuning=unequal)
+  stopping = dataclasses.replace(exp, variants={
+      **exp.variants, "plain": Variant({"size": 1, "early_stopping.metric": "eval/loss"})})
+  submitted: list[str] = []
+  with pytest.raises(UserError, match="row 'plain': early_stopping.metric='eval/loss' would "
+                                      "keep the reported runs' best checkpoint"):
+    tuning.run_tuning(stopping, tmp_path, lambda pts: submitted.extend(p.name for p in pts))
+  assert submitted == []
+  plain = dataclasses.replace(exp, variants={**exp.variants, "plain": Variant({"size": 1})})
+  tuning.run_tuning(plain, tmp_path, lambda pts: submitted.extend(p.name for p in pts))
+  assert submitted
+
+
 # --- the rungs, through the local launcher ---------------------------------------------------
 
 def _launcher(calls: list[list[str]], parallel: int = 2, train_module: str = "reparam_jax.train"):

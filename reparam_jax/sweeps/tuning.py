@@ -295,6 +295,32 @@ class _Row:
   steps_run: dict[str, int] = dataclasses.field(default_factory=dict)  # point name -> its steps
 
 
+def _refuse_early_stopping(exp: Experiment, label: str, config: Any) -> None:
+  """A row of a tuned table trains for its full steps: early stopping would keep the reported
+  runs' best evaluation on the split the table reports, a choice made on it, which is what the
+  tuning exists to avoid (for an unsearched row as much as for a searched one)."""
+  stopping = (config.get("early_stopping") or {}).get("metric", "")
+  if stopping:
+    raise UserError(f"experiment {exp.name}: row {label!r}: early_stopping.metric="
+                    f"{stopping!r} would keep the reported runs' best checkpoint by their "
+                    "evaluations on the reported split; a tuned row trains for its full steps: "
+                    "set early_stopping.metric='' in its overrides, or search num_steps instead")
+
+
+def _check_unsearched_rows(exp: Experiment, extra_args: Sequence[str]) -> None:
+  """Builds each unsearched row's config (as its reported runs will) to refuse early stopping."""
+  for label, v in ((lbl, _variant(v)) for lbl, v in (exp.variants or {}).items()):
+    if v.search:
+      continue
+    base = {hyper.normalize_key(k): val for k, val in {**exp.overrides, **v.overrides}.items()}
+    config_spec = base.get(hyper.CONFIG_KEY) or exp.config
+    if not config_spec:
+      continue  # the experiment's own checks say a row without a config is wrong
+    flags = [override_flag(k, val) for k, val in base.items() if k != hyper.CONFIG_KEY]
+    config, _ = config_load.load([f"--config={config_spec}", *flags, *extra_args])
+    _refuse_early_stopping(exp, label, config)
+
+
 def _row_state(exp: Experiment, label: str, v: Variant, root: str,
                extra_args: Sequence[str]) -> _Row:
   """Reads the row's full steps (and scaled keys) from its built config."""
@@ -315,14 +341,7 @@ def _row_state(exp: Experiment, label: str, v: Variant, root: str,
   problem = holdout_unread(config)
   if problem:
     raise UserError(f"experiment {exp.name}: row {label!r}: {problem}")
-  stopping = (config.get("early_stopping") or {}).get("metric", "")
-  if stopping:
-    # The reported runs would keep their best evaluation on the split the table reports: a
-    # choice made on it, which is what the tuning exists to avoid.
-    raise UserError(f"experiment {exp.name}: row {label!r}: early_stopping.metric="
-                    f"{stopping!r} would keep the reported runs' best checkpoint by their "
-                    "evaluations on the reported split; a tuned row trains for its full steps: "
-                    "set early_stopping.metric='' in its overrides, or search num_steps instead")
+  _refuse_early_stopping(exp, label, config)
 
   def read(key: str) -> Any:
     node: Any = config
@@ -437,6 +456,7 @@ def run_tuning(exp: Experiment, root: str | os.PathLike[str],
   if exp.tuning is None:
     return TuningOutcome({}, columns, {label: 0.0 for label in columns}, True)
   t = exp.tuning
+  _check_unsearched_rows(exp, extra_args)
   rows = [_row_state(exp, label, v, root, extra_args) for label, v in searched_rows(exp).items()]
   for row in rows:
     if not row.schedule:  # one setting: nothing to choose
