@@ -1,7 +1,7 @@
 """Ablation tables: collect each point's metric, mean ± std over seeds, render Markdown/CSV/LaTeX.
 
 With `Experiment.reference`, every goal metric gets a Δ-vs-reference column:
-a paired test per row (per-example bootstrap where runs wrote
+a paired test per row (a bootstrap over seeds and examples where runs wrote
 eval_examples.npz for that metric, else a t-test over shared seeds; stats.py),
 marked NOT_SIGNIFICANT where the 95% interval contains 0. `table_view` is the
 format-independent table every renderer (Markdown, LaTeX, HTML) draws.
@@ -92,7 +92,7 @@ def _number(x: Any) -> float | None:
 
 
 # Metric key -> the per-example array of `eval_examples.npz` whose mean it is: those
-# metrics are compared by a paired bootstrap over the evaluation examples.
+# metrics are compared by a paired bootstrap over the seeds and evaluation examples.
 PER_EXAMPLE: dict[str, str] = {"eval/accuracy": "correct"}
 
 # The one mark for a difference whose 95% interval contains 0, in every format.
@@ -248,9 +248,9 @@ def _paired_keys(seeds: Sequence[Any]) -> list[tuple[Any, int]]:
 
 def compare_cells(row: Cell, ref: Cell,
                   n_resamples: int = stats.BOOTSTRAP_RESAMPLES) -> RowComparison | None:
-  """`row` − `ref` on the seeds both finished: per-example bootstrap where both rows have
-  per-example scores of the same length at every shared seed, else a t-test over seeds.
-  None when no seed finished in both."""
+  """`row` − `ref` on the seeds both finished: a bootstrap over those seeds and the examples
+  where both rows have per-example scores of the same length at every shared seed, else a
+  t-test over seeds. None when no seed finished in both."""
   row_at = dict(zip(_paired_keys(row.seeds), range(row.n)))
   ref_at = dict(zip(_paired_keys(ref.seeds), range(ref.n)))
   shared = [k for k in row_at if k in ref_at]
@@ -262,9 +262,7 @@ def compare_cells(row: Cell, ref: Cell,
   b_ex = [ref.examples[ref_at[k]] if ref.examples else None for k in shared]
   sizes = {x.size for x in a_ex + b_ex if x is not None}
   if all(x is not None for x in a_ex + b_ex) and len(sizes) == 1:
-    # Seeds averaged per example: the bootstrap resamples examples, the seeds ride along.
-    comparison = stats.paired_bootstrap(np.mean(a_ex, axis=0), np.mean(b_ex, axis=0),
-                                        n_resamples=n_resamples)
+    comparison = stats.paired_bootstrap(np.stack(a_ex), np.stack(b_ex), n_resamples=n_resamples)
   else:
     comparison = stats.paired_seeds([row.values[row_at[k]] for k in shared],
                                     [ref.values[ref_at[k]] for k in shared])
@@ -438,10 +436,13 @@ def _notes(table: Table, shown_intervals: bool) -> list[str]:
       continue
     c = rc.comparison
     name = table.column_name((metric, cv))
-    if c.method == stats.BOOTSTRAP:
+    if c.method == stats.MULTI_BOOTSTRAP:
+      what = (f"paired bootstrap over the shared seeds and the {c.n} evaluation examples "
+              f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, each drawing seeds and examples with "
+              "replacement; Sellam et al. 2022)")
+    elif c.method == stats.BOOTSTRAP:
       what = (f"paired bootstrap over the {c.n} evaluation examples "
-              f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, each example's score averaged "
-              "over the shared seeds)")
+              f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, one shared seed)")
     elif c.method == stats.SEED_T_TEST:
       what = "paired t-test over the seeds both rows finished"
     else:
