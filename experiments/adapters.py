@@ -16,7 +16,7 @@ same search budget for every row) on 2,000 sentences held out of the training
 split (successive halving, η = 3: one full run's worth of 200-step runs per
 row); the row then trains at its choice with seeds 0, 1, 2 and is evaluated
 once on the dev set; each row is compared with full fine-tuning by a paired
-bootstrap over the 872 dev sentences.  About 36 runs of ~5 min on the 2-core
+bootstrap over the seeds and the 872 dev sentences.  About 36 runs of ~5 min on the 2-core
 CPU (3 h).
 
 "frozen bytes" is what the optimizer never updates (done.json's

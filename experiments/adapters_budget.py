@@ -11,7 +11,7 @@ chosen on 2,000 sentences held out of the training split (successive halving,
 η = 3: the three learning rates at 200 steps, the best one kept), then the row
 trains at it for 600 steps with seeds 0, 1, 2 and is evaluated once on the 872
 dev sentences.  Differences from the reference are paired bootstraps over the
-dev sentences (the three seeds' correctness averaged per sentence).
+three seeds and the dev sentences (both drawn with replacement in each resample).
 
   python -m reparam_jax.ablate experiments/adapters_budget.py --workdir=runs/ablate/adapters_budget
 

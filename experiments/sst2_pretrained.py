@@ -21,7 +21,7 @@ Each trained row's learning rate is chosen among three (its config's, ÷3 and
 ×3) on 2,000 sentences held out of the training split (successive halving,
 η = 3), then the row trains at its choice with seeds 0, 1, 2 and is evaluated
 once on the dev set; rows are compared with full fine-tuning by a paired
-bootstrap over the 872 dev sentences.  About 70 runs of ~5 min on the 2-core
+bootstrap over the seeds and the 872 dev sentences.  About 70 runs of ~5 min on the 2-core
 CPU (6 h).  Three rows (full fine-tuning, LoRA q,v r=8, LoRA all r=8) are
 experiments/adapters.py's, with the same configs and search: given the same
 --workdir, the second of the two ablations finds their 9 tuning runs and 9
