@@ -204,6 +204,14 @@ def test_table_compares_each_row_with_the_reference_and_marks_not_significant(
   assert by["better"]["chosen"] == "optimizer.lr=3e-4" and by["full"]["search"] == ""
   assert float(by["full"]["eval/loss ci_low"]) == pytest.approx(0.41 - T_2DF * 0.01
                                                                 / math.sqrt(3))
+  # seeds.csv: every finished run's value; the row missing seed 2 has seeds 0 and 1.
+  seeds = list(csv.DictReader(io.StringIO((tmp_path / "seeds.csv").read_text())))
+  accuracy = [(r["variant"], r["seed"]) for r in seeds if r["metric"] == "eval/accuracy"]
+  assert [s for v, s in accuracy if v == "short"] == ["0", "1"]
+  assert [s for v, s in accuracy if v == "better"] == ["0", "1", "2"]
+  cell = tables.collect(exp, entries).cells[(("better",), exp.metrics[0], None)]
+  assert [float(r["value"]) for r in seeds if r["variant"] == "better"
+          and r["metric"] == "eval/accuracy"] == pytest.approx(cell.values)
   # One mark, the same in every format.
   for text in (md, tex, (tmp_path / "table.csv").read_text()):
     assert text.count(tables.NOT_SIGNIFICANT) >= 2

@@ -247,6 +247,17 @@ def test_rungs_choose_on_the_holdout_resume_and_apply(tmp_path: Path,
   assert rung0["scores"][3]["score"] is None and rung0["scores"][1]["score"] > 0.6
   assert [e["setting"]["optimizer.lr"] for e in rung1["scores"]] == [0.001, 0.01]
   assert row["planned_cost"] == pytest.approx(2.0) and choices["holdout"] == HOLDOUT
+  # choices.md: the same record as a table, a line per setting, a column per rung.
+  md = (root / "tuning" / "choices.md").read_text().splitlines()
+  assert md[0].startswith("Tuning: each setting's eval/accuracy (max) on the held-out split "
+                          "(data.holdout_examples=40, data.evaluate_on=holdout), seed 0")
+  assert md[2] == "| row | setting | rung 0 | rung 1 | chosen |"
+  small_lines = md[4:8]
+  assert small_lines[0].startswith("| small | optimizer.lr=0.001 | ")
+  assert small_lines[1].startswith("|  | optimizer.lr=0.01 | ")
+  assert small_lines[1].endswith(" @ 4 | **chosen** |")
+  assert small_lines[3] == "|  | optimizer.lr=1.0 | diverged @ 2 | — |  |"
+  assert sum("**chosen**" in line for line in md) == 2
 
   # Re-running trains nothing: finished points are skipped, the diverged one is not retried.
   invocations = {p: (p / "invocations.txt").read_text() for p in small.iterdir()}

@@ -599,6 +599,22 @@ def render_csv(table: Table, extra_columns: Mapping[str, Mapping[str, str]] | No
   return buf.getvalue()
 
 
+def render_seeds_csv(table: Table) -> str:
+  """Every finished run's value, one line per (row, column, metric, seed): what each mean ± std
+  of the table is made of, for a reader who wants the seeds themselves."""
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  pivot = [str(table.exp.columns)] if table.exp.columns else []
+  w.writerow([str(k) for k in table.exp.rows] + pivot + ["metric", "seed", "value"])
+  for rk in table.row_keys:
+    for metric, cv in table.columns:
+      cell = table.cells.get((rk, metric, cv))
+      for seed, value in zip(cell.seeds, cell.values) if cell else ():
+        w.writerow([_fmt_label(v) for v in rk] + ([_fmt_label(cv)] if pivot else [])
+                   + [metric.key, seed, _csv_number(value)])
+  return buf.getvalue()
+
+
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}"}
@@ -715,7 +731,7 @@ def _reduce_of(exp: Experiment, key: str) -> str:
 
 def render(exp: Experiment, entries: Sequence[Entry], root: str | os.PathLike[str],
            extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> list[Path]:
-  """Writes table.{md,csv,tex}, the declared plots and curves.png into `root`.
+  """Writes table.{md,csv,tex}, seeds.csv, the declared plots and curves.png into `root`.
 
   `extra_columns` maps a row label to {column name: text}, shown after the row
   label in every format (e.g. a tuned row's chosen setting and search budget).
@@ -726,6 +742,7 @@ def render(exp: Experiment, entries: Sequence[Entry], root: str | os.PathLike[st
   written = []
   for name, text in (("table.md", render_markdown(table, extra_columns)),
                      ("table.csv", render_csv(table, extra_columns)),
+                     ("seeds.csv", render_seeds_csv(table)),
                      ("table.tex", render_latex(table, extra_columns))):
     (root / name).write_text(text, encoding="utf-8")
     written.append(root / name)

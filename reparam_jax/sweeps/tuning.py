@@ -523,7 +523,41 @@ def _write_choices(exp: Experiment, root: str, rows: Sequence[_Row],
   path = Path(root) / TUNING_DIR / CHOICES
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(out, indent=1, default=repr) + "\n", encoding="utf-8")
+  path.with_suffix(".md").write_text(choices_markdown(out), encoding="utf-8")
   return path
+
+
+def choices_markdown(choices: Mapping[str, Any]) -> str:
+  """choices.json as a Markdown table: every setting's held-out score at every rung, the choice.
+
+  One line per (row, setting), one column per rung; a cell is the score and the rung's steps
+  ("0.8585 @ 200"), "—" where the setting did not reach that rung.
+  """
+  rows = choices["rows"]
+  n_rungs = max((len(r["rungs"]) for r in rows.values()), default=0)
+  holdout = ", ".join(f"{k}={format_value(v)}" for k, v in choices["holdout"].items())
+  lines = [f"Tuning: each setting's {choices['metric']} ({choices['goal']}) on the held-out split "
+           f"({holdout}), seed {choices['seed']}, successive halving with eta={choices['eta']}.",
+           "",
+           "| row | setting | " + " | ".join(f"rung {i}" for i in range(n_rungs)) + " | chosen |",
+           "|---|---|" + "---:|" * n_rungs + "---|"]
+  for label, row in rows.items():
+    for i, setting in enumerate(row["settings"]):
+      cells = []
+      for rung in row["rungs"]:
+        entry = next((e for e in rung["scores"] if e["setting"] == setting), None)
+        if entry is None:
+          cells.append("—")
+        elif entry["score"] is None:
+          cells.append(f"{entry['status']} @ {rung['steps']}")
+        else:
+          cells.append(f"{entry['score']:.4f} @ {rung['steps']}")
+      cells += [""] * (n_rungs - len(cells))
+      chosen = "**chosen**" if setting == row["chosen"] else ""
+      name = label.replace("|", "\\|") if i == 0 else ""
+      lines.append(f"| {name} | {_describe_setting(setting) or '(config)'} | "
+                   + " | ".join(cells) + f" | {chosen} |")
+  return "\n".join(lines) + "\n"
 
 
 def apply_choices(exp: Experiment, outcome: TuningOutcome) -> Experiment:
