@@ -202,6 +202,22 @@ def test_early_stopping_in_an_unsearched_row_of_a_tuned_table_is_refused(tmp_pat
   assert submitted
 
 
+def test_a_choice_on_the_edge_of_its_range_says_so() -> None:
+  """The best setting at the end of a searched range may have a better one beyond it."""
+  settings = [{"optimizer.lr": lr, "model.dropout": d, "model.act": "gelu"}
+              for lr in (1e-4, 3e-4, 1e-3) for d in (0.0, 0.1)]
+  corner = {"optimizer.lr": 1e-3, "model.dropout": 0.0, "model.act": "gelu"}
+  assert tuning.at_edge(settings, corner) == {"optimizer.lr": "largest",
+                                              "model.dropout": "smallest"}
+  inside = {"optimizer.lr": 3e-4, "model.dropout": 0.1, "model.act": "gelu"}
+  assert tuning.at_edge(settings, inside) == {"model.dropout": "largest"}
+  assert tuning.at_edge([{"lr": 1}], {"lr": 1}) == {}  # one value: no range to be on the edge of
+  assert tuning.at_edge([{"on": False}, {"on": True}], {"on": True}) == {}
+  assert tuning._describe_choice(settings, corner) == (
+      "optimizer.lr=0.001 (largest searched), model.dropout=0.0 (smallest searched), "
+      "model.act=gelu")
+
+
 # --- the rungs, through the local launcher ---------------------------------------------------
 
 def _launcher(calls: list[list[str]], parallel: int = 2, train_module: str = "reparam_jax.train"):
@@ -240,7 +256,7 @@ def test_rungs_choose_on_the_holdout_resume_and_apply(tmp_path: Path,
 
   choices = json.loads((root / "tuning" / "choices.json").read_text())
   row = choices["rows"]["small"]
-  assert row["chosen"] == {"optimizer.lr": 0.01} and row["complete"]
+  assert row["chosen"] == {"optimizer.lr": 0.01} and row["complete"] and row["at_edge"] == {}
   rung0, rung1 = row["rungs"]
   assert rung0["steps"] == 2 and rung1["steps"] == 4
   assert [e["status"] for e in rung0["scores"]] == ["done", "done", "done", "diverged"]

@@ -438,6 +438,31 @@ def _describe_setting(setting: Mapping[str, Any]) -> str:
   return ", ".join(f"{k}={format_value(v)}" for k, v in setting.items())
 
 
+def at_edge(settings: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> dict[str, str]:
+  """{key: "largest" | "smallest"} for each numeric key whose chosen value is the largest or
+  smallest of the values searched for it: the best may lie outside the range, so a reader
+  should know (the tuning playbooks' check that the best trial is not on the boundary)."""
+  edges = {}
+  for key, value in chosen.items():
+    values = {s[key] for s in settings if key in s}
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or len(values) < 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+      continue
+    if value == max(values):
+      edges[key] = "largest"
+    elif value == min(values):
+      edges[key] = "smallest"
+  return edges
+
+
+def _describe_choice(settings: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> str:
+  """The chosen setting, each value on the edge of its range said so: "optimizer.lr=0.003
+  (largest searched)"."""
+  edges = at_edge(settings, chosen)
+  return ", ".join(f"{k}={format_value(v)}" + (f" ({edges[k]} searched)" if k in edges else "")
+                   for k, v in chosen.items())
+
+
 def run_tuning(exp: Experiment, root: str | os.PathLike[str],
                run: Callable[[list[RunPoint]], SweepResult | None] | None,
                extra_args: Sequence[str] = ()) -> TuningOutcome:
@@ -496,7 +521,8 @@ def run_tuning(exp: Experiment, root: str | os.PathLike[str],
     n = len(row.settings)
     rungs = f"SH eta={t.eta}, {len(row.schedule)} rung{'s' * (len(row.schedule) != 1)}"
     columns[row.label] = {
-        "chosen": "" if row.chosen is None else _describe_setting(row.settings[row.chosen]),
+        "chosen": ("" if row.chosen is None
+                   else _describe_choice(row.settings, row.settings[row.chosen])),
         "search": f"{n} setting{'s' * (n != 1)}, {rungs}, {cost[row.label]:.3g} full runs"}
     if row.chosen is not None:
       chosen[row.label] = dict(row.settings[row.chosen])
@@ -515,6 +541,7 @@ def _write_choices(exp: Experiment, root: str, rows: Sequence[_Row],
   for row in rows:
     out["rows"][row.label] = {
         "chosen": None if row.chosen is None else row.settings[row.chosen],
+        "at_edge": {} if row.chosen is None else at_edge(row.settings, row.settings[row.chosen]),
         "complete": row.chosen is not None, "waiting_for": row.blocked or None,
         "settings": row.settings, "full_steps": row.full_steps,
         "schedule": [dataclasses.asdict(r) for r in row.schedule],
@@ -553,7 +580,10 @@ def choices_markdown(choices: Mapping[str, Any]) -> str:
         else:
           cells.append(f"{entry['score']:.4f} @ {rung['steps']}")
       cells += [""] * (n_rungs - len(cells))
-      chosen = "**chosen**" if setting == row["chosen"] else ""
+      edges = row.get("at_edge") or {}
+      chosen = ""
+      if setting == row["chosen"]:
+        chosen = "**chosen**" + "".join(f", {k} the {e} searched" for k, e in edges.items())
       name = label.replace("|", "\\|") if i == 0 else ""
       lines.append(f"| {name} | {_describe_setting(setting) or '(config)'} | "
                    + " | ".join(cells) + f" | {chosen} |")
