@@ -307,18 +307,26 @@ def _refuse_early_stopping(exp: Experiment, label: str, config: Any) -> None:
                     "set early_stopping.metric='' in its overrides, or search num_steps instead")
 
 
+def _row_config(exp: Experiment, label: str, base: Mapping[str, Any],
+                extra_args: Sequence[str]) -> Any:
+  """The config a row's run builds from its overrides `base` (and the command line's)."""
+  config_spec = base.get(hyper.CONFIG_KEY) or exp.config
+  if not config_spec:
+    raise UserError(f"experiment {exp.name}: row {label!r} has no config")
+  flags = [override_flag(k, val) for k, val in base.items() if k != hyper.CONFIG_KEY]
+  config, _ = config_load.load([f"--config={config_spec}", *flags, *extra_args])
+  return config
+
+
+def _overrides(exp: Experiment, v: Variant) -> dict[str, Any]:
+  return {hyper.normalize_key(k): val for k, val in {**exp.overrides, **v.overrides}.items()}
+
+
 def _check_unsearched_rows(exp: Experiment, extra_args: Sequence[str]) -> None:
   """Builds each unsearched row's config (as its reported runs will) to refuse early stopping."""
   for label, v in ((lbl, _variant(v)) for lbl, v in (exp.variants or {}).items()):
-    if v.search:
-      continue
-    base = {hyper.normalize_key(k): val for k, val in {**exp.overrides, **v.overrides}.items()}
-    config_spec = base.get(hyper.CONFIG_KEY) or exp.config
-    if not config_spec:
-      continue  # the experiment's own checks say a row without a config is wrong
-    flags = [override_flag(k, val) for k, val in base.items() if k != hyper.CONFIG_KEY]
-    config, _ = config_load.load([f"--config={config_spec}", *flags, *extra_args])
-    _refuse_early_stopping(exp, label, config)
+    if not v.search:
+      _refuse_early_stopping(exp, label, _row_config(exp, label, _overrides(exp, v), extra_args))
 
 
 def _row_state(exp: Experiment, label: str, v: Variant, root: str,
@@ -326,17 +334,13 @@ def _row_state(exp: Experiment, label: str, v: Variant, root: str,
   """Reads the row's full steps (and scaled keys) from its built config."""
   t = exp.tuning
   assert t is not None
-  base = {hyper.normalize_key(k): val for k, val in {**exp.overrides, **v.overrides}.items()}
+  base = _overrides(exp, v)
   base.update({hyper.normalize_key(k): val for k, val in t.holdout.items()})
-  config_spec = base.get(hyper.CONFIG_KEY) or exp.config
-  if not config_spec:
-    raise UserError(f"experiment {exp.name}: row {label!r} has no config")
   # The tuning points set the steps and scaled keys themselves: a command-line value of
   # one of them is the full length, not a clash.
   owned = {t.steps_key, *t.scale_keys}
   extra = [a for a in extra_args if a.split("=", 1)[0][len("--config."):] not in owned]
-  flags = [override_flag(k, val) for k, val in base.items() if k != hyper.CONFIG_KEY]
-  config, _ = config_load.load([f"--config={config_spec}", *flags, *extra_args])
+  config = _row_config(exp, label, base, extra_args)
 
   problem = holdout_unread(config)
   if problem:
@@ -347,6 +351,7 @@ def _row_state(exp: Experiment, label: str, v: Variant, root: str,
     node: Any = config
     for part in key.split("."):
       if part not in node:
+        config_spec = base.get(hyper.CONFIG_KEY) or exp.config
         raise UserError(f"experiment {exp.name}: row {label!r}: config {config_spec} has no key "
                         f"{key!r} (Tuning.steps_key / scale_keys)")
       node = node[part]
@@ -444,9 +449,9 @@ def at_edge(settings: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) ->
   should know (the tuning playbooks' check that the best trial is not on the boundary)."""
   edges = {}
   for key, value in chosen.items():
-    values = {s[key] for s in settings if key in s}
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or len(values) < 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+    values = [s[key] for s in settings if key in s]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in (value, *values)) or len(set(values)) < 2:
       continue
     if value == max(values):
       edges[key] = "largest"
