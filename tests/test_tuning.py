@@ -363,7 +363,23 @@ def test_committed_tuned_experiments_are_well_formed(name: str) -> None:
   assert exp.seeds == 3 and exp.reference in exp.variants
   searched = tuning.searched_rows(exp)
   assert exp.reference in searched and len(searched) >= 4
-  assert all(len(tuning.settings_of(v.search)) == 3 for v in searched.values())
+  sizes = {len(tuning.settings_of(v.search)) for v in searched.values()}
+  assert len(sizes) == 1 and sizes <= {3, 4}  # one search budget for every row
+
+
+def test_rows_shared_by_adapters_and_sst2_pretrained_are_the_same_points() -> None:
+  """Given one --workdir, the second ablation reuses the first's runs of the rows they share:
+  only when those rows, the experiment-wide overrides and the tuning are declared alike."""
+  from tests.helpers import REPO  # noqa: PLC0415
+  adapters, pretrained = (experiment.load_experiment(
+      os.path.join(REPO, "experiments", f"{name}.py")) for name in ("adapters", "sst2_pretrained"))
+  shared = sorted(set(adapters.variants) & set(pretrained.variants))
+  assert shared == ["LoRA all r=8", "LoRA q,v r=8", "full fine-tuning"]
+  for label in shared:
+    assert adapters.variants[label] == pretrained.variants[label], label
+  assert adapters.overrides == pretrained.overrides and adapters.seeds == pretrained.seeds
+  same = ("metric", "goal", "holdout", "seed", "eta", "min_fraction", "steps_key", "scale_keys")
+  assert all(getattr(adapters.tuning, f) == getattr(pretrained.tuning, f) for f in same)
 
 
 def test_ablate_tunes_then_runs_the_choices_and_report_html_shows_them(
