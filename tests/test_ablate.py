@@ -124,9 +124,14 @@ def test_pivot_columns(tmp_path: Path) -> None:
   points, entries = experiment.expand(exp, tmp_path)
   for e in entries:
     write_run(e.point.workdir, {"eval/loss": e.labels["lr"] * 10 + e.labels["size"]}, [])
-  md = tables.render_markdown(tables.collect(exp, entries))
+  table = tables.collect(exp, entries)
+  md = tables.render_markdown(table)
   assert "| lr | size=1 | size=2 |" in md
   assert "| 0.2 | 3 | 4 |" in md
+  # seeds.csv names the pivot column's value on each line.
+  assert tables.render_seeds_csv(table).splitlines() == [
+      "lr,size,metric,seed,value", "0.1,1,eval/loss,0,2", "0.1,2,eval/loss,0,3",
+      "0.2,1,eval/loss,0,3", "0.2,2,eval/loss,0,4"]
 
 
 def test_metric_reductions(tmp_path: Path) -> None:
