@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,14 @@ def test_runs_all_then_skips_done(env: Path) -> None:
           "--parallel=2"]
   out = run_sweep(*args)
   assert out.returncode == 0, out.stdout + out.stderr
+  # Each finished point says how far the call is, and the time left at the pace so far.
+  done_lines = [line for line in out.stdout.splitlines() if line.startswith("[sweep] done ")]
+  assert len(done_lines) == 4
+  assert all(re.search(r" \(\d/4 done in this call, this one \d+\.\d min", line)
+             for line in done_lines)
+  assert sorted(re.search(r"\((\d)/4", line).group(1) for line in done_lines) == list("1234")
+  assert re.search(r"\(1/4 .*; about \d+ min left\)$", done_lines[0])
+  assert not done_lines[-1].endswith("left)")
   for name in ("reparam.rank=4,seed=0", "reparam.rank=16,seed=1"):
     wd = env / "root" / name
     assert (wd / "done.json").exists()

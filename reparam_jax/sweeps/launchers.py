@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -138,6 +139,8 @@ def run_local(points: Sequence[RunPoint], *, parallel: int = 1,
   running: dict[int, tuple[RunPoint, subprocess.Popen[bytes], Any]] = {}
   pending = list(todo)
   tries: dict[str, int] = {}
+  started: dict[str, float] = {}  # point name -> when its current try started
+  finished_s: list[float] = []  # wall time of each point that succeeded in this call
   base_env = dict(os.environ, PYTHONUNBUFFERED="1")
   if parallel > 1 and not gpus:
     # Several JAX processes on one GPU must not each grab 75% of its memory.
@@ -158,6 +161,7 @@ def run_local(points: Sequence[RunPoint], *, parallel: int = 1,
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(base_env, **slots[slot]))
         running[slot] = (p, proc, log)
+        started[p.name] = time.monotonic()
       time.sleep(0.05)
       for slot, (p, proc, log) in list(running.items()):
         rc = proc.poll()
@@ -169,7 +173,10 @@ def run_local(points: Sequence[RunPoint], *, parallel: int = 1,
         why = _failure(rc, p)
         if why is None:
           result.succeeded.append(p)
-          print(f"[sweep] done {p.name}", flush=True)
+          finished_s.append(time.monotonic() - started[p.name])
+          left = len(pending) + len(running)
+          print(f"[sweep] done {p.name} ({_progress(finished_s, len(todo), left, len(slots))})",
+                flush=True)
         elif not _give_up(rc, tries[p.name], max_retries):
           print(f"[sweep] {p.name} failed ({why}); retrying from its checkpoint", flush=True)
           pending.append(p)
@@ -194,6 +201,17 @@ def run_local(points: Sequence[RunPoint], *, parallel: int = 1,
     print("[sweep] interrupted; run the same command again to resume", file=sys.stderr)
     raise
   return result
+
+
+def _progress(finished_s: Sequence[float], total: int, left: int, slots: int) -> str:
+  """"3/27 done in this call, this one 6.9 min; about 2.8 h left": the last from the mean
+  wall time of the points finished so far, `slots` at a time (a rough guide for a long
+  ablation, whose rows differ in cost)."""
+  mean = statistics.fmean(finished_s)
+  eta_s = mean * left / max(1, slots)
+  eta = f"{eta_s / 3600:.1f} h" if eta_s >= 5400 else f"{eta_s / 60:.0f} min"
+  text = f"{len(finished_s)}/{total} done in this call, this one {finished_s[-1] / 60:.1f} min"
+  return text + (f"; about {eta} left" if left else "")
 
 
 def _script_command(script: str, launcher_args: Sequence[str], p: RunPoint, train_module: str,

@@ -568,9 +568,10 @@ def choices_markdown(choices: Mapping[str, Any]) -> str:
   rows = choices["rows"]
   n_rungs = max((len(r["rungs"]) for r in rows.values()), default=0)
   holdout = ", ".join(f"{k}={format_value(v)}" for k, v in choices["holdout"].items())
-  lines = [f"Tuning: each setting's {choices['metric']} ({choices['goal']}) on the held-out split "
-           f"({holdout}), seed {choices['seed']}, successive halving with eta={choices['eta']}.",
-           "",
+  title = (f"Tuning: each setting's {choices['metric']} ({choices['goal']}) on the held-out "
+           f"split ({holdout}), seed {choices['seed']}, successive halving with "
+           f"eta={choices['eta']}.")
+  lines = [title, "",
            "| row | setting | " + " | ".join(f"rung {i}" for i in range(n_rungs)) + " | chosen |",
            "|---|---|" + "---:|" * n_rungs + "---|"]
   for label, row in rows.items():
